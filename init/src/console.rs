@@ -1,0 +1,148 @@
+//! Console output of PID 1: the original's progress lines (`[INF] … check`) for people, and a
+//! `log` backend that writes every record to the console and to the kernel log (`/dev/kmsg`),
+//! so that messages survive in `dmesg` and reach a serial console even before user space logs.
+
+use std::fs::OpenOptions;
+use std::io::Write;
+use std::sync::Mutex;
+
+const BOLD_WHITE: &str = "\x1b[1;37m";
+const GREEN: &str = "\x1b[32m";
+const RED: &str = "\x1b[31m";
+const YELLOW: &str = "\x1b[33m";
+const RESET: &str = "\x1b[0m";
+
+fn console_write(s: &str) {
+    let mut err = std::io::stderr().lock();
+    let _ = err.write_all(s.as_bytes());
+    let _ = err.flush();
+}
+
+/// Starts a progress line, e.g. `[INF] Loading predefined modules...`; finish it with
+/// [`check`], [`failed`] or [`result`].
+pub fn begin(action: &str) {
+    console_write(&format!("{BOLD_WHITE}[INF]{RESET} {action}"));
+    log::debug!(target: "progress", "{action}");
+}
+
+/// Ends a progress line with a green ` check`.
+pub fn check() {
+    console_write(&format!(" {GREEN}check{RESET}\n"));
+}
+
+/// Ends a progress line with a red ` failed`.
+pub fn failed() {
+    console_write(&format!(" {RED}failed{RESET}\n"));
+}
+
+/// Ends a progress line with a green free text (e.g. the context source).
+pub fn result(text: &str) {
+    console_write(&format!(" {GREEN}{text}{RESET}\n"));
+}
+
+/// A warning on its own line.
+pub fn warn(text: &str) {
+    console_write(&format!("{YELLOW}[WRN]{RESET} {text}\n"));
+    log::warn!(target: "progress", "{text}");
+}
+
+/// An error on its own line.
+pub fn error(text: &str) {
+    console_write(&format!("{RED}[ERR]{RESET} {text}\n"));
+    log::error!(target: "progress", "{text}");
+}
+
+/// An information line on its own.
+pub fn info(text: &str) {
+    console_write(&format!("{BOLD_WHITE}[INF]{RESET} {text}\n"));
+}
+
+/// `log` backend for PID 1: records go to `/dev/kmsg` (when it can be opened) and are kept in
+/// memory for the boot logs saved on the scratch disk; warnings and errors also go to the
+/// console, everything else only at `debug` verbosity.
+pub struct KernelLogger {
+    kmsg: Mutex<Option<std::fs::File>>,
+    buffer: Mutex<Vec<String>>,
+    console_level: log::LevelFilter,
+}
+
+impl KernelLogger {
+    /// Installs the logger; `verbose` shows every record on the console.
+    pub fn install(verbose: bool) -> &'static KernelLogger {
+        let kmsg = OpenOptions::new().write(true).open("/dev/kmsg").ok();
+        let logger: &'static KernelLogger = Box::leak(Box::new(KernelLogger {
+            kmsg: Mutex::new(kmsg),
+            buffer: Mutex::new(Vec::new()),
+            console_level: if verbose {
+                log::LevelFilter::Debug
+            } else {
+                log::LevelFilter::Warn
+            },
+        }));
+        if log::set_logger(logger).is_ok() {
+            log::set_max_level(log::LevelFilter::Debug);
+        }
+        logger
+    }
+
+    /// Re-opens `/dev/kmsg`, e.g. after devtmpfs was mounted.
+    pub fn reopen_kmsg(&self) {
+        if let Ok(mut k) = self.kmsg.lock() {
+            *k = OpenOptions::new().write(true).open("/dev/kmsg").ok();
+        }
+    }
+
+    /// Everything logged so far, one line per record.
+    pub fn lines(&self) -> Vec<String> {
+        self.buffer.lock().map(|b| b.clone()).unwrap_or_default()
+    }
+}
+
+/// Syslog priority of a `log` level, as `/dev/kmsg` expects it in `<N>`.
+fn kmsg_priority(level: log::Level) -> u8 {
+    match level {
+        log::Level::Error => 3,
+        log::Level::Warn => 4,
+        log::Level::Info => 6,
+        log::Level::Debug | log::Level::Trace => 7,
+    }
+}
+
+impl log::Log for KernelLogger {
+    fn enabled(&self, _: &log::Metadata) -> bool {
+        true
+    }
+
+    fn log(&self, record: &log::Record) {
+        let text = format!("{}", record.args());
+        if let Ok(mut k) = self.kmsg.lock() {
+            if let Some(f) = k.as_mut() {
+                // One write per record: /dev/kmsg takes each write as one message.
+                let _ = f.write_all(
+                    format!("<{}>ucernvm: {}\n", kmsg_priority(record.level()), text).as_bytes(),
+                );
+            }
+        }
+        if let Ok(mut b) = self.buffer.lock() {
+            b.push(format!("{:<5} {}", record.level(), text));
+        }
+        if record.target() != "progress" && record.level() <= self.console_level {
+            console_write(&format!("{:<5} {}\n", record.level(), text));
+        }
+    }
+
+    fn flush(&self) {}
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn kmsg_priorities_follow_syslog() {
+        assert_eq!(kmsg_priority(log::Level::Error), 3);
+        assert_eq!(kmsg_priority(log::Level::Warn), 4);
+        assert_eq!(kmsg_priority(log::Level::Info), 6);
+        assert_eq!(kmsg_priority(log::Level::Trace), 7);
+    }
+}

@@ -1,0 +1,59 @@
+//! `/init` of the µCernVM initramfs: PID 1 until `switch_root`.
+
+use std::panic;
+
+use ucernvm_init::cmdline::KernelCmdline;
+use ucernvm_init::console::{self, KernelLogger};
+use ucernvm_init::timeline::Timeline;
+use ucernvm_init::{early, rescue};
+
+fn main() {
+    if std::process::id() != 1 {
+        eprintln!("init: this is the µCernVM boot loader; it runs only as PID 1 in the initramfs");
+        std::process::exit(2);
+    }
+    // A panic anywhere must end in the rescue console, never in "Attempted to kill init".
+    panic::set_hook(Box::new(|info| {
+        let msg = format!("internal error in the boot loader: {info}");
+        log::error!("{msg}");
+        rescue::enter(&msg);
+        power_off();
+    }));
+
+    let logger = KernelLogger::install(false);
+    early::setup();
+    logger.reopen_kmsg();
+
+    eprintln!(
+        "\n* Welcome to micro-CernVM\n* Release {}\n",
+        early::version()
+    );
+    let mut timeline = Timeline::new();
+    let cmdline =
+        KernelCmdline::parse(&std::fs::read_to_string("/proc/cmdline").unwrap_or_default());
+    log::info!("kernel command line: {cmdline:?}");
+
+    let r: Result<(), String> = timeline.phase("boot", || {
+        Err("the boot phases after early setup are not implemented yet \
+             (network, context, scratch disk, CernVM-FS, union, hand-over)"
+            .to_string())
+    });
+    if let Err(e) = r {
+        rescue::enter(&e);
+    }
+    if cmdline.cvmdebug {
+        rescue::enter("Debug mode");
+    }
+    console::info(&timeline.render());
+    power_off();
+}
+
+/// Last resort after the rescue shell: sync and power the machine off, so PID 1 never exits.
+fn power_off() -> ! {
+    console::info("Powering off");
+    nix::unistd::sync();
+    let _ = nix::sys::reboot::reboot(nix::sys::reboot::RebootMode::RB_POWER_OFF);
+    loop {
+        std::thread::sleep(std::time::Duration::from_secs(3600));
+    }
+}

@@ -1,0 +1,123 @@
+//! `ucernvm-initramfs`: builds the µCernVM initramfs as a reproducible, zstd-compressed cpio
+//! (newc) archive.
+
+use std::fs;
+use std::io::{BufWriter, Write};
+use std::path::{Path, PathBuf};
+
+use anyhow::{bail, Context, Result};
+use clap::{Parser, Subcommand};
+use ucernvm_initramfs::pack::{self, Ownership};
+use ucernvm_initramfs::{Archive, DEFAULT_ZSTD_LEVEL};
+
+#[derive(Parser)]
+#[command(version, about = "Builds reproducible cpio (newc) initramfs archives")]
+struct Cli {
+    #[command(subcommand)]
+    command: Command,
+}
+
+#[derive(Subcommand)]
+enum Command {
+    /// Packs a directory tree (modes, symlinks and device nodes preserved) into a cpio archive.
+    Pack {
+        /// Directory whose contents become the initramfs root.
+        #[arg(long, value_name = "DIR")]
+        from_dir: PathBuf,
+        /// Output file, e.g. initrd.cpio.zst.
+        #[arg(long, value_name = "FILE")]
+        output: PathBuf,
+        /// Modification time of every entry; defaults to $SOURCE_DATE_EPOCH, else 0.
+        #[arg(long, value_name = "SECONDS")]
+        mtime: Option<u32>,
+        /// zstd compression level (1-22).
+        #[arg(long, default_value_t = DEFAULT_ZSTD_LEVEL, value_parser = clap::value_parser!(i32).range(1..=22))]
+        level: i32,
+        /// Write the plain cpio archive without compression.
+        #[arg(long)]
+        uncompressed: bool,
+        /// Keep the uid/gid of the files instead of making everything owned by root.
+        #[arg(long)]
+        preserve_owner: bool,
+    },
+}
+
+fn source_date_epoch() -> Result<u32> {
+    match std::env::var("SOURCE_DATE_EPOCH") {
+        Ok(v) => v
+            .trim()
+            .parse()
+            .with_context(|| format!("SOURCE_DATE_EPOCH={v:?} is not a 32-bit number of seconds")),
+        Err(std::env::VarError::NotPresent) => Ok(0),
+        Err(e) => bail!("SOURCE_DATE_EPOCH: {e}"),
+    }
+}
+
+/// Writes to `<output>.tmp` and renames, so an interrupted build leaves no truncated archive.
+fn write_atomically(
+    output: &Path,
+    write: impl FnOnce(&mut BufWriter<fs::File>) -> Result<()>,
+) -> Result<()> {
+    let mut tmp_name = output.as_os_str().to_owned();
+    tmp_name.push(".tmp");
+    let tmp = PathBuf::from(tmp_name);
+    let file =
+        fs::File::create(&tmp).with_context(|| format!("cannot create {}", tmp.display()))?;
+    let mut out = BufWriter::new(file);
+    let result = write(&mut out).and_then(|()| {
+        out.flush()?;
+        out.get_ref().sync_all()?;
+        Ok(())
+    });
+    if let Err(e) = result {
+        let _ = fs::remove_file(&tmp);
+        return Err(e.context(format!("cannot write {}", tmp.display())));
+    }
+    fs::rename(&tmp, output)
+        .with_context(|| format!("cannot rename {} to {}", tmp.display(), output.display()))
+}
+
+fn main() -> Result<()> {
+    let cli = Cli::parse();
+    match cli.command {
+        Command::Pack {
+            from_dir,
+            output,
+            mtime,
+            level,
+            uncompressed,
+            preserve_owner,
+        } => {
+            if !from_dir.is_dir() {
+                bail!("{} is not a directory", from_dir.display());
+            }
+            let mut archive = Archive::new();
+            archive.set_mtime(match mtime {
+                Some(m) => m,
+                None => source_date_epoch()?,
+            });
+            let ownership = if preserve_owner {
+                Ownership::Preserve
+            } else {
+                Ownership::Root
+            };
+            pack::add_tree(&mut archive, &from_dir, ownership)
+                .with_context(|| format!("cannot pack {}", from_dir.display()))?;
+            write_atomically(&output, |out| {
+                if uncompressed {
+                    archive.write_to(out)?;
+                } else {
+                    archive.write_zstd(out, level)?;
+                }
+                Ok(())
+            })?;
+            eprintln!(
+                "ucernvm-initramfs: packed {} entries from {} into {}",
+                archive.len(),
+                from_dir.display(),
+                output.display()
+            );
+        }
+    }
+    Ok(())
+}
