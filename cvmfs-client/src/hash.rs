@@ -223,8 +223,8 @@ impl Hasher {
 
 /// MD5 of a repository path, split into the two signed little-endian halves that catalogs use
 /// as keys (spec §5.4). The root is the empty path.
-pub fn md5_path(path: &str) -> (i64, i64) {
-    let d = md5::Md5::digest(path.as_bytes());
+pub fn md5_path(path: &[u8]) -> (i64, i64) {
+    let d = md5::Md5::digest(path);
     let mut a = [0u8; 8];
     let mut b = [0u8; 8];
     a.copy_from_slice(&d[..8]);
@@ -328,14 +328,17 @@ mod tests {
 
     #[test]
     fn md5_path_vectors() {
-        assert_eq!(md5_path(""), (338333539836370388, 9098107892288553193));
-        assert_eq!(md5_path("/usr"), (4261349461019561853, 8805651796865472228));
+        assert_eq!(md5_path(b""), (338333539836370388, 9098107892288553193));
         assert_eq!(
-            md5_path("/usr/bin"),
+            md5_path(b"/usr"),
+            (4261349461019561853, 8805651796865472228)
+        );
+        assert_eq!(
+            md5_path(b"/usr/bin"),
             (-6332405977853062539, -3354531661490446888)
         );
         assert_eq!(
-            md5_path("/cvm4/usr/bin/bash"),
+            md5_path(b"/cvm4/usr/bin/bash"),
             (2939963804143313985, 2048949939906111361)
         );
         assert_eq!(md5_hex(b""), "d41d8cd98f00b204e9800998ecf8427e");

@@ -1,9 +1,15 @@
 //! CernVM-FS client library: formats, verification and protocol of real CernVM-FS
 //! repositories (see `../shared/spec/cvmfs-client.md`).
 
+pub mod cache;
+pub mod catalog;
 pub mod config;
+pub mod download;
+pub mod fetch;
 pub mod hash;
+pub mod history;
 pub mod manifest;
+pub mod repository;
 pub mod signature;
 pub mod symlink;
 pub mod testing;

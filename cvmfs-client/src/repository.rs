@@ -1,0 +1,644 @@
+//! A mounted repository: verified root catalog (by manifest, tag or fixed root hash), the tree
+//! of catalogs attached on demand, and file content access (spec §3, §4.7, §5.11, §6, §7).
+
+use std::collections::HashMap;
+use std::fs::File;
+use std::os::unix::fs::FileExt;
+use std::path::PathBuf;
+use std::sync::{Arc, Mutex, RwLock};
+use std::time::Duration;
+
+use crate::cache::Cache;
+use crate::catalog::{is_path_prefix, Catalog, CatalogError, Chunk, Compression, DirEntry, Xattrs};
+use crate::download::{ConsumeError, DownloadError, DownloadManager};
+use crate::fetch::{read_verified, FetchError, ObjectSpec, ObjectStore};
+use crate::hash::{ContentHash, Suffix};
+use crate::history::{History, HistoryError};
+use crate::manifest::{Manifest, ManifestError};
+use crate::signature::{load_public_key, Certificate, NamedKey, SignatureError, SignedLetter};
+use crate::symlink::expand_variant_symlink;
+use crate::whitelist::{Whitelist, WhitelistError};
+
+/// Everything that can go wrong while mounting or reading a repository. Messages name the
+/// repository and the object.
+#[derive(Debug, thiserror::Error)]
+pub enum RepoError {
+    #[error("{fqrn}: cannot load public key: {source}")]
+    Key {
+        fqrn: String,
+        source: SignatureError,
+    },
+    #[error("{fqrn}: download manager: {source}")]
+    Setup { fqrn: String, source: DownloadError },
+    #[error("{fqrn}: manifest .cvmfspublished: {reason}")]
+    Manifest { fqrn: String, reason: String },
+    #[error("{fqrn}: whitelist .cvmfswhitelist: {reason}")]
+    Whitelist { fqrn: String, reason: String },
+    #[error("{fqrn}: certificate {object}: {reason}")]
+    Certificate {
+        fqrn: String,
+        object: String,
+        reason: String,
+    },
+    #[error("{fqrn}: tag {tag:?}: {reason}")]
+    Tag {
+        fqrn: String,
+        tag: String,
+        reason: String,
+    },
+    #[error("{fqrn}: catalog {object}: {reason}")]
+    Catalog {
+        fqrn: String,
+        object: String,
+        reason: String,
+    },
+    #[error("{fqrn}: {path}: {reason}")]
+    Content {
+        fqrn: String,
+        path: String,
+        reason: String,
+    },
+}
+
+/// How to find and trust a repository.
+#[derive(Debug, Clone)]
+pub struct RepositoryOptions {
+    pub fqrn: String,
+    /// `CVMFS_SERVER_URL` (`;`-separated, templates already expanded).
+    pub server_url: String,
+    /// `CVMFS_HTTP_PROXY`.
+    pub proxy: String,
+    pub timeout: Duration,
+    pub timeout_direct: Duration,
+    /// Master public key files (verify the whitelist).
+    pub public_keys: Vec<PathBuf>,
+    /// Cache directory of this repository.
+    pub cache_dir: PathBuf,
+    /// `CVMFS_REPOSITORY_TAG`.
+    pub tag: Option<String>,
+    /// `CVMFS_ROOT_HASH`: a fixed root catalog, trusted by configuration.
+    pub root_hash: Option<ContentHash>,
+    /// Environment for variant symlinks (process environment plus configuration).
+    pub environment: HashMap<String, String>,
+    /// Current time (seconds since the epoch) for the whitelist expiry check.
+    pub now: i64,
+}
+
+/// A catalog attached to the tree, with its inode range.
+#[derive(Debug, Clone)]
+pub struct Attached {
+    pub catalog: Arc<Catalog>,
+    /// Inode of rowid 0 of this catalog.
+    pub inode_base: u64,
+}
+
+/// An entry found in the tree, with the catalog that holds it.
+#[derive(Debug, Clone)]
+pub struct Found {
+    pub path: Vec<u8>,
+    pub entry: DirEntry,
+    pub attached: Attached,
+}
+
+impl Found {
+    /// Stable inode: catalog base + rowid, shared by a hard-link group (smallest rowid).
+    pub fn inode(&self) -> Result<u64, CatalogError> {
+        let rowid = match self.entry.hardlink_group() {
+            0 => self.entry.rowid,
+            g => self
+                .attached
+                .catalog
+                .hardlink_group_leader(g)?
+                .unwrap_or(self.entry.rowid),
+        };
+        Ok(self.attached.inode_base + rowid.max(0) as u64)
+    }
+}
+
+/// A mounted repository.
+pub struct Repository {
+    pub fqrn: String,
+    pub store: ObjectStore,
+    pub manifest: Option<Manifest>,
+    pub root_hash: ContentHash,
+    pub revision: u64,
+    pub tag: Option<String>,
+    environment: HashMap<String, String>,
+    attached: RwLock<Vec<Attached>>,
+    next_inode_base: Mutex<u64>,
+}
+
+/// Inodes below this are reserved (FUSE root is 1).
+const FIRST_INODE_BASE: u64 = 256;
+
+impl Repository {
+    /// Mounts the repository: verifies manifest, certificate and whitelist (unless a root hash
+    /// is fixed), resolves the tag, loads the root catalog.
+    pub fn mount(opts: RepositoryOptions) -> Result<Repository, RepoError> {
+        let fqrn = opts.fqrn.clone();
+        let cache = Cache::open(&opts.cache_dir).map_err(|e| RepoError::Catalog {
+            fqrn: fqrn.clone(),
+            object: "(cache)".into(),
+            reason: e.to_string(),
+        })?;
+        let dl = DownloadManager::new(
+            &opts.server_url,
+            &opts.proxy,
+            opts.timeout,
+            opts.timeout_direct,
+        )
+        .map_err(|source| RepoError::Setup {
+            fqrn: fqrn.clone(),
+            source,
+        })?;
+        let store = ObjectStore {
+            cache,
+            downloader: Some(Arc::new(dl)),
+        };
+        let (manifest, root_hash, revision, tag) = match opts.root_hash {
+            Some(h) => (None, h, None, opts.tag.clone()),
+            None => {
+                let m = fetch_verified_manifest(&store, &opts)?;
+                match &opts.tag {
+                    None => {
+                        let (root, rev) = (m.root_catalog, m.revision);
+                        (Some(m), root, Some(rev), None)
+                    }
+                    Some(tag) => {
+                        let t = resolve_tag(&store, &m, &fqrn, tag)?;
+                        (Some(m), t.root_catalog, Some(t.revision), Some(tag.clone()))
+                    }
+                }
+            }
+        };
+        let mut repo = Repository {
+            fqrn,
+            store,
+            manifest,
+            root_hash,
+            revision: 0,
+            tag,
+            environment: opts.environment,
+            attached: RwLock::new(Vec::new()),
+            next_inode_base: Mutex::new(FIRST_INODE_BASE),
+        };
+        let root = repo.attach(root_hash, b"")?;
+        repo.revision = revision.unwrap_or(root.catalog.revision);
+        Ok(repo)
+    }
+
+    fn catalog_error(&self, object: &ContentHash, reason: impl ToString) -> RepoError {
+        RepoError::Catalog {
+            fqrn: self.fqrn.clone(),
+            object: object.object_path(Suffix::Catalog),
+            reason: reason.to_string(),
+        }
+    }
+
+    /// Attaches catalog `hash` at `mountpoint` (or returns it if already attached).
+    fn attach(&self, hash: ContentHash, mountpoint: &[u8]) -> Result<Attached, RepoError> {
+        if let Some(a) = self.find_attached(mountpoint) {
+            return Ok(a);
+        }
+        let spec = ObjectSpec {
+            hash,
+            suffix: Suffix::Catalog,
+            compression: Compression::Zlib,
+            size: None,
+        };
+        let path = self
+            .store
+            .get(spec)
+            .map_err(|e| self.catalog_error(&hash, e))?;
+        let catalog = match Catalog::open(&path, hash, mountpoint) {
+            Ok(c) => c,
+            Err(e) => {
+                // A verified object that is no valid catalog stays bad; a cache file that rotted
+                // is dropped so the next attempt downloads it again.
+                self.store.cache.evict(&hash);
+                return Err(self.catalog_error(&hash, e));
+            }
+        };
+        let mut list = self.attached.write().unwrap_or_else(|e| e.into_inner());
+        if let Some(a) = list.iter().find(|a| a.catalog.mountpoint == mountpoint) {
+            return Ok(a.clone());
+        }
+        let mut next = self
+            .next_inode_base
+            .lock()
+            .unwrap_or_else(|e| e.into_inner());
+        let a = Attached {
+            inode_base: *next,
+            catalog: Arc::new(catalog),
+        };
+        *next += a.catalog.max_rowid.max(0) as u64 + 1;
+        list.push(a.clone());
+        Ok(a)
+    }
+
+    fn find_attached(&self, mountpoint: &[u8]) -> Option<Attached> {
+        let list = self.attached.read().unwrap_or_else(|e| e.into_inner());
+        list.iter()
+            .find(|a| a.catalog.mountpoint == mountpoint)
+            .cloned()
+    }
+
+    /// The deepest attached catalog containing `path`.
+    fn best_attached(&self, path: &[u8]) -> Attached {
+        let list = self.attached.read().unwrap_or_else(|e| e.into_inner());
+        list.iter()
+            .filter(|a| is_path_prefix(&a.catalog.mountpoint, path))
+            .max_by_key(|a| a.catalog.mountpoint.len())
+            .cloned()
+            .expect("the root catalog is always attached")
+    }
+
+    /// All attached catalogs.
+    pub fn attached_catalogs(&self) -> Vec<Attached> {
+        self.attached
+            .read()
+            .unwrap_or_else(|e| e.into_inner())
+            .clone()
+    }
+
+    /// Looks up an absolute repository path (`""` is the root, otherwise `/a/b`). For a nested
+    /// catalog mountpoint the parent catalog's entry is returned.
+    pub fn lookup(&self, path: &[u8]) -> Result<Option<Found>, RepoError> {
+        let mut current = self.best_attached(path);
+        loop {
+            let cat = &current.catalog;
+            if let Some(entry) = cat
+                .lookup(path)
+                .map_err(|e| self.catalog_error(&cat.hash, e))?
+            {
+                return Ok(Some(Found {
+                    path: path.to_vec(),
+                    entry,
+                    attached: current,
+                }));
+            }
+            let Some(nested) = cat.nested_for(path).cloned() else {
+                return Ok(None);
+            };
+            if nested.path == path {
+                return Ok(None);
+            }
+            current = self.attach(nested.hash, &nested.path)?;
+        }
+    }
+
+    /// The children of directory `path`, without hidden entries. A nested mountpoint is listed
+    /// from its own catalog.
+    pub fn list(&self, path: &[u8]) -> Result<Vec<Found>, RepoError> {
+        let mut holder = self.best_attached(path);
+        if let Some(f) = self.lookup(path)? {
+            holder = f.attached.clone();
+            if f.entry.is_nested_mountpoint() {
+                let nested = holder
+                    .catalog
+                    .nested
+                    .iter()
+                    .find(|n| n.path == path)
+                    .cloned()
+                    .ok_or_else(|| {
+                        self.catalog_error(
+                            &holder.catalog.hash,
+                            format!(
+                                "{} is flagged as a nested catalog but not listed as one",
+                                String::from_utf8_lossy(path)
+                            ),
+                        )
+                    })?;
+                holder = self.attach(nested.hash, &nested.path)?;
+            }
+        }
+        let cat = &holder.catalog;
+        let entries = cat
+            .list(path)
+            .map_err(|e| self.catalog_error(&cat.hash, e))?;
+        Ok(entries
+            .into_iter()
+            .filter(|e| !e.is_hidden())
+            .map(|entry| {
+                let mut p = path.to_vec();
+                p.push(b'/');
+                p.extend_from_slice(&entry.name);
+                Found {
+                    path: p,
+                    entry,
+                    attached: holder.clone(),
+                }
+            })
+            .collect())
+    }
+
+    /// The symlink target with `$(VAR)` / `$(VAR:-default)` expanded.
+    pub fn expand_symlink(&self, raw: &[u8]) -> Vec<u8> {
+        expand_variant_symlink(raw, |name| self.environment.get(name).cloned())
+    }
+
+    /// Extended attributes stored in the catalog for this entry.
+    pub fn xattrs(&self, f: &Found) -> Result<Xattrs, RepoError> {
+        if !f.entry.has_xattrs {
+            return Ok(Vec::new());
+        }
+        f.attached
+            .catalog
+            .xattrs(&f.path)
+            .map_err(|e| self.catalog_error(&f.attached.catalog.hash, e))
+    }
+
+    fn content_error(&self, path: &[u8], reason: impl ToString) -> RepoError {
+        RepoError::Content {
+            fqrn: self.fqrn.clone(),
+            path: String::from_utf8_lossy(path).into_owned(),
+            reason: reason.to_string(),
+        }
+    }
+
+    /// Chunks of a chunked regular file.
+    pub fn chunks(&self, f: &Found) -> Result<Vec<Chunk>, RepoError> {
+        let alg = f
+            .entry
+            .hash_algorithm()
+            .map_err(|e| self.content_error(&f.path, e))?;
+        let chunks = f
+            .attached
+            .catalog
+            .chunks(&f.path, alg)
+            .map_err(|e| self.catalog_error(&f.attached.catalog.hash, e))?;
+        let total: u64 = chunks.iter().map(|c| c.size).sum();
+        if chunks.is_empty() || total != f.entry.size {
+            return Err(self.content_error(
+                &f.path,
+                format!(
+                    "chunk list covers {total} bytes in {} chunks, the file has {}",
+                    chunks.len(),
+                    f.entry.size
+                ),
+            ));
+        }
+        Ok(chunks)
+    }
+
+    /// Opens a regular file for reading: downloads it if it is not chunked (chunks are fetched
+    /// when read).
+    pub fn open(&self, f: &Found) -> Result<OpenFile, RepoError> {
+        if !f.entry.is_regular() {
+            return Err(self.content_error(&f.path, "not a regular file"));
+        }
+        if f.entry.is_external() {
+            return Err(self.content_error(&f.path, "external files are not supported"));
+        }
+        if f.entry.is_chunked() {
+            return Ok(OpenFile {
+                path: f.path.clone(),
+                size: f.entry.size,
+                compression: f.entry.compression(),
+                content: Content::Chunked {
+                    chunks: self.chunks(f)?,
+                    current: Mutex::new(None),
+                },
+            });
+        }
+        let hash = f
+            .entry
+            .hash
+            .ok_or_else(|| self.content_error(&f.path, "regular file without content hash"))?;
+        let file = self
+            .store
+            .open(ObjectSpec {
+                hash,
+                suffix: Suffix::None,
+                compression: f.entry.compression(),
+                size: Some(f.entry.size),
+            })
+            .map_err(|e| self.content_error(&f.path, e))?;
+        Ok(OpenFile {
+            path: f.path.clone(),
+            size: f.entry.size,
+            compression: f.entry.compression(),
+            content: Content::Whole(file),
+        })
+    }
+
+    /// Reads up to `buf.len()` bytes at `offset`; returns the number read (0 at the end).
+    pub fn read(&self, file: &OpenFile, offset: u64, buf: &mut [u8]) -> Result<usize, RepoError> {
+        if offset >= file.size || buf.is_empty() {
+            return Ok(0);
+        }
+        let want = buf.len().min((file.size - offset) as usize);
+        match &file.content {
+            Content::Whole(f) => read_full_at(f, &mut buf[..want], offset)
+                .map_err(|e| self.content_error(&file.path, e)),
+            Content::Chunked { chunks, current } => {
+                let mut done = 0usize;
+                while done < want {
+                    let pos = offset + done as u64;
+                    let idx = chunks.partition_point(|c| c.offset + c.size <= pos);
+                    let Some(chunk) = chunks.get(idx) else { break };
+                    let chunk_file = {
+                        let mut cur = current.lock().unwrap_or_else(|e| e.into_inner());
+                        match &*cur {
+                            Some((i, f)) if *i == idx => Arc::clone(f),
+                            _ => {
+                                let f = Arc::new(self.open_chunk(file, chunk)?);
+                                *cur = Some((idx, Arc::clone(&f)));
+                                f
+                            }
+                        }
+                    };
+                    let in_chunk = pos - chunk.offset;
+                    let n = ((chunk.size - in_chunk) as usize).min(want - done);
+                    let got = read_full_at(&chunk_file, &mut buf[done..done + n], in_chunk)
+                        .map_err(|e| self.content_error(&file.path, e))?;
+                    if got < n {
+                        return Err(self.content_error(
+                            &file.path,
+                            format!(
+                                "chunk {} is shorter than its {} bytes",
+                                chunk.hash, chunk.size
+                            ),
+                        ));
+                    }
+                    done += n;
+                }
+                Ok(done)
+            }
+        }
+    }
+
+    fn open_chunk(&self, file: &OpenFile, chunk: &Chunk) -> Result<File, RepoError> {
+        self.store
+            .open(ObjectSpec {
+                hash: chunk.hash,
+                suffix: Suffix::Partial,
+                compression: file.compression,
+                size: Some(chunk.size),
+            })
+            .map_err(|e| self.content_error(&file.path, e))
+    }
+
+    /// The download manager, if online.
+    pub fn downloader(&self) -> Option<&DownloadManager> {
+        self.store.downloader.as_deref()
+    }
+}
+
+fn read_full_at(f: &File, buf: &mut [u8], offset: u64) -> std::io::Result<usize> {
+    let mut done = 0;
+    while done < buf.len() {
+        let n = f.read_at(&mut buf[done..], offset + done as u64)?;
+        if n == 0 {
+            break;
+        }
+        done += n;
+    }
+    Ok(done)
+}
+
+/// An open regular file.
+pub struct OpenFile {
+    pub path: Vec<u8>,
+    pub size: u64,
+    compression: Compression,
+    content: Content,
+}
+
+enum Content {
+    Whole(File),
+    Chunked {
+        chunks: Vec<Chunk>,
+        current: Mutex<Option<(usize, Arc<File>)>>,
+    },
+}
+
+impl OpenFile {
+    /// Number of chunks (1 if not chunked).
+    pub fn chunk_count(&self) -> usize {
+        match &self.content {
+            Content::Whole(_) => 1,
+            Content::Chunked { chunks, .. } => chunks.len(),
+        }
+    }
+}
+
+const MAX_SIGNED_FILE: u64 = 1 << 20;
+
+fn fetch_small(dl: &DownloadManager, rel: &str) -> Result<Vec<u8>, DownloadError> {
+    dl.fetch(rel, |body| {
+        let mut v = Vec::new();
+        std::io::Read::read_to_end(&mut std::io::Read::take(body, MAX_SIGNED_FILE + 1), &mut v)
+            .map_err(ConsumeError::Transfer)?;
+        if v.len() as u64 > MAX_SIGNED_FILE {
+            return Err(ConsumeError::BadData(format!(
+                "larger than {MAX_SIGNED_FILE} bytes"
+            )));
+        }
+        Ok(v)
+    })
+}
+
+/// §4.7: manifest, certificate, signature, whitelist, fingerprint.
+fn fetch_verified_manifest(
+    store: &ObjectStore,
+    opts: &RepositoryOptions,
+) -> Result<Manifest, RepoError> {
+    let fqrn = &opts.fqrn;
+    let dl = store
+        .downloader
+        .as_deref()
+        .ok_or_else(|| RepoError::Manifest {
+            fqrn: fqrn.clone(),
+            reason: "offline".into(),
+        })?;
+    let keys: Vec<NamedKey> = opts
+        .public_keys
+        .iter()
+        .map(|p| load_public_key(p))
+        .collect::<Result<_, _>>()
+        .map_err(|source| RepoError::Key {
+            fqrn: fqrn.clone(),
+            source,
+        })?;
+    let mbuf = fetch_small(dl, "/.cvmfspublished").map_err(|e| RepoError::Manifest {
+        fqrn: fqrn.clone(),
+        reason: e.to_string(),
+    })?;
+    let (manifest, letter): (Manifest, SignedLetter) = Manifest::parse_signed(&mbuf, fqrn)
+        .map_err(|e: ManifestError| RepoError::Manifest {
+            fqrn: fqrn.clone(),
+            reason: e.to_string(),
+        })?;
+    let cert_hash = manifest.certificate.ok_or_else(|| RepoError::Manifest {
+        fqrn: fqrn.clone(),
+        reason: "no certificate (X) field".into(),
+    })?;
+    let cert_object = cert_hash.object_path(Suffix::Certificate);
+    let cert_err = |reason: String| RepoError::Certificate {
+        fqrn: fqrn.clone(),
+        object: cert_object.clone(),
+        reason,
+    };
+    let pem = match store.cache.lookup(&cert_hash) {
+        Some(p) => std::fs::read(&p).map_err(|e| cert_err(e.to_string()))?,
+        None => {
+            let pem = dl
+                .fetch(&format!("/{cert_object}"), |body| {
+                    read_verified(body, cert_hash, Compression::Zlib, MAX_SIGNED_FILE)
+                })
+                .map_err(|e| cert_err(e.to_string()))?;
+            if let Ok(mut t) = store.cache.begin() {
+                if std::io::Write::write_all(&mut t, &pem).is_ok() {
+                    let _ = store.cache.commit(t, &cert_hash);
+                }
+            }
+            pem
+        }
+    };
+    let cert = Certificate::from_pem(&pem).map_err(|e| cert_err(e.to_string()))?;
+    cert.verify_manifest_signature(&letter)
+        .map_err(|e| RepoError::Manifest {
+            fqrn: fqrn.clone(),
+            reason: e.to_string(),
+        })?;
+    let wbuf = fetch_small(dl, "/.cvmfswhitelist").map_err(|e| RepoError::Whitelist {
+        fqrn: fqrn.clone(),
+        reason: e.to_string(),
+    })?;
+    let wl_err = |e: WhitelistError| RepoError::Whitelist {
+        fqrn: fqrn.clone(),
+        reason: e.to_string(),
+    };
+    let whitelist = Whitelist::verify(&wbuf, fqrn, &keys, opts.now).map_err(wl_err)?;
+    whitelist.check_certificate(&cert).map_err(wl_err)?;
+    Ok(manifest)
+}
+
+fn resolve_tag(
+    store: &ObjectStore,
+    m: &Manifest,
+    fqrn: &str,
+    tag: &str,
+) -> Result<crate::history::Tag, RepoError> {
+    let err = |reason: String| RepoError::Tag {
+        fqrn: fqrn.to_string(),
+        tag: tag.to_string(),
+        reason,
+    };
+    let h = m
+        .history
+        .ok_or_else(|| err("the manifest has no history database (H)".into()))?;
+    let path = store
+        .get(ObjectSpec {
+            hash: h,
+            suffix: Suffix::History,
+            compression: Compression::Zlib,
+            size: None,
+        })
+        .map_err(|e: FetchError| err(e.to_string()))?;
+    let hist = History::open(&path).map_err(|e: HistoryError| err(e.to_string()))?;
+    hist.tag(tag)
+        .map_err(|e| err(e.to_string()))?
+        .ok_or_else(|| err("no such tag".into()))
+}
