@@ -243,11 +243,15 @@ impl Repository {
             .cloned()
     }
 
-    /// The deepest attached catalog containing `path`.
+    /// The deepest attached catalog containing `path`. A nested mountpoint itself belongs to
+    /// its parent catalog, whose entry is authoritative for lookups.
     fn best_attached(&self, path: &[u8]) -> Attached {
         let list = self.attached.read().unwrap_or_else(|e| e.into_inner());
         list.iter()
-            .filter(|a| is_path_prefix(&a.catalog.mountpoint, path))
+            .filter(|a| {
+                let m = &a.catalog.mountpoint;
+                m.is_empty() || (is_path_prefix(m, path) && m.as_slice() != path)
+            })
             .max_by_key(|a| a.catalog.mountpoint.len())
             .cloned()
             .expect("the root catalog is always attached")
