@@ -1,9 +1,11 @@
-//! `parse_user_data`: reads user data on stdin (plain or gzip-compressed) and prints the
-//! `_UCONTEXT_<KEY>=<value>` lines of its µCernVM block exactly as the original tool does.
+//! `parse_user_data`: reads user data on stdin (plain, gzip-compressed or MIME multipart) and
+//! prints the `_UCONTEXT_<KEY>=<value>` lines of its µCernVM block exactly as the original tool
+//! does; blocks in base64/quoted-printable/gzip MIME parts, which the original cannot see, are
+//! printed after those of the raw scan.
 
 use std::io::{self, Read, Write};
 
-use ucernvm_init::context::{decode_user_data, parse_block, write_ucontext};
+use ucernvm_init::context::{decode_user_data, mime, write_ucontext};
 
 fn main() {
     let mut raw = Vec::new();
@@ -17,7 +19,8 @@ fn main() {
     }
     let stdout = io::stdout();
     let mut out = stdout.lock();
-    if let Err(e) = write_ucontext(&parse_block(&data), &mut out).and_then(|_| out.flush()) {
+    if let Err(e) = write_ucontext(&mime::scan_user_data(&data), &mut out).and_then(|_| out.flush())
+    {
         eprintln!("parse_user_data: cannot write standard output: {e}");
         std::process::exit(1);
     }

@@ -1,5 +1,7 @@
 //! Contextualization: user data from its sources, and the µCernVM block inside it (spec §5).
 
+pub mod glidein;
+pub mod mime;
 pub mod ucernvm_block;
 pub mod user_data;
 
