@@ -71,10 +71,22 @@ fn make_tree(root: &Path, with_devices: bool) {
 
 #[derive(Debug, PartialEq, Eq)]
 enum Node {
-    Dir { mode: u32 },
-    File { mode: u32, data: Vec<u8>, mtime: i64 },
-    Symlink { target: PathBuf },
-    Device { mode: u32, char: bool, rdev: (u32, u32) },
+    Dir {
+        mode: u32,
+    },
+    File {
+        mode: u32,
+        data: Vec<u8>,
+        mtime: i64,
+    },
+    Symlink {
+        target: PathBuf,
+    },
+    Device {
+        mode: u32,
+        char: bool,
+        rdev: (u32, u32),
+    },
 }
 
 /// Everything below `root`, for comparing two trees.

@@ -1,0 +1,92 @@
+//! Boots a real kernel in QEMU (TCG). Skipped, with a message, when no kernel is available:
+//! run `kernel-config/fetch-debian-kernel` or set `UCERNVM_TEST_KERNEL`.
+
+use std::time::Duration;
+
+use cernvm_launch::qemu::{self, Accel, QemuCommand};
+use qemu_tests::{inputs, Guest};
+use ucernvm_initramfs::Archive;
+
+const MARKER: &str = "UCERNVM-TEST: init is running";
+
+fn kernel_or_skip() -> Option<std::path::PathBuf> {
+    let kernel = inputs::kernel();
+    if kernel.is_none() {
+        eprintln!(
+            "skipping: no kernel (run kernel-config/fetch-debian-kernel or set UCERNVM_TEST_KERNEL)"
+        );
+    }
+    kernel
+}
+
+#[test]
+fn tcg_probe_sees_the_kernel_banner() {
+    let Some(kernel) = kernel_or_skip() else {
+        return;
+    };
+    let outcome = qemu::probe_boot(
+        QemuCommand::new(),
+        Accel::Tcg,
+        &kernel,
+        Duration::from_secs(120),
+    )
+    .unwrap();
+    assert!(outcome.works(), "{outcome:?}");
+}
+
+/// Kernel + an initramfs built with our cpio writer: the kernel must unpack the zstd archive,
+/// find /dev/console and run /init, which prints a marker and powers the machine off.
+#[test]
+fn boots_an_initramfs_written_by_ucernvm_initramfs() {
+    let Some(kernel) = kernel_or_skip() else {
+        return;
+    };
+    let Some(busybox) = inputs::static_busybox() else {
+        eprintln!("skipping: no statically linked busybox (set UCERNVM_TEST_BUSYBOX)");
+        return;
+    };
+    let mut archive = Archive::new();
+    archive
+        .add_file("bin/busybox", std::fs::read(&busybox).unwrap(), 0o755)
+        .unwrap()
+        .add_symlink("bin/sh", "busybox")
+        .unwrap()
+        .add_char_device("dev/console", 5, 1, 0o600)
+        .unwrap()
+        .add_char_device("dev/null", 1, 3, 0o666)
+        .unwrap()
+        .add_dir("proc", 0o555)
+        .unwrap()
+        .add_file(
+            "init",
+            format!(
+                "#!/bin/sh\n\
+                 /bin/busybox mount -t proc proc /proc\n\
+                 echo \"{MARKER} on $(/bin/busybox uname -r)\"\n\
+                 /bin/busybox poweroff -f\n"
+            ),
+            0o755,
+        )
+        .unwrap();
+    let dir = tempfile::tempdir().unwrap();
+    let initrd = dir.path().join("initrd.cpio.zst");
+    let file = std::fs::File::create(&initrd).unwrap();
+    archive.write_zstd(file, 3).unwrap();
+
+    let cmd = QemuCommand::new()
+        .accel(Accel::Tcg)
+        .memory_mib(512)
+        .kernel(
+            &kernel,
+            Some(initrd.clone()),
+            Some("console=ttyS0 panic=-1 quiet".into()),
+        )
+        .no_reboot(true);
+    let mut guest = Guest::spawn(cmd).unwrap();
+    if let Err(e) = guest.wait_for(MARKER, Duration::from_secs(120)) {
+        panic!("{e}");
+    }
+    // poweroff -f: QEMU exits by itself.
+    let status = guest.wait_exit(Duration::from_secs(60)).unwrap();
+    assert!(status.success(), "QEMU exited with {status}");
+}
