@@ -1,1 +1,532 @@
-fn main() {}
+//! `cvmfs2`: mounts a CernVM-FS repository with FUSE (spec §10.1, §11.2).
+//!
+//! `cvmfs2 [-f] [-d] [-s] -o config=FILE[:FILE2][,allow_other,…] <fqrn> <mountpoint>`
+//!
+//! Without `-f` the process forks before anything else starts a thread; the child becomes a
+//! session leader, completes the initialisation (cache, keys, manifest, whitelist, root catalog),
+//! mounts FUSE and only then tells the waiting parent, which exits 0. Any failure before the
+//! mount leaves nothing mounted: the parent prints one line `cvmfs2: <fqrn>: <reason>` and exits
+//! 1. Unmounting ends the daemon.
+
+use std::io::{Read, Write};
+use std::os::fd::{AsRawFd, OwnedFd};
+use std::path::{Path, PathBuf};
+use std::process::ExitCode;
+use std::sync::{Arc, Mutex, OnceLock};
+use std::time::{SystemTime, UNIX_EPOCH};
+
+use clap::Parser;
+use cvmfs_client::config::{Config, DEFAULT_CONFIG_ROOT};
+use cvmfs_client::fuse::CvmfsFs;
+use cvmfs_client::mount::{FuseOptions, MountSettings};
+use cvmfs_client::repository::{Repository, RepositoryOptions};
+use fuser::{MountOption, SessionACL};
+use nix::sys::signal::{SigSet, Signal};
+use nix::unistd::ForkResult;
+
+/// FUSE worker threads (parallel reads must not serialise).
+const FUSE_THREADS: usize = 4;
+/// `CVMFS_USYSLOG` is rotated to `<file>.1` beyond this size.
+const USYSLOG_MAX: u64 = 500 * 1024;
+
+#[derive(Parser, Debug)]
+#[command(
+    name = "cvmfs2",
+    about = "Mounts a CernVM-FS repository (FUSE)",
+    version
+)]
+struct Args {
+    /// Stay in the foreground.
+    #[arg(short = 'f')]
+    foreground: bool,
+    /// Debug logging (implies -f).
+    #[arg(short = 'd')]
+    debug: bool,
+    /// Single-threaded FUSE loop.
+    #[arg(short = 's')]
+    single_threaded: bool,
+    /// Print the parsed configuration and exit (like -o parse).
+    #[arg(short = 'k')]
+    parse: bool,
+    /// Mount options, comma-separated (config=FILE[:FILE…], allow_other, parse, …).
+    #[arg(short = 'o', value_name = "OPTIONS", action = clap::ArgAction::Append)]
+    options: Vec<String>,
+    /// Configuration root directory.
+    #[arg(long, hide = true, default_value = DEFAULT_CONFIG_ROOT)]
+    config_root: PathBuf,
+    /// Repository name.
+    fqrn: String,
+    /// Where to mount.
+    mountpoint: Option<PathBuf>,
+}
+
+/// What the `-o` options ask for.
+#[derive(Debug)]
+struct MountArgs {
+    config_files: Option<String>,
+    parse: bool,
+    foreground: bool,
+    debug: bool,
+    single_threaded: bool,
+    suid: bool,
+    acl: SessionACL,
+    fuse: Vec<MountOption>,
+}
+
+fn parse_mount_options(args: &Args) -> Result<MountArgs, String> {
+    let mut m = MountArgs {
+        config_files: None,
+        parse: args.parse,
+        foreground: args.foreground || args.debug,
+        debug: args.debug,
+        single_threaded: args.single_threaded,
+        suid: false,
+        acl: SessionACL::Owner,
+        fuse: Vec::new(),
+    };
+    for opt in args
+        .options
+        .iter()
+        .flat_map(|o| o.split(','))
+        .map(str::trim)
+        .filter(|o| !o.is_empty())
+    {
+        let (key, value) = match opt.split_once('=') {
+            Some((k, v)) => (k, Some(v)),
+            None => (opt, None),
+        };
+        match (key, value) {
+            ("config", Some(v)) => m.config_files = Some(v.to_string()),
+            ("parse", None) => m.parse = true,
+            ("foreground", None) => m.foreground = true,
+            ("debug", None) | ("fuse_debug", None) => {
+                m.debug = true;
+                m.foreground = true;
+            }
+            ("cvmfs_suid", None) => m.suid = true,
+            ("uid", Some(_))
+            | ("gid", Some(_))
+            | ("system_mount", None)
+            | ("grab_mountpoint", None)
+            | ("disable_watchdog", None)
+            | ("simple_options_parsing", None)
+            | ("_netdev", None)
+            | ("user", None)
+            | ("nouser", None)
+            | ("users", None)
+            | ("auto", None)
+            | ("noauto", None)
+            | ("libfuse", Some(_))
+            | ("ro", None)
+            | ("nodev", None)
+            | ("fsname", Some(_))
+            | ("subtype", Some(_)) => {}
+            ("rw", None) => return Err("the file system is read-only (option rw)".into()),
+            ("allow_other", None) => m.acl = SessionACL::All,
+            ("allow_root", None) => {
+                if m.acl != SessionACL::All {
+                    m.acl = SessionACL::RootAndOwner;
+                }
+            }
+            ("default_permissions", None) => m.fuse.push(MountOption::DefaultPermissions),
+            ("suid", None) => m.suid = true,
+            ("nosuid", None) => m.suid = false,
+            ("exec", None) => m.fuse.push(MountOption::Exec),
+            ("noexec", None) => m.fuse.push(MountOption::NoExec),
+            ("atime", None) => m.fuse.push(MountOption::Atime),
+            ("noatime", None) => m.fuse.push(MountOption::NoAtime),
+            ("dirsync", None) => m.fuse.push(MountOption::DirSync),
+            ("sync", None) => m.fuse.push(MountOption::Sync),
+            ("async", None) => m.fuse.push(MountOption::Async),
+            _ => m.fuse.push(MountOption::CUSTOM(opt.to_string())),
+        }
+    }
+    Ok(m)
+}
+
+// ---------------------------------------------------------------------------------------------
+// Logging: stderr, plus syslog-class messages to CVMFS_USYSLOG.
+
+struct Logger {
+    debug: bool,
+}
+
+/// `(file, fqrn)` of `CVMFS_USYSLOG`, once known.
+static USYSLOG: OnceLock<(PathBuf, String)> = OnceLock::new();
+static USYSLOG_LOCK: Mutex<()> = Mutex::new(());
+
+fn own_target(target: &str) -> bool {
+    target.starts_with("cvmfs_client") || target.starts_with("cvmfs2")
+}
+
+impl log::Log for Logger {
+    fn enabled(&self, m: &log::Metadata) -> bool {
+        if self.debug {
+            return true;
+        }
+        let max = if own_target(m.target()) {
+            log::Level::Info
+        } else {
+            log::Level::Warn
+        };
+        m.level() <= max
+    }
+
+    fn log(&self, record: &log::Record) {
+        if !self.enabled(record.metadata()) {
+            return;
+        }
+        let msg = record.args().to_string();
+        eprintln!(
+            "cvmfs2: {}: {msg}",
+            record.level().as_str().to_ascii_lowercase()
+        );
+        if record.level() <= log::Level::Info && own_target(record.target()) {
+            if let Some((file, fqrn)) = USYSLOG.get() {
+                write_usyslog(file, fqrn, &msg);
+            }
+        }
+    }
+
+    fn flush(&self) {}
+}
+
+/// `<ctime, 24 chars> (<fqrn>) <message>\n`, rotating the file beyond 500 kB.
+fn write_usyslog(file: &Path, fqrn: &str, msg: &str) {
+    let _guard = USYSLOG_LOCK.lock().unwrap_or_else(|e| e.into_inner());
+    if std::fs::metadata(file).is_ok_and(|m| m.len() > USYSLOG_MAX) {
+        let mut old = file.as_os_str().to_owned();
+        old.push(".1");
+        let _ = std::fs::copy(file, &old);
+        let _ = std::fs::File::create(file);
+    }
+    let line = format!("{} ({fqrn}) {msg}\n", ctime_now());
+    if let Ok(mut f) = std::fs::OpenOptions::new()
+        .create(true)
+        .append(true)
+        .open(file)
+    {
+        let _ = f.write_all(line.as_bytes());
+    }
+}
+
+/// The current local time as `ctime(3)` prints it, without the newline.
+fn ctime_now() -> String {
+    let now: libc::time_t = epoch_now() as libc::time_t;
+    let mut buf = [0 as libc::c_char; 32];
+    // SAFETY: ctime_r writes at most 26 bytes into the 32-byte buffer.
+    let p = unsafe { libc::ctime_r(&now, buf.as_mut_ptr()) };
+    if p.is_null() {
+        return now.to_string();
+    }
+    // SAFETY: on success the buffer holds a NUL-terminated string.
+    let s = unsafe { std::ffi::CStr::from_ptr(buf.as_ptr()) };
+    s.to_string_lossy().trim_end().to_string()
+}
+
+fn epoch_now() -> i64 {
+    SystemTime::now()
+        .duration_since(UNIX_EPOCH)
+        .map(|d| d.as_secs() as i64)
+        .unwrap_or(0)
+}
+
+// ---------------------------------------------------------------------------------------------
+
+/// A one-line failure message, without a repeated `<fqrn>: ` prefix.
+fn one_line(fqrn: &str, msg: impl std::fmt::Display) -> String {
+    let msg = msg.to_string().replace('\n', " ");
+    match msg.strip_prefix(&format!("{fqrn}: ")) {
+        Some(rest) => rest.to_string(),
+        None => msg,
+    }
+}
+
+fn main() -> ExitCode {
+    let args = Args::parse();
+    let fqrn = args.fqrn.clone();
+    match run(args) {
+        Ok(()) => ExitCode::SUCCESS,
+        Err(msg) => {
+            eprintln!("cvmfs2: {fqrn}: {}", one_line(&fqrn, msg));
+            ExitCode::FAILURE
+        }
+    }
+}
+
+/// Everything that is decided before the process forks.
+struct Prepared {
+    fqrn: String,
+    repo: RepositoryOptions,
+    fuse: FuseOptions,
+    mount: MountArgs,
+    mountpoint: PathBuf,
+}
+
+fn run(args: Args) -> Result<(), String> {
+    let mount = parse_mount_options(&args)?;
+    let logger = Logger { debug: mount.debug };
+    if log::set_boxed_logger(Box::new(logger)).is_ok() {
+        log::set_max_level(if mount.debug {
+            log::LevelFilter::Debug
+        } else {
+            log::LevelFilter::Info
+        });
+    }
+
+    let config = Config::load(
+        &args.fqrn,
+        mount.config_files.as_deref().map(Path::new),
+        &args.config_root,
+    )
+    .map_err(|e| e.to_string())?;
+    if mount.parse {
+        print!("{}", config.dump());
+        return Ok(());
+    }
+    let mountpoint = args
+        .mountpoint
+        .clone()
+        .ok_or("no mountpoint given (usage: cvmfs2 -o config=FILE <fqrn> <mountpoint>)")?;
+    let mountpoint = mountpoint
+        .canonicalize()
+        .map_err(|e| format!("mountpoint {}: {e}", mountpoint.display()))?;
+    if !mountpoint.is_dir() {
+        return Err(format!(
+            "mountpoint {} is not a directory",
+            mountpoint.display()
+        ));
+    }
+    let (repo, fuse) =
+        MountSettings::from_config(&config, epoch_now()).map_err(|e| e.to_string())?;
+    if let Some(file) = &fuse.usyslog {
+        let _ = USYSLOG.set((file.clone(), args.fqrn.clone()));
+    }
+    // Every parameter is exported into the environment (still single-threaded here).
+    for (key, param) in config.iter() {
+        if !key.is_empty() && !key.contains(['=', '\0']) && !param.value.contains('\0') {
+            std::env::set_var(key, &param.value);
+        }
+    }
+
+    let prepared = Prepared {
+        fqrn: args.fqrn.clone(),
+        repo,
+        fuse,
+        mount,
+        mountpoint,
+    };
+    if prepared.mount.foreground {
+        return serve(prepared, None);
+    }
+
+    // Fork before any thread or HTTP client exists.
+    let (rd, wr) =
+        nix::unistd::pipe2(nix::fcntl::OFlag::O_CLOEXEC).map_err(|e| format!("pipe: {e}"))?;
+    // SAFETY: the process is single-threaded here.
+    match unsafe { nix::unistd::fork() }.map_err(|e| format!("fork: {e}"))? {
+        ForkResult::Parent { child } => {
+            drop(wr);
+            let mut answer = String::new();
+            let _ = std::fs::File::from(rd).read_to_string(&mut answer);
+            if answer.starts_with("OK") {
+                return Ok(());
+            }
+            if let Some(msg) = answer.strip_prefix("ERR ") {
+                let _ = nix::sys::wait::waitpid(child, None);
+                return Err(msg.trim_end().to_string());
+            }
+            let status = nix::sys::wait::waitpid(child, None)
+                .map(|s| format!("{s:?}"))
+                .unwrap_or_else(|e| e.to_string());
+            Err(format!("the daemon ended during initialisation ({status})"))
+        }
+        ForkResult::Child => {
+            drop(rd);
+            let _ = nix::unistd::setsid();
+            let fqrn = prepared.fqrn.clone();
+            match serve(prepared, Some(wr)) {
+                Ok(()) => std::process::exit(0),
+                Err(msg) => {
+                    log::error!("{}", one_line(&fqrn, msg));
+                    std::process::exit(1)
+                }
+            }
+        }
+    }
+}
+
+/// Sends the result of the initialisation to the waiting parent.
+fn report(pipe: &mut Option<OwnedFd>, msg: &str) {
+    if let Some(fd) = pipe.take() {
+        let mut f = std::fs::File::from(fd);
+        let _ = f.write_all(msg.as_bytes());
+    }
+}
+
+/// Initialises, mounts and serves until unmounted. `pipe` is the channel to the parent of a
+/// daemon.
+fn serve(p: Prepared, mut pipe: Option<OwnedFd>) -> Result<(), String> {
+    let fail = |pipe: &mut Option<OwnedFd>, msg: String| -> Result<(), String> {
+        let line = one_line(&p.fqrn, &msg);
+        if let Some((file, fqrn)) = USYSLOG.get() {
+            write_usyslog(file, fqrn, &line);
+        }
+        if pipe.is_some() {
+            report(pipe, &format!("ERR {line}\n"));
+            std::process::exit(1);
+        }
+        Err(line)
+    };
+
+    // SIGINT/SIGTERM unmount instead of leaving a dead mount behind; blocked before
+    // any thread exists (the HTTP client starts some) so that every thread inherits the mask.
+    let mut signals = SigSet::empty();
+    signals.add(Signal::SIGINT);
+    signals.add(Signal::SIGTERM);
+    if let Err(e) = signals.thread_block() {
+        log::warn!("cannot block signals: {e}");
+    }
+
+    // Before the mount a signal ends the process; afterwards it unmounts, which ends the
+    // session. `mounted` is held while mounting so that the two cannot overlap.
+    let mounted = Arc::new(Mutex::new(false));
+    {
+        let mounted = Arc::clone(&mounted);
+        let mountpoint = p.mountpoint.clone();
+        let spawned = std::thread::Builder::new()
+            .name("signals".into())
+            .spawn(move || {
+                while let Ok(sig) = signals.wait() {
+                    let is_mounted = *mounted.lock().unwrap_or_else(|e| e.into_inner());
+                    if !is_mounted {
+                        log::error!("received {sig} during initialisation");
+                        std::process::exit(1);
+                    }
+                    log::info!("received {sig}, unmounting {}", mountpoint.display());
+                    unmount(&mountpoint);
+                }
+            });
+        if let Err(e) = spawned {
+            log::warn!("cannot start the signal thread: {e}");
+        }
+    }
+
+    if let Some(n) = p.fuse.nfiles {
+        let lim = libc::rlimit {
+            rlim_cur: n as libc::rlim_t,
+            rlim_max: n as libc::rlim_t,
+        };
+        // SAFETY: plain system call with a valid pointer.
+        if unsafe { libc::setrlimit(libc::RLIMIT_NOFILE, &lim) } != 0 {
+            log::warn!(
+                "cannot set the open file limit to {n} (CVMFS_NFILES): {}",
+                std::io::Error::last_os_error()
+            );
+        }
+    }
+
+    let cache_dir = p.repo.cache_dir.clone();
+    let repo = match Repository::mount(p.repo.clone()) {
+        Ok(r) => Arc::new(r),
+        Err(e) => return fail(&mut pipe, e.to_string()),
+    };
+    log::info!(
+        "CernVM-FS: linking {} to repository {} (revision {}, root catalog {})",
+        p.mountpoint.display(),
+        p.fqrn,
+        repo.revision,
+        repo.root_hash
+    );
+    // The daemon works inside its cache directory (workspace).
+    let _ = std::env::set_current_dir(&cache_dir);
+
+    let mut options = vec![
+        MountOption::FSName("cvmfs2".into()),
+        MountOption::Subtype("cvmfs".into()),
+        MountOption::RO,
+        MountOption::NoDev,
+    ];
+    options.push(if p.mount.suid || p.fuse.suid {
+        MountOption::Suid
+    } else {
+        MountOption::NoSuid
+    });
+    if p.fuse.check_permissions && !p.mount.fuse.contains(&MountOption::DefaultPermissions) {
+        options.push(MountOption::DefaultPermissions);
+    }
+    options.extend(p.mount.fuse.iter().cloned());
+    let mut config = fuser::Config::default();
+    config.mount_options = options;
+    config.acl = p.mount.acl;
+    config.n_threads = Some(if p.mount.single_threaded {
+        1
+    } else {
+        FUSE_THREADS
+    });
+
+    let fs = CvmfsFs::new(Arc::clone(&repo), p.fuse.clone());
+    let mut mount_guard = mounted.lock().unwrap_or_else(|e| e.into_inner());
+    let session = match fuser::Session::new(fs, &p.mountpoint, &config) {
+        Ok(s) => {
+            *mount_guard = true;
+            drop(mount_guard);
+            s
+        }
+        Err(e) => {
+            return fail(
+                &mut pipe,
+                format!("cannot mount FUSE at {}: {e}", p.mountpoint.display()),
+            )
+        }
+    };
+    log::info!(
+        "CernVM-FS: mounted cvmfs on {} (repository {})",
+        p.mountpoint.display(),
+        p.fqrn
+    );
+
+    if pipe.is_some() {
+        detach_stdio();
+        report(&mut pipe, "OK\n");
+    }
+    let result = session.run();
+    log::info!("CernVM-FS: {} unmounted", p.fqrn);
+    result.map_err(|e| format!("FUSE session: {e}"))
+}
+
+/// Unmounts `mountpoint`, lazily if it is busy.
+fn unmount(mountpoint: &Path) {
+    if nix::mount::umount(mountpoint).is_ok() {
+        return;
+    }
+    if nix::mount::umount2(mountpoint, nix::mount::MntFlags::MNT_DETACH).is_ok() {
+        return;
+    }
+    let ok = std::process::Command::new("fusermount3")
+        .args(["-u", "-z"])
+        .arg(mountpoint)
+        .status()
+        .is_ok_and(|s| s.success());
+    if !ok {
+        log::error!("cannot unmount {}", mountpoint.display());
+    }
+}
+
+/// A daemon keeps no terminal or pipe of its caller open: stdin, stdout and stderr go to
+/// `/dev/null` (log messages still reach `CVMFS_USYSLOG`).
+fn detach_stdio() {
+    let Ok(null) = std::fs::OpenOptions::new()
+        .read(true)
+        .write(true)
+        .open("/dev/null")
+    else {
+        return;
+    };
+    for fd in 0..3 {
+        // SAFETY: dup2 onto the standard descriptors; `null` stays valid during the call.
+        unsafe {
+            libc::dup2(null.as_raw_fd(), fd);
+        }
+    }
+}
