@@ -155,6 +155,7 @@ pub struct Catalog {
     pub nested: Vec<NestedRef>,
     pub max_rowid: i64,
     select: &'static str,
+    hardlink_leaders: Mutex<Option<std::collections::HashMap<u32, i64>>>,
 }
 
 impl std::fmt::Debug for Catalog {
@@ -281,6 +282,7 @@ impl Catalog {
             nested,
             max_rowid,
             select,
+            hardlink_leaders: Mutex::new(None),
         })
     }
 
@@ -448,11 +450,30 @@ impl Catalog {
     }
 
     /// The smallest rowid of a hard-link group: the group's shared inode.
+    /// The leaders are computed once per catalog (one table scan), not per lookup.
     pub fn hardlink_group_leader(&self, group: u32) -> Result<Option<i64>, CatalogError> {
-        let conn = self.conn.lock().unwrap_or_else(|e| e.into_inner());
-        conn.prepare_cached("SELECT MIN(rowid) FROM catalog WHERE (hardlinks >> 32) = ?1")
-            .and_then(|mut st| st.query_row(params![group as i64], |r| r.get(0)))
-            .map_err(|e| self.err(e))
+        let mut leaders = self
+            .hardlink_leaders
+            .lock()
+            .unwrap_or_else(|e| e.into_inner());
+        if leaders.is_none() {
+            let conn = self.conn.lock().unwrap_or_else(|e| e.into_inner());
+            let mut st = conn
+                .prepare(
+                    "SELECT hardlinks >> 32, MIN(rowid) FROM catalog \
+                     WHERE (hardlinks >> 32) != 0 GROUP BY hardlinks >> 32",
+                )
+                .map_err(|e| self.err(e))?;
+            let rows = st
+                .query_map([], |r| {
+                    Ok((r.get::<_, i64>(0)? as u32, r.get::<_, i64>(1)?))
+                })
+                .map_err(|e| self.err(e))?;
+            let map: std::collections::HashMap<u32, i64> =
+                rows.collect::<Result<_, _>>().map_err(|e| self.err(e))?;
+            *leaders = Some(map);
+        }
+        Ok(leaders.as_ref().and_then(|m| m.get(&group).copied()))
     }
 
     /// The `statistics` table (absent counters read as 0 by callers).
