@@ -210,18 +210,26 @@ fn write_usyslog(file: &Path, fqrn: &str, msg: &str) {
     }
 }
 
-/// The current local time as `ctime(3)` prints it, without the newline.
+/// The current time in `ctime(3)` form (UTC, the initramfs has no time zone), without the
+/// newline, e.g. `Thu Nov 28 00:38:00 2024`. Pure Rust: musl's libc binding has no `ctime_r`.
 fn ctime_now() -> String {
-    let now: libc::time_t = epoch_now() as libc::time_t;
-    let mut buf = [0 as libc::c_char; 32];
-    // SAFETY: ctime_r writes at most 26 bytes into the 32-byte buffer.
-    let p = unsafe { libc::ctime_r(&now, buf.as_mut_ptr()) };
-    if p.is_null() {
-        return now.to_string();
-    }
-    // SAFETY: on success the buffer holds a NUL-terminated string.
-    let s = unsafe { std::ffi::CStr::from_ptr(buf.as_ptr()) };
-    s.to_string_lossy().trim_end().to_string()
+    ctime_utc(epoch_now())
+}
+
+fn ctime_utc(unix: i64) -> String {
+    const DAYS: [&str; 7] = ["Thu", "Fri", "Sat", "Sun", "Mon", "Tue", "Wed"];
+    const MONTHS: [&str; 12] = [
+        "Jan", "Feb", "Mar", "Apr", "May", "Jun", "Jul", "Aug", "Sep", "Oct", "Nov", "Dec",
+    ];
+    let (y, m, d, h) = cvmfs_client::whitelist::utc_fields(unix);
+    let secs = unix.rem_euclid(86_400);
+    let weekday = DAYS[unix.div_euclid(86_400).rem_euclid(7) as usize];
+    format!(
+        "{weekday} {} {d:2} {h:02}:{:02}:{:02} {y}",
+        MONTHS[(m as usize).saturating_sub(1) % 12],
+        (secs / 60) % 60,
+        secs % 60
+    )
 }
 
 fn epoch_now() -> i64 {
@@ -528,5 +536,14 @@ fn detach_stdio() {
         unsafe {
             libc::dup2(null.as_raw_fd(), fd);
         }
+    }
+}
+
+#[cfg(test)]
+mod ctime_tests {
+    #[test]
+    fn ctime_format() {
+        assert_eq!(super::ctime_utc(0), "Thu Jan  1 00:00:00 1970");
+        assert_eq!(super::ctime_utc(1_732_754_280), "Thu Nov 28 00:38:00 2024");
     }
 }
