@@ -101,8 +101,10 @@ mod tests {
         let dir = tempfile::tempdir().unwrap();
         let pid_file = dir.path().join("qemu.pid");
         let marker = format!("{}/qmp.sock", dir.path().display());
+        // A second command keeps the shell alive with its own argv (`sh -c 'sleep 30'` may
+        // exec sleep in place, and then the marker vanishes from /proc/<pid>/cmdline).
         let mut child = Command::new("sh")
-            .args(["-c", "sleep 30", &marker])
+            .args(["-c", "sleep 30; exit 0", &marker])
             .spawn()
             .unwrap();
         let pid = i32::try_from(child.id()).unwrap();
