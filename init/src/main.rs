@@ -2,9 +2,9 @@
 
 use std::panic;
 
+use ucernvm_init::boot::{self, Boot, Layout};
 use ucernvm_init::cmdline::KernelCmdline;
 use ucernvm_init::console::{self, KernelLogger};
-use ucernvm_init::timeline::Timeline;
 use ucernvm_init::{early, rescue};
 
 fn main() {
@@ -28,23 +28,15 @@ fn main() {
         "\n* Welcome to micro-CernVM\n* Release {}\n",
         early::version()
     );
-    let mut timeline = Timeline::new();
     let cmdline =
         KernelCmdline::parse(&std::fs::read_to_string("/proc/cmdline").unwrap_or_default());
     log::info!("kernel command line: {cmdline:?}");
 
-    let r: Result<(), String> = timeline.phase("boot", || {
-        Err("the boot phases after early setup are not implemented yet \
-             (network, context, scratch disk, CernVM-FS, union, hand-over)"
-            .to_string())
-    });
-    if let Err(e) = r {
-        rescue::enter(&e);
-    }
-    if cmdline.cvmdebug {
-        rescue::enter("Debug mode");
-    }
-    console::info(&timeline.render());
+    let mut boot = Boot::new(Layout::initramfs(), cmdline);
+    // The original's panic(): message, rescue shell, then the boot goes on (spec §0.5).
+    boot::run(&mut boot, &mut |_phase, error| rescue::enter(error));
+    // The hand-over phase does not return when it succeeds.
+    console::info(&boot.timeline.render());
     power_off();
 }
 

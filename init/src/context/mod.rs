@@ -1,7 +1,9 @@
 //! Contextualization: user data from its sources, and the µCernVM block inside it (spec §5).
 
+pub mod extra;
 pub mod glidein;
 pub mod mime;
+pub mod sources;
 pub mod ucernvm_block;
 pub mod user_data;
 
