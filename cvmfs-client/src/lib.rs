@@ -14,6 +14,7 @@ pub mod mount;
 pub mod repository;
 pub mod signature;
 pub mod symlink;
+pub mod talk;
 pub mod testing;
 pub mod uid_map;
 pub mod whitelist;
