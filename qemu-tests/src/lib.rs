@@ -142,7 +142,13 @@ impl Guest {
             })?;
         let console_path = dir.path().join("console.log");
         let stderr_path = dir.path().join("qemu.stderr");
-        let cmd = cmd.serial(Serial::File(console_path.clone()));
+        // The serial console is QEMU's stdio: output goes to the log file, input comes from a
+        // pipe the test writes to (logins on the console, commands in the rescue shell).
+        let cmd = cmd.serial(Serial::Stdio).arg("-monitor").arg("none");
+        let console_file = fs::File::create(&console_path).map_err(|source| HarnessError::Io {
+            what: format!("cannot create {}", console_path.display()),
+            source,
+        })?;
         let stderr = fs::File::create(&stderr_path).map_err(|source| HarnessError::Io {
             what: format!("cannot create {}", stderr_path.display()),
             source,
@@ -151,8 +157,8 @@ impl Guest {
         log::info!("starting guest: {command_line}");
         let child = cmd
             .command()
-            .stdin(Stdio::null())
-            .stdout(Stdio::null())
+            .stdin(Stdio::piped())
+            .stdout(console_file)
             .stderr(stderr)
             .spawn()
             .map_err(|source| HarnessError::Spawn {
@@ -170,6 +176,22 @@ impl Guest {
 
     pub fn console(&self) -> &GuestConsole {
         &self.console
+    }
+
+    /// Types `text` on the guest's serial console.
+    pub fn send(&mut self, text: &str) -> Result<(), HarnessError> {
+        use std::io::Write;
+        let io_err = |source| HarnessError::Io {
+            what: "cannot write to the guest console".into(),
+            source,
+        };
+        let stdin = self
+            .child
+            .stdin
+            .as_mut()
+            .ok_or_else(|| io_err(io::Error::other("console input already closed")))?;
+        stdin.write_all(text.as_bytes()).map_err(io_err)?;
+        stdin.flush().map_err(io_err)
     }
 
     /// The QEMU command line, for messages.

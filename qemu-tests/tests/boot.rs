@@ -35,7 +35,8 @@ fn tcg_probe_sees_the_kernel_banner() {
 }
 
 /// Kernel + an initramfs built with our cpio writer: the kernel must unpack the zstd archive,
-/// find /dev/console and run /init, which prints a marker and powers the machine off.
+/// find /dev/console and run /init, which prints a marker, echoes a line typed on the console
+/// and powers the machine off.
 #[test]
 fn boots_an_initramfs_written_by_ucernvm_initramfs() {
     let Some(kernel) = kernel_or_skip() else {
@@ -63,6 +64,8 @@ fn boots_an_initramfs_written_by_ucernvm_initramfs() {
                 "#!/bin/sh\n\
                  /bin/busybox mount -t proc proc /proc\n\
                  echo \"{MARKER} on $(/bin/busybox uname -r)\"\n\
+                 read -r line\n\
+                 echo \"console said: $line\"\n\
                  /bin/busybox poweroff -f\n"
             ),
             0o755,
@@ -84,6 +87,11 @@ fn boots_an_initramfs_written_by_ucernvm_initramfs() {
         .no_reboot(true);
     let mut guest = Guest::spawn(cmd).unwrap();
     if let Err(e) = guest.wait_for(MARKER, Duration::from_secs(120)) {
+        panic!("{e}");
+    }
+    // The console is interactive: what the test types reaches the guest's shell.
+    guest.send("hello from the host\n").unwrap();
+    if let Err(e) = guest.wait_for("console said: hello from the host", Duration::from_secs(60)) {
         panic!("{e}");
     }
     // poweroff -f: QEMU exits by itself.
