@@ -282,6 +282,8 @@ impl Drop for Guest {
 }
 
 /// Locating test inputs produced by the build scripts.
+pub mod test_os;
+
 pub mod inputs {
     use std::path::{Path, PathBuf};
 
