@@ -282,6 +282,7 @@ impl Drop for Guest {
 }
 
 /// Locating test inputs produced by the build scripts.
+pub mod media;
 pub mod test_os;
 
 pub mod inputs {
