@@ -283,6 +283,7 @@ impl Drop for Guest {
 
 /// Locating test inputs produced by the build scripts.
 pub mod media;
+pub mod metadata;
 pub mod test_os;
 
 pub mod inputs {
