@@ -24,6 +24,11 @@ impl StaticHttpServer {
         let port = std::net::TcpListener::bind("127.0.0.1:0")?
             .local_addr()?
             .port();
+        Self::start_on(dir, port)
+    }
+
+    /// Serves `dir` on 127.0.0.1:`port` (e.g. again on the port a guest was configured with).
+    pub fn start_on(dir: &std::path::Path, port: u16) -> std::io::Result<StaticHttpServer> {
         let child = std::process::Command::new("python3")
             .args(["-m", "http.server", "--bind", "127.0.0.1"])
             .arg(port.to_string())
@@ -41,6 +46,10 @@ impl StaticHttpServer {
             std::thread::sleep(std::time::Duration::from_millis(50));
         }
         Ok(server)
+    }
+
+    pub fn port(&self) -> u16 {
+        self.port
     }
 
     /// `http://127.0.0.1:<port>`.

@@ -284,6 +284,7 @@ impl Drop for Guest {
 /// Locating test inputs produced by the build scripts.
 pub mod media;
 pub mod metadata;
+pub mod scenario;
 pub mod test_os;
 
 pub mod inputs {
@@ -309,6 +310,28 @@ pub mod inputs {
             .join("root/boot")
             .join(format!("vmlinuz-{}", version.trim()));
         vmlinuz.is_file().then_some(vmlinuz)
+    }
+
+    /// A binary of this workspace, as `scripts/test` builds them before the tests run:
+    /// `target/release/<name>`, else `target/debug/<name>`.
+    pub fn workspace_binary(name: &str) -> Option<PathBuf> {
+        let target = std::env::var_os("CARGO_TARGET_DIR")
+            .map(PathBuf::from)
+            .unwrap_or_else(|| workspace_root().join("target"));
+        ["release", "debug"]
+            .iter()
+            .map(|profile| target.join(profile).join(name))
+            .find(|p| p.is_file())
+    }
+
+    /// The µCernVM initramfs: `$UCERNVM_TEST_INITRD`, else `build/ucernvm-initrd.img` as
+    /// `scripts/test` builds it with `scripts/build-initrd`.
+    pub fn initrd() -> Option<PathBuf> {
+        let path = match std::env::var_os("UCERNVM_TEST_INITRD") {
+            Some(p) => PathBuf::from(p),
+            None => workspace_root().join("build/ucernvm-initrd.img"),
+        };
+        path.is_file().then_some(path)
     }
 
     /// True if `path` is an ELF executable without a program interpreter (statically linked).

@@ -1,0 +1,252 @@
+//! End-to-end scenario building blocks: an OS repository published with our `cvmfs-publish`
+//! and served by a real HTTP server, a boot image (kernel + our initramfs + the repository key),
+//! and a CernVM booted from them in QEMU.
+
+use std::fs;
+use std::path::{Path, PathBuf};
+use std::process::Command;
+use std::time::Duration;
+
+use cernvm_launch::qemu::{Accel, QemuCommand, UserNet};
+use cvmfs_client::testing::StaticHttpServer;
+use ucernvm_initramfs::Archive;
+
+use crate::test_os::build_busybox_os;
+use crate::{inputs, Guest, HarnessError};
+
+fn io_err(what: impl Into<String>) -> impl FnOnce(std::io::Error) -> HarnessError {
+    let what = what.into();
+    move |source| HarnessError::Io { what, source }
+}
+
+fn tool_failed(what: String, out: &std::process::Output) -> HarnessError {
+    HarnessError::Io {
+        what: format!(
+            "{what} failed ({}): {}{}",
+            out.status,
+            String::from_utf8_lossy(&out.stdout).trim(),
+            String::from_utf8_lossy(&out.stderr).trim()
+        ),
+        source: std::io::Error::other("tool failed"),
+    }
+}
+
+/// A busybox OS published as a CernVM-FS repository and served on 127.0.0.1.
+pub struct OsRepository {
+    pub fqrn: String,
+    dir: tempfile::TempDir,
+    server: Option<StaticHttpServer>,
+    port: u16,
+    busybox: PathBuf,
+    publisher: PathBuf,
+}
+
+impl OsRepository {
+    /// Builds the test OS (`release` in `/etc/test-os/release`), publishes it as the first
+    /// revision (with `tag`, if given) and starts serving it.
+    pub fn create(fqrn: &str, release: &str, tag: Option<&str>) -> Result<Self, HarnessError> {
+        let busybox = inputs::static_busybox().ok_or_else(|| HarnessError::Io {
+            what: "no static busybox for the test OS".into(),
+            source: std::io::Error::from(std::io::ErrorKind::NotFound),
+        })?;
+        let publisher =
+            inputs::workspace_binary("cvmfs-publish").ok_or_else(|| HarnessError::Io {
+                what: "cvmfs-publish is not built (cargo build -p cvmfs-client --bins)".into(),
+                source: std::io::Error::from(std::io::ErrorKind::NotFound),
+            })?;
+        let dir = tempfile::Builder::new()
+            .prefix("os-repo-")
+            .tempdir()
+            .map_err(io_err("cannot create the repository directory"))?;
+        let mut repo = OsRepository {
+            fqrn: fqrn.to_string(),
+            dir,
+            server: None,
+            port: 0,
+            busybox,
+            publisher,
+        };
+        repo.publish(release, tag, |_| Ok(()))?;
+        repo.start_server()?;
+        Ok(repo)
+    }
+
+    fn srv(&self) -> PathBuf {
+        self.dir.path().join("srv")
+    }
+
+    /// The served directory of the repository (`.cvmfspublished`, `data/`, ...).
+    pub fn stratum0(&self) -> PathBuf {
+        self.srv().join("cvmfs").join(&self.fqrn)
+    }
+
+    pub fn keys_dir(&self) -> PathBuf {
+        self.dir.path().join("keys")
+    }
+
+    pub fn public_key(&self) -> PathBuf {
+        self.keys_dir().join(format!("{}.pub", self.fqrn))
+    }
+
+    /// Publishes a new revision: a fresh test OS tree with `release`, changed by `customize`.
+    pub fn publish(
+        &self,
+        release: &str,
+        tag: Option<&str>,
+        customize: impl FnOnce(&Path) -> std::io::Result<()>,
+    ) -> Result<(), HarnessError> {
+        let src = self.dir.path().join("src");
+        if src.exists() {
+            fs::remove_dir_all(&src).map_err(io_err("cannot clear the OS tree"))?;
+        }
+        build_busybox_os(&src, &self.busybox, release)
+            .map_err(io_err("cannot build the test OS"))?;
+        customize(&src).map_err(io_err("cannot customise the test OS"))?;
+        let mut cmd = Command::new(&self.publisher);
+        cmd.args(["--fqrn", &self.fqrn, "--repo"])
+            .arg(self.stratum0())
+            .arg("--keys")
+            .arg(self.keys_dir());
+        if let Some(tag) = tag {
+            cmd.args(["--tag", tag]);
+        }
+        let out = cmd
+            .arg(&src)
+            .output()
+            .map_err(io_err("cannot run cvmfs-publish"))?;
+        if !out.status.success() {
+            return Err(tool_failed(format!("cvmfs-publish of {release}"), &out));
+        }
+        Ok(())
+    }
+
+    /// Starts (again) serving the repository on 127.0.0.1, on the same port as before if it
+    /// was served already, so that the guest's configuration stays valid.
+    pub fn start_server(&mut self) -> Result<(), HarnessError> {
+        let server = if self.port == 0 {
+            StaticHttpServer::start(&self.srv())
+        } else {
+            StaticHttpServer::start_on(&self.srv(), self.port)
+        }
+        .map_err(io_err("cannot start the HTTP server"))?;
+        self.port = server.port();
+        self.server = Some(server);
+        Ok(())
+    }
+
+    /// Stops serving (offline scenarios).
+    pub fn stop_server(&mut self) {
+        self.server = None;
+    }
+
+    pub fn port(&self) -> u16 {
+        self.port
+    }
+
+    /// The repository URL as the guest sees it: QEMU's user network maps the gateway
+    /// (`10.0.2.2`, or `169.254.2.2` in the metadata-server network) to the host's loopback.
+    pub fn guest_url(&self, gateway: &str) -> String {
+        format!("http://{gateway}:{}/cvmfs/{}", self.port, self.fqrn)
+    }
+}
+
+/// Kernel and initramfs to boot, with the keys of the OS repository added.
+pub struct BootImage {
+    pub kernel: PathBuf,
+    pub initrd: PathBuf,
+    _dir: tempfile::TempDir,
+}
+
+impl BootImage {
+    /// The µCernVM initramfs (built by `scripts/build-initrd`) followed by a second archive
+    /// holding `/etc/cvmfs/keys/<fqrn>/<fqrn>.pub` (the kernel unpacks concatenated archives
+    /// in order), so a test repository's key is shipped like the CERN keys are.
+    pub fn with_repository_key(repo: &OsRepository) -> Result<Self, HarnessError> {
+        let missing = |what: &str| HarnessError::Io {
+            what: what.to_string(),
+            source: std::io::Error::from(std::io::ErrorKind::NotFound),
+        };
+        let kernel = inputs::kernel()
+            .ok_or_else(|| missing("no kernel (kernel-config/fetch-debian-kernel)"))?;
+        let base = inputs::initrd()
+            .ok_or_else(|| missing("no µCernVM initramfs (scripts/build-initrd)"))?;
+        let dir = tempfile::Builder::new()
+            .prefix("boot-image-")
+            .tempdir()
+            .map_err(io_err("cannot create a directory for the boot image"))?;
+        let key = fs::read(repo.public_key()).map_err(io_err("cannot read the repository key"))?;
+        let fqrn = &repo.fqrn;
+        let mut keys = Archive::new();
+        let cpio_err = |e: ucernvm_initramfs::Error| HarnessError::Io {
+            what: format!("cannot build the key archive: {e}"),
+            source: std::io::Error::other("cpio"),
+        };
+        keys.add_dir("etc", 0o755)
+            .and_then(|a| a.add_dir("etc/cvmfs", 0o755))
+            .and_then(|a| a.add_dir("etc/cvmfs/keys", 0o755))
+            .and_then(|a| a.add_dir(&format!("etc/cvmfs/keys/{fqrn}"), 0o755))
+            .and_then(|a| a.add_file(&format!("etc/cvmfs/keys/{fqrn}/{fqrn}.pub"), key, 0o644))
+            .map_err(cpio_err)?;
+        let mut initrd = fs::read(&base).map_err(io_err("cannot read the initramfs"))?;
+        // Archives are concatenated on 4-byte boundaries.
+        while initrd.len() % 4 != 0 {
+            initrd.push(0);
+        }
+        initrd.extend(keys.to_bytes().map_err(cpio_err)?);
+        let path = dir.path().join("initrd.img");
+        fs::write(&path, initrd).map_err(io_err("cannot write the initramfs"))?;
+        Ok(BootImage {
+            kernel,
+            initrd: path,
+            _dir: dir,
+        })
+    }
+}
+
+/// How to boot one CernVM.
+pub struct BootSpec<'a> {
+    pub image: &'a BootImage,
+    /// The scratch disk (qcow2).
+    pub disk: &'a Path,
+    /// Kernel command line parameters after the console settings.
+    pub cmdline: String,
+    /// Network; default: plain QEMU user networking (guest 10.0.2.15, host 10.0.2.2).
+    pub net: Option<UserNet>,
+    pub cdroms: Vec<PathBuf>,
+    pub memory_mib: u32,
+}
+
+/// The kernel command line that points µCernVM at `repo` (spec §1.4).
+pub fn repository_cmdline(repo: &OsRepository, gateway: &str) -> String {
+    format!(
+        "cvmfs_url={} cvmfs_repos={} cvmfs_proxy=DIRECT",
+        repo.guest_url(gateway),
+        repo.fqrn
+    )
+}
+
+/// Boots a CernVM (TCG unless `CERNVM_ACCEL` says otherwise; KVM hangs on these machines).
+pub fn boot(spec: BootSpec<'_>) -> Result<Guest, HarnessError> {
+    let accel = match std::env::var("CERNVM_ACCEL").as_deref() {
+        Ok("kvm") => Accel::Kvm,
+        _ => Accel::Tcg,
+    };
+    let mut cmd = QemuCommand::new()
+        .accel(accel)
+        .memory_mib(spec.memory_mib)
+        .kernel(
+            &spec.image.kernel,
+            Some(spec.image.initrd.clone()),
+            Some(format!("console=ttyS0 panic=-1 {}", spec.cmdline)),
+        )
+        .disk(spec.disk)
+        .user_net(spec.net.unwrap_or_default())
+        .no_reboot(true);
+    for cd in spec.cdroms {
+        cmd = cmd.cdrom(cd);
+    }
+    Guest::spawn(cmd)
+}
+
+/// Generous timeouts for TCG on a busy 2-core machine.
+pub const BOOT_TIMEOUT: Duration = Duration::from_secs(300);
