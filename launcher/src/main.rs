@@ -244,7 +244,7 @@ fn start(store: &Store, name: &str, foreground: bool, accel: Option<Accel>) -> R
         .qmp_socket(&paths.qmp_socket)
         .pidfile(&paths.pid_file)
         .serial(if foreground {
-            Serial::Stdio
+            Serial::Terminal
         } else {
             Serial::File(paths.console_log.clone())
         })

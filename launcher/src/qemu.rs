@@ -134,6 +134,9 @@ pub enum Serial {
     File(PathBuf),
     /// `-serial stdio`
     Stdio,
+    /// `-serial mon:stdio`: the serial console on the user's terminal, with QEMU's monitor
+    /// keys (Ctrl-a x quits, Ctrl-a c switches to the monitor).
+    Terminal,
 }
 
 /// Image format of a disk.
@@ -456,6 +459,7 @@ impl QemuCommand {
         match &self.serial {
             Serial::None => a.push("none".into()),
             Serial::Stdio => a.push("stdio".into()),
+            Serial::Terminal => a.push("mon:stdio".into()),
             Serial::File(path) => a.push(concat(&[OsStr::new("file:"), path.as_os_str()])),
         }
         if let Some(qmp) = &self.qmp {
