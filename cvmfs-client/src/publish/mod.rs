@@ -3,3 +3,4 @@
 //! fixture).
 
 pub mod chunker;
+pub mod keys;
