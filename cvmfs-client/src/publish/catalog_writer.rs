@@ -267,11 +267,7 @@ impl CatalogWriter {
         self.conn
             .execute(
                 "INSERT INTO nested_catalogs (path, sha1, size) VALUES (CAST(?1 AS TEXT), ?2, ?3)",
-                params![
-                    path,
-                    hash.to_string(),
-                    size as i64
-                ],
+                params![path, hash.to_string(), size as i64],
             )
             .map_err(|e| self.err(e))?;
         self.counters.own.nested += 1;
@@ -302,7 +298,10 @@ impl CatalogWriter {
                 .unwrap_or_else(|| "0".repeat(40)),
         ));
         let write = || -> rusqlite::Result<()> {
-            for (scope, c) in [("self_", &self.counters.own), ("subtree_", &self.counters.subtree)] {
+            for (scope, c) in [
+                ("self_", &self.counters.own),
+                ("subtree_", &self.counters.subtree),
+            ] {
                 for (name, value) in c.fields() {
                     self.conn.execute(
                         "INSERT INTO statistics (counter, value) VALUES (?1, ?2)",
@@ -316,7 +315,8 @@ impl CatalogWriter {
                     params![k, v],
                 )?;
             }
-            self.conn.execute_batch("COMMIT; PRAGMA journal_mode = DELETE;")
+            self.conn
+                .execute_batch("COMMIT; PRAGMA journal_mode = DELETE;")
         };
         write().map_err(|e| self.err(e))?;
         let counters = self.counters;
@@ -335,11 +335,17 @@ pub fn same_content(a: &Path, b: &Path) -> Result<bool, CatalogWriteError> {
         catalog: a.display().to_string(),
         source,
     };
-    let conn = Connection::open_with_flags(a, rusqlite::OpenFlags::SQLITE_OPEN_READ_ONLY)
-        .map_err(err)?;
+    let conn =
+        Connection::open_with_flags(a, rusqlite::OpenFlags::SQLITE_OPEN_READ_ONLY).map_err(err)?;
     conn.execute("ATTACH DATABASE ?1 AS other", params![b.to_string_lossy()])
         .map_err(err)?;
-    for table in ["catalog", "chunks", "nested_catalogs", "bind_mountpoints", "statistics"] {
+    for table in [
+        "catalog",
+        "chunks",
+        "nested_catalogs",
+        "bind_mountpoints",
+        "statistics",
+    ] {
         let differing: i64 = conn
             .query_row(
                 &format!(

@@ -128,7 +128,11 @@ pub fn publish(opts: &PublishOptions) -> Result<PublishReport, PublishError> {
     std::fs::create_dir_all(&opts.repo).map_err(io_err(&opts.repo))?;
     let store = objects::ObjectStore::open(&opts.repo)?;
     let _lock = lock(&opts.repo.join("data/txn/.publish.lock"))?;
-    let work = WorkDir::create(&opts.repo.join(format!("data/txn/work.{}", std::process::id())))?;
+    let work = WorkDir::create(
+        &opts
+            .repo
+            .join(format!("data/txn/work.{}", std::process::id())),
+    )?;
     let keys = keys::RepositoryKeys::load_or_create(&opts.keys, &opts.fqrn)?;
     let previous = read_previous_manifest(opts, &store)?;
     let now = unix_now();

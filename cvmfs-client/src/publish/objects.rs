@@ -138,7 +138,9 @@ impl ObjectStore {
             let _ = std::fs::remove_file(&tmp);
             return Err(ObjectError::Io { path, source: e });
         }
-        self.counters.objects_written.fetch_add(1, Ordering::Relaxed);
+        self.counters
+            .objects_written
+            .fetch_add(1, Ordering::Relaxed);
         self.counters
             .bytes_written
             .fetch_add(stored.len() as u64, Ordering::Relaxed);
@@ -261,7 +263,9 @@ mod tests {
         let mut x = 1u64;
         let data: Vec<u8> = (0..3_000_000)
             .map(|_| {
-                x = x.wrapping_mul(6364136223846793005).wrapping_add(1442695040888963407);
+                x = x
+                    .wrapping_mul(6364136223846793005)
+                    .wrapping_add(1442695040888963407);
                 (x >> 56) as u8
             })
             .collect();

@@ -119,7 +119,8 @@ impl<'a> TreeBuilder<'a> {
             }
         }
         let next = AtomicUsize::new(0);
-        let results: Mutex<Vec<(FileId, FileContent)>> = Mutex::new(Vec::with_capacity(files.len()));
+        let results: Mutex<Vec<(FileId, FileContent)>> =
+            Mutex::new(Vec::with_capacity(files.len()));
         let failure: Mutex<Option<PublishError>> = Mutex::new(None);
         let threads = self.opts.threads.clamp(1, 64);
         std::thread::scope(|s| {
@@ -132,11 +133,10 @@ impl<'a> TreeBuilder<'a> {
                     if failure.lock().map(|f| f.is_some()).unwrap_or(true) {
                         return;
                     }
-                    match self.store.put_file(
-                        path,
-                        self.opts.chunk_sizes,
-                        self.opts.compression,
-                    ) {
+                    match self
+                        .store
+                        .put_file(path, self.opts.chunk_sizes, self.opts.compression)
+                    {
                         Ok(c) => {
                             if let Ok(mut r) = results.lock() {
                                 r.push((*id, c));
@@ -231,9 +231,7 @@ impl<'a> TreeBuilder<'a> {
         counters: CatalogCounters,
     ) -> Result<Built, PublishError> {
         let bytes = std::fs::read(file).map_err(io_err(file))?;
-        let hash = self
-            .store
-            .put(&bytes, Suffix::Catalog, Compression::Zlib)?;
+        let hash = self.store.put(&bytes, Suffix::Catalog, Compression::Zlib)?;
         let _ = std::fs::remove_file(file);
         self.catalogs_written += 1;
         Ok(Built {
@@ -302,8 +300,12 @@ impl<'a> TreeBuilder<'a> {
                     w.add(&row, &[])?;
                 }
                 Kind::Special => {
-                    let row =
-                        self.row(c, Some(&dir.path), flags::FILE | flags::FILE_SPECIAL, &groups);
+                    let row = self.row(
+                        c,
+                        Some(&dir.path),
+                        flags::FILE | flags::FILE_SPECIAL,
+                        &groups,
+                    );
                     w.add(&row, &[])?;
                 }
             }
