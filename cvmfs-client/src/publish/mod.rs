@@ -138,13 +138,28 @@ pub fn publish(opts: &PublishOptions) -> Result<PublishReport, PublishError> {
     let now = unix_now();
     let revision = previous.as_ref().map(|m| m.revision + 1).unwrap_or(1);
 
+    let phase = std::time::Instant::now();
     let root = scan::scan(&opts.source)?;
+    log::info!("read the source tree in {:.2?}", phase.elapsed());
     let mut build = tree::TreeBuilder::new(opts, &store, &work.path, now as u64, revision);
     if let Some(m) = &previous {
         build.load_previous(&m.root_catalog)?;
     }
+    let phase = std::time::Instant::now();
     build.ingest_files(&root)?;
+    log::info!(
+        "stored the data of {} files in {:.2?}",
+        build.regular_files,
+        phase.elapsed()
+    );
+    let phase = std::time::Instant::now();
     let built = build.build_root(&root, previous.as_ref().map(|m| m.root_catalog))?;
+    log::info!(
+        "wrote {} catalogs ({} unchanged) in {:.2?}",
+        build.catalogs_written,
+        build.catalogs_reused,
+        phase.elapsed()
+    );
 
     // History: the previous database plus this revision.
     let history_path = work.path.join("history.db");
@@ -196,8 +211,11 @@ pub fn publish(opts: &PublishOptions) -> Result<PublishReport, PublishError> {
     let signed_whitelist = keys.sign_whitelist(&whitelist)?;
     let signed_manifest = keys.sign_manifest(&manifest.to_letter())?;
 
-    // Everything the manifest references must be on disk before the manifest is.
+    // Everything the manifest references must be on disk before the manifest is (the real
+    // server also calls syncfs before signing).
+    let phase = std::time::Instant::now();
     sync_filesystem(&opts.repo)?;
+    log::info!("flushed the file system in {:.2?}", phase.elapsed());
     write_atomically(&opts.repo, ".cvmfswhitelist", &signed_whitelist)?;
     write_atomically(
         &opts.repo,
