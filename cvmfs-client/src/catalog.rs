@@ -534,6 +534,29 @@ pub fn parse_xattr_blob(blob: &[u8]) -> Xattrs {
     parse().unwrap_or_default()
 }
 
+/// Largest key or value length, and largest number of attributes, the blob can hold.
+pub const XATTR_MAX_LEN: usize = 255;
+
+/// Encodes extended attributes as the blob of §5.9 (sorted by key, as the real server writes
+/// them); `None` when there are none. Callers drop attributes whose key or value exceeds
+/// [`XATTR_MAX_LEN`] (the real server skips them too).
+pub fn serialize_xattr_blob(xattrs: &[(Vec<u8>, Vec<u8>)]) -> Option<Vec<u8>> {
+    if xattrs.is_empty() {
+        return None;
+    }
+    let mut sorted: Vec<&(Vec<u8>, Vec<u8>)> = xattrs.iter().collect();
+    sorted.sort_by(|a, b| a.0.cmp(&b.0));
+    sorted.dedup_by(|a, b| a.0 == b.0);
+    let mut blob = vec![1u8, sorted.len().min(XATTR_MAX_LEN) as u8];
+    for (k, v) in sorted.into_iter().take(XATTR_MAX_LEN) {
+        blob.push(k.len() as u8);
+        blob.push(v.len() as u8);
+        blob.extend_from_slice(k);
+        blob.extend_from_slice(v);
+    }
+    Some(blob)
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -551,6 +574,29 @@ mod tests {
         assert!(parse_xattr_blob(&[2, 0]).is_empty());
         assert!(parse_xattr_blob(&[1, 1, 0, 0]).is_empty());
         assert!(parse_xattr_blob(&[]).is_empty());
+    }
+
+    #[test]
+    fn xattr_blob_written_in_key_order() {
+        let attrs = vec![
+            (b"user.b".to_vec(), b"2".to_vec()),
+            (b"user.a".to_vec(), b"".to_vec()),
+        ];
+        let blob = serialize_xattr_blob(&attrs).unwrap();
+        assert_eq!(&blob[..4], &[1, 2, 6, 0]);
+        assert_eq!(
+            parse_xattr_blob(&blob),
+            vec![
+                (b"user.a".to_vec(), b"".to_vec()),
+                (b"user.b".to_vec(), b"2".to_vec())
+            ]
+        );
+        assert_eq!(serialize_xattr_blob(&[]), None);
+        // The fixture's blob of the `xattr` directory.
+        assert_eq!(
+            serialize_xattr_blob(&[(b"user.demo.dirlabel".to_vec(), b"yes".to_vec())]).unwrap(),
+            b"\x01\x01\x12\x03user.demo.dirlabelyes"
+        );
     }
 
     #[test]

@@ -11,6 +11,7 @@ pub mod hash;
 pub mod history;
 pub mod manifest;
 pub mod mount;
+pub mod publish;
 pub mod repository;
 pub mod signature;
 pub mod symlink;

@@ -85,6 +85,17 @@ impl<'a> SignedLetter<'a> {
     }
 }
 
+/// Assembles a signed file from its parts (the inverse of [`SignedLetter::parse`]).
+pub fn assemble_signed(letter: &[u8], hash_text: &str, signature: &[u8]) -> Vec<u8> {
+    let mut out = Vec::with_capacity(letter.len() + hash_text.len() + signature.len() + 4);
+    out.extend_from_slice(letter);
+    out.extend_from_slice(b"--\n");
+    out.extend_from_slice(hash_text.as_bytes());
+    out.push(b'\n');
+    out.extend_from_slice(signature);
+    out
+}
+
 fn find(haystack: &[u8], needle: &[u8]) -> Option<usize> {
     haystack.windows(needle.len()).position(|w| w == needle)
 }

@@ -123,6 +123,32 @@ impl Whitelist {
     }
 }
 
+/// The letter of a whitelist (§4.1) issued at `issued`, valid until `expires` (Unix times),
+/// listing `fingerprints`; sign it with the master key.
+pub fn whitelist_letter(
+    issued: i64,
+    expires: i64,
+    fqrn: &str,
+    fingerprints: &[ContentHash],
+) -> Vec<u8> {
+    let mut t = format!(
+        "{}\nE{}\nN{fqrn}\n",
+        timestamp_text(issued),
+        timestamp_text(expires)
+    );
+    for f in fingerprints {
+        t.push_str(&fingerprint_text(f));
+        t.push('\n');
+    }
+    t.into_bytes()
+}
+
+/// `YYYYMMDDhhmmss` of a Unix time in UTC.
+pub fn timestamp_text(unix: i64) -> String {
+    let [y, mo, d, h, mi, s] = utc_datetime(unix);
+    format!("{y:04}{mo:02}{d:02}{h:02}{mi:02}{s:02}")
+}
+
 /// `AB:CD:…` form of a fingerprint, as whitelists list it.
 pub fn fingerprint_text(h: &ContentHash) -> String {
     let hex = h.hex().to_ascii_uppercase();
@@ -159,6 +185,12 @@ fn parse_timestamp(s: &str) -> Option<[u32; 6]> {
 
 /// (year, month, day, hour) of a Unix time in UTC.
 pub fn utc_fields(unix: i64) -> (u32, u32, u32, u32) {
+    let [y, m, d, h, _, _] = utc_datetime(unix);
+    (y, m, d, h)
+}
+
+/// (year, month, day, hour, minute, second) of a Unix time in UTC.
+pub fn utc_datetime(unix: i64) -> [u32; 6] {
     let days = unix.div_euclid(86_400);
     let secs = unix.rem_euclid(86_400);
     // Civil-from-days (proleptic Gregorian), after Howard Hinnant's public-domain algorithm.
@@ -171,7 +203,14 @@ pub fn utc_fields(unix: i64) -> (u32, u32, u32, u32) {
     let d = doy - (153 * mp + 2) / 5 + 1;
     let m = if mp < 10 { mp + 3 } else { mp - 9 };
     let y = yoe + era * 400 + i64::from(m <= 2);
-    (y as u32, m as u32, d as u32, (secs / 3600) as u32)
+    [
+        y as u32,
+        m as u32,
+        d as u32,
+        (secs / 3600) as u32,
+        (secs / 60 % 60) as u32,
+        (secs % 60) as u32,
+    ]
 }
 
 #[cfg(test)]
@@ -231,6 +270,19 @@ mod tests {
             Whitelist::verify(&wl, "demo.cernvm.test", &[], NOW),
             Err(WhitelistError::Signature(_))
         ));
+    }
+
+    #[test]
+    fn letter_reproduces_the_fixture() {
+        let (wl, _) = fixture();
+        let letter = SignedLetter::parse(&wl).unwrap().letter.to_vec();
+        let fp = parse_fingerprint("1D:AD:09:DD:0B:21:EC:02:55:0A:F2:14:55:1C:0C:79:63:C6:8E:46")
+            .unwrap();
+        // 2026-11-28 01:07:33 and 2036-11-25 01:07:33 UTC.
+        assert_eq!(
+            whitelist_letter(1_795_828_053, 2_111_188_053, "demo.cernvm.test", &[fp]),
+            letter
+        );
     }
 
     #[test]
