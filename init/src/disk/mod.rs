@@ -1,5 +1,8 @@
 //! scratch disk (spec §6)
 
+pub mod plan;
+pub mod table;
+
 use crate::boot::{Boot, NotImplemented};
 
 /// Result of this phase, kept in [`Boot`].
