@@ -86,6 +86,8 @@ pub struct BlockDevice {
     pub table_entries: Option<usize>,
     /// The boot medium's sentinel is at the root of its file system.
     pub boot_medium: bool,
+    /// A partition whose table type says "µCernVM scratch, set-up not finished".
+    pub in_progress: bool,
     /// Why discovery considers it empty (`None`: not empty, or not a candidate at all).
     pub empty_because: Option<&'static str>,
 }
@@ -294,7 +296,7 @@ fn look_inside(path: &Path, fstype: &str, mnt: &Path) -> MountLook {
     }
     let flags = MsFlags::MS_RDONLY | MsFlags::MS_NOEXEC | MsFlags::MS_NOSUID | MsFlags::MS_NODEV;
     // `noload`: an ext3/4 journal is not replayed on a read-only look.
-    let data = fstype.starts_with("ext").then_some("noload");
+    let data = matches!(fstype, "ext3" | "ext4").then_some("noload");
     if let Err(e) = mount(Some(path), mnt, Some(fstype), flags, data) {
         log::info!("{}: read-only {fstype} mount failed: {e}", path.display());
         return MountLook::NoMount;
@@ -332,11 +334,12 @@ fn wipe_start(path: &Path, bytes: u64) -> std::io::Result<()> {
 }
 
 /// Why a device with `content` counts as empty, if it does (before the mount checks).
-fn empty_reason(
-    content: &Content,
-    is_disk: bool,
-    table_entries: Option<usize>,
-) -> Option<&'static str> {
+fn empty_reason(d: &BlockDevice) -> Option<&'static str> {
+    let (content, is_disk, table_entries) = (&d.content, d.is_disk(), d.table_entries);
+    if d.in_progress && matches!(content, Content::Blank | Content::Unknown) {
+        // mke2fs was cut short: whatever it wrote is ours.
+        return Some("unfinished µCernVM scratch partition");
+    }
     match content {
         Content::Blank => Some("no signature"),
         Content::Ext { label: Some(l), .. } if l == LABEL_UNFINISHED => {
@@ -380,6 +383,16 @@ pub fn sync_block(env: &DeviceEnv) -> Result<BlockDevices, DevicesError> {
         entries = scan_sysfs(env)?;
     }
 
+    // Partition types from the tables we can read (the in-progress marker).
+    let mut in_progress = BTreeSet::new();
+    for e in entries.iter().filter(|e| e.partition.is_none()) {
+        if let Ok(Some(t)) = table::read_table(&env.dev_dir.join(&e.name), e.sector_size) {
+            for p in t.partitions.iter().filter(|p| p.in_progress) {
+                in_progress.insert((e.name.clone(), p.number));
+            }
+        }
+    }
+
     let mut devices = Vec::new();
     for e in &entries {
         let path = env.dev_dir.join(&e.name);
@@ -404,6 +417,10 @@ pub fn sync_block(env: &DeviceEnv) -> Result<BlockDevices, DevicesError> {
             read_only: e.read_only,
             table_entries,
             boot_medium: false,
+            in_progress: e
+                .partition
+                .as_ref()
+                .is_some_and(|p| in_progress.contains(&(p.disk.clone(), p.number))),
             empty_because: None,
             content,
         });
@@ -467,7 +484,7 @@ pub fn sync_block(env: &DeviceEnv) -> Result<BlockDevices, DevicesError> {
             continue;
         }
         if d.empty_because.is_none() {
-            d.empty_because = empty_reason(&d.content, d.is_disk(), d.table_entries);
+            d.empty_because = empty_reason(d);
         }
     }
     out.root_dev = out.labels.get(LABEL_ROOT).cloned();

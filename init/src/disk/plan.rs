@@ -260,6 +260,7 @@ mod tests {
             content,
             table_entries: None,
             boot_medium: false,
+            in_progress: false,
         }
     }
 
@@ -331,7 +332,13 @@ mod tests {
 
     #[test]
     fn table_of_layouts() {
-        let cases: Vec<(&str, Vec<BlockDevice>, PlanSettings, Result<RootPlan, &str>)> = vec![
+        type Case = (
+            &'static str,
+            Vec<BlockDevice>,
+            PlanSettings,
+            Result<RootPlan, &'static str>,
+        );
+        let cases: Vec<Case> = vec![
             (
                 "second boot: UROOT wins over everything",
                 vec![disk("sda", 30 * GIB, mbr()), part("sda", 1, MIB, 29 * GIB, ext4("UROOT")), disk("sdb", 30 * GIB, Content::Blank)],

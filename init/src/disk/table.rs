@@ -17,6 +17,12 @@ use crate::devices::probe::{TableKind, OUR_DISK_SIGNATURE};
 
 /// MBR partition type "Linux".
 const MBR_LINUX: u8 = 0x83;
+/// MBR partition type of a scratch partition whose first-boot set-up has not finished
+/// ("reserved for local use and experiments"; see docs/scratch-disk.md).
+const MBR_IN_PROGRESS: u8 = 0x7F;
+/// GPT type of a scratch partition whose first-boot set-up has not finished (private GUID).
+const GPT_IN_PROGRESS: uuid::Uuid =
+    uuid::Uuid::from_u128(0x7563_766d_5f73_4f74_a9b1_5d2c_8e4f_0a61);
 /// MBR partition type of a GPT's protective entry.
 const MBR_PROTECTIVE: u8 = 0xEE;
 /// Name of the partitions we add to a GPT.
@@ -44,6 +50,17 @@ pub struct TablePartition {
     pub number: u32,
     pub start: u64,
     pub sectors: u64,
+    /// Its type says "µCernVM scratch, set-up not finished".
+    pub in_progress: bool,
+}
+
+/// The type a partition gets in [`set_type`].
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum PartType {
+    /// Linux file system (MBR 0x83, GPT `0FC63DAF-...`).
+    Linux,
+    /// Scratch partition being set up.
+    InProgress,
 }
 
 impl TablePartition {
@@ -111,6 +128,7 @@ pub fn read_table(dev: &Path, sector_size: u64) -> Result<Option<Table>, TableEr
                     number: *n,
                     start: p.first_lba,
                     sectors: p.last_lba + 1 - p.first_lba,
+                    in_progress: p.part_type_guid.guid == GPT_IN_PROGRESS,
                 })
                 .collect(),
             Err(e) => {
@@ -134,6 +152,7 @@ pub fn read_table(dev: &Path, sector_size: u64) -> Result<Option<Table>, TableEr
             number: i as u32,
             start: u64::from(p.starting_lba),
             sectors: u64::from(p.sectors),
+            in_progress: p.sys == MBR_IN_PROGRESS,
         })
         .collect();
     Ok(Some(Table {
@@ -154,9 +173,27 @@ fn sectors(dev: &Path, bytes: u64, sector_size: u64) -> Result<u64, TableError> 
     Ok(bytes / sector_size)
 }
 
+fn mbr_type(t: PartType) -> u8 {
+    match t {
+        PartType::Linux => MBR_LINUX,
+        PartType::InProgress => MBR_IN_PROGRESS,
+    }
+}
+
+fn gpt_type(t: PartType) -> gpt::partition_types::Type {
+    match t {
+        PartType::Linux => gpt::partition_types::LINUX_FS,
+        PartType::InProgress => gpt::partition_types::Type {
+            guid: GPT_IN_PROGRESS,
+            os: gpt::partition_types::OperatingSystem::None,
+        },
+    }
+}
+
 fn mbr_entry(
     dev: &Path,
     spec: &PartSpec,
+    t: PartType,
     sector_size: u64,
 ) -> Result<mbrman::MBRPartitionEntry, TableError> {
     let start = sectors(dev, spec.start, sector_size)?;
@@ -166,7 +203,7 @@ fn mbr_entry(
     Ok(mbrman::MBRPartitionEntry {
         boot: 0,
         first_chs: mbrman::CHS::empty(),
-        sys: MBR_LINUX,
+        sys: mbr_type(t),
         last_chs: mbrman::CHS::empty(),
         starting_lba: u32::try_from(start).map_err(too_big)?,
         sectors: u32::try_from(len).map_err(too_big)?,
@@ -176,12 +213,13 @@ fn mbr_entry(
 fn gpt_partition(
     dev: &Path,
     spec: &PartSpec,
+    t: PartType,
     sector_size: u64,
 ) -> Result<gpt::partition::Partition, TableError> {
     let first = sectors(dev, spec.start, sector_size)?;
     let len = sectors(dev, spec.size, sector_size)?;
     Ok(gpt::partition::Partition {
-        part_type_guid: gpt::partition_types::LINUX_FS,
+        part_type_guid: gpt_type(t),
         part_guid: uuid::Uuid::new_v4(),
         first_lba: first,
         last_lba: first + len - 1,
@@ -211,6 +249,16 @@ fn protective_mbr(disk_sectors: u64) -> [u8; 512] {
     s
 }
 
+/// The first new partition becomes the scratch partition and starts "in progress"; any
+/// further one (the rest after 20 GiB) is a plain Linux partition left unformatted.
+fn new_type(i: usize) -> PartType {
+    if i == 0 {
+        PartType::InProgress
+    } else {
+        PartType::Linux
+    }
+}
+
 /// Writes a new table with `parts` on an empty disk of `disk_size` bytes.
 pub fn create(
     dev: &Path,
@@ -225,7 +273,7 @@ pub fn create(
             let mut mbr = mbrman::MBR::new_from(&mut f, sector_size as u32, OUR_DISK_SIGNATURE)
                 .map_err(|e| TableError::Mbr(dev.to_path_buf(), e))?;
             for (i, spec) in parts.iter().enumerate() {
-                let entry = mbr_entry(dev, spec, sector_size)?;
+                let entry = mbr_entry(dev, spec, new_type(i), sector_size)?;
                 match mbr.get_mut(i + 1) {
                     Some(slot) => *slot = entry,
                     None => {
@@ -258,7 +306,10 @@ pub fn create(
                 .map_err(|e| TableError::Gpt(dev.to_path_buf(), e))?;
             let mut map = BTreeMap::new();
             for (i, spec) in parts.iter().enumerate() {
-                map.insert(i as u32 + 1, gpt_partition(dev, spec, sector_size)?);
+                map.insert(
+                    i as u32 + 1,
+                    gpt_partition(dev, spec, new_type(i), sector_size)?,
+                );
             }
             disk.update_partitions(map)
                 .map_err(|e| TableError::Gpt(dev.to_path_buf(), e))?;
@@ -286,8 +337,8 @@ pub fn add_partitions(
             let mut f = open(dev, true)?;
             let mut mbr = mbrman::MBR::read_from(&mut f, sector_size as u32)
                 .map_err(|e| TableError::Mbr(dev.to_path_buf(), e))?;
-            for spec in parts {
-                let entry = mbr_entry(dev, spec, sector_size)?;
+            for (i, spec) in parts.iter().enumerate() {
+                let entry = mbr_entry(dev, spec, new_type(i), sector_size)?;
                 let free = (1..=4)
                     .find(|i| mbr.get(*i).is_some_and(|p| p.is_unused()))
                     .ok_or_else(|| {
@@ -316,11 +367,11 @@ pub fn add_partitions(
                 )
                 .map_err(|e| TableError::Gpt(dev.to_path_buf(), e))?;
             let mut map = disk.partitions().clone();
-            for spec in parts {
+            for (i, spec) in parts.iter().enumerate() {
                 let n = (1u32..)
                     .find(|n| !map.get(n).is_some_and(|p| p.is_used()))
                     .unwrap_or(1);
-                map.insert(n, gpt_partition(dev, spec, sector_size)?);
+                map.insert(n, gpt_partition(dev, spec, new_type(i), sector_size)?);
                 numbers.push(n);
             }
             // update_partitions recomputes the headers with the backup at the disk's end.
@@ -332,6 +383,57 @@ pub fn add_partitions(
         }
     }
     Ok(numbers)
+}
+
+/// Changes the type of partition `number` (one sector for MBR; for GPT the backup is written
+/// before the primary, so either the old or the new table is valid at every moment).
+pub fn set_type(dev: &Path, sector_size: u64, number: u32, t: PartType) -> Result<(), TableError> {
+    let invalid = |m: String| TableError::Invalid(dev.to_path_buf(), m);
+    let table =
+        read_table(dev, sector_size)?.ok_or_else(|| invalid("no partition table".into()))?;
+    match table.kind {
+        TableKind::Mbr => {
+            let mut f = open(dev, true)?;
+            let mut mbr = mbrman::MBR::read_from(&mut f, sector_size as u32)
+                .map_err(|e| TableError::Mbr(dev.to_path_buf(), e))?;
+            let entry = mbr
+                .get_mut(number as usize)
+                .filter(|p| p.is_used())
+                .ok_or_else(|| invalid(format!("no partition {number}")))?;
+            if entry.sys == mbr_type(t) {
+                return Ok(());
+            }
+            entry.sys = mbr_type(t);
+            mbr.write_into(&mut f)
+                .map_err(|e| TableError::Mbr(dev.to_path_buf(), e))?;
+            sync(dev, &f)
+        }
+        TableKind::Gpt => {
+            let f = open(dev, true)?;
+            let mut disk = gpt::GptConfig::new()
+                .writable(true)
+                .logical_block_size(lb_size(dev, sector_size)?)
+                .open_from_device(
+                    f.try_clone()
+                        .map_err(|e| TableError::Io(dev.to_path_buf(), e))?,
+                )
+                .map_err(|e| TableError::Gpt(dev.to_path_buf(), e))?;
+            let mut map = disk.partitions().clone();
+            let p = map
+                .get_mut(&number)
+                .filter(|p| p.is_used())
+                .ok_or_else(|| invalid(format!("no partition {number}")))?;
+            if p.part_type_guid.guid == gpt_type(t).guid {
+                return Ok(());
+            }
+            p.part_type_guid = gpt_type(t);
+            disk.update_partitions(map)
+                .map_err(|e| TableError::Gpt(dev.to_path_buf(), e))?;
+            disk.write()
+                .map_err(|e| TableError::Gpt(dev.to_path_buf(), e))?;
+            sync(dev, &f)
+        }
+    }
 }
 
 /// Result of [`grow_partition`].
