@@ -557,3 +557,199 @@ pub fn table_kind(d: &BlockDevice) -> Option<TableKind> {
         _ => None,
     }
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    /// A sysfs-like tree and a `/dev` of regular files holding the devices' first bytes.
+    struct Fixture {
+        dir: tempfile::TempDir,
+    }
+
+    impl Fixture {
+        fn new() -> Self {
+            Fixture {
+                dir: tempfile::tempdir().unwrap(),
+            }
+        }
+
+        fn sys(&self) -> PathBuf {
+            self.dir.path().join("sys/block")
+        }
+
+        fn dev(&self) -> PathBuf {
+            self.dir.path().join("dev")
+        }
+
+        fn write(p: &Path, v: &str) {
+            fs::create_dir_all(p.parent().unwrap()).unwrap();
+            fs::write(p, format!("{v}\n")).unwrap();
+        }
+
+        fn disk(
+            &self,
+            name: &str,
+            dev: &str,
+            sectors: u64,
+            removable: bool,
+            ro: bool,
+            head: &[u8],
+        ) {
+            let d = self.sys().join(name);
+            Self::write(&d.join("dev"), dev);
+            Self::write(&d.join("size"), &sectors.to_string());
+            Self::write(&d.join("removable"), if removable { "1" } else { "0" });
+            Self::write(&d.join("ro"), if ro { "1" } else { "0" });
+            Self::write(&d.join("queue/logical_block_size"), "512");
+            fs::create_dir_all(self.dev()).unwrap();
+            fs::write(self.dev().join(name), head).unwrap();
+        }
+
+        fn part(&self, disk: &str, name: &str, n: u32, start: u64, sectors: u64, head: &[u8]) {
+            let d = self.sys().join(disk).join(name);
+            Self::write(&d.join("dev"), &format!("259:{n}"));
+            Self::write(&d.join("size"), &sectors.to_string());
+            Self::write(&d.join("start"), &start.to_string());
+            Self::write(&d.join("partition"), &n.to_string());
+            fs::write(self.dev().join(name), head).unwrap();
+        }
+
+        fn env(&self) -> DeviceEnv {
+            DeviceEnv {
+                sys_block: self.sys(),
+                dev_dir: self.dev(),
+                by_label: self.dir.path().join("dev/disk/by-label"),
+                probe_mount: self.dir.path().join("probe"),
+                only: None,
+            }
+        }
+    }
+
+    fn ext4(label: &str) -> Vec<u8> {
+        let mut b = vec![0u8; 4096];
+        b[1024 + 0x38..1024 + 0x3A].copy_from_slice(&0xEF53u16.to_le_bytes());
+        b[1024 + 0x60..1024 + 0x64].copy_from_slice(&0x2c2u32.to_le_bytes());
+        b[1024 + 0x78..1024 + 0x78 + label.len()].copy_from_slice(label.as_bytes());
+        b
+    }
+
+    /// An MBR with one partition entry per (start, sectors, type).
+    fn mbr(parts: &[(u32, u32, u8)]) -> Vec<u8> {
+        let mut b = vec![0u8; 4096];
+        for (i, (start, len, t)) in parts.iter().enumerate() {
+            let e = 446 + 16 * i;
+            b[e + 4] = *t;
+            b[e + 8..e + 12].copy_from_slice(&start.to_le_bytes());
+            b[e + 12..e + 16].copy_from_slice(&len.to_le_bytes());
+        }
+        b[510] = 0x55;
+        b[511] = 0xAA;
+        b
+    }
+
+    #[test]
+    fn sysfs_fixture_classification_labels_and_first_boot() {
+        let f = Fixture::new();
+        let g = 2 * 1024 * 1024; // sectors per GiB
+        let blank = vec![0u8; 4096];
+        f.disk(
+            "sda",
+            "8:0",
+            10 * g,
+            false,
+            false,
+            &mbr(&[
+                (2048, 4 * g as u32, 0x83),
+                (2048 + 4 * g as u32, 4 * g as u32, 0x83),
+            ]),
+        );
+        f.part("sda", "sda1", 1, 2048, 4 * g, &ext4("UROOT"));
+        f.part("sda", "sda2", 2, 2048 + 4 * g, 4 * g, &blank);
+        // NVMe names end in digits; sysfs still says what is a partition.
+        f.disk(
+            "nvme0n1",
+            "259:0",
+            10 * g,
+            false,
+            false,
+            &mbr(&[(2048, 4 * g as u32, 0x7F)]),
+        );
+        f.part("nvme0n1", "nvme0n1p1", 1, 2048, 4 * g, &[0u8, 0, 0, 0, 7]);
+        f.disk("sr0", "11:0", g, true, false, &blank);
+        f.disk("vdb", "254:16", 10 * g, false, false, &blank);
+        f.disk("vdc", "254:32", 10 * g, false, true, &blank);
+        f.disk("loop7", "7:7", 0, false, false, &blank);
+        let env = f.env();
+        let found = refresh(&env).unwrap();
+        let names: Vec<&str> = found.devices.iter().map(|d| d.name.as_str()).collect();
+        assert_eq!(
+            names,
+            [
+                "nvme0n1",
+                "nvme0n1p1",
+                "sda",
+                "sda1",
+                "sda2",
+                "sr0",
+                "vdb",
+                "vdc"
+            ]
+        );
+        let p = found.get("nvme0n1p1").unwrap();
+        assert_eq!(
+            p.partition,
+            Some(PartitionOf {
+                disk: "nvme0n1".into(),
+                number: 1,
+                start: 2048 * 512
+            })
+        );
+        // Type 0x7F with junk: a first boot cut inside mke2fs.
+        assert!(p.in_progress);
+        assert_eq!(
+            p.empty_because,
+            Some("unfinished µCernVM scratch partition")
+        );
+        assert_eq!(found.root_dev.as_deref(), Some("sda1"));
+        assert_eq!(
+            found.first_empty_disk().map(|d| d.name.as_str()),
+            Some("vdb")
+        );
+        assert_eq!(
+            found.first_empty_partition().map(|d| d.name.as_str()),
+            Some("nvme0n1p1")
+        );
+        assert!(!found.is_empty(found.get("sr0").unwrap()), "removable");
+        assert!(!found.is_empty(found.get("vdc").unwrap()), "read-only");
+        assert!(!found.is_empty(found.get("sda").unwrap()), "has partitions");
+        assert_eq!(
+            fs::read_link(env.by_label.join("UROOT")).unwrap(),
+            env.dev_dir.join("sda1")
+        );
+
+        // The label moves (first boot finishing elsewhere): the link follows.
+        fs::write(f.dev().join("sda1"), ext4("other")).unwrap();
+        fs::write(f.dev().join("sda2"), ext4("UROOT")).unwrap();
+        let found = refresh(&env).unwrap();
+        assert_eq!(found.root_dev.as_deref(), Some("sda2"));
+        assert_eq!(
+            fs::read_link(env.by_label.join("UROOT")).unwrap(),
+            env.dev_dir.join("sda2")
+        );
+        assert_eq!(
+            fs::read_link(env.by_label.join("other")).unwrap(),
+            env.dev_dir.join("sda1")
+        );
+    }
+
+    #[test]
+    fn missing_sysfs_is_an_error_not_an_empty_machine() {
+        let f = Fixture::new();
+        let err = sync_block(&f.env()).unwrap_err();
+        assert!(
+            err.to_string().contains("cannot list block devices"),
+            "{err}"
+        );
+    }
+}
