@@ -5,13 +5,15 @@
 pub mod fs;
 pub mod layout;
 pub mod plan;
+pub mod resize;
 pub mod root;
+pub mod swap;
 pub mod table;
 pub mod tools;
 
 use std::path::PathBuf;
 
-use crate::boot::{Boot, NotImplemented};
+use crate::boot::Boot;
 use plan::PlanSettings;
 use root::{RootEnv, RootError, RootOutcome};
 
@@ -50,10 +52,48 @@ pub fn root_phase(boot: &mut Boot) -> Result<(), RootError> {
     Ok(())
 }
 
-pub fn resize_phase(_boot: &mut Boot) -> Result<(), NotImplemented> {
-    Err(NotImplemented("scratch disk (spec §6)"))
+/// `11resize`: grows the scratch partition when `aux/resize` asks for it (spec §6.6).
+pub fn resize_phase(boot: &mut Boot) -> Result<(), resize::ResizeError> {
+    let Some(scratch) = boot.scratch.as_mut() else {
+        log::warn!("resize: no scratch disk mounted");
+        return Ok(());
+    };
+    let env = RootEnv::system(&boot.layout);
+    let outcome = resize::resize(&env, scratch, None)?;
+    log::info!("resize: {outcome:?}");
+    Ok(())
 }
 
-pub fn swap_phase(_boot: &mut Boot) -> Result<(), NotImplemented> {
-    Err(NotImplemented("scratch disk (spec §6)"))
+/// The user data as saved: `/user-data` on a first boot, `context/user-data` later.
+fn saved_user_data(layout: &crate::boot::Layout) -> Option<Vec<u8>> {
+    [
+        layout.initramfs.join("user-data"),
+        layout.context_dir().join("user-data"),
+    ]
+    .iter()
+    .find_map(|p| std::fs::read(p).ok())
+}
+
+/// The swap file (spec §6.7, done here for every OS): enables `/mnt/.rw/swapfile`, creating it
+/// first when the amiconfig `[cernvm] swap_size` asks for one. Problems are warnings: a
+/// machine without swap still boots.
+pub fn swap_phase(boot: &mut Boot) -> Result<(), std::convert::Infallible> {
+    let Some(scratch) = boot.scratch.as_mut() else {
+        return Ok(());
+    };
+    let size = saved_user_data(&boot.layout)
+        .and_then(|u| swap::swap_size_setting(&u))
+        .and_then(|s| match swap::parse_size(&s) {
+            Ok(size) => Some(size),
+            Err(e) => {
+                crate::console::warn(&e.to_string());
+                None
+            }
+        });
+    let cores = std::thread::available_parallelism().map_or(1, |n| n.get() as u64);
+    match swap::ensure_swap(&boot.layout.root_rw, size, cores) {
+        Ok(path) => scratch.swap = path,
+        Err(e) => crate::console::warn(&format!("no swap: {e}")),
+    }
+    Ok(())
 }
