@@ -6,11 +6,12 @@ use std::fs;
 use std::os::unix::fs::{MetadataExt, PermissionsExt};
 
 use common::*;
+use ucernvm_init::devices::probe::TableKind;
 use ucernvm_init::disk::plan::PlanSettings;
 use ucernvm_init::disk::resize::{resize, ResizeOutcome, ResizeStep, FLAG};
 use ucernvm_init::disk::root::{prepare, RootOutcome};
 use ucernvm_init::disk::swap::{ensure_swap, SwapError, SwapSize};
-use ucernvm_init::disk::table::read_table;
+use ucernvm_init::disk::table::{create, read_table, PartSpec};
 use ucernvm_init::disk::ScratchDisk;
 
 fn ready(d: &TestDisk, resize_rootfs: bool) -> ScratchDisk {
@@ -209,4 +210,41 @@ fn a_swapfile_without_swap_signature_is_not_enabled() {
         vec![1u8; 1 << 20],
         "the user's file is untouched"
     );
+}
+
+#[test]
+fn gpt_scratch_partition_grows_with_its_backup_table_moved_to_the_new_end() {
+    if !need_root() {
+        return;
+    }
+    // A GPT written by us on a small disk (the root phase uses GPT only beyond 2 TiB); the
+    // root phase formats its in-progress partition.
+    let mut d = TestDisk::blank(GIB);
+    let parts = [PartSpec {
+        start: MIB,
+        size: GIB - MIB - 33 * 512,
+    }];
+    create(&d.dev(), TableKind::Gpt, 512, GIB, &parts).unwrap();
+    ready(&d, true);
+    d.power_off();
+    fs::File::options()
+        .write(true)
+        .open(&d.image)
+        .unwrap()
+        .set_len(3 * GIB)
+        .unwrap();
+    d.attach();
+    let mut s = ready(&d, true);
+    assert!(!s.created);
+    fs::write(d.root_rw().join(FLAG), b"").unwrap();
+    let out = resize(&d.env(), &mut s, None).unwrap();
+    assert!(
+        matches!(out, ResizeOutcome::Grown { from_mib, to_mib } if from_mib < 1024 && to_mib > 2900),
+        "{out:?}"
+    );
+    let dump = run("sfdisk", &["--dump", &d.dev().to_string_lossy()]);
+    let last_lba = 3 * GIB / 512 - 34;
+    assert!(dump.contains(&format!("last-lba: {last_lba}")), "{dump}");
+    let t = read_table(&d.dev(), 512).unwrap().unwrap();
+    assert_eq!(t.partitions[0].end(), last_lba + 1);
 }
