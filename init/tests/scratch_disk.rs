@@ -439,6 +439,12 @@ fn disks_holding_data_are_never_touched() {
         write_at(img, MIB, &fs::read(&fsimg).unwrap());
     });
     expect_refusal(&d, "holds an Ext4 file system labelled home");
+    // A table we cannot use: a GPT header whose protective MBR is gone.
+    let d = TestDisk::from_image(GIB, |img| {
+        boot_image(img, true);
+        write_at(img, 0, &[0u8; 512]);
+    });
+    expect_refusal(&d, "holds a GPT partition table");
 }
 
 #[test]
