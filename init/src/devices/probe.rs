@@ -64,6 +64,24 @@ pub enum Content {
     Unknown,
 }
 
+impl std::fmt::Display for Content {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        match self {
+            Content::Blank => f.write_str("nothing"),
+            Content::PartitionTable { kind, .. } => write!(f, "a {kind} partition table"),
+            Content::Ext { kind, label } => {
+                write!(f, "an {kind:?} file system")?;
+                match label {
+                    Some(l) => write!(f, " labelled {l}"),
+                    None => Ok(()),
+                }
+            }
+            Content::Other(t) => write!(f, "{t}"),
+            Content::Unknown => f.write_str("data of unknown type"),
+        }
+    }
+}
+
 impl Content {
     /// A recognised file system that may carry the boot sentinel or be the Amazon ext3 case.
     pub fn mount_type(&self) -> Option<&'static str> {

@@ -2,7 +2,7 @@
 //! found and two user settings. No I/O here: the table of device layouts in the tests covers
 //! every branch.
 
-use crate::devices::probe::{Content, TableKind};
+use crate::devices::probe::TableKind;
 use crate::devices::{table_kind, BlockDevice, BlockDevices};
 use crate::disk::table::PartSpec;
 
@@ -122,19 +122,7 @@ fn why_not(devs: &BlockDevices, d: &BlockDevice) -> String {
     } else if d.empty_because.is_some() {
         format!("too small ({} MiB)", d.size / MIB)
     } else {
-        match &d.content {
-            Content::PartitionTable { kind, .. } => format!("holds a {kind} partition table"),
-            Content::Ext { kind, label } => format!(
-                "holds an {kind:?} file system{}",
-                label
-                    .as_ref()
-                    .map(|l| format!(" labelled {l}"))
-                    .unwrap_or_default()
-            ),
-            Content::Other(t) => format!("holds {t}"),
-            Content::Unknown => "holds data of unknown type".to_string(),
-            Content::Blank => "is not empty".to_string(),
-        }
+        format!("holds {}", d.content)
     };
     format!("/dev/{}: {what}", d.name)
 }
@@ -241,7 +229,7 @@ fn plan_boot_disk(
 #[cfg(test)]
 mod tests {
     use super::*;
-    use crate::devices::probe::ExtKind;
+    use crate::devices::probe::{Content, ExtKind};
     use crate::devices::PartitionOf;
 
     const TIB: u64 = 1 << 40;

@@ -79,7 +79,7 @@ pub enum RootError {
     Read(String, std::io::Error),
     #[error("partition {number} of /dev/{disk} did not appear after partitioning")]
     Missing { disk: String, number: u32 },
-    #[error("/dev/{0} is not empty any more ({1:?}); refusing to format it")]
+    #[error("/dev/{0} is not empty any more (it holds {1}); refusing to format it")]
     NotEmpty(String, Content),
     #[error("cannot mark partition /dev/{0}: {1}")]
     Mark(String, TableError),
@@ -136,43 +136,41 @@ fn partition(
         if c != Content::Blank {
             return Err(RootError::HiddenData {
                 disk: disk.to_string(),
-                what: format!("{c:?}"),
+                what: c.to_string(),
                 offset: p.start,
             });
         }
     }
-    let err = |e| RootError::Partition(disk.to_string(), e);
-    let number = match new_table {
-        Some(kind) => {
-            console::begin(&format!("Partitioning /dev/{disk}..."));
-            table::create(&dev, kind, d.sector_size, d.size, parts).map_err(err)?;
-            1
-        }
-        None => {
-            console::begin(&format!("Adding partition(s) to boot disk /dev/{disk}..."));
-            *table::add_partitions(&dev, d.sector_size, parts)
-                .map_err(err)?
+    console::begin(&match new_table {
+        Some(_) => format!("Partitioning /dev/{disk}..."),
+        None => format!("Adding partition(s) to boot disk /dev/{disk}..."),
+    });
+    let written = (|| -> Result<u32, TableError> {
+        let number = match new_table {
+            Some(kind) => {
+                table::create(&dev, kind, d.sector_size, d.size, parts)?;
+                1
+            }
+            None => table::add_partitions(&dev, d.sector_size, parts)?
                 .first()
-                .ok_or(RootError::Missing {
-                    disk: disk.to_string(),
-                    number: 0,
-                })?
+                .copied()
+                .unwrap_or(1),
+        };
+        if let Some(t) = table::read_table(&dev, d.sector_size)? {
+            table::sync_kernel(&dev, &env.devices.sys_block, disk, &t)?;
         }
-    };
-    let t = table::read_table(&dev, d.sector_size)
-        .map_err(err)?
-        .ok_or(RootError::Missing {
-            disk: disk.to_string(),
-            number,
-        })?;
-    let r = table::sync_kernel(&dev, &env.devices.sys_block, disk, &t).map_err(err);
-    match r {
-        Ok(()) => console::check(),
+        Ok(number)
+    })();
+    let number = match written {
+        Ok(n) => {
+            console::check();
+            n
+        }
         Err(e) => {
             console::failed();
-            return Err(e);
+            return Err(RootError::Partition(disk.to_string(), e));
         }
-    }
+    };
     let devs = devices::refresh(&env.devices)?;
     Ok((partition_named(&devs, disk, number)?, devs))
 }
