@@ -484,3 +484,21 @@ fn amazon_ephemeral_ext3_with_only_lost_and_found_is_reused() {
     assert_finished(&d, &s);
     assert_eq!(s.number, 1);
 }
+
+#[test]
+fn disks_with_4k_sectors_are_partitioned_in_their_sectors() {
+    if !need_root() {
+        return;
+    }
+    let mut d = TestDisk::blank_4k(2 * GIB);
+    let s = ready(&d, DEFAULTS);
+    let t = read_table(&d.dev(), 4096).unwrap().unwrap();
+    assert_eq!(t.kind, TableKind::Mbr);
+    assert_eq!(
+        (t.partitions[0].start, t.partitions[0].end()),
+        (256, 2 * GIB / 4096)
+    );
+    assert_eq!(blkid(&s.device, "LABEL"), "UROOT");
+    d.reboot();
+    assert!(!ready(&d, DEFAULTS).created);
+}

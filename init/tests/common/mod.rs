@@ -47,6 +47,8 @@ pub struct TestDisk {
     /// `loopN`, `None` while detached ("powered off").
     pub name: Option<String>,
     pub read_only: bool,
+    /// Logical sector size of the loop device.
+    pub sector_size: u32,
 }
 
 impl TestDisk {
@@ -61,6 +63,7 @@ impl TestDisk {
             image,
             name: None,
             read_only: false,
+            sector_size: 512,
         };
         d.attach();
         d
@@ -79,7 +82,17 @@ impl TestDisk {
             image,
             name: None,
             read_only: false,
+            sector_size: 512,
         };
+        d.attach();
+        d
+    }
+
+    /// A blank image attached with 4 KiB logical sectors.
+    pub fn blank_4k(size: u64) -> TestDisk {
+        let mut d = TestDisk::blank(size);
+        d.power_off();
+        d.sector_size = 4096;
         d.attach();
         d
     }
@@ -87,7 +100,8 @@ impl TestDisk {
     pub fn attach(&mut self) {
         assert!(self.name.is_none());
         let img = self.image.to_string_lossy().into_owned();
-        let mut args = vec!["--find", "--show", "--partscan"];
+        let sector = self.sector_size.to_string();
+        let mut args = vec!["--find", "--show", "--partscan", "--sector-size", &sector];
         if self.read_only {
             args.push("--read-only");
         }
