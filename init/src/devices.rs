@@ -8,6 +8,7 @@
 //! signature at all (file systems, swap, LVM, RAID, partition tables...). The two exceptions
 //! are states µCernVM itself leaves behind when a first boot is cut short
 //! (docs/scratch-disk.md) and the Amazon ephemeral disk (ext3 holding only `lost+found`).
+//! Discovery itself never writes to a disk; it only maintains the label links.
 
 pub mod probe;
 
@@ -20,7 +21,6 @@ use std::path::{Path, PathBuf};
 use nix::mount::{mount, umount, MsFlags};
 
 use crate::boot::Boot;
-use crate::console;
 use crate::disk::table;
 use probe::{Content, ExtKind, TableKind, LABEL_ROOT, LABEL_UNFINISHED};
 
@@ -319,16 +319,24 @@ fn look_inside(path: &Path, fstype: &str, mnt: &Path) -> MountLook {
     look
 }
 
-fn wipe_start(path: &Path, bytes: u64) -> std::io::Result<()> {
+/// Why discovery calls an Amazon ephemeral disk empty; [`wipe_ephemeral`] must run before it is
+/// partitioned or formatted.
+pub const EPHEMERAL_EXT3: &str = "ephemeral ext3 holding only lost+found";
+
+/// Zeroes the first 100 000 KiB of an ephemeral ext3 device before it is reused (spec §4),
+/// from the end of that zone towards the start: the superblock goes last, so a power cut in
+/// the middle leaves a file system the next boot recognises (and wipes) again.
+pub fn wipe_ephemeral(path: &Path) -> std::io::Result<()> {
     let mut f = fs::OpenOptions::new().write(true).open(path)?;
-    let len = f.seek(SeekFrom::End(0))?.min(bytes);
-    f.seek(SeekFrom::Start(0))?;
-    let zeros = vec![0u8; 1 << 20];
-    let mut left = len;
-    while left > 0 {
-        let n = left.min(zeros.len() as u64) as usize;
-        f.write_all(&zeros[..n])?;
-        left -= n as u64;
+    let len = f.seek(SeekFrom::End(0))?.min(AMAZON_WIPE_BYTES);
+    let chunk = 1u64 << 20;
+    let zeros = vec![0u8; chunk as usize];
+    let mut end = len;
+    while end > 0 {
+        let start = end.saturating_sub(chunk);
+        f.seek(SeekFrom::Start(start))?;
+        f.write_all(&zeros[..(end - start) as usize])?;
+        end = start;
     }
     f.sync_all()
 }
@@ -464,17 +472,8 @@ pub fn sync_block(env: &DeviceEnv) -> Result<BlockDevices, DevicesError> {
                         }
                     ) =>
                 {
-                    console::info(&format!(
-                        "Wiping empty ephemeral ext3 file system on /dev/{}",
-                        d.name
-                    ));
-                    match wipe_start(&path, AMAZON_WIPE_BYTES) {
-                        Ok(()) => {
-                            d.content = Content::Blank;
-                            d.empty_because = Some("ephemeral ext3 with only lost+found (wiped)");
-                        }
-                        Err(e) => log::warn!("cannot wipe {}: {e}", path.display()),
-                    }
+                    // Wiped by the root phase only if it is chosen.
+                    d.empty_because = Some(EPHEMERAL_EXT3);
                     continue;
                 }
                 _ => {}

@@ -477,9 +477,22 @@ fn amazon_ephemeral_ext3_with_only_lost_and_found_is_reused() {
     if !need_root() {
         return;
     }
-    let d = TestDisk::from_image(GIB, |img| {
+    let mut d = TestDisk::from_image(GIB, |img| {
         run("mke2fs", &["-q", "-t", "ext3", &img.to_string_lossy()]);
     });
+    // Discovery alone changes nothing (it runs on every boot; the wipe belongs to the disk's
+    // first use).
+    let before = read_at(&d.image, 0, 4 * MIB as usize);
+    let found = ucernvm_init::devices::refresh(&d.env().devices).unwrap();
+    assert_eq!(
+        found.first_empty_disk().map(|x| x.name.clone()),
+        Some(d.name().to_string())
+    );
+    assert_eq!(before, read_at(&d.image, 0, 4 * MIB as usize));
+    // A power cut in the middle of the wipe: the zone's end is zeroed, the superblock is not.
+    d.power_off();
+    write_at(&d.image, 50 * MIB, &vec![0u8; 50 * MIB as usize]);
+    d.attach();
     let s = ready(&d, DEFAULTS);
     assert_finished(&d, &s);
     assert_eq!(s.number, 1);

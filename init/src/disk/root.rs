@@ -75,6 +75,8 @@ pub enum RootError {
         what: String,
         offset: u64,
     },
+    #[error("cannot wipe /dev/{0}: {1}")]
+    Wipe(String, std::io::Error),
     #[error("cannot read /dev/{0}: {1}")]
     Read(String, std::io::Error),
     #[error("partition {number} of /dev/{disk} did not appear after partitioning")]
@@ -106,6 +108,20 @@ fn probe_at(dev: &Path, offset: u64) -> std::io::Result<Content> {
     Ok(probe::classify(&buf))
 }
 
+fn wipe(dev: &Path, name: &str) -> Result<(), RootError> {
+    console::begin(&format!("Wiping empty ephemeral ext3 on /dev/{name}..."));
+    match devices::wipe_ephemeral(dev) {
+        Ok(()) => {
+            console::check();
+            Ok(())
+        }
+        Err(e) => {
+            console::failed();
+            Err(RootError::Wipe(name.to_string(), e))
+        }
+    }
+}
+
 fn partition_named(devs: &BlockDevices, disk: &str, number: u32) -> Result<String, RootError> {
     devs.partitions_of(disk)
         .find(|p| p.partition.as_ref().is_some_and(|i| i.number == number))
@@ -129,6 +145,9 @@ fn partition(
         number: 0,
     })?;
     let dev = devs.path(disk);
+    if d.empty_because == Some(devices::EPHEMERAL_EXT3) {
+        wipe(&dev, disk)?;
+    }
     // The start of the disk was blank; make sure the places the new partitions start at are
     // too (a disk whose first sectors were wiped may still hold a file system further in).
     for p in parts {
@@ -227,6 +246,9 @@ pub fn prepare(
     if created {
         if !devs.is_empty(&part) {
             return Err(RootError::NotEmpty(name, part.content));
+        }
+        if part.empty_because == Some(devices::EPHEMERAL_EXT3) {
+            wipe(&dev, &name)?;
         }
         if !part.in_progress {
             set_type(&devs, &name, PartType::InProgress)?;
