@@ -81,6 +81,8 @@ pub enum RootError {
     Read(String, std::io::Error),
     #[error("partition {number} of /dev/{disk} did not appear after partitioning")]
     Missing { disk: String, number: u32 },
+    #[error("/dev/{0} disappeared during the root phase")]
+    Vanished(String),
     #[error("/dev/{0} is not empty any more (it holds {1}); refusing to format it")]
     NotEmpty(String, Content),
     #[error("cannot mark partition /dev/{0}: {1}")]
@@ -140,10 +142,9 @@ fn partition(
     parts: &[PartSpec],
     new_table: Option<probe::TableKind>,
 ) -> Result<(String, BlockDevices), RootError> {
-    let d = devs.get(disk).ok_or(RootError::Missing {
-        disk: disk.to_string(),
-        number: 0,
-    })?;
+    let d = devs
+        .get(disk)
+        .ok_or_else(|| RootError::Vanished(disk.to_string()))?;
     let dev = devs.path(disk);
     if d.empty_because == Some(devices::EPHEMERAL_EXT3) {
         wipe(&dev, disk)?;
@@ -238,10 +239,10 @@ pub fn prepare(
             (name, true)
         }
     };
-    let part = devs.get(&name).cloned().ok_or(RootError::Missing {
-        disk: name.clone(),
-        number: 0,
-    })?;
+    let part = devs
+        .get(&name)
+        .cloned()
+        .ok_or_else(|| RootError::Vanished(name.clone()))?;
     let dev = devs.path(&name);
     if created {
         if !devs.is_empty(&part) {
