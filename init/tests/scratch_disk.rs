@@ -515,3 +515,41 @@ fn disks_with_4k_sectors_are_partitioned_in_their_sectors() {
     d.reboot();
     assert!(!ready(&d, DEFAULTS).created);
 }
+
+#[test]
+fn power_cut_on_the_boot_disk_and_with_the_20_gib_split_never_adds_a_second_partition() {
+    if !need_root() {
+        return;
+    }
+    for step in [Step::Partition, Step::Format, Step::Layout] {
+        let mut d = TestDisk::from_image(2 * GIB, |img| boot_image(img, false));
+        assert!(matches!(
+            prepare(&d.env(), DEFAULTS, Some(step)),
+            Ok(RootOutcome::Stopped(_))
+        ));
+        d.reboot();
+        let s = ready(&d, DEFAULTS);
+        assert_finished(&d, &s);
+        assert_eq!(s.number, 2, "{step:?}");
+        assert_eq!(
+            read_table(&d.dev(), 512).unwrap().unwrap().partitions.len(),
+            2,
+            "{step:?}"
+        );
+    }
+    let off = PlanSettings {
+        resize_rootfs: false,
+        use_boothd: false,
+    };
+    let mut d = TestDisk::blank(21 * GIB);
+    assert!(matches!(
+        prepare(&d.env(), off, Some(Step::Partition)),
+        Ok(RootOutcome::Stopped(_))
+    ));
+    d.reboot();
+    let s = ready(&d, off);
+    assert_finished(&d, &s);
+    assert_eq!(s.number, 1, "the scratch partition, not the rest");
+    let rest = format!("/dev/{}p2", d.name());
+    assert_eq!(blkid(Path::new(&rest), "TYPE"), "");
+}
