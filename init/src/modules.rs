@@ -1,7 +1,461 @@
-//! kernel modules (spec §2)
+//! Kernel modules (spec §2): a small modprobe. The initramfs has no udev, so the NIC drivers of
+//! §2.1 are loaded explicitly, and other phases load file-system modules on demand with [`load`].
+//!
+//! Dependencies come from `modules.dep`; modules listed in `modules.builtin` and modules that
+//! already appear in `/sys/module` count as present. Compressed modules (`.ko.gz`, `.ko.xz`,
+//! `.ko.zst`) are handed to the kernel with `MODULE_INIT_COMPRESSED_FILE`; when the kernel cannot
+//! decompress, gzip modules are decompressed here and loaded with `init_module`.
 
-use crate::boot::{Boot, NotImplemented};
+use std::collections::{HashMap, HashSet};
+use std::fs;
+use std::io::Read;
+use std::os::fd::AsRawFd;
+use std::path::{Path, PathBuf};
 
-pub fn phase(_boot: &mut Boot) -> Result<(), NotImplemented> {
-    Err(NotImplemented("kernel modules (spec §2)"))
+use crate::boot::Boot;
+use crate::console;
+
+/// NIC drivers loaded on every boot, in the original's order (spec §2.1), followed by what a
+/// distribution kernel may have as modules where the CernVM kernel has them built in.
+pub const PREDEFINED: &[&str] = &[
+    "i40evf",
+    "ixgbevf",
+    "igbvf",
+    "e100",
+    "e1000",
+    "pcnet32",
+    "8139cp",
+    "8139too",
+    // built into the CernVM kernel, modules in distribution kernels (spec §2.1 recommendation)
+    "virtio_pci",
+    "virtio_net",
+    "virtio_blk",
+    "virtio_scsi",
+    "sr_mod",
+    "ahci",
+    "ata_piix",
+    "ena",
+    "vmxnet3",
+    "xen_netfront",
+    "xen_blkfront",
+    "hv_netvsc",
+    "hv_storvsc",
+];
+
+/// Why a module could not be loaded.
+#[derive(Debug, thiserror::Error)]
+pub enum ModuleError {
+    #[error("cannot read the module index {path}: {source}")]
+    Index {
+        path: PathBuf,
+        source: std::io::Error,
+    },
+    #[error("module {0} is neither in modules.dep nor built into the kernel")]
+    Unknown(String),
+    #[error("dependency cycle through module {0} in modules.dep")]
+    Cycle(String),
+    #[error("cannot open module file {path}: {source}")]
+    Open {
+        path: PathBuf,
+        source: std::io::Error,
+    },
+    #[error("cannot decompress module file {path}: {source}")]
+    Decompress {
+        path: PathBuf,
+        source: std::io::Error,
+    },
+    #[error("the kernel refused module {path}: {source}")]
+    Load {
+        path: PathBuf,
+        source: std::io::Error,
+    },
+}
+
+/// Module names are compared with `-` and `_` treated alike, as modprobe does.
+pub fn normalize(name: &str) -> String {
+    name.replace('-', "_")
+}
+
+fn module_name_of(path: &str) -> String {
+    let file = path.rsplit('/').next().unwrap_or(path);
+    let stem = file.split(".ko").next().unwrap_or(file);
+    normalize(stem)
+}
+
+/// The parsed `modules.dep` and `modules.builtin` of one kernel release.
+#[derive(Debug, Default)]
+pub struct ModuleIndex {
+    /// `/lib/modules/<release>`
+    pub dir: PathBuf,
+    /// module name → (file relative to `dir`, direct dependencies as names)
+    deps: HashMap<String, (String, Vec<String>)>,
+    builtin: HashSet<String>,
+}
+
+impl ModuleIndex {
+    /// Reads `dir/modules.dep` (required) and `dir/modules.builtin` (optional).
+    pub fn open(dir: &Path) -> Result<Self, ModuleError> {
+        let dep_path = dir.join("modules.dep");
+        let dep = fs::read_to_string(&dep_path).map_err(|source| ModuleError::Index {
+            path: dep_path,
+            source,
+        })?;
+        let builtin = fs::read_to_string(dir.join("modules.builtin")).unwrap_or_default();
+        Ok(Self::parse(dir, &dep, &builtin))
+    }
+
+    /// Parses the two index texts; malformed lines are skipped.
+    pub fn parse(dir: &Path, modules_dep: &str, modules_builtin: &str) -> Self {
+        let mut deps = HashMap::new();
+        for line in modules_dep.lines() {
+            let Some((file, rest)) = line.split_once(':') else {
+                continue;
+            };
+            let file = file.trim();
+            if file.is_empty() {
+                continue;
+            }
+            let d = rest.split_whitespace().map(module_name_of).collect();
+            deps.insert(module_name_of(file), (file.to_string(), d));
+        }
+        let builtin = modules_builtin
+            .lines()
+            .filter(|l| !l.trim().is_empty())
+            .map(|l| module_name_of(l.trim()))
+            .collect();
+        ModuleIndex {
+            dir: dir.to_path_buf(),
+            deps,
+            builtin,
+        }
+    }
+
+    pub fn is_builtin(&self, name: &str) -> bool {
+        self.builtin.contains(&normalize(name))
+    }
+
+    /// The module files to load for `name`, dependencies first, leaving out built-in modules
+    /// and those for which `loaded` says yes. Empty when nothing needs loading.
+    pub fn plan(
+        &self,
+        name: &str,
+        loaded: &dyn Fn(&str) -> bool,
+    ) -> Result<Vec<PathBuf>, ModuleError> {
+        let name = normalize(name);
+        if self.is_builtin(&name) || loaded(&name) {
+            return Ok(Vec::new());
+        }
+        if !self.deps.contains_key(&name) {
+            return Err(ModuleError::Unknown(name));
+        }
+        let mut order = Vec::new();
+        let mut done = HashSet::new();
+        let mut visiting = HashSet::new();
+        self.visit(&name, loaded, &mut visiting, &mut done, &mut order)?;
+        Ok(order)
+    }
+
+    fn visit(
+        &self,
+        name: &str,
+        loaded: &dyn Fn(&str) -> bool,
+        visiting: &mut HashSet<String>,
+        done: &mut HashSet<String>,
+        order: &mut Vec<PathBuf>,
+    ) -> Result<(), ModuleError> {
+        if done.contains(name) || self.is_builtin(name) || loaded(name) {
+            return Ok(());
+        }
+        let Some((file, deps)) = self.deps.get(name) else {
+            return Err(ModuleError::Unknown(name.to_string()));
+        };
+        if !visiting.insert(name.to_string()) {
+            return Err(ModuleError::Cycle(name.to_string()));
+        }
+        for d in deps {
+            self.visit(d, loaded, visiting, done, order)?;
+        }
+        visiting.remove(name);
+        done.insert(name.to_string());
+        order.push(self.dir.join(file));
+        Ok(())
+    }
+}
+
+/// Whether the running kernel has `name` loaded (or built in with a `/sys/module` entry).
+pub fn is_loaded(name: &str) -> bool {
+    Path::new("/sys/module").join(normalize(name)).exists()
+}
+
+const MODULE_INIT_COMPRESSED_FILE: libc::c_uint = 4;
+
+enum Compression {
+    None,
+    Gzip,
+    Xz,
+    Zstd,
+}
+
+fn compression_of(path: &Path) -> Compression {
+    match path.extension().and_then(|e| e.to_str()) {
+        Some("gz") => Compression::Gzip,
+        Some("xz") => Compression::Xz,
+        Some("zst") => Compression::Zstd,
+        _ => Compression::None,
+    }
+}
+
+fn finit_module(file: &fs::File, flags: libc::c_uint) -> std::io::Result<()> {
+    let params = c"";
+    // SAFETY: a valid open fd and a NUL-terminated parameter string.
+    let rc = unsafe {
+        libc::syscall(
+            libc::SYS_finit_module,
+            file.as_raw_fd(),
+            params.as_ptr(),
+            flags,
+        )
+    };
+    if rc == 0 {
+        Ok(())
+    } else {
+        Err(std::io::Error::last_os_error())
+    }
+}
+
+fn init_module(image: &[u8]) -> std::io::Result<()> {
+    let params = c"";
+    // SAFETY: the image buffer outlives the call; length matches.
+    let rc = unsafe {
+        libc::syscall(
+            libc::SYS_init_module,
+            image.as_ptr(),
+            image.len() as libc::c_ulong,
+            params.as_ptr(),
+        )
+    };
+    if rc == 0 {
+        Ok(())
+    } else {
+        Err(std::io::Error::last_os_error())
+    }
+}
+
+fn decompress(path: &Path, how: &Compression) -> Result<Vec<u8>, ModuleError> {
+    let err = |source| ModuleError::Decompress {
+        path: path.to_path_buf(),
+        source,
+    };
+    let file = fs::File::open(path).map_err(err)?;
+    let mut out = Vec::new();
+    match how {
+        Compression::Gzip => {
+            flate2::read::GzDecoder::new(file)
+                .read_to_end(&mut out)
+                .map_err(err)?;
+        }
+        Compression::Xz | Compression::Zstd => {
+            return Err(err(std::io::Error::other(
+                "xz and zstd modules need a kernel with CONFIG_MODULE_DECOMPRESS",
+            )))
+        }
+        Compression::None => {
+            fs::File::open(path)
+                .and_then(|mut f| f.read_to_end(&mut out))
+                .map_err(err)?;
+        }
+    }
+    Ok(out)
+}
+
+/// Loads one module file (no dependency handling). "Already loaded" counts as success.
+pub fn load_file(path: &Path) -> Result<(), ModuleError> {
+    let file = fs::File::open(path).map_err(|source| ModuleError::Open {
+        path: path.to_path_buf(),
+        source,
+    })?;
+    let how = compression_of(path);
+    let flags = match how {
+        Compression::None => 0,
+        _ => MODULE_INIT_COMPRESSED_FILE,
+    };
+    let mut result = finit_module(&file, flags);
+    // EINVAL: this kernel does not know the flag or cannot decompress this format.
+    if flags != 0 && matches!(&result, Err(e) if e.raw_os_error() == Some(libc::EINVAL)) {
+        let image = decompress(path, &how)?;
+        result = init_module(&image);
+    }
+    match result {
+        Ok(()) => Ok(()),
+        Err(e) if e.raw_os_error() == Some(libc::EEXIST) => Ok(()),
+        Err(source) => Err(ModuleError::Load {
+            path: path.to_path_buf(),
+            source,
+        }),
+    }
+}
+
+/// The module directory of the running kernel below `root` (`<root>/lib/modules/<release>`).
+pub fn modules_dir(root: &Path) -> PathBuf {
+    let release = nix::sys::utsname::uname()
+        .map(|u| u.release().to_string_lossy().into_owned())
+        .unwrap_or_default();
+    root.join("lib/modules").join(release)
+}
+
+/// Loads `name` and its dependencies into the running kernel (modprobe). Built-in and
+/// already-loaded modules succeed without doing anything.
+pub fn load(name: &str) -> Result<(), ModuleError> {
+    if is_loaded(name) {
+        return Ok(());
+    }
+    let index = ModuleIndex::open(&modules_dir(Path::new("/")))?;
+    load_with(&index, name)
+}
+
+/// [`load`] against a given index.
+pub fn load_with(index: &ModuleIndex, name: &str) -> Result<(), ModuleError> {
+    for file in index.plan(name, &is_loaded)? {
+        log::debug!("loading kernel module {}", file.display());
+        load_file(&file)?;
+    }
+    Ok(())
+}
+
+/// Non-comment, non-empty lines of `/etc/modules`.
+pub fn etc_modules(text: &str) -> Vec<String> {
+    text.lines()
+        .map(str::trim)
+        .filter(|l| !l.is_empty() && !l.starts_with('#'))
+        .filter_map(|l| l.split_whitespace().next())
+        .map(str::to_string)
+        .collect()
+}
+
+/// Spec §2.1: the predefined modules, then `/etc/modules`; failures are logged and ignored.
+pub fn phase(boot: &mut Boot) -> Result<(), ModuleError> {
+    console::begin("Loading predefined modules...");
+    let root = &boot.layout.initramfs;
+    let index = match ModuleIndex::open(&modules_dir(root)) {
+        Ok(i) => i,
+        Err(e) => {
+            // A kernel with everything built in ships no modules at all.
+            log::info!("no loadable kernel modules: {e}");
+            console::check();
+            return Ok(());
+        }
+    };
+    let extra = fs::read_to_string(root.join("etc/modules")).unwrap_or_default();
+    let wanted = PREDEFINED
+        .iter()
+        .map(|s| s.to_string())
+        .chain(etc_modules(&extra));
+    for name in wanted {
+        match load_with(&index, &name) {
+            Ok(()) => {}
+            Err(ModuleError::Unknown(_)) => log::debug!("module {name} not available"),
+            Err(e) => log::warn!("module {name}: {e}"),
+        }
+    }
+    console::check();
+    Ok(())
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    const DEP: &str = "kernel/fs/isofs/isofs.ko.xz:\n\
+kernel/fs/udf/udf.ko.xz: kernel/lib/crc-itu-t.ko.xz\n\
+kernel/fs/fat/vfat.ko.xz: kernel/fs/fat/fat.ko.xz kernel/fs/nls/nls_base.ko.xz\n\
+kernel/fs/fat/fat.ko.xz: kernel/fs/nls/nls_base.ko.xz\n\
+kernel/fs/nls/nls_base.ko.xz:\n\
+kernel/lib/crc-itu-t.ko.xz:\n\
+kernel/a.ko: kernel/b.ko\n\
+kernel/b.ko: kernel/a.ko\n\
+garbage line without colon\n";
+    const BUILTIN: &str = "kernel/fs/ext4/ext4.ko\nkernel/drivers/block/virtio_blk.ko\n";
+
+    fn index() -> ModuleIndex {
+        ModuleIndex::parse(Path::new("/m"), DEP, BUILTIN)
+    }
+
+    fn names(files: &[PathBuf]) -> Vec<String> {
+        files
+            .iter()
+            .map(|p| module_name_of(&p.to_string_lossy()))
+            .collect()
+    }
+
+    #[test]
+    fn dependencies_come_first_each_once() {
+        let plan = index().plan("vfat", &|_| false).unwrap();
+        assert_eq!(names(&plan), ["nls_base", "fat", "vfat"]);
+        assert_eq!(plan[2], Path::new("/m/kernel/fs/fat/vfat.ko.xz"));
+    }
+
+    #[test]
+    fn dash_and_underscore_are_the_same_name() {
+        let plan = index().plan("udf", &|_| false).unwrap();
+        assert_eq!(names(&plan), ["crc_itu_t", "udf"]);
+        assert!(index().plan("crc_itu-t", &|_| false).is_ok());
+    }
+
+    #[test]
+    fn builtin_and_loaded_modules_need_nothing() {
+        assert!(index().plan("ext4", &|_| false).unwrap().is_empty());
+        assert!(index().plan("virtio-blk", &|_| false).unwrap().is_empty());
+        let plan = index().plan("vfat", &|n| n == "nls_base").unwrap();
+        assert_eq!(names(&plan), ["fat", "vfat"]);
+        assert!(index().plan("vfat", &|n| n == "vfat").unwrap().is_empty());
+    }
+
+    #[test]
+    fn unknown_and_cyclic_modules_are_errors() {
+        assert!(matches!(
+            index().plan("nosuch", &|_| false),
+            Err(ModuleError::Unknown(n)) if n == "nosuch"
+        ));
+        assert!(matches!(
+            index().plan("a", &|_| false),
+            Err(ModuleError::Cycle(_))
+        ));
+    }
+
+    #[test]
+    fn etc_modules_skips_comments_and_blank_lines() {
+        assert_eq!(
+            etc_modules("# comment\n\nfloppy\n  tun  opt=1\n"),
+            ["floppy", "tun"]
+        );
+    }
+
+    #[test]
+    fn missing_index_is_a_clear_error() {
+        let dir = tempfile::tempdir().unwrap();
+        let e = ModuleIndex::open(dir.path()).unwrap_err();
+        assert!(e.to_string().contains("modules.dep"), "{e}");
+    }
+
+    #[test]
+    fn a_file_that_is_not_a_module_is_refused_with_its_path() {
+        let dir = tempfile::tempdir().unwrap();
+        let f = dir.path().join("bogus.ko");
+        fs::write(&f, b"not an ELF module").unwrap();
+        let e = load_file(&f).unwrap_err();
+        assert!(matches!(e, ModuleError::Load { .. }), "{e}");
+        assert!(e.to_string().contains("bogus.ko"), "{e}");
+    }
+
+    #[test]
+    fn a_corrupt_gzip_module_is_a_decompress_or_load_error() {
+        let dir = tempfile::tempdir().unwrap();
+        let f = dir.path().join("bogus.ko.gz");
+        fs::write(&f, b"\x1f\x8bnot really gzip").unwrap();
+        let e = load_file(&f).unwrap_err();
+        assert!(
+            matches!(e, ModuleError::Decompress { .. } | ModuleError::Load { .. }),
+            "{e}"
+        );
+    }
 }
