@@ -2,6 +2,7 @@
 
 pub mod extra;
 pub mod glidein;
+pub mod media;
 pub mod mime;
 pub mod sources;
 pub mod ucernvm_block;

@@ -1,5 +1,5 @@
 //! Test support: a private network for one test thread. The calling thread moves into a new
-//! network namespace holding `c0`; its veth peer `s0` lives in a named namespace where a real
+//! network namespace holding `eth0`; its veth peer `s0` lives in a named namespace where a real
 //! dnsmasq serves DHCP. Everything vanishes when the lab is dropped and the thread ends.
 
 use std::process::{Child, Command, Stdio};
@@ -34,14 +34,14 @@ pub struct Lab {
 }
 
 impl Lab {
-    /// `c0` here (down, no address), `s0` = 10.77.0.1/24 in the server namespace.
+    /// `eth0` here (down, no address), `s0` = 10.77.0.1/24 in the server namespace.
     pub fn new() -> Lab {
         private_netns();
         let n = COUNTER.fetch_add(1, Ordering::SeqCst);
         let server_ns = format!("ucvm-test-{}-{n}", std::process::id());
         run(&["ip", "netns", "add", &server_ns]);
         run(&[
-            "ip", "link", "add", "name", "c0", "type", "veth", "peer", "name", "s0",
+            "ip", "link", "add", "name", "eth0", "type", "veth", "peer", "name", "s0",
         ]);
         run(&["ip", "link", "set", "s0", "netns", &server_ns]);
         let ns = |args: &[&str]| {

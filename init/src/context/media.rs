@@ -1,0 +1,315 @@
+//! Block devices that may carry a context (CD-ROMs, config drives, any partition): listing
+//! them from `/proc/partitions`, recognising their file system by its signature, and mounting
+//! them read-only with the kernel's driver (modules loaded on demand).
+
+use std::fs;
+use std::io::{Read, Seek, SeekFrom};
+use std::path::{Path, PathBuf};
+
+use nix::mount::{mount, umount2, MntFlags, MsFlags};
+
+use crate::modules;
+
+/// File systems recognised by [`probe`].
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum FsType {
+    Iso9660,
+    Udf,
+    Vfat,
+    Ext,
+}
+
+impl FsType {
+    /// The name `mount(2)` knows.
+    pub fn mount_name(self) -> &'static str {
+        match self {
+            FsType::Iso9660 => "iso9660",
+            FsType::Udf => "udf",
+            FsType::Vfat => "vfat",
+            FsType::Ext => "ext4",
+        }
+    }
+
+    fn module(self) -> &'static str {
+        match self {
+            FsType::Iso9660 => "isofs",
+            FsType::Udf => "udf",
+            FsType::Vfat => "vfat",
+            FsType::Ext => "ext4",
+        }
+    }
+}
+
+#[derive(Debug, thiserror::Error)]
+pub enum MediaError {
+    #[error("cannot create mount point {path}: {source}")]
+    MountPoint {
+        path: PathBuf,
+        source: std::io::Error,
+    },
+    #[error("cannot mount {device} ({fstype}) read-only: {source}")]
+    Mount {
+        device: PathBuf,
+        fstype: &'static str,
+        source: nix::Error,
+    },
+}
+
+/// Device names of `/proc/partitions` text (header skipped), sorted by name as the original.
+pub fn partition_names(proc_partitions: &str) -> Vec<String> {
+    let mut names: Vec<String> = proc_partitions
+        .lines()
+        .skip(2)
+        .filter_map(|l| l.split_whitespace().nth(3))
+        .map(str::to_string)
+        .collect();
+    names.sort();
+    names
+}
+
+/// Every signature found on the device (an ISO/UDF bridge disc has both). Read errors mean
+/// "nothing recognised".
+pub fn probe(device: &Path) -> Vec<FsType> {
+    let mut head = vec![0u8; 32768 + 2048 * 16];
+    let n = fs::File::open(device)
+        .and_then(|mut f| {
+            f.seek(SeekFrom::Start(0))?;
+            let mut total = 0;
+            while total < head.len() {
+                let k = f.read(&mut head[total..])?;
+                if k == 0 {
+                    break;
+                }
+                total += k;
+            }
+            Ok(total)
+        })
+        .unwrap_or(0);
+    probe_bytes(&head[..n])
+}
+
+/// [`probe`] on the first bytes of a device.
+pub fn probe_bytes(b: &[u8]) -> Vec<FsType> {
+    let mut found = Vec::new();
+    let at = |off: usize, sig: &[u8]| b.get(off..off + sig.len()) == Some(sig);
+    if at(32769, b"CD001") {
+        found.push(FsType::Iso9660);
+    }
+    // UDF volume recognition sequence: NSR02/NSR03 descriptor in the sectors after 32 KiB.
+    if (0..16).any(|k| at(32768 + 2048 * k + 1, b"NSR02") || at(32768 + 2048 * k + 1, b"NSR03")) {
+        found.push(FsType::Udf);
+    }
+    let boot_sig = at(510, &[0x55, 0xaa]);
+    if boot_sig && (at(54, b"FAT12") || at(54, b"FAT16") || at(82, b"FAT32") || at(54, b"FAT  ")) {
+        found.push(FsType::Vfat);
+    }
+    if at(1080, &[0x53, 0xef]) {
+        found.push(FsType::Ext);
+    }
+    found
+}
+
+/// A read-only mount that is undone when dropped.
+pub struct Mounted {
+    dir: PathBuf,
+}
+
+impl Mounted {
+    pub fn path(&self) -> &Path {
+        &self.dir
+    }
+}
+
+impl Drop for Mounted {
+    fn drop(&mut self) {
+        if let Err(e) = umount2(&self.dir, MntFlags::MNT_DETACH) {
+            log::warn!("cannot unmount {}: {e}", self.dir.display());
+        }
+        let _ = fs::remove_dir(&self.dir);
+    }
+}
+
+/// Mounts `device` read-only as `fstype` on a fresh directory below `scratch`.
+pub fn mount_ro(device: &Path, fstype: FsType, scratch: &Path) -> Result<Mounted, MediaError> {
+    if let Err(e) = modules::load(fstype.module()) {
+        log::debug!("module for {}: {e}", fstype.mount_name());
+    }
+    let name = device
+        .file_name()
+        .map(|n| n.to_string_lossy().into_owned())
+        .unwrap_or_default();
+    let dir = scratch.join(format!("ucvm-media-{}-{name}", std::process::id()));
+    fs::create_dir_all(&dir).map_err(|source| MediaError::MountPoint {
+        path: dir.clone(),
+        source,
+    })?;
+    let flags = MsFlags::MS_RDONLY | MsFlags::MS_NOSUID | MsFlags::MS_NODEV | MsFlags::MS_NOEXEC;
+    if let Err(source) = mount(
+        Some(device),
+        &dir,
+        Some(fstype.mount_name()),
+        flags,
+        None::<&str>,
+    ) {
+        let _ = fs::remove_dir(&dir);
+        return Err(MediaError::Mount {
+            device: device.to_path_buf(),
+            fstype: fstype.mount_name(),
+            source,
+        });
+    }
+    Ok(Mounted { dir })
+}
+
+/// One candidate medium: its name (as in `/proc/partitions`) and its device node.
+#[derive(Debug, Clone)]
+pub struct Device {
+    pub name: String,
+    pub node: PathBuf,
+}
+
+/// The block devices of the running system, in name order.
+pub fn system_devices() -> Vec<Device> {
+    let text = fs::read_to_string("/proc/partitions").unwrap_or_default();
+    partition_names(&text)
+        .into_iter()
+        .map(|name| Device {
+            node: PathBuf::from("/dev").join(&name),
+            name,
+        })
+        .collect()
+}
+
+/// Where media come from: the kernel's block devices, or (tests) directories standing in for
+/// already-mounted media.
+pub enum Media {
+    Devices {
+        devices: Vec<Device>,
+        scratch: PathBuf,
+    },
+    Fixtures(Vec<(String, FsType, PathBuf)>),
+}
+
+impl Media {
+    pub fn system(scratch: PathBuf) -> Self {
+        Media::Devices {
+            devices: system_devices(),
+            scratch,
+        }
+    }
+
+    /// Visits every medium of an allowed type (`None`: any recognised type), mounted, in name
+    /// order; `visit` returns `true` to stop the scan. Returns the name of the medium that
+    /// stopped it.
+    pub fn scan(
+        &self,
+        allowed: Option<&[FsType]>,
+        visit: &mut dyn FnMut(&str, FsType, &Path) -> bool,
+    ) -> Option<String> {
+        let ok = |t: &FsType| allowed.is_none_or(|a| a.contains(t));
+        match self {
+            Media::Fixtures(list) => {
+                for (name, t, dir) in list {
+                    if ok(t) && visit(name, *t, dir) {
+                        return Some(name.clone());
+                    }
+                }
+                None
+            }
+            Media::Devices { devices, scratch } => {
+                for d in devices {
+                    let Some(t) = probe(&d.node).into_iter().find(|t| ok(t)) else {
+                        continue;
+                    };
+                    let m = match mount_ro(&d.node, t, scratch) {
+                        Ok(m) => m,
+                        Err(e) => {
+                            log::info!("{e}");
+                            continue;
+                        }
+                    };
+                    if visit(&d.name, t, m.path()) {
+                        return Some(d.name.clone());
+                    }
+                }
+                None
+            }
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use std::process::Command;
+
+    #[test]
+    fn partitions_are_sorted_by_name() {
+        let t = "major minor  #blocks  name\n\n 254 16 1000 vdb\n 11 0 300 sr0\n 254 0 2000 vda\n 254 1 1000 vda1\n";
+        assert_eq!(partition_names(t), ["sr0", "vda", "vda1", "vdb"]);
+        assert!(partition_names("").is_empty());
+    }
+
+    fn have(tool: &str) -> bool {
+        Command::new("sh")
+            .arg("-c")
+            .arg(format!("command -v {tool}"))
+            .status()
+            .is_ok_and(|s| s.success())
+    }
+
+    #[test]
+    fn signatures_of_real_images() {
+        assert!(
+            have("genisoimage") && have("mkfs.vfat") && have("mke2fs"),
+            "scripts/bootstrap installs the image tools"
+        );
+        let d = tempfile::tempdir().unwrap();
+        let src = d.path().join("src");
+        fs::create_dir(&src).unwrap();
+        fs::write(src.join("context.sh"), "A=1\n").unwrap();
+        let iso = d.path().join("c.iso");
+        let udf = d.path().join("u.iso");
+        let fat = d.path().join("f.img");
+        let ext = d.path().join("e.img");
+        let run = |args: &[&str]| {
+            let s = Command::new(args[0]).args(&args[1..]).output().unwrap();
+            assert!(
+                s.status.success(),
+                "{args:?} {}",
+                String::from_utf8_lossy(&s.stderr)
+            );
+        };
+        run(&[
+            "genisoimage",
+            "-quiet",
+            "-o",
+            iso.to_str().unwrap(),
+            src.to_str().unwrap(),
+        ]);
+        run(&[
+            "genisoimage",
+            "-quiet",
+            "-udf",
+            "-o",
+            udf.to_str().unwrap(),
+            src.to_str().unwrap(),
+        ]);
+        run(&["mkfs.vfat", "-C", fat.to_str().unwrap(), "1440"]);
+        run(&[
+            "mke2fs",
+            "-q",
+            "-F",
+            "-t",
+            "ext4",
+            ext.to_str().unwrap(),
+            "4M",
+        ]);
+        assert_eq!(probe(&iso), [FsType::Iso9660]);
+        assert_eq!(probe(&udf), [FsType::Iso9660, FsType::Udf]);
+        assert_eq!(probe(&fat), [FsType::Vfat]);
+        assert_eq!(probe(&ext), [FsType::Ext]);
+        assert!(probe(&d.path().join("missing")).is_empty());
+        assert!(probe_bytes(&[0u8; 100]).is_empty());
+    }
+}
