@@ -13,6 +13,7 @@ pub mod disk;
 pub mod early;
 pub mod epilog;
 pub mod handover;
+pub mod http;
 pub mod modules;
 pub mod network;
 pub mod post;
