@@ -61,6 +61,8 @@ pub struct Boot {
     /// True when no scratch disk labelled `UROOT` was found (set by `devices`).
     pub first_boot: bool,
     pub network: Option<network::NetworkState>,
+    /// What contextualization found on the first boot (source, user data, entries).
+    pub context: Option<context::sources::Contextualized>,
     pub devices: Option<devices::BlockDevices>,
     pub scratch: Option<disk::ScratchDisk>,
     pub cvmfs: Option<cvmfs_start::CvmfsMount>,
@@ -75,6 +77,7 @@ impl Boot {
             settings: ContextSettings::default(),
             first_boot: true,
             network: None,
+            context: None,
             devices: None,
             scratch: None,
             cvmfs: None,

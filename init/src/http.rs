@@ -252,7 +252,8 @@ pub(crate) mod testserver {
             Err(_) => return,
         });
         let mut first = String::new();
-        if r.read_line(&mut first).is_err() {
+        // a bare connect (port probe) sends nothing
+        if r.read_line(&mut first).is_err() || first.is_empty() {
             return;
         }
         let path = first.split_whitespace().nth(1).unwrap_or("").to_string();
