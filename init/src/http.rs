@@ -123,7 +123,8 @@ pub fn get(
     parse_response(addr, path, data)
 }
 
-fn parse_response(addr: SocketAddr, path: &str, data: Vec<u8>) -> Result<Vec<u8>, HttpError> {
+/// Splits a complete HTTP answer into status check and body (2xx only).
+pub fn parse_response(addr: SocketAddr, path: &str, data: Vec<u8>) -> Result<Vec<u8>, HttpError> {
     let malformed = |what: &str| HttpError::Malformed {
         addr,
         what: what.to_string(),
