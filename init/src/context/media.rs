@@ -30,12 +30,14 @@ impl FsType {
         }
     }
 
-    fn module(self) -> &'static str {
+    /// Kernel modules the mount needs. vfat's default code page and character set are
+    /// requested by the kernel through modprobe, which the initramfs does not have.
+    fn modules(self) -> &'static [&'static str] {
         match self {
-            FsType::Iso9660 => "isofs",
-            FsType::Udf => "udf",
-            FsType::Vfat => "vfat",
-            FsType::Ext => "ext4",
+            FsType::Iso9660 => &["isofs"],
+            FsType::Udf => &["udf"],
+            FsType::Vfat => &["vfat", "nls_cp437", "nls_iso8859_1"],
+            FsType::Ext => &["ext4"],
         }
     }
 }
@@ -131,8 +133,10 @@ impl Drop for Mounted {
 
 /// Mounts `device` read-only as `fstype` on a fresh directory below `scratch`.
 pub fn mount_ro(device: &Path, fstype: FsType, scratch: &Path) -> Result<Mounted, MediaError> {
-    if let Err(e) = modules::load(fstype.module()) {
-        log::debug!("module for {}: {e}", fstype.mount_name());
+    for m in fstype.modules() {
+        if let Err(e) = modules::load(m) {
+            log::debug!("module {m} for {}: {e}", fstype.mount_name());
+        }
     }
     let name = device
         .file_name()
