@@ -332,6 +332,20 @@ pub fn etc_modules(text: &str) -> Vec<String> {
         .collect()
 }
 
+/// Without udev nobody waits for the asynchronous ATA/SCSI scans that loading a controller
+/// driver starts. Writing `- - -` to a host's `scan` file rescans it synchronously, so CD-ROMs
+/// and disks are in `/proc/partitions` before the network phase looks for a context CD.
+pub fn settle_scsi_hosts(sys_class_scsi_host: &Path) {
+    let Ok(hosts) = fs::read_dir(sys_class_scsi_host) else {
+        return;
+    };
+    for h in hosts.flatten() {
+        if let Err(e) = fs::write(h.path().join("scan"), "- - -") {
+            log::debug!("rescan of {}: {e}", h.path().display());
+        }
+    }
+}
+
 /// Spec §2.1: the predefined modules, then `/etc/modules`; failures are logged and ignored.
 pub fn phase(boot: &mut Boot) -> Result<(), ModuleError> {
     console::begin("Loading predefined modules...");
@@ -357,6 +371,7 @@ pub fn phase(boot: &mut Boot) -> Result<(), ModuleError> {
             Err(e) => log::warn!("module {name}: {e}"),
         }
     }
+    settle_scsi_hosts(Path::new("/sys/class/scsi_host"));
     console::check();
     Ok(())
 }

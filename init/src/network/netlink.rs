@@ -4,7 +4,6 @@
 use std::io;
 use std::net::Ipv4Addr;
 use std::os::fd::{AsRawFd, FromRawFd, OwnedFd};
-use std::time::Duration;
 
 const NLMSG_HDRLEN: usize = 16;
 const NLMSG_ERROR: u16 = 2;
@@ -182,20 +181,9 @@ impl Netlink {
         // SAFETY: fd is a fresh descriptor we own.
         let fd = unsafe { OwnedFd::from_raw_fd(fd) };
         // The kernel answers at once; the timeout only guards against a bug hanging PID 1.
-        let tv = libc::timeval {
-            tv_sec: Duration::from_secs(5).as_secs() as libc::time_t,
-            tv_usec: 0,
-        };
-        // SAFETY: valid fd and option buffer of the declared size.
-        unsafe {
-            libc::setsockopt(
-                fd.as_raw_fd(),
-                libc::SOL_SOCKET,
-                libc::SO_RCVTIMEO,
-                &tv as *const _ as *const libc::c_void,
-                std::mem::size_of::<libc::timeval>() as libc::socklen_t,
-            );
-        }
+        let tv = nix::sys::time::TimeVal::new(5, 0);
+        nix::sys::socket::setsockopt(&fd, nix::sys::socket::sockopt::ReceiveTimeout, &tv)
+            .map_err(|e| NetlinkError::Socket(e.into()))?;
         Ok(Netlink { fd, seq: 1 })
     }
 
