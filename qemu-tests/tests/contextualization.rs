@@ -1,0 +1,234 @@
+//! End-to-end: our static `init` as PID 1 in QEMU (TCG) loads the NIC, CD-ROM and file-system
+//! modules of a real distribution kernel, gets a DHCP lease from QEMU's user network and finds
+//! the user data on a context ISO (OpenStack config drive) or at an emulated EC2 metadata
+//! service reached at 169.254.169.254. The results are read back from the guest's rescue shell.
+//!
+//! Needs a kernel (`kernel-config/fetch-debian-kernel`), a static busybox and the static init
+//! (`scripts/build-static`); skipped with a message otherwise.
+
+use std::path::{Path, PathBuf};
+use std::time::{Duration, Instant};
+
+use cernvm_launch::qemu::{Accel, QemuCommand, UserNet};
+use qemu_tests::metadata::{Cloud, MetadataServer};
+use qemu_tests::{inputs, media, Guest};
+use ucernvm_init::modules::ModuleIndex;
+use ucernvm_initramfs::Archive;
+
+/// Modules the guest needs: virtio-net, the IDE CD-ROM, the context file systems.
+const MODULES: &[&str] = &[
+    "virtio_pci",
+    "virtio_net",
+    "ata_piix",
+    "sr_mod",
+    "isofs",
+    "udf",
+    "vfat",
+    "nls_cp437",
+    "nls_iso8859_1",
+];
+
+const USER_DATA: &[u8] = b"#!/bin/sh\n[ucernvm-begin]\ncvmfs_branch=demo.cernvm.test\nresize_rootfs=off\n[ucernvm-end]\n";
+
+struct Inputs {
+    kernel: PathBuf,
+    busybox: PathBuf,
+    init: PathBuf,
+}
+
+fn inputs_or_skip() -> Option<Inputs> {
+    let init = inputs::workspace_root().join("target/x86_64-unknown-linux-musl/release/init");
+    let found = (
+        inputs::kernel(),
+        inputs::static_busybox(),
+        inputs::is_static_elf(&init).then_some(init),
+    );
+    match found {
+        (Some(kernel), Some(busybox), Some(init)) => Some(Inputs {
+            kernel,
+            busybox,
+            init,
+        }),
+        other => {
+            eprintln!("skipping: need kernel, static busybox and static init (scripts/build-static); have {other:?}");
+            None
+        }
+    }
+}
+
+/// The modules directory of `kernel` (`.../boot/vmlinuz-<v>` → `.../lib/modules/<v>`).
+fn modules_dir(kernel: &Path) -> PathBuf {
+    let version = kernel
+        .file_name()
+        .and_then(|n| n.to_str())
+        .and_then(|n| n.strip_prefix("vmlinuz-"))
+        .expect("kernel named vmlinuz-<version>");
+    kernel
+        .parent()
+        .and_then(Path::parent)
+        .expect("kernel below <root>/boot")
+        .join("lib/modules")
+        .join(version)
+}
+
+/// An initramfs with our init, busybox (rescue shell) and just the modules of [`MODULES`]
+/// with a `modules.dep` trimmed to them.
+fn initramfs(inp: &Inputs, dest: &Path) {
+    let mdir = modules_dir(&inp.kernel);
+    let release = mdir.file_name().unwrap().to_str().unwrap().to_string();
+    let index = ModuleIndex::open(&mdir).unwrap();
+    let mut files: Vec<PathBuf> = Vec::new();
+    for m in MODULES {
+        for f in index.plan(m, &|_| false).unwrap() {
+            if !files.contains(&f) {
+                files.push(f);
+            }
+        }
+    }
+    let dep = std::fs::read_to_string(mdir.join("modules.dep")).unwrap();
+    let rel = |f: &Path| {
+        f.strip_prefix(&mdir)
+            .unwrap()
+            .to_string_lossy()
+            .into_owned()
+    };
+    let wanted: Vec<String> = files.iter().map(|f| rel(f)).collect();
+    let trimmed: String = dep
+        .lines()
+        .filter(|l| {
+            l.split(':')
+                .next()
+                .is_some_and(|f| wanted.iter().any(|w| w == f))
+        })
+        .map(|l| format!("{l}\n"))
+        .collect();
+
+    let mut a = Archive::new();
+    a.add_file("init", std::fs::read(&inp.init).unwrap(), 0o755)
+        .unwrap();
+    a.add_file("bin/busybox", std::fs::read(&inp.busybox).unwrap(), 0o755)
+        .unwrap();
+    for tool in ["sh", "cat", "echo"] {
+        a.add_symlink(&format!("bin/{tool}"), "busybox").unwrap();
+    }
+    a.add_char_device("dev/console", 5, 1, 0o600).unwrap();
+    a.add_char_device("dev/null", 1, 3, 0o666).unwrap();
+    a.add_file("version", "test-1.0\n", 0o644).unwrap();
+    let base = format!("lib/modules/{release}");
+    a.add_file(&format!("{base}/modules.dep"), trimmed, 0o644)
+        .unwrap();
+    if let Ok(b) = std::fs::read(mdir.join("modules.builtin")) {
+        a.add_file(&format!("{base}/modules.builtin"), b, 0o644)
+            .unwrap();
+    }
+    for (f, r) in files.iter().zip(&wanted) {
+        a.add_file(&format!("{base}/{r}"), std::fs::read(f).unwrap(), 0o644)
+            .unwrap();
+    }
+    let out = std::fs::File::create(dest).unwrap();
+    a.write_zstd(out, 3).unwrap();
+}
+
+/// Boots, leaves every rescue shell before contextualization, and in the first one after it
+/// prints the files the network and context phases wrote. Returns the console text between
+/// the check markers.
+fn boot_and_inspect(cmd: QemuCommand, expect_source: &str) -> String {
+    let mut guest = Guest::spawn(cmd).unwrap();
+    let context_line = format!("Contextualizing VM... \u{1b}[32m{expect_source}");
+    let deadline = Instant::now() + Duration::from_secs(300);
+    // busybox prints its prompt followed by a cursor-position query
+    let prompt = "(initrd) ";
+    let mut prompts_handled = 0;
+    loop {
+        assert!(
+            Instant::now() < deadline,
+            "no contextualization result {expect_source:?}:\n{}",
+            guest.console().contents()
+        );
+        let text = guest.console().contents();
+        match text.find(&context_line) {
+            Some(at) if text[at..].contains(prompt) => break,
+            Some(_) => {}
+            None if text.contains("Looking for extra context") => {
+                panic!("wrong context source, expected {expect_source}:\n{text}")
+            }
+            None => {
+                let prompts = text.matches(prompt).count();
+                if prompts > prompts_handled {
+                    prompts_handled = prompts;
+                    guest.send("exit\n").unwrap();
+                }
+            }
+        }
+        std::thread::sleep(Duration::from_millis(200));
+    }
+    guest
+        .send("echo CHECK-$((1+1)); cat /ucontext /etc/resolv.conf /var/lib/dhcp-server /var/log/context.log; echo MTU=$(cat /sys/class/net/eth0/mtu); echo END-$((1+1))\n")
+        .unwrap();
+    guest.wait_for("END-2", Duration::from_secs(60)).unwrap();
+    let text = guest.console().contents();
+    let start = text.rfind("CHECK-2").unwrap();
+    let end = text.rfind("END-2").unwrap();
+    // the serial console ends lines with CR LF
+    text[start..end].replace("\r\n", "\n")
+}
+
+fn base_command(inp: &Inputs, initrd: &Path) -> QemuCommand {
+    QemuCommand::new()
+        .accel(Accel::Tcg)
+        .memory_mib(512)
+        .kernel(
+            &inp.kernel,
+            Some(initrd.to_path_buf()),
+            Some("console=ttyS0 panic=-1 quiet".into()),
+        )
+        .no_reboot(true)
+}
+
+#[test]
+fn user_data_from_a_config_drive_iso() {
+    let Some(inp) = inputs_or_skip() else { return };
+    let dir = tempfile::tempdir().unwrap();
+    let initrd = dir.path().join("initrd.zst");
+    initramfs(&inp, &initrd);
+    let iso = dir.path().join("config-2.iso");
+    media::context_iso(
+        &iso,
+        "config-2",
+        &[("openstack/latest/user_data", USER_DATA)],
+    )
+    .unwrap();
+    let cmd = base_command(&inp, &initrd)
+        .cdrom(&iso)
+        .user_net(UserNet::default());
+    let out = boot_and_inspect(cmd, "ConfigDrive");
+    assert!(
+        out.contains("_UCONTEXT_CVMFS_BRANCH=demo.cernvm.test\n"),
+        "{out}"
+    );
+    assert!(out.contains("_UCONTEXT_RESIZE_ROOTFS=0\n"), "{out}");
+    // QEMU's DHCP server and DNS forwarder on the default user network
+    assert!(out.contains("nameserver 10.0.2.3"), "{out}");
+    assert!(out.contains("10.0.2.2\n"), "{out}");
+    assert!(out.contains("MTU=1460"), "{out}");
+}
+
+#[test]
+fn user_data_from_the_ec2_metadata_service() {
+    let Some(inp) = inputs_or_skip() else { return };
+    let dir = tempfile::tempdir().unwrap();
+    let initrd = dir.path().join("initrd.zst");
+    initramfs(&inp, &initrd);
+    let server = MetadataServer::start(Cloud::Ec2, USER_DATA.to_vec()).unwrap();
+    let cmd = base_command(&inp, &initrd).user_net(server.user_net());
+    let out = boot_and_inspect(cmd, "EC2");
+    assert!(
+        out.contains("_UCONTEXT_CVMFS_BRANCH=demo.cernvm.test\n"),
+        "{out}"
+    );
+    let requests = server.requests();
+    assert!(
+        requests.iter().any(|r| r.contains("/2016-04-19/user-data")),
+        "{requests:?}"
+    );
+}
