@@ -346,6 +346,40 @@ pub fn settle_scsi_hosts(sys_class_scsi_host: &Path) {
     }
 }
 
+/// Unloads a module (`rmmod`), failing when it is in use.
+pub fn unload(name: &str) -> std::io::Result<()> {
+    let c = std::ffi::CString::new(normalize(name)).map_err(std::io::Error::other)?;
+    // SAFETY: NUL-terminated module name; O_NONBLOCK makes a busy module an error, not a wait.
+    let rc = unsafe { libc::syscall(libc::SYS_delete_module, c.as_ptr(), libc::O_NONBLOCK) };
+    if rc == 0 {
+        Ok(())
+    } else {
+        Err(std::io::Error::last_os_error())
+    }
+}
+
+/// Spec §2.2: load `floppy`; unless one byte can be read from `/dev/fd0` (bounded: a drive
+/// without medium can take long to give up), unload it again so no dangling driver remains.
+pub fn probe_floppy(index: &ModuleIndex) {
+    if load_with(index, "floppy").is_err() {
+        return;
+    }
+    let (tx, rx) = std::sync::mpsc::channel();
+    std::thread::spawn(move || {
+        let mut byte = [0u8; 1];
+        let ok = fs::File::open("/dev/fd0").and_then(|mut f| f.read_exact(&mut byte));
+        let _ = tx.send(ok.is_ok());
+    });
+    let readable = rx
+        .recv_timeout(std::time::Duration::from_secs(3))
+        .unwrap_or(false);
+    if !readable {
+        if let Err(e) = unload("floppy") {
+            log::debug!("cannot unload floppy: {e}");
+        }
+    }
+}
+
 /// Spec §2.1: the predefined modules, then `/etc/modules`; failures are logged and ignored.
 pub fn phase(boot: &mut Boot) -> Result<(), ModuleError> {
     console::begin("Loading predefined modules...");
@@ -372,6 +406,7 @@ pub fn phase(boot: &mut Boot) -> Result<(), ModuleError> {
         }
     }
     settle_scsi_hosts(Path::new("/sys/class/scsi_host"));
+    probe_floppy(&index);
     console::check();
     Ok(())
 }

@@ -163,7 +163,7 @@ fn boot_and_inspect(cmd: QemuCommand, expect_source: &str) -> String {
         std::thread::sleep(Duration::from_millis(200));
     }
     guest
-        .send("echo CHECK-$((1+1)); cat /ucontext /etc/resolv.conf /var/lib/dhcp-server /var/log/context.log; echo MTU=$(cat /sys/class/net/eth0/mtu); busybox ip -4 addr show eth0; busybox ip route; echo END-$((1+1))\n")
+        .send("echo CHECK-$((1+1)); cat /ucontext /etc/resolv.conf /var/lib/dhcp-server /var/log/context.log; echo MTU=$(cat /sys/class/net/eth0/mtu); busybox ip -4 addr show eth0; busybox ip route; cat /proc/modules; echo END-$((1+1))\n")
         .unwrap();
     guest.wait_for("END-2", Duration::from_secs(60)).unwrap();
     let text = guest.console().contents();
@@ -213,6 +213,12 @@ fn user_data_from_a_config_drive_iso() {
     assert!(out.contains("MTU=1460"), "{out}");
     assert!(out.contains("inet 10.0.2.15/24"), "{out}");
     assert!(out.contains("default via 10.0.2.2 dev eth0"), "{out}");
+    // loaded with their dependencies
+    assert!(
+        out.contains("virtio_net ") && out.contains("net_failover "),
+        "{out}"
+    );
+    assert!(out.contains("isofs ") && out.contains("cdrom "), "{out}");
 }
 
 #[test]
