@@ -894,3 +894,71 @@ sys.stdout.write(m.as_string())
         assert_eq!(ctx.user_data, out.stdout);
     }
 }
+
+/// A context written like the public CernVM contexts (amiconfig script and sections, then the
+/// µCernVM block), delivered gzip-compressed by a metadata service.
+#[cfg(test)]
+mod public_context_tests {
+    use super::*;
+    use crate::http::testserver::{ok, Server};
+
+    #[test]
+    fn amiconfig_style_context_from_ec2_gzipped() {
+        let text = fs::read(
+            Path::new(env!("CARGO_MANIFEST_DIR"))
+                .join("tests/fixtures/contexts/analysis-desktop.context"),
+        )
+        .unwrap();
+        let mut gz = flate2::write::GzEncoder::new(Vec::new(), flate2::Compression::best());
+        std::io::Write::write_all(&mut gz, &text).unwrap();
+        let s = Server::start(vec![("/2016-04-19/user-data", ok(&gz.finish().unwrap()))]);
+        let closed = std::net::TcpListener::bind("127.0.0.1:0")
+            .unwrap()
+            .local_addr()
+            .unwrap();
+        let ep = MetadataEndpoints {
+            link_local: s.addr,
+            cloudstack: closed,
+            dhcp_server: None,
+            probe_timeout: Duration::from_secs(2),
+            http: Timeouts::default(),
+        };
+        let mut trace = Trace::default();
+        let found = find(&Media::Fixtures(vec![]), &ep, &mut trace);
+        let root = tempfile::tempdir().unwrap();
+        let (ctx, settings) = process(found, root.path(), &mut trace);
+        assert_eq!(ctx.source_name(), "EC2");
+        assert_eq!(ctx.user_data, text, "saved decompressed, byte for byte");
+        assert_eq!(
+            settings.cvmfs_branch.as_deref(),
+            Some("cernvm-prod.cern.ch")
+        );
+        assert_eq!(
+            settings.cvmfs_server,
+            Some(vec![
+                "stratum1.example.org".into(),
+                "backup.example.org".into()
+            ])
+        );
+        // the quotes are the user's protection against the shell; the boot loader strips them
+        assert_eq!(
+            settings.cvmfs_http_proxy.as_deref(),
+            Some("http://squid.example.org:3128;DIRECT")
+        );
+        // `cvmfs_path` is not a µCernVM key (spec §5.7): carried along, not interpreted
+        assert_eq!(settings.cernvm_path, None);
+        assert_eq!(
+            settings.extra.get("CVMFS_PATH").map(String::as_str),
+            Some("cvm4")
+        );
+        assert!(!settings.use_glidein_wms);
+        assert_eq!(
+            fs::read_to_string(root.path().join("ucontext")).unwrap(),
+            "_UCONTEXT_CVMFS_BRANCH=cernvm-prod.cern.ch\n\
+             _UCONTEXT_CVMFS_SERVER=stratum1.example.org,backup.example.org\n\
+             _UCONTEXT_CVMFS_PATH=cvm4\n\
+             _UCONTEXT_CVMFS_HTTP_PROXY=\"http://squid.example.org:3128;DIRECT\"\n\
+             _UCONTEXT_USEGLIDEINWMS=0\n"
+        );
+    }
+}
