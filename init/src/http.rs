@@ -20,7 +20,7 @@ impl Default for Timeouts {
     fn default() -> Self {
         Timeouts {
             connect: Duration::from_secs(16),
-            total: Duration::from_secs(60),
+            total: Duration::from_secs(30),
         }
     }
 }
