@@ -292,3 +292,52 @@ fn user_data_from_the_gce_metadata_service() {
         "{out}"
     );
 }
+
+/// Azure: a UDF disc with the tag file and `CustomData.bin`, mounted as UDF by the kernel.
+#[test]
+fn user_data_from_an_azure_udf_disc() {
+    let Some(inp) = inputs_or_skip() else { return };
+    let dir = tempfile::tempdir().unwrap();
+    let initrd = dir.path().join("initrd.zst");
+    initramfs(&inp, &initrd);
+    let src = dir.path().join("azure");
+    std::fs::create_dir(&src).unwrap();
+    std::fs::write(src.join("E6DA6616-8EC4-48E0-BE93-58CE6ACE3CFB.tag"), b"").unwrap();
+    std::fs::write(src.join("CustomData.bin"), USER_DATA).unwrap();
+    std::fs::write(src.join("ovf-env.xml"), b"<Environment/>").unwrap();
+    let iso = dir.path().join("azure.iso");
+    let st = std::process::Command::new("genisoimage")
+        .args(["-quiet", "-udf", "-R", "-o"])
+        .arg(&iso)
+        .arg(&src)
+        .status()
+        .unwrap();
+    assert!(st.success());
+    let cmd = base_command(&inp, &initrd)
+        .cdrom(&iso)
+        .user_net(UserNet::default());
+    let out = boot_and_inspect(cmd, "Azure");
+    assert!(
+        out.contains("_UCONTEXT_CVMFS_BRANCH=demo.cernvm.test\n"),
+        "{out}"
+    );
+    assert!(
+        out.contains("udf "),
+        "the UDF module was loaded on demand: {out}"
+    );
+}
+
+#[test]
+fn user_data_from_a_vsphere_iso() {
+    let Some(inp) = inputs_or_skip() else { return };
+    let dir = tempfile::tempdir().unwrap();
+    let initrd = dir.path().join("initrd.zst");
+    initramfs(&inp, &initrd);
+    let iso = dir.path().join("vsphere.iso");
+    media::context_iso(&iso, "CDROM", &[("user-data.txt", USER_DATA)]).unwrap();
+    let cmd = base_command(&inp, &initrd)
+        .cdrom(&iso)
+        .user_net(UserNet::default());
+    let out = boot_and_inspect(cmd, "vSphere");
+    assert!(out.contains("_UCONTEXT_RESIZE_ROOTFS=0\n"), "{out}");
+}
