@@ -62,6 +62,26 @@ pub fn get(
     headers: &[(&str, &str)],
     limits: Timeouts,
 ) -> Result<Vec<u8>, HttpError> {
+    request("GET", addr, path, headers, limits)
+}
+
+/// An empty-bodied PUT (EC2's IMDSv2 token request), otherwise like [`get`].
+pub fn put_empty(
+    addr: SocketAddr,
+    path: &str,
+    headers: &[(&str, &str)],
+    limits: Timeouts,
+) -> Result<Vec<u8>, HttpError> {
+    request("PUT", addr, path, headers, limits)
+}
+
+fn request(
+    method: &str,
+    addr: SocketAddr,
+    path: &str,
+    headers: &[(&str, &str)],
+    limits: Timeouts,
+) -> Result<Vec<u8>, HttpError> {
     let start = Instant::now();
     let timeout = || HttpError::Timeout {
         addr,
@@ -76,8 +96,11 @@ pub fn get(
         addr.to_string()
     };
     let mut req = format!(
-        "GET {path} HTTP/1.0\r\nHost: {host}\r\nUser-Agent: ucernvm-init\r\nAccept: */*\r\n"
+        "{method} {path} HTTP/1.0\r\nHost: {host}\r\nUser-Agent: ucernvm-init\r\nAccept: */*\r\n"
     );
+    if method == "PUT" {
+        req.push_str("Content-Length: 0\r\n");
+    }
     for (k, v) in headers {
         req.push_str(&format!("{k}: {v}\r\n"));
     }
@@ -225,6 +248,8 @@ pub(crate) mod testserver {
         pub body: Vec<u8>,
         /// Only answer when this request header (lower-case name, value) is present; 403 else.
         pub require_header: Option<(String, String)>,
+        /// Only answer this method; 405 else. `None`: GET.
+        pub method: Option<&'static str>,
     }
 
     pub struct Server {
@@ -257,6 +282,7 @@ pub(crate) mod testserver {
         if r.read_line(&mut first).is_err() || first.is_empty() {
             return;
         }
+        let method = first.split_whitespace().next().unwrap_or("").to_string();
         let path = first.split_whitespace().nth(1).unwrap_or("").to_string();
         let mut headers = Vec::new();
         loop {
@@ -270,6 +296,7 @@ pub(crate) mod testserver {
         }
         requests.lock().unwrap().push(path.clone());
         let (status, body) = match routes.get(&path) {
+            Some(a) if method != a.method.unwrap_or("GET") => (405, b"method".to_vec()),
             Some(a) => match &a.require_header {
                 Some(h) if !headers.contains(h) => (403, b"forbidden".to_vec()),
                 _ => (a.status, a.body.clone()),
@@ -321,6 +348,7 @@ pub(crate) mod testserver {
             status: 200,
             body: body.to_vec(),
             require_header: None,
+            method: None,
         }
     }
 }

@@ -331,6 +331,36 @@ const LINK_LOCAL_SERVICES: [MetadataService; 4] = [
     },
 ];
 
+/// EC2 instances that require IMDSv2 refuse the unauthenticated requests: ask for a session
+/// token (PUT) and repeat them with it (spec §5.4 recommendation; after the v1 path, so
+/// nothing changes where v1 works).
+fn ec2_with_token(ep: &MetadataEndpoints, trace: &mut Trace) -> Option<Vec<u8>> {
+    let ttl = [("X-aws-ec2-metadata-token-ttl-seconds", "300")];
+    let token = match http::put_empty(ep.link_local, "/latest/api/token", &ttl, ep.http) {
+        Ok(t) => String::from_utf8(t).ok()?.trim().to_string(),
+        Err(e) => {
+            trace.note(format!("no IMDSv2 token: {e}"));
+            return None;
+        }
+    };
+    if token.is_empty() || token.contains(['\r', '\n']) {
+        trace.note("IMDSv2 token unusable");
+        return None;
+    }
+    let auth = [("X-aws-ec2-metadata-token", token.as_str())];
+    match download_user_data(
+        ep.link_local,
+        "/latest/user-data",
+        "/latest/meta-data/ami-id",
+        &auth,
+        ep.http,
+        trace,
+    ) {
+        Download::UserData(d) => Some(d),
+        _ => None,
+    }
+}
+
 /// Network sources #6–#9, gated by the port probe.
 pub fn find_metadata(ep: &MetadataEndpoints, trace: &mut Trace) -> Option<Found> {
     let mut targets = vec![ep.link_local, ep.cloudstack];
@@ -355,6 +385,11 @@ pub fn find_metadata(ep: &MetadataEndpoints, trace: &mut Trace) -> Option<Found>
                 trace,
             ) {
                 Download::UserData(d) => return found(m.source, d),
+                Download::NotThere if m.source == Source::Ec2 => {
+                    if let Some(d) = ec2_with_token(ep, trace) {
+                        return found(Source::Ec2, d);
+                    }
+                }
                 Download::NotThere => {}
                 Download::Unresponsive => {
                     trace.note(format!(
@@ -682,6 +717,7 @@ mod tests {
             status: 200,
             body: body.to_vec(),
             require_header: Some(("x-google-metadata-request".into(), "True".into())),
+            method: None,
         };
         let s = Server::start(vec![
             (
@@ -698,6 +734,53 @@ mod tests {
         assert_eq!(
             (f.source, f.raw.as_slice()),
             (Source::Gce, &b"gce data"[..])
+        );
+    }
+
+    #[test]
+    fn ec2_requiring_imdsv2_is_asked_with_a_token() {
+        let token = (
+            "x-aws-ec2-metadata-token".to_string(),
+            "tok-123".to_string(),
+        );
+        let s = Server::start(vec![
+            (
+                "/latest/api/token",
+                Answer {
+                    status: 200,
+                    body: b"tok-123".to_vec(),
+                    require_header: Some((
+                        "x-aws-ec2-metadata-token-ttl-seconds".into(),
+                        "300".into(),
+                    )),
+                    method: Some("PUT"),
+                },
+            ),
+            (
+                "/latest/user-data",
+                Answer {
+                    status: 200,
+                    body: b"v2 data".to_vec(),
+                    require_header: Some(token),
+                    method: None,
+                },
+            ),
+        ]);
+        let f = find_metadata(
+            &endpoints(s.addr, closed_port(), None),
+            &mut Trace::default(),
+        )
+        .unwrap();
+        assert_eq!((f.source, f.raw.as_slice()), (Source::Ec2, &b"v2 data"[..]));
+        let reqs = s.requests.lock().unwrap().clone();
+        assert_eq!(
+            &reqs[2..],
+            [
+                "/2016-04-19/user-data",
+                "/2016-04-19/meta-data/ami-id",
+                "/latest/api/token",
+                "/latest/user-data"
+            ]
         );
     }
 
