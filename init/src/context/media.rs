@@ -8,6 +8,7 @@ use std::path::{Path, PathBuf};
 
 use nix::mount::{mount, umount2, MntFlags, MsFlags};
 
+use crate::devices::probe::{classify, PROBE_BYTES};
 use crate::modules;
 
 /// File systems recognised by [`probe`].
@@ -69,44 +70,33 @@ pub fn partition_names(proc_partitions: &str) -> Vec<String> {
     names
 }
 
-/// Every signature found on the device (an ISO/UDF bridge disc has both). Read errors mean
-/// "nothing recognised".
+/// Every mountable file system found on the device (an ISO/UDF bridge disc has two). Read
+/// errors mean "nothing recognised".
 pub fn probe(device: &Path) -> Vec<FsType> {
-    let mut head = vec![0u8; 32768 + 2048 * 16];
-    let n = fs::File::open(device)
+    fs::File::open(device)
         .and_then(|mut f| {
+            let mut head = Vec::with_capacity(PROBE_BYTES);
             f.seek(SeekFrom::Start(0))?;
-            let mut total = 0;
-            while total < head.len() {
-                let k = f.read(&mut head[total..])?;
-                if k == 0 {
-                    break;
-                }
-                total += k;
-            }
-            Ok(total)
+            (&mut f).take(PROBE_BYTES as u64).read_to_end(&mut head)?;
+            Ok(probe_bytes(&head))
         })
-        .unwrap_or(0);
-    probe_bytes(&head[..n])
+        .unwrap_or_default()
 }
 
-/// [`probe`] on the first bytes of a device.
+/// [`probe`] on the first bytes of a device: the signature classification of device discovery,
+/// plus the UDF volume recognition sequence (NSR02/NSR03 in the sectors after 32 KiB), which
+/// discovery does not need.
 pub fn probe_bytes(b: &[u8]) -> Vec<FsType> {
     let mut found = Vec::new();
-    let at = |off: usize, sig: &[u8]| b.get(off..off + sig.len()) == Some(sig);
-    if at(32769, b"CD001") {
-        found.push(FsType::Iso9660);
+    match classify(b).mount_type() {
+        Some("iso9660") => found.push(FsType::Iso9660),
+        Some("vfat") => found.push(FsType::Vfat),
+        Some("ext2" | "ext3" | "ext4") => found.push(FsType::Ext),
+        _ => {}
     }
-    // UDF volume recognition sequence: NSR02/NSR03 descriptor in the sectors after 32 KiB.
+    let at = |off: usize, sig: &[u8]| b.get(off..off + sig.len()) == Some(sig);
     if (0..16).any(|k| at(32768 + 2048 * k + 1, b"NSR02") || at(32768 + 2048 * k + 1, b"NSR03")) {
         found.push(FsType::Udf);
-    }
-    let boot_sig = at(510, &[0x55, 0xaa]);
-    if boot_sig && (at(54, b"FAT12") || at(54, b"FAT16") || at(82, b"FAT32") || at(54, b"FAT  ")) {
-        found.push(FsType::Vfat);
-    }
-    if at(1080, &[0x53, 0xef]) {
-        found.push(FsType::Ext);
     }
     found
 }
