@@ -341,3 +341,41 @@ fn user_data_from_a_vsphere_iso() {
     let out = boot_and_inspect(cmd, "vSphere");
     assert!(out.contains("_UCONTEXT_RESIZE_ROOTFS=0\n"), "{out}");
 }
+
+/// A metadata service that accepts connections and never answers costs one bounded request;
+/// the boot goes on without user data.
+#[test]
+fn a_silent_metadata_service_does_not_hang_the_boot() {
+    let Some(inp) = inputs_or_skip() else { return };
+    let dir = tempfile::tempdir().unwrap();
+    let initrd = dir.path().join("initrd.zst");
+    initramfs(&inp, &initrd);
+    let listener = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
+    let port = listener.local_addr().unwrap().port();
+    std::thread::spawn(move || {
+        let mut held = Vec::new();
+        for s in listener.incoming().flatten() {
+            held.push(s); // keep every connection open, say nothing
+        }
+    });
+    let net = UserNet {
+        net: Some("169.254.0.0/16".into()),
+        guestfwd: vec![format!(
+            "tcp:169.254.169.254:80-cmd:socat - TCP:127.0.0.1:{port}"
+        )],
+        hostfwd: Vec::new(),
+    };
+    let started = Instant::now();
+    let out = boot_and_inspect(base_command(&inp, &initrd).user_net(net), "(none)");
+    // 2 s port probe + one 30 s request + the rest of the boot, far from a hang
+    assert!(
+        started.elapsed() < Duration::from_secs(150),
+        "{:?}",
+        started.elapsed()
+    );
+    assert!(
+        out.contains("no complete answer from 169.254.169.254:80"),
+        "{out}"
+    );
+    assert!(!out.contains("_UCONTEXT_"), "{out}");
+}

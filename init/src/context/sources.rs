@@ -1086,3 +1086,34 @@ mod public_context_tests {
         );
     }
 }
+
+#[cfg(test)]
+mod broken_mime_tests {
+    use super::*;
+
+    /// Boundaries that never match, a part without end, a base64 part that is not base64:
+    /// defaults, no panic, and the raw line scan still sees a plain block.
+    #[test]
+    fn broken_mime_messages_end_in_defaults() {
+        let root = tempfile::tempdir().unwrap();
+        let cases: [&[u8]; 3] = [
+            b"Content-Type: multipart/mixed; boundary=\"AAA\"\n\n--BBB\nContent-Type: text/ucernvm\n\n[ucernvm-begin]\nx=1\n",
+            b"Content-Type: multipart/mixed; boundary=\"\"\n\n--\n--\n--",
+            b"Content-Type: multipart/mixed; boundary=X\n\n--X\nContent-Type: text/ucernvm\nContent-Transfer-Encoding: base64\n\n!!!not base64!!!\n--X--\n",
+        ];
+        for (i, c) in cases.iter().enumerate() {
+            let found = Some(Found {
+                source: Source::Ec2,
+                raw: c.to_vec(),
+                azure_device: None,
+            });
+            let (ctx, settings) = process(found, root.path(), &mut Trace::default());
+            assert_eq!(ctx.user_data, *c, "case {i}: raw bytes kept");
+            if i == 0 {
+                assert_eq!(settings.extra.get("X").map(String::as_str), Some("1"));
+            } else {
+                assert_eq!(settings, ContextSettings::default(), "case {i}");
+            }
+        }
+    }
+}
