@@ -90,10 +90,11 @@ fn request(
     let connect = limits.connect.min(limits.total);
     let mut stream = TcpStream::connect_timeout(&addr, connect)
         .map_err(|source| HttpError::Connect { addr, source })?;
-    let host = if addr.port() == 80 {
-        addr.ip().to_string()
-    } else {
-        addr.to_string()
+    // `SocketAddr`'s display brackets IPv6 addresses as the Host header needs them.
+    let host = match (addr.port(), addr.ip()) {
+        (80, std::net::IpAddr::V4(ip)) => ip.to_string(),
+        (80, std::net::IpAddr::V6(ip)) => format!("[{ip}]"),
+        _ => addr.to_string(),
     };
     let mut req = format!(
         "{method} {path} HTTP/1.0\r\nHost: {host}\r\nUser-Agent: ucernvm-init\r\nAccept: */*\r\n"

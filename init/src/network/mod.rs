@@ -59,8 +59,10 @@ impl NetworkState {
 pub enum NetworkError {
     #[error("{0}")]
     Netlink(#[from] netlink::NetlinkError),
-    #[error("OpenNebula context: {0}")]
-    OpenNebula(String),
+    #[error("OpenNebula context: no ETH<n>_MAC matches the MAC of eth0")]
+    NoEth0Context,
+    #[error("OpenNebula context: this machine has no eth0")]
+    NoEth0,
 }
 
 /// Spec §3.1 step 1: the first iso9660/vfat medium with a top-level `context.sh`.
@@ -112,10 +114,10 @@ pub fn apply_static(
     let eth0 = configs
         .into_iter()
         .find(|c| c.device == "eth0")
-        .ok_or_else(|| NetworkError::OpenNebula("no ETH<n>_MAC matches eth0".into()))?;
+        .ok_or_else(|| NetworkError::NoEth0Context)?;
     let link = nl
         .link_by_name("eth0")?
-        .ok_or_else(|| NetworkError::OpenNebula("no eth0".into()))?;
+        .ok_or_else(|| NetworkError::NoEth0)?;
     nl.set_up(link.index, Some(1500))?;
     if let Some(ip) = eth0.ip {
         let prefix = netlink::prefix_of(eth0.mask);
