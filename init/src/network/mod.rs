@@ -114,10 +114,8 @@ pub fn apply_static(
     let eth0 = configs
         .into_iter()
         .find(|c| c.device == "eth0")
-        .ok_or_else(|| NetworkError::NoEth0Context)?;
-    let link = nl
-        .link_by_name("eth0")?
-        .ok_or_else(|| NetworkError::NoEth0)?;
+        .ok_or(NetworkError::NoEth0Context)?;
+    let link = nl.link_by_name("eth0")?.ok_or(NetworkError::NoEth0)?;
     nl.set_up(link.index, Some(1500))?;
     if let Some(ip) = eth0.ip {
         let prefix = netlink::prefix_of(eth0.mask);
