@@ -134,7 +134,8 @@ fn initramfs(inp: &Inputs, dest: &Path) {
 /// the check markers.
 fn boot_and_inspect(cmd: QemuCommand, expect_source: &str) -> String {
     let mut guest = Guest::spawn(cmd).unwrap();
-    let context_line = format!("Contextualizing VM... \u{1b}[32m{expect_source}");
+    // The result is printed in green after the progress text (warnings may come in between).
+    let result = format!("\u{1b}[32m{expect_source}\u{1b}[0m");
     let deadline = Instant::now() + Duration::from_secs(300);
     // busybox prints its prompt followed by a cursor-position query
     let prompt = "(initrd) ";
@@ -146,13 +147,20 @@ fn boot_and_inspect(cmd: QemuCommand, expect_source: &str) -> String {
             guest.console().contents()
         );
         let text = guest.console().contents();
-        match text.find(&context_line) {
-            Some(at) if text[at..].contains(prompt) => break,
-            Some(_) => {}
-            None if text.contains("Looking for extra context") => {
-                panic!("wrong context source, expected {expect_source}:\n{text}")
+        let context_at = text.find("Contextualizing VM...");
+        let extra_at = text.find("Looking for extra context");
+        match (context_at, extra_at) {
+            (Some(c), Some(e)) if c < e => {
+                assert!(
+                    text[c..e].contains(&result),
+                    "wrong context source, expected {expect_source}:\n{text}"
+                );
+                if text[e..].contains(prompt) {
+                    break;
+                }
             }
-            None => {
+            (Some(_), _) => {}
+            (None, _) => {
                 let prompts = text.matches(prompt).count();
                 if prompts > prompts_handled {
                     prompts_handled = prompts;

@@ -79,6 +79,13 @@ impl Trace {
         log::info!("context: {line}");
         self.0.push(line);
     }
+
+    /// A problem with the user data the user should see on the console too.
+    pub fn warn(&mut self, line: impl Into<String>) {
+        let line = line.into();
+        log::warn!("context: {line}");
+        self.0.push(line);
+    }
 }
 
 const AZURE_TAG: &str = "E6DA6616-8EC4-48E0-BE93-58CE6ACE3CFB.tag";
@@ -114,7 +121,7 @@ pub fn opennebula_user_data(context_sh: &str, trace: &mut Trace) -> Vec<u8> {
     match engine.decode(cleaned.as_bytes()) {
         Ok(d) => d,
         Err(e) => {
-            trace.note(format!(
+            trace.warn(format!(
                 "OpenNebula: EC2_USER_DATA is not valid base64 ({e}); using empty user data"
             ));
             Vec::new()
@@ -392,7 +399,7 @@ pub fn find_metadata(ep: &MetadataEndpoints, trace: &mut Trace) -> Option<Found>
                 }
                 Download::NotThere => {}
                 Download::Unresponsive => {
-                    trace.note(format!(
+                    trace.warn(format!(
                         "{} does not answer; its other services are not asked",
                         ep.link_local
                     ));
@@ -458,7 +465,7 @@ pub fn process(
     };
     let (data, problem) = decode_user_data(&found.raw);
     if let Some(p) = problem {
-        trace.note(format!("{p}; keeping the raw bytes"));
+        trace.warn(format!("{p}; keeping the raw bytes"));
     }
     write_file(root, "user-data", &data, trace);
     let entries = mime::scan_user_data(&data);
