@@ -9,7 +9,7 @@
 use std::path::{Path, PathBuf};
 use std::time::{Duration, Instant};
 
-use cernvm_launch::qemu::{Accel, QemuCommand, UserNet};
+use cernvm_launch::qemu::{Accel, DiskFormat, QemuCommand, UserNet};
 use qemu_tests::metadata::{Cloud, MetadataServer};
 use qemu_tests::{inputs, media, Guest};
 use ucernvm_init::modules::ModuleIndex;
@@ -17,6 +17,7 @@ use ucernvm_initramfs::Archive;
 
 /// Modules the guest needs: virtio-net, the IDE CD-ROM, the context file systems.
 const MODULES: &[&str] = &[
+    "virtio_blk",
     "virtio_pci",
     "virtio_net",
     "ata_piix",
@@ -171,7 +172,7 @@ fn boot_and_inspect(cmd: QemuCommand, expect_source: &str) -> String {
         std::thread::sleep(Duration::from_millis(200));
     }
     guest
-        .send("echo CHECK-$((1+1)); cat /ucontext /etc/resolv.conf /var/lib/dhcp-server /var/log/context.log; echo MTU=$(cat /sys/class/net/eth0/mtu); busybox ip -4 addr show eth0; busybox ip route; cat /proc/modules; echo END-$((1+1))\n")
+        .send("echo CHECK-$((1+1)); cat /ucontext /etc/resolv.conf /var/lib/dhcp-server /var/log/context.log; echo MTU=$(cat /sys/class/net/eth0/mtu); busybox ip -4 addr show eth0; busybox ip route; cat /proc/modules /extra-ucontext; echo END-$((1+1))\n")
         .unwrap();
     guest.wait_for("END-2", Duration::from_secs(60)).unwrap();
     let text = guest.console().contents();
@@ -386,4 +387,50 @@ fn a_silent_metadata_service_does_not_hang_the_boot() {
         "{out}"
     );
     assert!(!out.contains("_UCONTEXT_"), "{out}");
+}
+
+/// Extra user data baked into another disk (spec §5.8): found on the virtio disk, parsed into
+/// `/extra-ucontext` next to the main context from the config drive.
+#[test]
+fn extra_user_data_from_a_data_disk() {
+    let Some(inp) = inputs_or_skip() else { return };
+    let dir = tempfile::tempdir().unwrap();
+    let initrd = dir.path().join("initrd.zst");
+    initramfs(&inp, &initrd);
+    let iso = dir.path().join("config-2.iso");
+    media::context_iso(
+        &iso,
+        "config-2",
+        &[("openstack/latest/user_data", USER_DATA)],
+    )
+    .unwrap();
+    let tree = dir.path().join("tree");
+    std::fs::create_dir_all(tree.join("cernvm")).unwrap();
+    std::fs::write(
+        tree.join("cernvm/extra-user-data"),
+        b"[ucernvm-begin]\ncvmfs_tag=from-the-image\n[ucernvm-end]\n",
+    )
+    .unwrap();
+    let disk = dir.path().join("data.img");
+    let st = std::process::Command::new("mke2fs")
+        .args(["-q", "-F", "-t", "ext4", "-L", "DATA", "-d"])
+        .arg(&tree)
+        .arg(&disk)
+        .arg("16M")
+        .status()
+        .unwrap();
+    assert!(st.success());
+    let cmd = base_command(&inp, &initrd)
+        .cdrom(&iso)
+        .disk_with_format(&disk, DiskFormat::Raw)
+        .user_net(UserNet::default());
+    let out = boot_and_inspect(cmd, "ConfigDrive");
+    assert!(
+        out.contains("_UCONTEXT_CVMFS_BRANCH=demo.cernvm.test\n"),
+        "{out}"
+    );
+    assert!(
+        out.contains("_UCONTEXT_CVMFS_TAG=from-the-image\n"),
+        "{out}"
+    );
 }
