@@ -363,6 +363,34 @@ mod netns_tests {
         );
     }
 
+    /// GCE hands out /32 addresses: the router is not on-link until a host route to it exists.
+    #[test]
+    fn host_route_to_the_router_for_a_32_bit_netmask() {
+        let mut lab = Lab::new();
+        lab.start_dhcp(&["option:netmask,255.255.255.255", "option:router,10.77.0.1"]);
+        let mut nl = Netlink::open().unwrap();
+        let eth0 = nl.link_by_name("eth0").unwrap().unwrap();
+        nl.set_up(eth0.index, None).unwrap();
+        let mut log = Vec::new();
+        let lease = dhcp::obtain_lease("eth0", &eth0.mac, &fast(), &mut log).unwrap();
+        assert_eq!(lease.prefix(), 32);
+        let root = tempfile::tempdir().unwrap();
+        dhcp::apply_lease(&mut nl, eth0.index, &lease, root.path(), &mut log).unwrap();
+        let routes = nl.routes().unwrap();
+        assert!(
+            routes.iter().any(|r| r.prefix == 32
+                && r.destination == Ipv4Addr::new(10, 77, 0, 1)
+                && r.gateway.is_none()),
+            "{routes:?}"
+        );
+        assert!(
+            routes
+                .iter()
+                .any(|r| r.prefix == 0 && r.gateway == Some(Ipv4Addr::new(10, 77, 0, 1))),
+            "{routes:?} {log:#?}"
+        );
+    }
+
     #[test]
     fn no_server_means_no_lease_after_the_attempts() {
         let _lab = Lab::new();
