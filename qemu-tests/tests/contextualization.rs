@@ -26,7 +26,9 @@ const MODULES: &[&str] = &[
     "udf",
     "vfat",
     "nls_cp437",
+    "nls_ascii",
     "nls_iso8859_1",
+    "nls_utf8",
 ];
 
 const USER_DATA: &[u8] = b"#!/bin/sh\n[ucernvm-begin]\ncvmfs_branch=demo.cernvm.test\nresize_rootfs=off\n[ucernvm-end]\n";
@@ -433,4 +435,47 @@ fn extra_user_data_from_a_data_disk() {
         out.contains("_UCONTEXT_CVMFS_TAG=from-the-image\n"),
         "{out}"
     );
+}
+
+/// An OpenStack config drive in VFAT format on a virtio disk (vfat and its code page modules
+/// loaded on demand).
+#[test]
+fn user_data_from_a_vfat_config_drive() {
+    let Some(inp) = inputs_or_skip() else { return };
+    let dir = tempfile::tempdir().unwrap();
+    let initrd = dir.path().join("initrd.zst");
+    initramfs(&inp, &initrd);
+    let img = dir.path().join("config-2.img");
+    let ud = dir.path().join("user_data");
+    std::fs::write(&ud, USER_DATA).unwrap();
+    let run = |args: &[&str]| {
+        let out = std::process::Command::new(args[0])
+            .args(&args[1..])
+            .output()
+            .unwrap();
+        assert!(
+            out.status.success(),
+            "{args:?}: {}",
+            String::from_utf8_lossy(&out.stderr)
+        );
+    };
+    let img_s = img.to_str().unwrap();
+    run(&["mkfs.vfat", "-n", "config-2", "-C", img_s, "4096"]);
+    run(&["mmd", "-i", img_s, "::/openstack", "::/openstack/latest"]);
+    run(&[
+        "mcopy",
+        "-i",
+        img_s,
+        ud.to_str().unwrap(),
+        "::/openstack/latest/user_data",
+    ]);
+    let cmd = base_command(&inp, &initrd)
+        .disk_with_format(&img, DiskFormat::Raw)
+        .user_net(UserNet::default());
+    let out = boot_and_inspect(cmd, "ConfigDrive");
+    assert!(
+        out.contains("_UCONTEXT_CVMFS_BRANCH=demo.cernvm.test\n"),
+        "{out}"
+    );
+    assert!(out.contains("vfat ") && out.contains("nls_cp437 "), "{out}");
 }

@@ -31,13 +31,19 @@ impl FsType {
         }
     }
 
-    /// Kernel modules the mount needs. vfat's default code page and character set are
+    /// Kernel modules the mount needs. vfat's default code page and character sets are
     /// requested by the kernel through modprobe, which the initramfs does not have.
     fn modules(self) -> &'static [&'static str] {
         match self {
             FsType::Iso9660 => &["isofs"],
             FsType::Udf => &["udf"],
-            FsType::Vfat => &["vfat", "nls_cp437", "nls_iso8859_1"],
+            FsType::Vfat => &[
+                "vfat",
+                "nls_cp437",
+                "nls_ascii",
+                "nls_iso8859_1",
+                "nls_utf8",
+            ],
             FsType::Ext => &["ext4"],
         }
     }
