@@ -174,7 +174,7 @@ fn boot_and_inspect(cmd: QemuCommand, expect_source: &str) -> String {
         std::thread::sleep(Duration::from_millis(200));
     }
     guest
-        .send("echo CHECK-$((1+1)); cat /ucontext /etc/resolv.conf /var/lib/dhcp-server /var/log/context.log; echo MTU=$(cat /sys/class/net/eth0/mtu); busybox ip -4 addr show eth0; busybox ip route; cat /proc/modules /extra-ucontext; echo END-$((1+1))\n")
+        .send("echo CHECK-$((1+1)); cat /ucontext /etc/resolv.conf /var/lib/dhcp-server /var/log/context.log; echo MTU=$(cat /sys/class/net/eth0/mtu); busybox ip -4 addr show eth0; busybox ip route; cat /proc/modules /extra-ucontext /var/log/network.log /var/log/udhcpc.log; echo END-$((1+1))\n")
         .unwrap();
     guest.wait_for("END-2", Duration::from_secs(60)).unwrap();
     let text = guest.console().contents();
@@ -223,6 +223,13 @@ fn user_data_from_a_config_drive_iso() {
     assert!(out.contains("10.0.2.2\n"), "{out}");
     assert!(out.contains("MTU=1460"), "{out}");
     assert!(out.contains("inet 10.0.2.15/24"), "{out}");
+    // the original's logs: interfaces, routes, resolv.conf; the DHCP conversation
+    assert!(
+        out.contains("eth0: mac 52:54:00:12:34:56 mtu 1460 UP"),
+        "{out}"
+    );
+    assert!(out.contains("inet 10.0.2.15/24 brd 10.0.2.255"), "{out}");
+    assert!(out.contains("lease of 10.0.2.15 obtained"), "{out}");
     assert!(out.contains("default via 10.0.2.2 dev eth0"), "{out}");
     // loaded with their dependencies
     assert!(
