@@ -1,0 +1,220 @@
+//! The client configuration file the boot loader writes, `/etc/cvmfs/config.d/<repo>.conf`
+//! (spec §9.4), and the cache quota derived from the scratch disk size (§9.6).
+
+use std::fmt::Write as _;
+use std::path::PathBuf;
+
+use super::params::{quoted, CvmfsParams};
+use super::snapshot::Selection;
+
+/// `CVMFS_NFILES`, and the open-file limit the boot loader raises itself to.
+pub const NFILES: u64 = 65536;
+
+/// Paths that go into the configuration.
+#[derive(Debug, Clone)]
+pub struct ConfigPaths {
+    /// `CVMFS_CACHE_BASE` and `CVMFS_RELOAD_SOCKETS` (`/root.rw/cache`).
+    pub cache: PathBuf,
+    /// `CVMFS_KEYS_DIR` (`/etc/cvmfs/keys/<repo>`).
+    pub keys_dir: PathBuf,
+    /// `CVMFS_UID_MAP` (`/root.rw/aux/uid_map`).
+    pub uid_map: PathBuf,
+    /// `CVMFS_GID_MAP` (`/root.rw/aux/gid_map`).
+    pub gid_map: PathBuf,
+}
+
+/// `CVMFS_QUOTA_LIMIT` in MiB: 2000 on a scratch disk above 4000 MiB, else half the disk.
+pub fn quota_limit_mb(root_size_mb: u64) -> u64 {
+    if root_size_mb > 4000 {
+        2000
+    } else {
+        root_size_mb / 2
+    }
+}
+
+/// The configuration text, one `KEY=value` per line in the original's order.
+pub fn render(
+    params: &CvmfsParams,
+    paths: &ConfigPaths,
+    quota_mb: u64,
+    selection: &Selection,
+) -> String {
+    let cache = paths.cache.display();
+    let mut lines: Vec<(&str, String)> = vec![
+        ("CVMFS_CACHE_BASE", cache.to_string()),
+        ("CVMFS_NFILES", NFILES.to_string()),
+        ("CVMFS_RELOAD_SOCKETS", cache.to_string()),
+        ("CVMFS_QUOTA_LIMIT", quota_mb.to_string()),
+        ("CVMFS_SERVER_URL", params.server_url_value()),
+        ("CVMFS_HTTP_PROXY", quoted(&params.proxy)),
+        ("CVMFS_PAC_URLS", quoted(&params.pac_urls)),
+        ("CVMFS_KEYS_DIR", paths.keys_dir.display().to_string()),
+        ("CVMFS_CHECK_PERMISSIONS", "yes".into()),
+        ("CVMFS_IGNORE_SIGNATURE", "no".into()),
+        ("CVMFS_AUTO_UPDATE", "no".into()),
+        ("CVMFS_NFS_SOURCE", "no".into()),
+        ("CVMFS_PROXY_RESET_AFTER", "86400".into()),
+        ("CVMFS_MAX_RETRIES", "0".into()),
+        ("CVMFS_TIMEOUT", "5".into()),
+        ("CVMFS_TIMEOUT_DIRECT", "5".into()),
+        ("CVMFS_USE_GEOAPI", "yes".into()),
+        ("CVMFS_MAX_IPADDR_PER_PROXY", "2".into()),
+        ("CVMFS_BACKOFF_INIT", "2".into()),
+        ("CVMFS_BACKOFF_MAX", "12".into()),
+        (
+            "CVMFS_USYSLOG",
+            paths.cache.join("usyslog").display().to_string(),
+        ),
+        ("CVMFS_UID_MAP", paths.uid_map.display().to_string()),
+        ("CVMFS_GID_MAP", paths.gid_map.display().to_string()),
+        ("CVMFS_HIDE_MAGIC_XATTRS", "yes".into()),
+        ("CVMFS_SYSTEMD_NOKILL", "yes".into()),
+    ];
+    let (root_hash, tag) = selection.config_values();
+    if let Some(tag) = tag {
+        lines.push(("CVMFS_REPOSITORY_TAG", tag.to_string()));
+    }
+    if let Some(hash) = root_hash {
+        lines.push(("CVMFS_ROOT_HASH", hash.to_string()));
+    }
+    let mut out = String::new();
+    for (k, v) in lines {
+        let _ = writeln!(out, "{k}={v}");
+    }
+    out
+}
+
+#[cfg(test)]
+mod tests {
+    use super::super::snapshot::Snapshot;
+    use super::*;
+    use crate::cmdline::KernelCmdline;
+    use crate::settings::ContextSettings;
+    use cvmfs_client::config::Config;
+
+    fn paths() -> ConfigPaths {
+        ConfigPaths {
+            cache: "/root.rw/cache".into(),
+            keys_dir: "/etc/cvmfs/keys/cernvm-prod.cern.ch".into(),
+            uid_map: "/root.rw/aux/uid_map".into(),
+            gid_map: "/root.rw/aux/gid_map".into(),
+        }
+    }
+
+    #[test]
+    fn quota_follows_disk_size() {
+        assert_eq!(quota_limit_mb(20 * 1024), 2000);
+        assert_eq!(quota_limit_mb(4001), 2000);
+        assert_eq!(quota_limit_mb(4000), 2000);
+        assert_eq!(quota_limit_mb(3001), 1500);
+        assert_eq!(quota_limit_mb(0), 0);
+    }
+
+    #[test]
+    fn every_parameter_of_the_original_in_order() {
+        let p = CvmfsParams::resolve(
+            &KernelCmdline::parse("cvmfs_repos=cernvm-prod.cern.ch cvmfs_server=s1.example"),
+            &ContextSettings::default(),
+            true,
+        );
+        let text = render(&p, &paths(), 1500, &Selection::Fresh { tag: None });
+        let expected = "\
+CVMFS_CACHE_BASE=/root.rw/cache
+CVMFS_NFILES=65536
+CVMFS_RELOAD_SOCKETS=/root.rw/cache
+CVMFS_QUOTA_LIMIT=1500
+CVMFS_SERVER_URL=\"http://s1.example/cvmfs/cernvm-prod.cern.ch\"
+CVMFS_HTTP_PROXY=\"auto;DIRECT\"
+CVMFS_PAC_URLS=\"http://grid-wpad/wpad.dat;http://wpad/wpad.dat;http://cernvm-wpad.cern.ch/wpad.dat;http://cernvm-wpad.fnal.gov/wpad.dat\"
+CVMFS_KEYS_DIR=/etc/cvmfs/keys/cernvm-prod.cern.ch
+CVMFS_CHECK_PERMISSIONS=yes
+CVMFS_IGNORE_SIGNATURE=no
+CVMFS_AUTO_UPDATE=no
+CVMFS_NFS_SOURCE=no
+CVMFS_PROXY_RESET_AFTER=86400
+CVMFS_MAX_RETRIES=0
+CVMFS_TIMEOUT=5
+CVMFS_TIMEOUT_DIRECT=5
+CVMFS_USE_GEOAPI=yes
+CVMFS_MAX_IPADDR_PER_PROXY=2
+CVMFS_BACKOFF_INIT=2
+CVMFS_BACKOFF_MAX=12
+CVMFS_USYSLOG=/root.rw/cache/usyslog
+CVMFS_UID_MAP=/root.rw/aux/uid_map
+CVMFS_GID_MAP=/root.rw/aux/gid_map
+CVMFS_HIDE_MAGIC_XATTRS=yes
+CVMFS_SYSTEMD_NOKILL=yes
+";
+        assert_eq!(text, expected);
+    }
+
+    #[test]
+    fn tag_and_root_hash_only_when_set() {
+        let p = CvmfsParams::resolve(&KernelCmdline::default(), &ContextSettings::default(), true);
+        let fresh_tag = render(
+            &p,
+            &paths(),
+            1,
+            &Selection::Fresh {
+                tag: Some("v1".into()),
+            },
+        );
+        assert!(fresh_tag.ends_with("CVMFS_SYSTEMD_NOKILL=yes\nCVMFS_REPOSITORY_TAG=v1\n"));
+        assert!(!fresh_tag.contains("CVMFS_ROOT_HASH"));
+        let pinned = render(
+            &p,
+            &paths(),
+            1,
+            &Selection::Pinned(Snapshot {
+                root_hash: "f71bcc87c33d8adb3851f22152914744e677878f".into(),
+                tag: String::new(),
+            }),
+        );
+        assert!(pinned.ends_with(
+            "CVMFS_SYSTEMD_NOKILL=yes\nCVMFS_ROOT_HASH=f71bcc87c33d8adb3851f22152914744e677878f\n"
+        ));
+        assert!(!pinned.contains("CVMFS_REPOSITORY_TAG"));
+    }
+
+    /// The file must mean the same to our client's configuration parser as to a shell: quoted
+    /// lists with `;` survive, a raw `cvmfs_url` list too.
+    #[test]
+    fn our_client_reads_what_we_write() {
+        let dir = tempfile::tempdir().unwrap();
+        for (cmd, url) in [
+            (
+                "cvmfs_repos=demo.cernvm.test cvmfs_url=http://a/cvmfs/@fqrn@;http://b/cvmfs/@fqrn@ cvmfs_proxy=\"http://p:3128|http://q:3128;DIRECT\"",
+                "http://a/cvmfs/demo.cernvm.test;http://b/cvmfs/demo.cernvm.test",
+            ),
+            (
+                "cvmfs_repos=demo.cernvm.test cvmfs_server=x.example,y.example",
+                "http://x.example/cvmfs/demo.cernvm.test;http://y.example/cvmfs/demo.cernvm.test",
+            ),
+        ] {
+            let p = CvmfsParams::resolve(&KernelCmdline::parse(cmd), &ContextSettings::default(), true);
+            let file = dir.path().join("demo.cernvm.test.conf");
+            std::fs::write(&file, render(&p, &paths(), 1000, &Selection::Fresh { tag: Some("v1".into()) })).unwrap();
+            let c = Config::load("demo.cernvm.test", Some(&file), dir.path()).unwrap();
+            assert_eq!(c.get("CVMFS_SERVER_URL"), Some(url), "{cmd}");
+            assert_eq!(c.get("CVMFS_REPOSITORY_TAG"), Some("v1"));
+            assert_eq!(c.get("CVMFS_QUOTA_LIMIT"), Some("1000"));
+            assert_eq!(c.get("CVMFS_HIDE_MAGIC_XATTRS"), Some("yes"));
+        }
+        let p = CvmfsParams::resolve(
+            &KernelCmdline::parse("cvmfs_proxy=\"http://p:3128|http://q:3128;DIRECT\""),
+            &ContextSettings::default(),
+            true,
+        );
+        let file = dir.path().join("cernvm-devel.cern.ch.conf");
+        std::fs::write(
+            &file,
+            render(&p, &paths(), 1, &Selection::Fresh { tag: None }),
+        )
+        .unwrap();
+        let c = Config::load("cernvm-devel.cern.ch", Some(&file), dir.path()).unwrap();
+        assert_eq!(
+            c.get("CVMFS_HTTP_PROXY"),
+            Some("http://p:3128|http://q:3128;DIRECT")
+        );
+    }
+}

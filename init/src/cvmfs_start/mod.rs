@@ -1,0 +1,506 @@
+//! CernVM-FS start (spec §9): writes the client configuration, optionally waits for a proxy,
+//! starts our `cvmfs2` as a separate daemon process on `/root.ro`, pins the snapshot, and
+//! exports the repository keys to the scratch disk.
+//!
+//! The daemon is forked by `cvmfs2` itself (it reports success only once the FUSE mount is up),
+//! so it is not a thread of PID 1 and survives `switch_root`.
+
+pub mod config;
+pub mod params;
+pub mod snapshot;
+pub mod squid;
+
+use std::ffi::CString;
+use std::io;
+use std::os::unix::ffi::OsStrExt;
+use std::path::{Path, PathBuf};
+use std::process::{Command, Stdio};
+use std::time::Duration;
+
+use crate::boot::Boot;
+use crate::console;
+use config::ConfigPaths;
+use params::CvmfsParams;
+use snapshot::{Selection, Snapshot};
+
+/// Our CernVM-FS client in the initramfs (the original's path).
+pub const CVMFS2_BINARY: &str = "/usr/bin/cvmfs2";
+/// FUSE options of the OS mount: everyone reads it, set-uid binaries (sudo) work.
+const MOUNT_OPTIONS: &str = "allow_other,cvmfs_suid";
+/// Bound for one control-socket request.
+const TALK_TIMEOUT: Duration = Duration::from_secs(5);
+
+#[derive(Debug, thiserror::Error)]
+pub enum CvmfsError {
+    #[error("{what} {}: {source}", path.display())]
+    Io {
+        what: &'static str,
+        path: PathBuf,
+        source: io::Error,
+    },
+    #[error(transparent)]
+    Snapshot(#[from] snapshot::SnapshotError),
+    #[error("Unable to mount cvmfs root filesystem! {0}")]
+    Mount(String),
+    #[error("Unable to re-mount cvmfs root filesystem! {0}")]
+    Remount(String),
+    #[error("cannot read the magic attribute {name} of {}: {source}", path.display())]
+    Xattr {
+        name: &'static str,
+        path: PathBuf,
+        source: io::Error,
+    },
+    #[error("the mounted snapshot {mounted} is not the pinned one {pinned}")]
+    PinMismatch { pinned: String, mounted: String },
+    #[error("the OS root {} does not exist in the repository: {source}", path.display())]
+    NoOsRoot { path: PathBuf, source: io::Error },
+    #[error("cvmfs_wait_on_squid: {0}")]
+    Squid(String),
+}
+
+fn io_err<'a>(what: &'static str, path: &'a Path) -> impl FnOnce(io::Error) -> CvmfsError + 'a {
+    move |source| CvmfsError::Io {
+        what,
+        path: path.to_path_buf(),
+        source,
+    }
+}
+
+/// The running OS repository mount, kept in [`Boot`].
+#[derive(Debug, Clone)]
+pub struct CvmfsMount {
+    pub params: CvmfsParams,
+    /// The `cvmfs2` executable that serves the mount.
+    pub binary: PathBuf,
+    /// `/etc/cvmfs/config.d/<repo>.conf`.
+    pub config_file: PathBuf,
+    /// `/root.rw/cache` (`CVMFS_CACHE_BASE`).
+    pub cache: PathBuf,
+    /// `/root.ro`.
+    pub mountpoint: PathBuf,
+    /// True when this boot resolved a tag instead of mounting a recorded snapshot (§9.3).
+    pub fresh: bool,
+    /// The mounted snapshot, as recorded in `aux/cvmfs_snapshot`.
+    pub snapshot: Snapshot,
+    /// Revision number of the mounted snapshot (`user.revision`).
+    pub revision: String,
+}
+
+impl CvmfsMount {
+    /// `/root.ro/<cernvm_path>`: the lower layer of the union.
+    pub fn os_root(&self) -> PathBuf {
+        match self.params.os_subdir() {
+            "" => self.mountpoint.clone(),
+            sub => self.mountpoint.join(sub),
+        }
+    }
+
+    /// The control socket `<cache>/<repo>/cvmfs_io.<repo>`.
+    pub fn talk_socket(&self) -> PathBuf {
+        cvmfs_client::talk::socket_path(&self.cache, &self.params.repository)
+    }
+
+    /// Unmounts and mounts the recorded snapshot again (§10.4), so that new uid/gid maps take
+    /// effect. The recorded root hash is written into the configuration first, so that a tag
+    /// that moved meanwhile cannot give another revision than the one rebased against.
+    pub fn remount(&mut self, resolv_conf: &Path) -> Result<(), CvmfsError> {
+        let text = std::fs::read_to_string(&self.config_file)
+            .map_err(io_err("cannot read", &self.config_file))?;
+        if !text.contains("\nCVMFS_ROOT_HASH=") {
+            let text = format!("{text}CVMFS_ROOT_HASH={}\n", self.snapshot.root_hash);
+            std::fs::write(&self.config_file, text)
+                .map_err(io_err("cannot write", &self.config_file))?;
+        }
+        unmount(&self.mountpoint).map_err(CvmfsError::Remount)?;
+        run_cvmfs2(
+            &self.binary,
+            &self.config_file,
+            &self.params.repository,
+            &self.mountpoint,
+        )
+        .map_err(CvmfsError::Remount)?;
+        set_nameserver(&self.talk_socket(), resolv_conf);
+        let (mounted, _) = read_snapshot(&self.mountpoint)?;
+        if mounted != self.snapshot.root_hash {
+            return Err(CvmfsError::PinMismatch {
+                pinned: self.snapshot.root_hash.clone(),
+                mounted,
+            });
+        }
+        Ok(())
+    }
+}
+
+pub fn phase(boot: &mut Boot) -> Result<(), CvmfsError> {
+    start(boot, Path::new(CVMFS2_BINARY))
+}
+
+/// Size of the file system mounted at `path` in MiB (as `df -kP` reports the total).
+pub fn fs_size_mb(path: &Path) -> Result<u64, CvmfsError> {
+    let st = nix::sys::statvfs::statvfs(path).map_err(|e| CvmfsError::Io {
+        what: "cannot statvfs",
+        path: path.to_path_buf(),
+        source: e.into(),
+    })?;
+    Ok((st.blocks() as u64).saturating_mul(st.fragment_size() as u64) / (1024 * 1024))
+}
+
+/// The phase with an explicit `cvmfs2` executable (tests use the one cargo built).
+pub fn start(boot: &mut Boot, binary: &Path) -> Result<(), CvmfsError> {
+    console::begin("Starting CernVM File System...");
+    let r = start_inner(boot, binary);
+    match &r {
+        Ok(()) => {
+            let repo = boot.cvmfs.as_ref().map(|c| c.params.repository.as_str());
+            console::result(&format!("connected to {}", repo.unwrap_or_default()));
+        }
+        Err(_) => console::failed(),
+    }
+    r
+}
+
+fn start_inner(boot: &mut Boot, binary: &Path) -> Result<(), CvmfsError> {
+    let layout = &boot.layout;
+    let params = CvmfsParams::resolve(&boot.cmdline, &boot.settings, params::coin_flip());
+    let repo = params.repository.clone();
+    let aux = layout.aux();
+    std::fs::create_dir_all(&aux).map_err(io_err("cannot create", &aux))?;
+    let selection = snapshot::select(&aux, params.tag.as_deref())?;
+    log::info!("CernVM-FS: repository {repo}, snapshot selection {selection:?}");
+
+    let cache = layout.root_rw.join("cache");
+    std::fs::create_dir_all(&cache).map_err(io_err("cannot create", &cache))?;
+    let paths = ConfigPaths {
+        cache: cache.clone(),
+        keys_dir: layout.initramfs.join("etc/cvmfs/keys").join(&repo),
+        uid_map: aux.join("uid_map"),
+        gid_map: aux.join("gid_map"),
+    };
+    for map in [&paths.uid_map, &paths.gid_map] {
+        if !map.exists() {
+            std::fs::write(map, "").map_err(io_err("cannot create", map))?;
+        }
+    }
+    let quota = config::quota_limit_mb(fs_size_mb(&layout.root_rw)?);
+    let conf_dir = layout.initramfs.join("etc/cvmfs/config.d");
+    std::fs::create_dir_all(&conf_dir).map_err(io_err("cannot create", &conf_dir))?;
+    let config_file = conf_dir.join(format!("{repo}.conf"));
+    std::fs::write(
+        &config_file,
+        config::render(&params, &paths, quota, &selection),
+    )
+    .map_err(io_err("cannot write", &config_file))?;
+    raise_nofile_limit();
+
+    if let Some(seconds) = params.wait_on_squid {
+        let cfg = cvmfs_client::config::Config::load(&repo, Some(&config_file), &conf_dir)
+            .map_err(|e| CvmfsError::Squid(e.to_string()))?;
+        let urls = cfg.get_list("CVMFS_SERVER_URL", ';');
+        let proxies = squid::flatten_proxies(cfg.get("CVMFS_HTTP_PROXY").unwrap_or_default());
+        squid::wait(&urls, &proxies, Duration::from_secs(seconds.max(1)), None)
+            .map_err(CvmfsError::Squid)?;
+    }
+
+    let mountpoint = layout.root_ro.clone();
+    std::fs::create_dir_all(&mountpoint).map_err(io_err("cannot create", &mountpoint))?;
+    if let Err(e) = run_cvmfs2(binary, &config_file, &repo, &mountpoint) {
+        dump_diagnostics(&cache, &config_file);
+        return Err(CvmfsError::Mount(e));
+    }
+    let resolv_conf = layout.initramfs.join("etc/resolv.conf");
+    set_nameserver(
+        &cvmfs_client::talk::socket_path(&cache, &repo),
+        &resolv_conf,
+    );
+    export_keys(&paths.keys_dir, &aux.join("keys").join(&repo))?;
+
+    let (root_hash, revision) = read_snapshot(&mountpoint)?;
+    let snapshot = match &selection {
+        Selection::Fresh { tag } => {
+            let snap = Snapshot {
+                root_hash,
+                tag: tag.clone().unwrap_or_default(),
+            };
+            snapshot::record(&aux, &snap)?;
+            log::info!(
+                "CernVM-FS: pinned {repo} to {} (tag {:?}, revision {revision})",
+                snap.root_hash,
+                snap.tag
+            );
+            snap
+        }
+        Selection::Pinned(pinned) => {
+            if pinned.root_hash != root_hash {
+                return Err(CvmfsError::PinMismatch {
+                    pinned: pinned.root_hash.clone(),
+                    mounted: root_hash,
+                });
+            }
+            pinned.clone()
+        }
+    };
+
+    let persistent = layout.root_rw.join("persistent");
+    std::fs::create_dir_all(&persistent).map_err(io_err("cannot create", &persistent))?;
+    let mount = CvmfsMount {
+        params,
+        binary: binary.to_path_buf(),
+        config_file,
+        cache,
+        mountpoint,
+        fresh: selection.is_fresh(),
+        snapshot,
+        revision,
+    };
+    // Listing the OS root once loads its nested catalog, and proves that it exists.
+    let os_root = mount.os_root();
+    std::fs::read_dir(&os_root).map_err(|source| CvmfsError::NoOsRoot {
+        path: os_root.clone(),
+        source,
+    })?;
+    boot.cvmfs = Some(mount);
+    Ok(())
+}
+
+/// Runs `cvmfs2 -o config=…,allow_other,cvmfs_suid <repo> <mountpoint>`; it returns once the
+/// daemon it forked has mounted (or failed), with the daemon's one-line reason on failure.
+pub fn run_cvmfs2(
+    binary: &Path,
+    config_file: &Path,
+    repo: &str,
+    mountpoint: &Path,
+) -> Result<(), String> {
+    let out = Command::new(binary)
+        .arg("-o")
+        .arg(format!("config={},{MOUNT_OPTIONS}", config_file.display()))
+        .arg(repo)
+        .arg(mountpoint)
+        .stdin(Stdio::null())
+        .output()
+        .map_err(|e| format!("cannot run {}: {e}", binary.display()))?;
+    if out.status.success() {
+        return Ok(());
+    }
+    let stderr = String::from_utf8_lossy(&out.stderr);
+    Err(format!(
+        "{} exited with {}: {}",
+        binary.display(),
+        out.status,
+        stderr.trim()
+    ))
+}
+
+/// What the original shows when the mount fails: the client's log and the configuration
+/// (`/proc/cmdline` follows from the rescue console's caller).
+fn dump_diagnostics(cache: &Path, config_file: &Path) {
+    for (title, path) in [
+        ("CernVM-FS log", cache.join("usyslog")),
+        ("CernVM-FS configuration", config_file.to_path_buf()),
+        ("kernel command line", PathBuf::from("/proc/cmdline")),
+    ] {
+        match std::fs::read_to_string(&path) {
+            Ok(text) => eprintln!("--- {title} ({}):\n{text}", path.display()),
+            Err(e) => eprintln!("--- {title}: cannot read {}: {e}", path.display()),
+        }
+    }
+}
+
+fn raise_nofile_limit() {
+    let n = config::NFILES as libc::rlim_t;
+    let lim = libc::rlimit {
+        rlim_cur: n,
+        rlim_max: n,
+    };
+    // SAFETY: plain system call with a valid pointer.
+    if unsafe { libc::setrlimit(libc::RLIMIT_NOFILE, &lim) } != 0 {
+        log::warn!(
+            "cannot raise the open-file limit to {n}: {}",
+            io::Error::last_os_error()
+        );
+    }
+}
+
+/// The first `nameserver` of a resolv.conf text.
+pub fn first_nameserver(resolv_conf: &str) -> Option<&str> {
+    resolv_conf.lines().find_map(|l| {
+        let mut words = l.split_whitespace();
+        (words.next() == Some("nameserver"))
+            .then(|| words.next())
+            .flatten()
+    })
+}
+
+/// Tells the daemon the current name server (`nameserver set <ip>`): after hand-over it keeps
+/// the initramfs resolver settings otherwise. Failure is logged; the mount works without it.
+pub fn set_nameserver(socket: &Path, resolv_conf: &Path) {
+    let text = std::fs::read_to_string(resolv_conf).unwrap_or_default();
+    let Some(ns) = first_nameserver(&text) else {
+        log::info!(
+            "no name server in {}; not telling CernVM-FS",
+            resolv_conf.display()
+        );
+        return;
+    };
+    match cvmfs_client::talk::request(socket, &format!("nameserver set {ns}"), TALK_TIMEOUT) {
+        Ok(reply) if reply.starts_with("OK") => log::info!("CernVM-FS: name server {ns}"),
+        Ok(reply) => log::warn!("CernVM-FS refused 'nameserver set {ns}': {}", reply.trim()),
+        Err(e) => log::warn!("cannot set the CernVM-FS name server: {e}"),
+    }
+}
+
+/// Copies the repository keys of the initramfs into `aux/keys/<repo>/`: same-named files are
+/// overwritten, keys the user added there are kept.
+pub fn export_keys(from: &Path, to: &Path) -> Result<(), CvmfsError> {
+    std::fs::create_dir_all(to).map_err(io_err("cannot create", to))?;
+    let entries = match std::fs::read_dir(from) {
+        Ok(e) => e,
+        Err(e) if e.kind() == io::ErrorKind::NotFound => return Ok(()),
+        Err(source) => {
+            return Err(CvmfsError::Io {
+                what: "cannot list",
+                path: from.to_path_buf(),
+                source,
+            })
+        }
+    };
+    for entry in entries {
+        let entry = entry.map_err(io_err("cannot list", from))?;
+        let target = to.join(entry.file_name());
+        let ft = entry
+            .file_type()
+            .map_err(io_err("cannot stat", &entry.path()))?;
+        if ft.is_dir() {
+            export_keys(&entry.path(), &target)?;
+        } else if ft.is_file() {
+            std::fs::copy(entry.path(), &target).map_err(io_err("cannot copy to", &target))?;
+        }
+    }
+    Ok(())
+}
+
+/// Reads a magic extended attribute of the mount (our `cvmfs2` answers `getxattr` for them even
+/// when `CVMFS_HIDE_MAGIC_XATTRS` hides them from listings).
+pub fn magic_xattr(path: &Path, name: &'static str) -> Result<String, CvmfsError> {
+    let err = |source| CvmfsError::Xattr {
+        name,
+        path: path.to_path_buf(),
+        source,
+    };
+    let c_path = CString::new(path.as_os_str().as_bytes())
+        .map_err(|_| err(io::Error::from(io::ErrorKind::InvalidInput)))?;
+    let c_name =
+        CString::new(name).map_err(|_| err(io::Error::from(io::ErrorKind::InvalidInput)))?;
+    let mut buf = vec![0u8; 4096];
+    // SAFETY: valid C strings and a buffer of the given length.
+    let n = unsafe {
+        libc::getxattr(
+            c_path.as_ptr(),
+            c_name.as_ptr(),
+            buf.as_mut_ptr().cast(),
+            buf.len(),
+        )
+    };
+    if n < 0 {
+        return Err(err(io::Error::last_os_error()));
+    }
+    buf.truncate(n as usize);
+    Ok(String::from_utf8_lossy(&buf).trim().to_string())
+}
+
+/// `(root hash, revision)` of the repository mounted at `mountpoint`.
+pub fn read_snapshot(mountpoint: &Path) -> Result<(String, String), CvmfsError> {
+    Ok((
+        magic_xattr(mountpoint, "user.root_hash")?,
+        magic_xattr(mountpoint, "user.revision")?,
+    ))
+}
+
+/// Unmounts `mountpoint`, lazily if busy.
+pub fn unmount(mountpoint: &Path) -> Result<(), String> {
+    use nix::mount::{umount2, MntFlags};
+    match umount2(mountpoint, MntFlags::empty()) {
+        Ok(()) => Ok(()),
+        Err(_) => umount2(mountpoint, MntFlags::MNT_DETACH)
+            .map_err(|e| format!("cannot unmount {}: {e}", mountpoint.display())),
+    }
+}
+
+/// Pids of every process running `binary` (the `.cvmfs_pids` list, §12.2).
+pub fn daemon_pids(binary: &Path) -> Vec<u32> {
+    let want = std::fs::canonicalize(binary).unwrap_or_else(|_| binary.to_path_buf());
+    let mut pids = Vec::new();
+    let Ok(entries) = std::fs::read_dir("/proc") else {
+        return pids;
+    };
+    for e in entries.flatten() {
+        let Some(pid) = e.file_name().to_str().and_then(|s| s.parse::<u32>().ok()) else {
+            continue;
+        };
+        if std::fs::read_link(e.path().join("exe")).is_ok_and(|exe| exe == want) {
+            pids.push(pid);
+        }
+    }
+    pids.sort_unstable();
+    pids
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn first_nameserver_of_resolv_conf() {
+        assert_eq!(
+            first_nameserver("# dhcp\nsearch x\nnameserver 10.0.2.3\nnameserver 8.8.8.8\n"),
+            Some("10.0.2.3")
+        );
+        assert_eq!(first_nameserver("search x\n"), None);
+        assert_eq!(first_nameserver("nameserver\n"), None);
+    }
+
+    #[test]
+    fn keys_export_merges() {
+        let t = tempfile::tempdir().unwrap();
+        let from = t.path().join("keys/r");
+        let to = t.path().join("aux/keys/r");
+        std::fs::create_dir_all(&from).unwrap();
+        std::fs::create_dir_all(&to).unwrap();
+        std::fs::write(from.join("r.pub"), "new").unwrap();
+        std::fs::write(to.join("r.pub"), "old").unwrap();
+        std::fs::write(to.join("user.pub"), "mine").unwrap();
+        export_keys(&from, &to).unwrap();
+        assert_eq!(std::fs::read_to_string(to.join("r.pub")).unwrap(), "new");
+        assert_eq!(
+            std::fs::read_to_string(to.join("user.pub")).unwrap(),
+            "mine"
+        );
+    }
+
+    #[test]
+    fn os_root_follows_cernvm_path() {
+        let mut m = CvmfsMount {
+            params: CvmfsParams::resolve(
+                &crate::cmdline::KernelCmdline::parse("cernvm_path=/cvm4/"),
+                &Default::default(),
+                true,
+            ),
+            binary: CVMFS2_BINARY.into(),
+            config_file: "/etc/cvmfs/config.d/x.conf".into(),
+            cache: "/root.rw/cache".into(),
+            mountpoint: "/root.ro".into(),
+            fresh: true,
+            snapshot: Snapshot {
+                root_hash: "a".into(),
+                tag: String::new(),
+            },
+            revision: "1".into(),
+        };
+        assert_eq!(m.os_root(), Path::new("/root.ro/cvm4"));
+        assert_eq!(
+            m.talk_socket(),
+            Path::new("/root.rw/cache/cernvm-devel.cern.ch/cvmfs_io.cernvm-devel.cern.ch")
+        );
+        m.params.cernvm_path.clear();
+        assert_eq!(m.os_root(), Path::new("/root.ro"));
+    }
+}
