@@ -1,7 +1,219 @@
-//! context epilog (spec §8)
+//! Context epilog (spec §8): what contextualization left in the initramfs is saved to the
+//! scratch disk (`/root.rw/context`), and the saved µCernVM settings are loaded back, so that
+//! later boots (which do not contextualize) see the same user data.
 
-use crate::boot::{Boot, NotImplemented};
+use std::io;
+use std::path::{Path, PathBuf};
 
-pub fn phase(_boot: &mut Boot) -> Result<(), NotImplemented> {
-    Err(NotImplemented("context epilog (spec §8)"))
+use crate::boot::{Boot, Layout};
+use crate::settings::ContextSettings;
+
+/// `UCONTEXT_SRC` when no source delivered user data.
+pub const NO_SOURCE: &str = "(none)";
+
+#[derive(Debug, thiserror::Error)]
+pub enum EpilogError {
+    #[error("{what} {}: {source}", path.display())]
+    Io {
+        what: &'static str,
+        path: PathBuf,
+        source: io::Error,
+    },
+}
+
+fn io_err<'a>(what: &'static str, path: &'a Path) -> impl FnOnce(io::Error) -> EpilogError + 'a {
+    move |source| EpilogError::Io {
+        what,
+        path: path.to_path_buf(),
+        source,
+    }
+}
+
+/// What the contextualization phase knows beyond the files it left in the initramfs.
+#[derive(Debug, Clone, Default)]
+pub struct ContextOrigin {
+    /// `UCONTEXT_SRC`: the name of the source that delivered user data.
+    pub source: Option<String>,
+    /// The Azure provisioning medium, saved whole because Azure ejects it later.
+    pub azure_device: Option<PathBuf>,
+}
+
+/// Copies `from` to `to` if `from` exists; returns whether it did.
+fn copy_if_present(from: &Path, to: &Path) -> Result<bool, EpilogError> {
+    match std::fs::copy(from, to) {
+        Ok(_) => Ok(true),
+        Err(e) if e.kind() == io::ErrorKind::NotFound && !from.exists() => Ok(false),
+        Err(source) => Err(EpilogError::Io {
+            what: "cannot copy to",
+            path: to.to_path_buf(),
+            source,
+        }),
+    }
+}
+
+/// Moves `from` to `to` (copy and remove: they are on different file systems).
+fn move_if_present(from: &Path, to: &Path) -> Result<bool, EpilogError> {
+    if !copy_if_present(from, to)? {
+        return Ok(false);
+    }
+    std::fs::remove_file(from).map_err(io_err("cannot remove", from))?;
+    Ok(true)
+}
+
+/// Steps 1–6: saves the context files of this boot under `layout.context_dir()`.
+pub fn persist(layout: &Layout, origin: &ContextOrigin) -> Result<(), EpilogError> {
+    let ctx = layout.context_dir();
+    std::fs::create_dir_all(&ctx).map_err(io_err("cannot create", &ctx))?;
+    let init = &layout.initramfs;
+    copy_if_present(
+        &init.join("ami-contextualized"),
+        &ctx.join("ami-contextualized"),
+    )?;
+    if copy_if_present(&init.join("user-data"), &ctx.join("user-data"))? {
+        let src = origin.source.as_deref().unwrap_or(NO_SOURCE);
+        let path = ctx.join("source");
+        std::fs::write(&path, format!("{src}\n")).map_err(io_err("cannot write", &path))?;
+    }
+    move_if_present(&init.join("ucontext"), &ctx.join("ucontext"))?;
+    move_if_present(&init.join("extra-ucontext"), &ctx.join("extra-ucontext"))?;
+    copy_if_present(&init.join("pickup.tar.gz"), &ctx.join("pickup.tar.gz"))?;
+    if let Some(dev) = &origin.azure_device {
+        let to = ctx.join("azure.iso");
+        std::fs::copy(dev, &to).map_err(io_err("cannot save the Azure medium to", &to))?;
+    }
+    Ok(())
+}
+
+/// Step 7: `context/ucontext`, then `context/extra-ucontext` (which overrides), into
+/// `settings`. Missing files are skipped.
+pub fn load(context_dir: &Path, settings: &mut ContextSettings) -> Result<(), EpilogError> {
+    for name in ["ucontext", "extra-ucontext"] {
+        let path = context_dir.join(name);
+        match std::fs::read(&path) {
+            Ok(bytes) => settings.apply_ucontext_file(&String::from_utf8_lossy(&bytes)),
+            Err(e) if e.kind() == io::ErrorKind::NotFound => {}
+            Err(source) => {
+                return Err(EpilogError::Io {
+                    what: "cannot read",
+                    path,
+                    source,
+                })
+            }
+        }
+    }
+    Ok(())
+}
+
+pub fn phase(boot: &mut Boot) -> Result<(), EpilogError> {
+    // The source name and the Azure medium are known to the contextualization phase only on
+    // the boot that contextualized; on other boots nothing new is saved.
+    let origin = ContextOrigin::default();
+    persist(&boot.layout, &origin)?;
+    load(&boot.layout.context_dir(), &mut boot.settings)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn layout() -> (tempfile::TempDir, Layout) {
+        let t = tempfile::tempdir().unwrap();
+        let l = Layout::under(t.path().to_path_buf());
+        std::fs::create_dir_all(&l.root_rw).unwrap();
+        (t, l)
+    }
+
+    #[test]
+    fn first_boot_saves_everything_and_loads_it() {
+        let (_t, l) = layout();
+        let i = &l.initramfs;
+        std::fs::write(
+            i.join("user-data"),
+            "[ucernvm-begin]\ncvmfs_tag=v1\n[ucernvm-end]\n",
+        )
+        .unwrap();
+        std::fs::write(
+            i.join("ucontext"),
+            "_UCONTEXT_CVMFS_TAG=v1\n_UCONTEXT_CERNVM_PATH=cvm4\n",
+        )
+        .unwrap();
+        std::fs::write(i.join("extra-ucontext"), "_UCONTEXT_CERNVM_PATH=cvm3\n").unwrap();
+        std::fs::write(i.join("pickup.tar.gz"), b"\x1f\x8b").unwrap();
+        std::fs::write(i.join("ami-contextualized"), "").unwrap();
+        let azure = i.join("fake-sr0");
+        std::fs::write(&azure, vec![7u8; 4096]).unwrap();
+        let origin = ContextOrigin {
+            source: Some("ConfigDrive".into()),
+            azure_device: Some(azure),
+        };
+        persist(&l, &origin).unwrap();
+        let c = l.context_dir();
+        assert_eq!(
+            std::fs::read_to_string(c.join("source")).unwrap(),
+            "ConfigDrive\n"
+        );
+        assert!(std::fs::read_to_string(c.join("user-data"))
+            .unwrap()
+            .contains("cvmfs_tag=v1"));
+        assert!(
+            i.join("user-data").exists(),
+            "user-data is copied, not moved"
+        );
+        assert!(!i.join("ucontext").exists(), "ucontext is moved");
+        assert!(!i.join("extra-ucontext").exists());
+        assert!(c.join("ami-contextualized").exists());
+        assert_eq!(std::fs::read(c.join("pickup.tar.gz")).unwrap(), b"\x1f\x8b");
+        assert_eq!(std::fs::read(c.join("azure.iso")).unwrap(), vec![7u8; 4096]);
+
+        let mut s = ContextSettings::default();
+        load(&c, &mut s).unwrap();
+        assert_eq!(s.cvmfs_tag.as_deref(), Some("v1"));
+        assert_eq!(
+            s.cernvm_path.as_deref(),
+            Some("cvm3"),
+            "extra-ucontext overrides"
+        );
+    }
+
+    #[test]
+    fn later_boot_reads_the_saved_context_and_keeps_it() {
+        let (_t, l) = layout();
+        let c = l.context_dir();
+        std::fs::create_dir_all(&c).unwrap();
+        std::fs::write(c.join("user-data"), "old").unwrap();
+        std::fs::write(c.join("source"), "EC2\n").unwrap();
+        std::fs::write(
+            c.join("ucontext"),
+            "_UCONTEXT_CVMFS_BRANCH=demo.cernvm.test\n",
+        )
+        .unwrap();
+        let mut boot = Boot::new(l.clone(), Default::default());
+        phase(&mut boot).unwrap();
+        assert_eq!(
+            boot.settings.cvmfs_branch.as_deref(),
+            Some("demo.cernvm.test")
+        );
+        assert_eq!(std::fs::read_to_string(c.join("user-data")).unwrap(), "old");
+        assert_eq!(std::fs::read_to_string(c.join("source")).unwrap(), "EC2\n");
+    }
+
+    #[test]
+    fn user_data_without_a_known_source_says_none() {
+        let (_t, l) = layout();
+        std::fs::write(l.initramfs.join("user-data"), "x").unwrap();
+        persist(&l, &ContextOrigin::default()).unwrap();
+        assert_eq!(
+            std::fs::read_to_string(l.context_dir().join("source")).unwrap(),
+            "(none)\n"
+        );
+    }
+
+    #[test]
+    fn unreadable_scratch_disk_is_a_clear_error() {
+        let (_t, l) = layout();
+        // The context directory cannot be created where a file is in the way.
+        std::fs::write(l.context_dir(), "not a directory").unwrap();
+        let e = persist(&l, &ContextOrigin::default()).unwrap_err();
+        assert!(e.to_string().starts_with("cannot create"), "{e}");
+    }
 }
