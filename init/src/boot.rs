@@ -123,6 +123,7 @@ pub fn run(boot: &mut Boot, on_error: &mut dyn FnMut(&str, &str)) {
         let mut timeline = std::mem::take(&mut boot.timeline);
         let r = timeline.phase(name, || f(boot));
         boot.timeline = timeline;
+        post::save_timeline(&boot.layout, &boot.timeline);
         if let Err(e) = r {
             console::error(&format!("{name}: {e}"));
             on_error(name, &e);

@@ -5,9 +5,19 @@ use std::panic;
 use ucernvm_init::boot::{self, Boot, Layout};
 use ucernvm_init::cmdline::KernelCmdline;
 use ucernvm_init::console::{self, KernelLogger};
+use ucernvm_init::post::pinfiles;
 use ucernvm_init::{early, rescue};
 
 fn main() {
+    // The background pinner started by the post-mount phase (spec §12.4) is this binary too.
+    let args: Vec<std::ffi::OsString> = std::env::args_os().collect();
+    if args.get(1).is_some_and(|a| a == pinfiles::PINNER_MODE) {
+        let (Some(list), Some(socket)) = (args.get(2), args.get(3)) else {
+            eprintln!("usage: init --pin-files <list file> <control socket>");
+            std::process::exit(2);
+        };
+        std::process::exit(pinfiles::pinner_main(list.as_ref(), socket.as_ref()));
+    }
     if std::process::id() != 1 {
         eprintln!("init: this is the µCernVM boot loader; it runs only as PID 1 in the initramfs");
         std::process::exit(2);

@@ -19,8 +19,6 @@ use base64::Engine as _;
 
 /// Marker in the context directory: the injection happened.
 pub const MARKER: &str = "injected";
-/// Symbolic links followed while resolving one path (as the kernel's limit).
-const MAX_SYMLINKS: usize = 40;
 
 #[derive(Debug, thiserror::Error)]
 pub enum InjectError {
@@ -54,12 +52,7 @@ pub fn inject(root: &Path, context_dir: &Path, b64: &str) -> Result<Outcome, Inj
     }
     let compact: String = b64.chars().filter(|c| !c.is_ascii_whitespace()).collect();
     let gz = base64::engine::general_purpose::STANDARD.decode(compact)?;
-    let mut tar_bytes = Vec::new();
-    flate2::read::GzDecoder::new(gz.as_slice())
-        .read_to_end(&mut tar_bytes)
-        .map_err(InjectError::Archive)?;
-    let plan = check(&tar_bytes)?;
-    let listed = extract(root, &tar_bytes, &plan)?;
+    let listed = extract_tar_gz(root, &gz)?;
     std::fs::create_dir_all(context_dir)
         .and_then(|()| std::fs::write(&marker, ""))
         .map_err(|source| InjectError::Marker {
@@ -67,6 +60,17 @@ pub fn inject(root: &Path, context_dir: &Path, b64: &str) -> Result<Outcome, Inj
             source,
         })?;
     Ok(Outcome::Extracted(listed))
+}
+
+/// Checks and extracts a gzip'd tar archive into `root` with the rules of this module; nothing
+/// is written when a check fails. Returns the extracted paths in archive order.
+pub fn extract_tar_gz(root: &Path, gz: &[u8]) -> Result<Vec<String>, InjectError> {
+    let mut tar_bytes = Vec::new();
+    flate2::read::GzDecoder::new(gz)
+        .read_to_end(&mut tar_bytes)
+        .map_err(InjectError::Archive)?;
+    let plan = check(&tar_bytes)?;
+    extract(root, &tar_bytes, &plan)
 }
 
 /// What one checked entry becomes.
@@ -169,65 +173,24 @@ fn check(tar_bytes: &[u8]) -> Result<Vec<Planned>, InjectError> {
     Ok(plan)
 }
 
-/// Resolves `rel` inside `root` like a path lookup after chroot: symbolic links on the way are
-/// followed with absolute targets taken from the root and `..` never leaving it. The last
-/// component is not followed. Missing intermediate directories are created.
+/// The directory that receives `rel`, resolved inside `root` (missing directories created).
 fn resolve_parent(root: &Path, rel: &Path) -> io::Result<PathBuf> {
-    let mut pending: Vec<PathBuf> = rel
-        .parent()
-        .map(|p| {
-            p.components()
-                .map(|c| PathBuf::from(c.as_os_str()))
-                .collect()
-        })
-        .unwrap_or_default();
-    pending.reverse();
-    let mut current = PathBuf::new(); // relative to root
-    let mut followed = 0;
-    while let Some(c) = pending.pop() {
-        match c.components().next() {
-            Some(Component::ParentDir) => {
-                current.pop();
-                continue;
-            }
-            Some(Component::Normal(_)) => {}
-            _ => continue,
-        }
-        let candidate = current.join(&c);
-        let full = root.join(&candidate);
-        match std::fs::symlink_metadata(&full) {
-            Ok(m) if m.file_type().is_symlink() => {
-                followed += 1;
-                if followed > MAX_SYMLINKS {
-                    return Err(io::Error::other("too many levels of symbolic links"));
-                }
-                let target = std::fs::read_link(&full)?;
-                if target.is_absolute() {
-                    current = PathBuf::new();
-                }
-                let mut parts: Vec<PathBuf> = target
-                    .components()
-                    .filter(|c| !matches!(c, Component::RootDir | Component::CurDir))
-                    .map(|c| PathBuf::from(c.as_os_str()))
-                    .collect();
-                parts.reverse();
-                pending.extend(parts);
-            }
-            Ok(m) if m.is_dir() => current = candidate,
-            Ok(_) => {
+    match rel.parent().filter(|p| !p.as_os_str().is_empty()) {
+        Some(parent) => {
+            let dir = super::inroot::resolve(root, parent, true, true)?;
+            let full = root.join(&dir);
+            if !full.exists() {
+                std::fs::create_dir(&full)?;
+            } else if !full.is_dir() {
                 return Err(io::Error::other(format!(
                     "{} is not a directory",
-                    candidate.display()
-                )))
+                    dir.display()
+                )));
             }
-            Err(e) if e.kind() == io::ErrorKind::NotFound => {
-                std::fs::create_dir(&full)?;
-                current = candidate;
-            }
-            Err(e) => return Err(e),
+            Ok(full)
         }
+        None => Ok(root.to_path_buf()),
     }
-    Ok(root.join(current))
 }
 
 /// Removes whatever is at `path` unless it is a directory (which is kept).
