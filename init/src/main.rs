@@ -5,7 +5,7 @@ use std::panic;
 use ucernvm_init::boot::{self, Boot, Layout};
 use ucernvm_init::cmdline::KernelCmdline;
 use ucernvm_init::console::{self, KernelLogger};
-use ucernvm_init::post::pinfiles;
+use ucernvm_init::post::{drtini, pinfiles};
 use ucernvm_init::{early, rescue};
 
 fn main() {
@@ -17,6 +17,15 @@ fn main() {
             std::process::exit(2);
         };
         std::process::exit(pinfiles::pinner_main(list.as_ref(), socket.as_ref()));
+    }
+    // systemd-shutdown runs our copy in /run/initramfs as `/shutdown <verb>` (spec §12.3).
+    let called_as = args
+        .first()
+        .and_then(|a| std::path::Path::new(a).file_name())
+        .map(|n| n.to_string_lossy().into_owned());
+    if called_as.as_deref() == Some(drtini::SHUTDOWN_NAME) {
+        let verb = args.get(1).map(|v| v.to_string_lossy().into_owned());
+        drtini::shutdown_main(verb.as_deref());
     }
     if std::process::id() != 1 {
         eprintln!("init: this is the µCernVM boot loader; it runs only as PID 1 in the initramfs");

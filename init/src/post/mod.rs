@@ -5,6 +5,7 @@
 //! None of these steps stops the boot: like the original, a failure is shown as `failed` or a
 //! warning and the boot goes on.
 
+pub mod drtini;
 pub mod hotfixes;
 pub mod inject;
 pub mod inroot;
@@ -72,6 +73,15 @@ pub fn phase(boot: &mut Boot) -> Result<(), PostError> {
         "cannot write /.cvmfs_pids",
         hotfixes::write_pids(root, &cvmfs_start::daemon_pids(&cvmfs.binary)),
     );
+
+    // §12.3
+    if let Ok(init) = std::env::current_exe() {
+        match drtini::prepare(root, &init) {
+            Ok(true) => log::info!("shutdown through the initramfs prepared in /run/initramfs"),
+            Ok(false) => {}
+            Err(e) => console::warn(&format!("cannot prepare /run/initramfs: {e}")),
+        }
+    }
 
     // §12.4
     let list_file = root.join(pinfiles::PINFILES_LIST);
