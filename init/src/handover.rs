@@ -229,7 +229,8 @@ pub fn phase(boot: &mut Boot) -> Result<(), HandoverError> {
         cvmssh();
     }
     let new_root = boot.layout.root.clone();
-    crate::post::save_timeline(&boot.layout, &boot.timeline);
+    // The timeline was saved by the phase loop after the post phase (while a phase runs, the
+    // loop holds it).
     for m in ["/sys", "/proc", "/dev/pts"] {
         if let Err(e) = umount2(m, MntFlags::MNT_DETACH) {
             log::warn!("cannot unmount {m}: {e}");

@@ -172,3 +172,24 @@ fn hook_environment(boot: &Boot, rw: &Path) -> Vec<(String, String)> {
     }
     env
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn timeline_is_saved_once_ulogs_exists() {
+        let t = tempfile::tempdir().unwrap();
+        let layout = Layout::under(t.path().to_path_buf());
+        let mut timeline = Timeline::new();
+        let _: Result<(), String> = timeline.phase("cvmfs", || Ok(()));
+        save_timeline(&layout, &timeline);
+        let file = layout.root.join("mnt/.rw/ulogs/boot-timeline");
+        assert!(!file.exists(), "nothing before the post phase made ulogs");
+        std::fs::create_dir_all(file.parent().unwrap()).unwrap();
+        save_timeline(&layout, &timeline);
+        let text = std::fs::read_to_string(&file).unwrap();
+        assert!(text.contains(" ok      cvmfs\n"), "{text}");
+        assert!(text.contains("# total"), "{text}");
+    }
+}
