@@ -217,4 +217,89 @@ CVMFS_SYSTEMD_NOKILL=yes
             Some("http://p:3128|http://q:3128;DIRECT")
         );
     }
+
+    /// The configuration as our client reads it, for combinations of command line, user data
+    /// and pinning files: (command line, user data, snapshot file, force-tag file, expected
+    /// server URL, proxy, tag, root hash).
+    #[test]
+    fn table_of_boot_inputs_to_effective_configuration() {
+        type Row<'a> = (
+            &'a str,
+            &'a [(&'a str, &'a str)],
+            Option<&'a str>,
+            Option<&'a str>,
+            &'a str,
+            &'a str,
+            Option<&'a str>,
+            Option<&'a str>,
+        );
+        let rows: &[Row] = &[
+            (
+                "cvmfs_repos=r.example",
+                &[],
+                None,
+                None,
+                "http://hepvm.cern.ch/cvmfs/r.example",
+                "auto;DIRECT",
+                None,
+                None,
+            ),
+            (
+                "cvmfs_repos=r.example cvmfs_repository_tag=HEAD4",
+                &[
+                    ("CVMFS_TAG", "2024-01"),
+                    ("CVMFS_HTTP_PROXY", "http://squid:3128"),
+                ],
+                None,
+                None,
+                "http://hepvm.cern.ch/cvmfs/r.example",
+                "http://squid:3128",
+                Some("2024-01"),
+                None,
+            ),
+            (
+                "cvmfs_repos=r.example cvmfs_cdn=c1.example,c2.example cvmfs_repository_tag=HEAD4",
+                &[("CVMFS_TAG", "2024-01")],
+                Some("abc123\nold-tag\n"),
+                None,
+                "http://c1.example/cvmfs/r.example;http://c2.example/cvmfs/r.example",
+                "auto;DIRECT",
+                Some("old-tag"),
+                Some("abc123"),
+            ),
+            (
+                "cvmfs_repos=r.example cvmfs_url=http://10.0.2.2/cvmfs/@fqrn@",
+                &[("CVMFS_SERVER", "ignored.example")],
+                Some("abc123\n\n"),
+                Some("new-tag\n"),
+                "http://10.0.2.2/cvmfs/r.example",
+                "auto;DIRECT",
+                Some("new-tag"),
+                None,
+            ),
+        ];
+        for (i, (cmd, ud, snap, force, url, proxy, tag, hash)) in rows.iter().enumerate() {
+            let dir = tempfile::tempdir().unwrap();
+            if let Some(s) = snap {
+                std::fs::write(dir.path().join("cvmfs_snapshot"), s).unwrap();
+            }
+            if let Some(f) = force {
+                std::fs::write(dir.path().join("cvmfs_force_tag"), f).unwrap();
+            }
+            let mut ctx = ContextSettings::default();
+            for (k, v) in *ud {
+                ctx.apply(k, v);
+            }
+            let p = CvmfsParams::resolve(&KernelCmdline::parse(cmd), &ctx, true);
+            let sel = super::super::snapshot::select(dir.path(), p.tag.as_deref()).unwrap();
+            let file = dir.path().join("r.example.conf");
+            std::fs::write(&file, render(&p, &paths(), quota_limit_mb(10_000), &sel)).unwrap();
+            let c = Config::load("r.example", Some(&file), dir.path()).unwrap();
+            assert_eq!(c.get("CVMFS_SERVER_URL"), Some(*url), "row {i}");
+            assert_eq!(c.get("CVMFS_HTTP_PROXY"), Some(*proxy), "row {i}");
+            assert_eq!(c.get("CVMFS_REPOSITORY_TAG"), *tag, "row {i}");
+            assert_eq!(c.get("CVMFS_ROOT_HASH"), *hash, "row {i}");
+            assert_eq!(c.get("CVMFS_QUOTA_LIMIT"), Some("2000"), "row {i}");
+        }
+    }
 }
