@@ -135,16 +135,6 @@ pub fn phase(boot: &mut Boot) -> Result<(), CvmfsError> {
     start(boot, Path::new(CVMFS2_BINARY))
 }
 
-/// Size of the file system mounted at `path` in MiB (as `df -kP` reports the total).
-pub fn fs_size_mb(path: &Path) -> Result<u64, CvmfsError> {
-    let st = nix::sys::statvfs::statvfs(path).map_err(|e| CvmfsError::Io {
-        what: "cannot statvfs",
-        path: path.to_path_buf(),
-        source: e.into(),
-    })?;
-    Ok((st.blocks() as u64).saturating_mul(st.fragment_size() as u64) / (1024 * 1024))
-}
-
 /// The phase with an explicit `cvmfs2` executable (tests use the one cargo built).
 pub fn start(boot: &mut Boot, binary: &Path) -> Result<(), CvmfsError> {
     console::begin("Starting CernVM File System...");
@@ -181,7 +171,16 @@ fn start_inner(boot: &mut Boot, binary: &Path) -> Result<(), CvmfsError> {
             std::fs::write(map, "").map_err(io_err("cannot create", map))?;
         }
     }
-    let quota = config::quota_limit_mb(fs_size_mb(&layout.root_rw)?);
+    // ROOT_SIZE_MB from the scratch-disk phase, else measured here.
+    let root_size_mb = match &boot.scratch {
+        Some(s) => s.root_size_mb,
+        None => crate::disk::fs::size_mib(&layout.root_rw).map_err(|e| CvmfsError::Io {
+            what: "cannot measure",
+            path: layout.root_rw.clone(),
+            source: io::Error::other(e.to_string()),
+        })?,
+    };
+    let quota = config::quota_limit_mb(root_size_mb);
     let conf_dir = layout.initramfs.join("etc/cvmfs/config.d");
     std::fs::create_dir_all(&conf_dir).map_err(io_err("cannot create", &conf_dir))?;
     let config_file = conf_dir.join(format!("{repo}.conf"));
