@@ -12,8 +12,8 @@ use std::path::Path;
 use std::time::{Duration, Instant};
 
 use base64::Engine as _;
-use mount_helpers::{cvmfs2_binary, is_mounted, skip_reason, UnmountOnDrop};
 use cvmfs_client::testing::{fixture_dir, StaticHttpServer};
+use mount_helpers::{cvmfs2_binary, is_mounted, skip_reason, UnmountOnDrop};
 use nix::mount::{mount, umount2, MntFlags, MsFlags};
 use ucernvm_init::boot::{Boot, Layout};
 use ucernvm_init::cmdline::KernelCmdline;

@@ -7,8 +7,8 @@ mod mount_helpers;
 use std::path::Path;
 use std::time::{Duration, Instant};
 
-use mount_helpers::{cvmfs2_binary, is_mounted, skip_reason, UnmountOnDrop};
 use cvmfs_client::testing::{fixture_dir, StaticHttpServer};
+use mount_helpers::{cvmfs2_binary, is_mounted, skip_reason, UnmountOnDrop};
 use ucernvm_init::boot::{Boot, Layout};
 use ucernvm_init::cmdline::KernelCmdline;
 use ucernvm_init::cvmfs_start::{self, snapshot, CvmfsError};
