@@ -9,7 +9,7 @@ use crate::boot::{Boot, Layout};
 use crate::settings::ContextSettings;
 
 /// `UCONTEXT_SRC` when no source delivered user data.
-pub const NO_SOURCE: &str = "(none)";
+pub use crate::context::sources::NO_SOURCE;
 
 #[derive(Debug, thiserror::Error)]
 pub enum EpilogError {
@@ -107,7 +107,13 @@ pub fn load(context_dir: &Path, settings: &mut ContextSettings) -> Result<(), Ep
 pub fn phase(boot: &mut Boot) -> Result<(), EpilogError> {
     // The source name and the Azure medium are known to the contextualization phase only on
     // the boot that contextualized; on other boots nothing new is saved.
-    let origin = ContextOrigin::default();
+    let origin = match &boot.context {
+        Some(c) => ContextOrigin {
+            source: Some(c.source_name().to_string()),
+            azure_device: c.azure_device.as_ref().map(PathBuf::from),
+        },
+        None => ContextOrigin::default(),
+    };
     persist(&boot.layout, &origin)?;
     load(&boot.layout.context_dir(), &mut boot.settings)
 }
@@ -195,6 +201,26 @@ mod tests {
         );
         assert_eq!(std::fs::read_to_string(c.join("user-data")).unwrap(), "old");
         assert_eq!(std::fs::read_to_string(c.join("source")).unwrap(), "EC2\n");
+    }
+
+    #[test]
+    fn phase_takes_the_source_from_the_contextualization() {
+        use crate::context::sources::{Contextualized, Source};
+        let (_t, l) = layout();
+        std::fs::write(l.initramfs.join("user-data"), "x").unwrap();
+        let mut boot = Boot::new(l.clone(), Default::default());
+        boot.context = Some(Contextualized {
+            source: Some(Source::OpenNebula),
+            user_data: b"x".to_vec(),
+            entries: Vec::new(),
+            glidein: None,
+            azure_device: None,
+        });
+        phase(&mut boot).unwrap();
+        assert_eq!(
+            std::fs::read_to_string(l.context_dir().join("source")).unwrap(),
+            format!("{}\n", Source::OpenNebula.name())
+        );
     }
 
     #[test]
