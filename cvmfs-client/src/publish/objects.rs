@@ -2,7 +2,7 @@
 //! ingestion of regular files into it (whole-file objects or content-defined chunks).
 //!
 //! Objects are zlib-compressed (unless asked otherwise) and named by the SHA-1 of the stored
-//! bytes, as the real server does. Each object is written to `data/txn/` and renamed into
+//! bytes, as the real server does. Each object is written to `data/txn/` and linked into
 //! place, so a reader never sees a partial object; an object that already exists is not
 //! written again (deduplication).
 
@@ -127,16 +127,33 @@ impl ObjectStore {
             std::process::id(),
             self.next_txn.fetch_add(1, Ordering::Relaxed)
         ));
-        let write = || -> std::io::Result<()> {
+        let write = || -> std::io::Result<bool> {
             let mut f = File::create(&tmp)?;
             f.write_all(&stored)?;
             // No fsync per object (neither does the real server's local uploader); the
             // publisher syncs the file system once before the new manifest points to them.
-            std::fs::rename(&tmp, &path)
+            // link() rather than rename(): as atomic, and it tells whether another thread
+            // stored the same object meanwhile.
+            let linked = match std::fs::hard_link(&tmp, &path) {
+                Ok(()) => true,
+                Err(e) if e.kind() == std::io::ErrorKind::AlreadyExists => false,
+                Err(e) => return Err(e),
+            };
+            std::fs::remove_file(&tmp)?;
+            Ok(linked)
         };
-        if let Err(e) = write() {
-            let _ = std::fs::remove_file(&tmp);
-            return Err(ObjectError::Io { path, source: e });
+        match write() {
+            Ok(true) => {}
+            Ok(false) => {
+                self.counters
+                    .objects_deduplicated
+                    .fetch_add(1, Ordering::Relaxed);
+                return Ok(hash);
+            }
+            Err(e) => {
+                let _ = std::fs::remove_file(&tmp);
+                return Err(ObjectError::Io { path, source: e });
+            }
         }
         self.counters
             .objects_written
