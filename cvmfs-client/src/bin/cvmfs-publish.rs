@@ -120,5 +120,9 @@ fn main() -> anyhow::Result<()> {
         report.catalogs_written,
         report.catalogs_reused,
     );
+    println!(
+        "clients verify it with the master public key {}",
+        args.keys.join(format!("{}.pub", args.fqrn)).display()
+    );
     Ok(())
 }

@@ -128,6 +128,7 @@ pub fn publish(opts: &PublishOptions) -> Result<PublishReport, PublishError> {
     std::fs::create_dir_all(&opts.repo).map_err(io_err(&opts.repo))?;
     let store = objects::ObjectStore::open(&opts.repo)?;
     let _lock = lock(&opts.repo.join("data/txn/.publish.lock"))?;
+    remove_leftovers(&opts.repo.join("data/txn"))?;
     let work = WorkDir::create(
         &opts
             .repo
@@ -318,6 +319,26 @@ impl Drop for Lock {
     }
 }
 
+/// Removes what an interrupted publish left in `data/txn` (we hold the lock, so nothing in
+/// there is in use).
+fn remove_leftovers(txn: &Path) -> Result<(), PublishError> {
+    for e in std::fs::read_dir(txn).map_err(io_err(txn))? {
+        let e = e.map_err(io_err(txn))?;
+        if e.file_name() == ".publish.lock" {
+            continue;
+        }
+        let p = e.path();
+        let r = if e.file_type().map_err(io_err(&p))?.is_dir() {
+            std::fs::remove_dir_all(&p)
+        } else {
+            std::fs::remove_file(&p)
+        };
+        r.map_err(io_err(&p))?;
+        log::info!("removed {} (left by an interrupted publish)", p.display());
+    }
+    Ok(())
+}
+
 /// Scratch directory for catalog and history databases, removed when done.
 struct WorkDir {
     path: PathBuf,
@@ -387,6 +408,25 @@ mod tests {
     fn date_text_like_date_utc() {
         assert_eq!(date_utc_text(1_795_828_052), "Sat Nov 28 01:07:32 UTC 2026");
         assert_eq!(date_utc_text(0), "Thu Jan  1 00:00:00 UTC 1970");
+    }
+
+    #[test]
+    fn one_publish_at_a_time_and_leftovers_removed() {
+        let dir = tempfile::tempdir().unwrap();
+        let path = dir.path().join(".publish.lock");
+        let held = lock(&path).unwrap();
+        assert!(matches!(lock(&path), Err(PublishError::Locked(_))));
+        drop(held);
+        let _again = lock(&path).unwrap();
+        std::fs::create_dir(dir.path().join("work.1")).unwrap();
+        std::fs::write(dir.path().join("work.1/catalog.1"), b"x").unwrap();
+        std::fs::write(dir.path().join("123.4"), b"partial object").unwrap();
+        remove_leftovers(dir.path()).unwrap();
+        let left: Vec<_> = std::fs::read_dir(dir.path())
+            .unwrap()
+            .map(|e| e.unwrap().file_name())
+            .collect();
+        assert_eq!(left, vec![std::ffi::OsString::from(".publish.lock")]);
     }
 
     #[test]
