@@ -1098,8 +1098,8 @@ fn fixture_tree_republished_gives_the_real_servers_catalogs() {
     assert_eq!(compared, 4, "root, /nested, /nested/inner, /v2dir");
 }
 
-/// Objects below `data/`: name → size.
-fn objects(repo: &Path) -> BTreeMap<String, u64> {
+/// Objects below `data/`: name → (size, mtime in ns).
+fn objects(repo: &Path) -> BTreeMap<String, (u64, i128)> {
     let mut out = BTreeMap::new();
     for d in std::fs::read_dir(repo.join("data")).unwrap() {
         let d = d.unwrap();
@@ -1114,7 +1114,13 @@ fn objects(repo: &Path) -> BTreeMap<String, u64> {
                     d.file_name().to_string_lossy(),
                     f.file_name().to_string_lossy()
                 ),
-                f.metadata().unwrap().len(),
+                {
+                    let m = f.metadata().unwrap();
+                    (
+                        m.len(),
+                        i128::from(m.mtime()) * 1_000_000_000 + i128::from(m.mtime_nsec()),
+                    )
+                },
             );
         }
     }
@@ -1145,8 +1151,9 @@ fn republishing_the_same_tree_is_deduplicated() {
     let mut new_sorted: Vec<String> = new.into_iter().cloned().collect();
     new_sorted.sort();
     assert_eq!(new_sorted, expected_new);
-    for (k, size) in &before {
-        assert_eq!(after.get(k), Some(size), "{k} changed");
+    // Existing objects are not rewritten: same size and same modification time.
+    for (k, size_and_mtime) in &before {
+        assert_eq!(after.get(k), Some(size_and_mtime), "{k} was rewritten");
     }
     assert_eq!(m1.certificate, m2.certificate);
 
@@ -1187,6 +1194,42 @@ fn republishing_the_same_tree_is_deduplicated() {
         );
     }
     assert_eq!(pb["previous_revision"], m1.root_catalog.to_string());
+}
+
+#[test]
+fn uncompressed_file_data_round_trip() {
+    let site = Site::new();
+    let src = site.path("src");
+    build_source(&src);
+    site.publish(&src, &["--no-compress"]);
+    let m = manifest(&site.repo());
+    // File data is stored as is (catalog flag "no compression"); catalogs stay zlib.
+    let db = database(
+        &site.repo(),
+        &m.root_catalog,
+        Suffix::Catalog,
+        &site.path("r.db"),
+    );
+    let (flags, hash): (i64, Vec<u8>) = db
+        .query_row(
+            "SELECT flags, hash FROM catalog WHERE name = 'f4096'",
+            [],
+            |r| Ok((r.get(0)?, r.get(1)?)),
+        )
+        .unwrap();
+    assert_eq!(flags, 4 | 2048);
+    let h = ContentHash::from_digest(cvmfs_client::hash::Algorithm::Sha1, &hash).unwrap();
+    assert_eq!(
+        std::fs::read(site.repo().join(h.object_path(Suffix::None))).unwrap(),
+        std::fs::read(src.join("sizes/f4096")).unwrap()
+    );
+    let server = StaticHttpServer::start(&site.srv()).unwrap();
+    let repo = site.mount(&server, None);
+    assert_same(
+        &snapshot_dir(&src, true, false),
+        &snapshot_repo(&repo),
+        "uncompressed",
+    );
 }
 
 #[test]
