@@ -793,6 +793,10 @@ fn two_revisions_with_tags() {
     std::fs::write(v2_src.join("added_in_v2.txt"), b"new\n").unwrap();
     std::fs::remove_file(v2_src.join("empty")).unwrap();
     std::fs::write(v2_src.join("nested/inner/deep/leaf.txt"), b"leaf v2\n").unwrap();
+    // /nested/inner stops being a nested catalog; a directory becomes a file.
+    std::fs::remove_file(v2_src.join("nested/inner/.cvmfscatalog")).unwrap();
+    std::fs::remove_dir_all(v2_src.join("emptydir")).unwrap();
+    std::fs::write(v2_src.join("emptydir"), b"now a file\n").unwrap();
     std::fs::create_dir(v2_src.join("v2nested")).unwrap();
     std::fs::write(v2_src.join("v2nested/.cvmfscatalog"), b"").unwrap();
     std::fs::write(v2_src.join("v2nested/x.txt"), b"x\n").unwrap();
@@ -902,6 +906,13 @@ fn two_revisions_with_tags() {
         )
         .unwrap();
     assert_eq!((rev.as_str(), prev.as_str()), ("2", n1["/nested"].as_str()));
+    let inner_nested: i64 = nested2
+        .query_row("SELECT COUNT(*) FROM nested_catalogs", [], |r| r.get(0))
+        .unwrap();
+    assert_eq!(
+        inner_nested, 0,
+        "/nested/inner is no longer a nested catalog"
+    );
 
     if let Some(reason) = fuse::skip_reason() {
         eprintln!("FUSE part SKIPPED: {reason}");

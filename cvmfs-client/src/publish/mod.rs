@@ -54,6 +54,8 @@ pub enum PublishError {
     },
     #[error("another publish into {0} is running")]
     Locked(PathBuf),
+    #[error("internal error: the data of {0} was not stored")]
+    NotStored(PathBuf),
 }
 
 pub(crate) fn io_err(path: &Path) -> impl FnOnce(std::io::Error) -> PublishError + '_ {

@@ -130,22 +130,22 @@ impl<'a> TreeBuilder<'a> {
                     let Some((id, path)) = files.get(i) else {
                         return;
                     };
-                    if failure.lock().map(|f| f.is_some()).unwrap_or(true) {
+                    if failure.lock().unwrap_or_else(|e| e.into_inner()).is_some() {
                         return;
                     }
                     match self
                         .store
                         .put_file(path, self.opts.chunk_sizes, self.opts.compression)
                     {
-                        Ok(c) => {
-                            if let Ok(mut r) = results.lock() {
-                                r.push((*id, c));
-                            }
-                        }
+                        Ok(c) => results
+                            .lock()
+                            .unwrap_or_else(|e| e.into_inner())
+                            .push((*id, c)),
                         Err(e) => {
-                            if let Ok(mut f) = failure.lock() {
-                                f.get_or_insert(e.into());
-                            }
+                            failure
+                                .lock()
+                                .unwrap_or_else(|e| e.into_inner())
+                                .get_or_insert(e.into());
                             return;
                         }
                     }
@@ -280,10 +280,13 @@ impl<'a> TreeBuilder<'a> {
                     self.add_children(w, c)?;
                 }
                 Kind::Regular => {
-                    let content = self.contents.get(&(c.stat.dev, c.stat.ino));
+                    let content = self
+                        .contents
+                        .get(&(c.stat.dev, c.stat.ino))
+                        .ok_or_else(|| PublishError::NotStored(c.source_path(&self.opts.source)))?;
                     let chunks = match content {
-                        Some(FileContent::Chunked { chunks }) => chunks.as_slice(),
-                        _ => &[],
+                        FileContent::Chunked { chunks } => chunks.as_slice(),
+                        FileContent::Whole { .. } => &[],
                     };
                     let mut f = flags::FILE;
                     if !chunks.is_empty() {
