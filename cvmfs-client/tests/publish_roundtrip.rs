@@ -790,6 +790,18 @@ fn two_revisions_with_tags() {
         .unwrap();
     assert!(st.success());
     std::fs::write(v2_src.join("sizes/f100"), b"changed in v2\n").unwrap();
+    // Same size and mtime, different bytes: must not be mistaken for unchanged.
+    let same_size = v2_src.join("names/with space.txt");
+    let old_mtime = std::fs::symlink_metadata(&same_size).unwrap().mtime();
+    std::fs::write(&same_size, b"SPACE\n").unwrap();
+    set_mtime(&same_size, old_mtime, 123_456_789);
+    // Chunked file with one byte changed in its middle: only the chunks around it change.
+    let chunked = v2_src.join("big/random.bin");
+    let mut data = std::fs::read(&chunked).unwrap();
+    data[1_500_000] ^= 0xff;
+    let chunked_mtime = std::fs::symlink_metadata(&chunked).unwrap().mtime();
+    std::fs::write(&chunked, &data).unwrap();
+    set_mtime(&chunked, chunked_mtime, 123_456_789);
     std::fs::write(v2_src.join("added_in_v2.txt"), b"new\n").unwrap();
     std::fs::remove_file(v2_src.join("empty")).unwrap();
     std::fs::write(v2_src.join("nested/inner/deep/leaf.txt"), b"leaf v2\n").unwrap();
@@ -814,6 +826,18 @@ fn two_revisions_with_tags() {
     assert_same(&v1_expected, &snapshot_repo(&r1), "tag v1");
     let r2 = site.mount(&server, Some("v2"));
     assert_same(&v2_expected, &snapshot_repo(&r2), "tag v2");
+    // Content-defined chunking: the changed byte changes only the chunk that holds it.
+    let chunk_hashes = |r: &Repository| -> Vec<ContentHash> {
+        let f = r.lookup(b"/big/random.bin").unwrap().unwrap();
+        r.chunks(&f).unwrap().iter().map(|c| c.hash).collect()
+    };
+    let (c1, c2) = (chunk_hashes(&r1), chunk_hashes(&r2));
+    let shared = c2.iter().filter(|h| c1.contains(h)).count();
+    assert!(
+        c2.len() >= 3 && shared + 1 == c2.len(),
+        "{shared} of {} chunks shared",
+        c2.len()
+    );
     let trunk = site.mount(&server, None);
     assert_eq!(trunk.root_hash, m2.root_catalog);
     assert_eq!(trunk.revision, 2);
@@ -1148,6 +1172,21 @@ fn republishing_the_same_tree_is_deduplicated() {
     let before = objects(&site.repo());
     let out = site.publish(&src, &[]);
     assert!(out.contains("revision 2"), "{out}");
+    // Every file was recognised as unchanged (compared with the stored objects, not
+    // compressed again).
+    let mut inodes = std::collections::HashSet::new();
+    let mut all = Vec::new();
+    collect(&src, &mut all);
+    for p in &all {
+        let m = std::fs::symlink_metadata(p).unwrap();
+        if m.is_file() {
+            inodes.insert(m.ino());
+        }
+    }
+    assert!(
+        out.contains(&format!(" {} unchanged)", inodes.len())),
+        "{out}"
+    );
     let m2 = manifest(&site.repo());
     let after = objects(&site.repo());
 

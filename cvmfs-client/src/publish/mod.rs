@@ -116,6 +116,8 @@ pub struct PublishReport {
     pub regular_files: u64,
     /// Bytes of regular-file data read from the source.
     pub input_bytes: u64,
+    /// Files with the same content as in the previous revision (not compressed again).
+    pub files_unchanged: u64,
     pub objects_written: u64,
     pub bytes_written: u64,
     pub objects_deduplicated: u64,
@@ -241,6 +243,7 @@ pub fn publish(opts: &PublishOptions) -> Result<PublishReport, PublishError> {
         catalogs_reused: build.catalogs_reused,
         regular_files: build.regular_files,
         input_bytes: build.input_bytes,
+        files_unchanged: build.files_unchanged,
         objects_written: c.objects_written.load(Ordering::Relaxed),
         bytes_written: c.bytes_written.load(Ordering::Relaxed),
         objects_deduplicated: c.objects_deduplicated.load(Ordering::Relaxed),

@@ -167,17 +167,82 @@ impl ObjectStore {
     /// Reads a zlib-compressed object back, checking its hash (previous catalogs and
     /// history when publishing a new revision).
     pub fn get(&self, hash: &ContentHash, suffix: Suffix) -> Result<Vec<u8>, ObjectError> {
+        self.get_as(hash, suffix, Compression::Zlib)
+    }
+
+    /// Reads an object back (decompressed), checking its hash.
+    pub fn get_as(
+        &self,
+        hash: &ContentHash,
+        suffix: Suffix,
+        compression: Compression,
+    ) -> Result<Vec<u8>, ObjectError> {
         let path = self.path(hash, suffix);
         let file = File::open(&path).map_err(io_err(&path))?;
         let mut out = Vec::new();
-        let mut z = flate2::read::ZlibDecoder::new(VerifyingReader::new(file, *hash));
-        z.read_to_end(&mut out)
-            .and_then(|_| std::io::copy(&mut z.into_inner(), &mut std::io::sink()))
-            .map_err(|e| ObjectError::Corrupt {
-                path: path.clone(),
-                reason: e.to_string(),
-            })?;
+        let verifying = VerifyingReader::new(file, *hash);
+        let r = match compression {
+            Compression::Zlib => {
+                let mut z = flate2::read::ZlibDecoder::new(verifying);
+                z.read_to_end(&mut out)
+                    .and_then(|_| std::io::copy(&mut z.into_inner(), &mut std::io::sink()))
+            }
+            Compression::None => {
+                let mut v = verifying;
+                v.read_to_end(&mut out).map(|n| n as u64)
+            }
+        };
+        r.map_err(|e| ObjectError::Corrupt {
+            path: path.clone(),
+            reason: e.to_string(),
+        })?;
         Ok(out)
+    }
+
+    /// True if the regular file `path` has exactly the content stored as `previous` and
+    /// would be cut into the same chunks: then its objects can be reused without compressing
+    /// the file again. Reading and inflating the stored objects is much cheaper than
+    /// deflating the file; a missing or corrupt previous object just means "no".
+    pub fn holds_file(
+        &self,
+        path: &Path,
+        previous: &FileContent,
+        sizes: ChunkSizes,
+        compression: Compression,
+    ) -> Result<bool, ObjectError> {
+        let mut file = File::open(path).map_err(io_err(path))?;
+        let len = file.metadata().map_err(io_err(path))?.len();
+        if len != previous.size() {
+            return Ok(false);
+        }
+        let (objects, expected_cuts): (Vec<(ContentHash, Suffix)>, Vec<u64>) = match previous {
+            FileContent::Whole { hash, .. } => (vec![(*hash, Suffix::None)], Vec::new()),
+            FileContent::Chunked { chunks } => (
+                chunks.iter().map(|c| (c.hash, Suffix::Partial)).collect(),
+                chunks.iter().skip(1).map(|c| c.offset).collect(),
+            ),
+        };
+        let mut chunker = sizes.may_chunk(len).then(|| Chunker::new(sizes));
+        let mut cuts = Vec::new();
+        let mut buf = Vec::new();
+        for (hash, suffix) in objects {
+            let stored = match self.get_as(&hash, suffix, compression) {
+                Ok(b) => b,
+                Err(e) => {
+                    log::warn!("previous object of {} unusable: {e}", path.display());
+                    return Ok(false);
+                }
+            };
+            buf.resize(stored.len(), 0);
+            if file.read_exact(&mut buf).is_err() || buf != stored {
+                return Ok(false);
+            }
+            if let Some(c) = chunker.as_mut() {
+                cuts.extend(c.feed(&buf));
+            }
+        }
+        let at_end = file.read(&mut [0u8; 1]).map_err(io_err(path))? == 0;
+        Ok(at_end && cuts == expected_cuts)
     }
 
     /// Stores the regular file `path`: one object if it is at most `sizes.min` bytes or the
@@ -302,6 +367,21 @@ mod tests {
             joined.extend(part);
         }
         assert_eq!(joined, data);
+        // The stored content is recognised; one changed byte or other chunk sizes are not.
+        let content = store.put_file(&src, sizes, Compression::Zlib).unwrap();
+        assert!(store
+            .holds_file(&src, &content, sizes, Compression::Zlib)
+            .unwrap());
+        let other_sizes = ChunkSizes::new(32 * 1024, 128 * 1024, 512 * 1024).unwrap();
+        assert!(!store
+            .holds_file(&src, &content, other_sizes, Compression::Zlib)
+            .unwrap());
+        let mut changed = data.clone();
+        changed[2_999_999] ^= 1;
+        std::fs::write(&src, &changed).unwrap();
+        assert!(!store
+            .holds_file(&src, &content, sizes, Compression::Zlib)
+            .unwrap());
         // A file below the minimum is one object.
         std::fs::write(&src, &data[..1000]).unwrap();
         assert!(matches!(
