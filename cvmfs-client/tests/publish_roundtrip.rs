@@ -790,9 +790,25 @@ fn two_revisions_with_tags() {
         .unwrap();
     assert!(st.success());
     std::fs::write(v2_src.join("sizes/f100"), b"changed in v2\n").unwrap();
+    // Same size and mtime, different bytes: must not be mistaken for unchanged.
+    let same_size = v2_src.join("names/with space.txt");
+    let old_mtime = std::fs::symlink_metadata(&same_size).unwrap().mtime();
+    std::fs::write(&same_size, b"SPACE\n").unwrap();
+    set_mtime(&same_size, old_mtime, 123_456_789);
+    // Chunked file with one byte changed in its middle: only the chunks around it change.
+    let chunked = v2_src.join("big/random.bin");
+    let mut data = std::fs::read(&chunked).unwrap();
+    data[1_500_000] ^= 0xff;
+    let chunked_mtime = std::fs::symlink_metadata(&chunked).unwrap().mtime();
+    std::fs::write(&chunked, &data).unwrap();
+    set_mtime(&chunked, chunked_mtime, 123_456_789);
     std::fs::write(v2_src.join("added_in_v2.txt"), b"new\n").unwrap();
     std::fs::remove_file(v2_src.join("empty")).unwrap();
     std::fs::write(v2_src.join("nested/inner/deep/leaf.txt"), b"leaf v2\n").unwrap();
+    // /nested/inner stops being a nested catalog; a directory becomes a file.
+    std::fs::remove_file(v2_src.join("nested/inner/.cvmfscatalog")).unwrap();
+    std::fs::remove_dir_all(v2_src.join("emptydir")).unwrap();
+    std::fs::write(v2_src.join("emptydir"), b"now a file\n").unwrap();
     std::fs::create_dir(v2_src.join("v2nested")).unwrap();
     std::fs::write(v2_src.join("v2nested/.cvmfscatalog"), b"").unwrap();
     std::fs::write(v2_src.join("v2nested/x.txt"), b"x\n").unwrap();
@@ -810,6 +826,18 @@ fn two_revisions_with_tags() {
     assert_same(&v1_expected, &snapshot_repo(&r1), "tag v1");
     let r2 = site.mount(&server, Some("v2"));
     assert_same(&v2_expected, &snapshot_repo(&r2), "tag v2");
+    // Content-defined chunking: the changed byte changes only the chunk that holds it.
+    let chunk_hashes = |r: &Repository| -> Vec<ContentHash> {
+        let f = r.lookup(b"/big/random.bin").unwrap().unwrap();
+        r.chunks(&f).unwrap().iter().map(|c| c.hash).collect()
+    };
+    let (c1, c2) = (chunk_hashes(&r1), chunk_hashes(&r2));
+    let shared = c2.iter().filter(|h| c1.contains(h)).count();
+    assert!(
+        c2.len() >= 3 && shared + 1 == c2.len(),
+        "{shared} of {} chunks shared",
+        c2.len()
+    );
     let trunk = site.mount(&server, None);
     assert_eq!(trunk.root_hash, m2.root_catalog);
     assert_eq!(trunk.revision, 2);
@@ -902,6 +930,13 @@ fn two_revisions_with_tags() {
         )
         .unwrap();
     assert_eq!((rev.as_str(), prev.as_str()), ("2", n1["/nested"].as_str()));
+    let inner_nested: i64 = nested2
+        .query_row("SELECT COUNT(*) FROM nested_catalogs", [], |r| r.get(0))
+        .unwrap();
+    assert_eq!(
+        inner_nested, 0,
+        "/nested/inner is no longer a nested catalog"
+    );
 
     if let Some(reason) = fuse::skip_reason() {
         eprintln!("FUSE part SKIPPED: {reason}");
@@ -1098,8 +1133,8 @@ fn fixture_tree_republished_gives_the_real_servers_catalogs() {
     assert_eq!(compared, 4, "root, /nested, /nested/inner, /v2dir");
 }
 
-/// Objects below `data/`: name → size.
-fn objects(repo: &Path) -> BTreeMap<String, u64> {
+/// Objects below `data/`: name → (size, mtime in ns).
+fn objects(repo: &Path) -> BTreeMap<String, (u64, i128)> {
     let mut out = BTreeMap::new();
     for d in std::fs::read_dir(repo.join("data")).unwrap() {
         let d = d.unwrap();
@@ -1114,7 +1149,13 @@ fn objects(repo: &Path) -> BTreeMap<String, u64> {
                     d.file_name().to_string_lossy(),
                     f.file_name().to_string_lossy()
                 ),
-                f.metadata().unwrap().len(),
+                {
+                    let m = f.metadata().unwrap();
+                    (
+                        m.len(),
+                        i128::from(m.mtime()) * 1_000_000_000 + i128::from(m.mtime_nsec()),
+                    )
+                },
             );
         }
     }
@@ -1131,6 +1172,21 @@ fn republishing_the_same_tree_is_deduplicated() {
     let before = objects(&site.repo());
     let out = site.publish(&src, &[]);
     assert!(out.contains("revision 2"), "{out}");
+    // Every file was recognised as unchanged (compared with the stored objects, not
+    // compressed again).
+    let mut inodes = std::collections::HashSet::new();
+    let mut all = Vec::new();
+    collect(&src, &mut all);
+    for p in &all {
+        let m = std::fs::symlink_metadata(p).unwrap();
+        if m.is_file() {
+            inodes.insert(m.ino());
+        }
+    }
+    assert!(
+        out.contains(&format!(" {} unchanged)", inodes.len())),
+        "{out}"
+    );
     let m2 = manifest(&site.repo());
     let after = objects(&site.repo());
 
@@ -1145,8 +1201,9 @@ fn republishing_the_same_tree_is_deduplicated() {
     let mut new_sorted: Vec<String> = new.into_iter().cloned().collect();
     new_sorted.sort();
     assert_eq!(new_sorted, expected_new);
-    for (k, size) in &before {
-        assert_eq!(after.get(k), Some(size), "{k} changed");
+    // Existing objects are not rewritten: same size and same modification time.
+    for (k, size_and_mtime) in &before {
+        assert_eq!(after.get(k), Some(size_and_mtime), "{k} was rewritten");
     }
     assert_eq!(m1.certificate, m2.certificate);
 
@@ -1187,6 +1244,42 @@ fn republishing_the_same_tree_is_deduplicated() {
         );
     }
     assert_eq!(pb["previous_revision"], m1.root_catalog.to_string());
+}
+
+#[test]
+fn uncompressed_file_data_round_trip() {
+    let site = Site::new();
+    let src = site.path("src");
+    build_source(&src);
+    site.publish(&src, &["--no-compress"]);
+    let m = manifest(&site.repo());
+    // File data is stored as is (catalog flag "no compression"); catalogs stay zlib.
+    let db = database(
+        &site.repo(),
+        &m.root_catalog,
+        Suffix::Catalog,
+        &site.path("r.db"),
+    );
+    let (flags, hash): (i64, Vec<u8>) = db
+        .query_row(
+            "SELECT flags, hash FROM catalog WHERE name = 'f4096'",
+            [],
+            |r| Ok((r.get(0)?, r.get(1)?)),
+        )
+        .unwrap();
+    assert_eq!(flags, 4 | 2048);
+    let h = ContentHash::from_digest(cvmfs_client::hash::Algorithm::Sha1, &hash).unwrap();
+    assert_eq!(
+        std::fs::read(site.repo().join(h.object_path(Suffix::None))).unwrap(),
+        std::fs::read(src.join("sizes/f4096")).unwrap()
+    );
+    let server = StaticHttpServer::start(&site.srv()).unwrap();
+    let repo = site.mount(&server, None);
+    assert_same(
+        &snapshot_dir(&src, true, false),
+        &snapshot_repo(&repo),
+        "uncompressed",
+    );
 }
 
 #[test]

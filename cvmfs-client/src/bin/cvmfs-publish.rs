@@ -105,13 +105,14 @@ fn main() -> anyhow::Result<()> {
     })?;
     let secs = started.elapsed().as_secs_f64();
     println!(
-        "published {} revision {}: root catalog {}, {} files ({:.1} MB) in {:.2} s ({:.1} MB/s); \
-         {} new objects ({:.1} MB), {} deduplicated; {} catalogs written, {} unchanged",
+        "published {} revision {}: root catalog {}, {} files ({:.1} MB, {} unchanged) in {:.2} s \
+         ({:.1} MB/s); {} new objects ({:.1} MB), {} deduplicated; {} catalogs written, {} unchanged",
         args.fqrn,
         report.manifest.revision,
         report.manifest.root_catalog,
         report.regular_files,
         report.input_bytes as f64 / 1e6,
+        report.files_unchanged,
         secs,
         report.input_bytes as f64 / 1e6 / secs.max(1e-9),
         report.objects_written,
@@ -119,6 +120,10 @@ fn main() -> anyhow::Result<()> {
         report.objects_deduplicated,
         report.catalogs_written,
         report.catalogs_reused,
+    );
+    println!(
+        "clients verify it with the master public key {}",
+        args.keys.join(format!("{}.pub", args.fqrn)).display()
     );
     Ok(())
 }

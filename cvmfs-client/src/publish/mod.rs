@@ -54,6 +54,8 @@ pub enum PublishError {
     },
     #[error("another publish into {0} is running")]
     Locked(PathBuf),
+    #[error("internal error: the data of {0} was not stored")]
+    NotStored(PathBuf),
 }
 
 pub(crate) fn io_err(path: &Path) -> impl FnOnce(std::io::Error) -> PublishError + '_ {
@@ -114,6 +116,8 @@ pub struct PublishReport {
     pub regular_files: u64,
     /// Bytes of regular-file data read from the source.
     pub input_bytes: u64,
+    /// Files with the same content as in the previous revision (not compressed again).
+    pub files_unchanged: u64,
     pub objects_written: u64,
     pub bytes_written: u64,
     pub objects_deduplicated: u64,
@@ -128,6 +132,7 @@ pub fn publish(opts: &PublishOptions) -> Result<PublishReport, PublishError> {
     std::fs::create_dir_all(&opts.repo).map_err(io_err(&opts.repo))?;
     let store = objects::ObjectStore::open(&opts.repo)?;
     let _lock = lock(&opts.repo.join("data/txn/.publish.lock"))?;
+    remove_leftovers(&opts.repo.join("data/txn"))?;
     let work = WorkDir::create(
         &opts
             .repo
@@ -238,6 +243,7 @@ pub fn publish(opts: &PublishOptions) -> Result<PublishReport, PublishError> {
         catalogs_reused: build.catalogs_reused,
         regular_files: build.regular_files,
         input_bytes: build.input_bytes,
+        files_unchanged: build.files_unchanged,
         objects_written: c.objects_written.load(Ordering::Relaxed),
         bytes_written: c.bytes_written.load(Ordering::Relaxed),
         objects_deduplicated: c.objects_deduplicated.load(Ordering::Relaxed),
@@ -318,6 +324,26 @@ impl Drop for Lock {
     }
 }
 
+/// Removes what an interrupted publish left in `data/txn` (we hold the lock, so nothing in
+/// there is in use).
+fn remove_leftovers(txn: &Path) -> Result<(), PublishError> {
+    for e in std::fs::read_dir(txn).map_err(io_err(txn))? {
+        let e = e.map_err(io_err(txn))?;
+        if e.file_name() == ".publish.lock" {
+            continue;
+        }
+        let p = e.path();
+        let r = if e.file_type().map_err(io_err(&p))?.is_dir() {
+            std::fs::remove_dir_all(&p)
+        } else {
+            std::fs::remove_file(&p)
+        };
+        r.map_err(io_err(&p))?;
+        log::info!("removed {} (left by an interrupted publish)", p.display());
+    }
+    Ok(())
+}
+
 /// Scratch directory for catalog and history databases, removed when done.
 struct WorkDir {
     path: PathBuf,
@@ -387,6 +413,25 @@ mod tests {
     fn date_text_like_date_utc() {
         assert_eq!(date_utc_text(1_795_828_052), "Sat Nov 28 01:07:32 UTC 2026");
         assert_eq!(date_utc_text(0), "Thu Jan  1 00:00:00 UTC 1970");
+    }
+
+    #[test]
+    fn one_publish_at_a_time_and_leftovers_removed() {
+        let dir = tempfile::tempdir().unwrap();
+        let path = dir.path().join(".publish.lock");
+        let held = lock(&path).unwrap();
+        assert!(matches!(lock(&path), Err(PublishError::Locked(_))));
+        drop(held);
+        let _again = lock(&path).unwrap();
+        std::fs::create_dir(dir.path().join("work.1")).unwrap();
+        std::fs::write(dir.path().join("work.1/catalog.1"), b"x").unwrap();
+        std::fs::write(dir.path().join("123.4"), b"partial object").unwrap();
+        remove_leftovers(dir.path()).unwrap();
+        let left: Vec<_> = std::fs::read_dir(dir.path())
+            .unwrap()
+            .map(|e| e.unwrap().file_name())
+            .collect();
+        assert_eq!(left, vec![std::ffi::OsString::from(".publish.lock")]);
     }
 
     #[test]

@@ -2,7 +2,7 @@
 //! ingestion of regular files into it (whole-file objects or content-defined chunks).
 //!
 //! Objects are zlib-compressed (unless asked otherwise) and named by the SHA-1 of the stored
-//! bytes, as the real server does. Each object is written to `data/txn/` and renamed into
+//! bytes, as the real server does. Each object is written to `data/txn/` and linked into
 //! place, so a reader never sees a partial object; an object that already exists is not
 //! written again (deduplication).
 
@@ -127,16 +127,33 @@ impl ObjectStore {
             std::process::id(),
             self.next_txn.fetch_add(1, Ordering::Relaxed)
         ));
-        let write = || -> std::io::Result<()> {
+        let write = || -> std::io::Result<bool> {
             let mut f = File::create(&tmp)?;
             f.write_all(&stored)?;
             // No fsync per object (neither does the real server's local uploader); the
             // publisher syncs the file system once before the new manifest points to them.
-            std::fs::rename(&tmp, &path)
+            // link() rather than rename(): as atomic, and it tells whether another thread
+            // stored the same object meanwhile.
+            let linked = match std::fs::hard_link(&tmp, &path) {
+                Ok(()) => true,
+                Err(e) if e.kind() == std::io::ErrorKind::AlreadyExists => false,
+                Err(e) => return Err(e),
+            };
+            std::fs::remove_file(&tmp)?;
+            Ok(linked)
         };
-        if let Err(e) = write() {
-            let _ = std::fs::remove_file(&tmp);
-            return Err(ObjectError::Io { path, source: e });
+        match write() {
+            Ok(true) => {}
+            Ok(false) => {
+                self.counters
+                    .objects_deduplicated
+                    .fetch_add(1, Ordering::Relaxed);
+                return Ok(hash);
+            }
+            Err(e) => {
+                let _ = std::fs::remove_file(&tmp);
+                return Err(ObjectError::Io { path, source: e });
+            }
         }
         self.counters
             .objects_written
@@ -150,17 +167,82 @@ impl ObjectStore {
     /// Reads a zlib-compressed object back, checking its hash (previous catalogs and
     /// history when publishing a new revision).
     pub fn get(&self, hash: &ContentHash, suffix: Suffix) -> Result<Vec<u8>, ObjectError> {
+        self.get_as(hash, suffix, Compression::Zlib)
+    }
+
+    /// Reads an object back (decompressed), checking its hash.
+    pub fn get_as(
+        &self,
+        hash: &ContentHash,
+        suffix: Suffix,
+        compression: Compression,
+    ) -> Result<Vec<u8>, ObjectError> {
         let path = self.path(hash, suffix);
         let file = File::open(&path).map_err(io_err(&path))?;
         let mut out = Vec::new();
-        let mut z = flate2::read::ZlibDecoder::new(VerifyingReader::new(file, *hash));
-        z.read_to_end(&mut out)
-            .and_then(|_| std::io::copy(&mut z.into_inner(), &mut std::io::sink()))
-            .map_err(|e| ObjectError::Corrupt {
-                path: path.clone(),
-                reason: e.to_string(),
-            })?;
+        let verifying = VerifyingReader::new(file, *hash);
+        let r = match compression {
+            Compression::Zlib => {
+                let mut z = flate2::read::ZlibDecoder::new(verifying);
+                z.read_to_end(&mut out)
+                    .and_then(|_| std::io::copy(&mut z.into_inner(), &mut std::io::sink()))
+            }
+            Compression::None => {
+                let mut v = verifying;
+                v.read_to_end(&mut out).map(|n| n as u64)
+            }
+        };
+        r.map_err(|e| ObjectError::Corrupt {
+            path: path.clone(),
+            reason: e.to_string(),
+        })?;
         Ok(out)
+    }
+
+    /// True if the regular file `path` has exactly the content stored as `previous` and
+    /// would be cut into the same chunks: then its objects can be reused without compressing
+    /// the file again. Reading and inflating the stored objects is much cheaper than
+    /// deflating the file; a missing or corrupt previous object just means "no".
+    pub fn holds_file(
+        &self,
+        path: &Path,
+        previous: &FileContent,
+        sizes: ChunkSizes,
+        compression: Compression,
+    ) -> Result<bool, ObjectError> {
+        let mut file = File::open(path).map_err(io_err(path))?;
+        let len = file.metadata().map_err(io_err(path))?.len();
+        if len != previous.size() {
+            return Ok(false);
+        }
+        let (objects, expected_cuts): (Vec<(ContentHash, Suffix)>, Vec<u64>) = match previous {
+            FileContent::Whole { hash, .. } => (vec![(*hash, Suffix::None)], Vec::new()),
+            FileContent::Chunked { chunks } => (
+                chunks.iter().map(|c| (c.hash, Suffix::Partial)).collect(),
+                chunks.iter().skip(1).map(|c| c.offset).collect(),
+            ),
+        };
+        let mut chunker = sizes.may_chunk(len).then(|| Chunker::new(sizes));
+        let mut cuts = Vec::new();
+        let mut buf = Vec::new();
+        for (hash, suffix) in objects {
+            let stored = match self.get_as(&hash, suffix, compression) {
+                Ok(b) => b,
+                Err(e) => {
+                    log::warn!("previous object of {} unusable: {e}", path.display());
+                    return Ok(false);
+                }
+            };
+            buf.resize(stored.len(), 0);
+            if file.read_exact(&mut buf).is_err() || buf != stored {
+                return Ok(false);
+            }
+            if let Some(c) = chunker.as_mut() {
+                cuts.extend(c.feed(&buf));
+            }
+        }
+        let at_end = file.read(&mut [0u8; 1]).map_err(io_err(path))? == 0;
+        Ok(at_end && cuts == expected_cuts)
     }
 
     /// Stores the regular file `path`: one object if it is at most `sizes.min` bytes or the
@@ -285,6 +367,21 @@ mod tests {
             joined.extend(part);
         }
         assert_eq!(joined, data);
+        // The stored content is recognised; one changed byte or other chunk sizes are not.
+        let content = store.put_file(&src, sizes, Compression::Zlib).unwrap();
+        assert!(store
+            .holds_file(&src, &content, sizes, Compression::Zlib)
+            .unwrap());
+        let other_sizes = ChunkSizes::new(32 * 1024, 128 * 1024, 512 * 1024).unwrap();
+        assert!(!store
+            .holds_file(&src, &content, other_sizes, Compression::Zlib)
+            .unwrap());
+        let mut changed = data.clone();
+        changed[2_999_999] ^= 1;
+        std::fs::write(&src, &changed).unwrap();
+        assert!(!store
+            .holds_file(&src, &content, sizes, Compression::Zlib)
+            .unwrap());
         // A file below the minimum is one object.
         std::fs::write(&src, &data[..1000]).unwrap();
         assert!(matches!(

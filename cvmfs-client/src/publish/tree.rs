@@ -11,8 +11,8 @@ use super::catalog_writer::{CatalogCounters, CatalogProperties, CatalogWriter, R
 use super::objects::{FileContent, ObjectStore};
 use super::scan::{Kind, Node};
 use super::{io_err, PublishError, PublishOptions};
-use crate::catalog::{flags, serialize_xattr_blob, Catalog, Compression};
-use crate::hash::{ContentHash, Suffix};
+use crate::catalog::{flags, is_path_prefix, serialize_xattr_blob, Catalog, Compression};
+use crate::hash::{Algorithm, ContentHash, Suffix};
 
 /// A catalog of the previous revision.
 struct PreviousCatalog {
@@ -20,6 +20,7 @@ struct PreviousCatalog {
     revision: u64,
     /// Its decompressed database in the work directory.
     file: PathBuf,
+    catalog: Catalog,
 }
 
 /// A finished catalog.
@@ -46,6 +47,8 @@ pub struct TreeBuilder<'a> {
     pub catalogs_reused: u64,
     pub regular_files: u64,
     pub input_bytes: u64,
+    /// Files whose content equals what the previous revision stored at the same path.
+    pub files_unchanged: u64,
 }
 
 impl<'a> TreeBuilder<'a> {
@@ -69,6 +72,7 @@ impl<'a> TreeBuilder<'a> {
             catalogs_reused: 0,
             regular_files: 0,
             input_bytes: 0,
+            files_unchanged: 0,
         }
     }
 
@@ -94,15 +98,47 @@ impl<'a> TreeBuilder<'a> {
                     hash,
                     revision: cat.revision,
                     file,
+                    catalog: cat,
                 },
             );
         }
         Ok(())
     }
 
-    /// Stores the data of every regular file (each hard-linked inode once), in parallel.
+    /// What the previous revision stored for the regular file at `path`, if it is
+    /// comparable (same compression, SHA-1).
+    fn previous_content(&self, path: &[u8]) -> Result<Option<FileContent>, PublishError> {
+        let Some(prev) = self
+            .previous
+            .iter()
+            .filter(|(m, _)| is_path_prefix(m, path))
+            .max_by_key(|(m, _)| m.len())
+            .map(|(_, p)| p)
+        else {
+            return Ok(None);
+        };
+        let Some(e) = prev.catalog.lookup(path)? else {
+            return Ok(None);
+        };
+        if !e.is_regular()
+            || e.compression() != self.opts.compression
+            || e.hash_algorithm().ok() != Some(Algorithm::Sha1)
+        {
+            return Ok(None);
+        }
+        Ok(if e.is_chunked() {
+            let chunks = prev.catalog.chunks(path, Algorithm::Sha1)?;
+            (!chunks.is_empty()).then_some(FileContent::Chunked { chunks })
+        } else {
+            e.hash.map(|hash| FileContent::Whole { hash, size: e.size })
+        })
+    }
+
+    /// Stores the data of every regular file (each hard-linked inode once), in parallel. A
+    /// file whose bytes equal what the previous revision stored at the same path keeps those
+    /// objects (compared after inflating them, which is much cheaper than deflating).
     pub fn ingest_files(&mut self, root: &Node) -> Result<(), PublishError> {
-        let mut files: Vec<(FileId, PathBuf)> = Vec::new();
+        let mut files: Vec<(FileId, PathBuf, Option<FileContent>)> = Vec::new();
         let mut seen = std::collections::HashSet::new();
         let mut stack = vec![root];
         while let Some(n) = stack.pop() {
@@ -112,13 +148,15 @@ impl<'a> TreeBuilder<'a> {
                     self.regular_files += 1;
                     let id = (n.stat.dev, n.stat.ino);
                     if seen.insert(id) {
-                        files.push((id, n.source_path(&self.opts.source)));
+                        let previous = self.previous_content(&n.path)?;
+                        files.push((id, n.source_path(&self.opts.source), previous));
                     }
                 }
                 _ => {}
             }
         }
         let next = AtomicUsize::new(0);
+        let unchanged = AtomicUsize::new(0);
         let results: Mutex<Vec<(FileId, FileContent)>> =
             Mutex::new(Vec::with_capacity(files.len()));
         let failure: Mutex<Option<PublishError>> = Mutex::new(None);
@@ -127,25 +165,38 @@ impl<'a> TreeBuilder<'a> {
             for _ in 0..threads {
                 s.spawn(|| loop {
                     let i = next.fetch_add(1, Ordering::Relaxed);
-                    let Some((id, path)) = files.get(i) else {
+                    let Some((id, path, previous)) = files.get(i) else {
                         return;
                     };
-                    if failure.lock().map(|f| f.is_some()).unwrap_or(true) {
+                    if failure.lock().unwrap_or_else(|e| e.into_inner()).is_some() {
                         return;
                     }
-                    match self
-                        .store
-                        .put_file(path, self.opts.chunk_sizes, self.opts.compression)
-                    {
-                        Ok(c) => {
-                            if let Ok(mut r) = results.lock() {
-                                r.push((*id, c));
-                            }
+                    let (sizes, compression) = (self.opts.chunk_sizes, self.opts.compression);
+                    let reused = match previous {
+                        Some(p) => self
+                            .store
+                            .holds_file(path, p, sizes, compression)
+                            .map(|same| same.then(|| p.clone())),
+                        None => Ok(None),
+                    };
+                    let stored = match reused {
+                        Ok(Some(c)) => {
+                            unchanged.fetch_add(1, Ordering::Relaxed);
+                            Ok(c)
                         }
+                        Ok(None) => self.store.put_file(path, sizes, compression),
+                        Err(e) => Err(e),
+                    };
+                    match stored {
+                        Ok(c) => results
+                            .lock()
+                            .unwrap_or_else(|e| e.into_inner())
+                            .push((*id, c)),
                         Err(e) => {
-                            if let Ok(mut f) = failure.lock() {
-                                f.get_or_insert(e.into());
-                            }
+                            failure
+                                .lock()
+                                .unwrap_or_else(|e| e.into_inner())
+                                .get_or_insert(e.into());
                             return;
                         }
                     }
@@ -155,6 +206,7 @@ impl<'a> TreeBuilder<'a> {
         if let Some(e) = failure.into_inner().unwrap_or_else(|e| e.into_inner()) {
             return Err(e);
         }
+        self.files_unchanged = unchanged.into_inner() as u64;
         for (id, content) in results.into_inner().unwrap_or_else(|e| e.into_inner()) {
             self.input_bytes += content.size();
             self.contents.insert(id, content);
@@ -280,10 +332,13 @@ impl<'a> TreeBuilder<'a> {
                     self.add_children(w, c)?;
                 }
                 Kind::Regular => {
-                    let content = self.contents.get(&(c.stat.dev, c.stat.ino));
+                    let content = self
+                        .contents
+                        .get(&(c.stat.dev, c.stat.ino))
+                        .ok_or_else(|| PublishError::NotStored(c.source_path(&self.opts.source)))?;
                     let chunks = match content {
-                        Some(FileContent::Chunked { chunks }) => chunks.as_slice(),
-                        _ => &[],
+                        FileContent::Chunked { chunks } => chunks.as_slice(),
+                        FileContent::Whole { .. } => &[],
                     };
                     let mut f = flags::FILE;
                     if !chunks.is_empty() {
