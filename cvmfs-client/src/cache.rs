@@ -1,30 +1,93 @@
 //! The local object cache (spec §9.1): decompressed objects named by their content hash, in the
-//! layout of the real client (`<dir>/ab/cdef…`), written atomically through `txn/`.
+//! layout of the real client (`<dir>/ab/cdef…`), written atomically through `txn/`, optionally
+//! under an LRU quota ([`crate::quota`]).
+//!
+//! Crash guard: `running.<fqrn>` exists while a managed cache is in use; finding it at start
+//! means the previous daemon died (kill -9, power loss), so the quota database is rebuilt from
+//! the directory instead of being trusted.
 
 use std::fs::{self, File, OpenOptions};
 use std::io::{self, Write};
 use std::path::{Path, PathBuf};
-use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
 
 use crate::hash::ContentHash;
+use crate::quota::{ObjectType, QuotaError, QuotaManager};
 
 /// Errors of the cache.
 #[derive(Debug, thiserror::Error)]
 pub enum CacheError {
     #[error("cache directory {path}: {source}")]
     Io { path: PathBuf, source: io::Error },
+    #[error(transparent)]
+    Quota(#[from] QuotaError),
+    #[error("the cache is read-only (torn down for shutdown)")]
+    ReadOnly,
+}
+
+impl CacheError {
+    /// The errno that fits this failure best.
+    pub fn errno(&self) -> i32 {
+        match self {
+            CacheError::Io { source, .. } => source.raw_os_error().unwrap_or(libc::EIO),
+            CacheError::Quota(_) => libc::EIO,
+            CacheError::ReadOnly => libc::EROFS,
+        }
+    }
+}
+
+/// How a cache directory is managed.
+#[derive(Debug, Clone, Default)]
+pub struct CacheOptions {
+    /// `CVMFS_QUOTA_LIMIT` in bytes; `None` = unmanaged (no database).
+    pub quota_limit: Option<u64>,
+    /// Repository name, for the crash guard `running.<fqrn>`.
+    pub fqrn: Option<String>,
+}
+
+/// What an object is, for the quota database.
+#[derive(Debug, Clone, Copy)]
+pub struct Label<'a> {
+    /// Shown by `cache list` (file path, `file catalog at …`, `certificate for …`).
+    pub description: &'a str,
+    pub kind: ObjectType,
+}
+
+impl Label<'_> {
+    pub const UNKNOWN: Label<'static> = Label {
+        description: "unknown",
+        kind: ObjectType::Regular,
+    };
 }
 
 /// A cache directory.
-#[derive(Debug)]
 pub struct Cache {
     dir: PathBuf,
     txn_counter: AtomicU64,
+    quota: Option<QuotaManager>,
+    read_only: AtomicBool,
+    /// The quota database missed an update: keep the crash guard so it is rebuilt.
+    db_stale: AtomicBool,
+    running_guard: Option<PathBuf>,
+}
+
+impl std::fmt::Debug for Cache {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("Cache")
+            .field("dir", &self.dir)
+            .field("managed", &self.quota.is_some())
+            .finish()
+    }
 }
 
 impl Cache {
-    /// Opens (creating if needed) the cache directory `dir`.
+    /// Opens (creating if needed) the cache directory `dir`, without a quota.
     pub fn open(dir: &Path) -> Result<Cache, CacheError> {
+        Cache::open_with(dir, &CacheOptions::default())
+    }
+
+    /// Opens (creating if needed) the cache directory `dir` as `opts` say.
+    pub fn open_with(dir: &Path, opts: &CacheOptions) -> Result<Cache, CacheError> {
         let io = |path: &Path| {
             let path = path.to_path_buf();
             move |source| CacheError::Io { path, source }
@@ -50,10 +113,60 @@ impl Cache {
         if !sentinel.exists() {
             File::create(&sentinel).map_err(io(&sentinel))?;
         }
+        let running_guard = opts
+            .fqrn
+            .as_ref()
+            .map(|fqrn| dir.join(format!("running.{fqrn}")));
+        let crashed = running_guard.as_ref().is_some_and(|g| g.exists());
+        if crashed {
+            log::warn!(
+                "cache {}: the previous cvmfs2 did not shut down cleanly; checking the cache database",
+                dir.display()
+            );
+        }
+        let quota = match opts.quota_limit {
+            Some(limit) => Some(QuotaManager::open(dir, limit, crashed)?),
+            None => None,
+        };
+        if let Some(g) = &running_guard {
+            File::create(g).map_err(io(g))?;
+        }
         Ok(Cache {
             dir: dir.to_path_buf(),
             txn_counter: AtomicU64::new(0),
+            quota,
+            read_only: AtomicBool::new(false),
+            db_stale: AtomicBool::new(false),
+            running_guard,
         })
+    }
+
+    /// The quota manager, if the cache is managed.
+    pub fn quota(&self) -> Option<&QuotaManager> {
+        self.quota.as_ref()
+    }
+
+    /// Tear-down to read-only (spec §9.7): no new objects, no database writes.
+    pub fn tear_down_to_read_only(&self) {
+        self.read_only.store(true, Ordering::SeqCst);
+        if let Some(q) = &self.quota {
+            q.tear_down();
+        }
+    }
+
+    pub fn is_read_only(&self) -> bool {
+        self.read_only.load(Ordering::SeqCst)
+    }
+
+    /// A clean end of use: removes the crash guard (unless torn down to read-only, where the
+    /// file system may already be read-only and the guard is removed by the next start).
+    pub fn close(&self) {
+        if self.is_read_only() || self.db_stale.load(Ordering::SeqCst) {
+            return;
+        }
+        if let Some(g) = &self.running_guard {
+            let _ = fs::remove_file(g);
+        }
     }
 
     pub fn dir(&self) -> &Path {
@@ -65,19 +178,35 @@ impl Cache {
         self.dir.join(hash.cache_path())
     }
 
-    /// The cached object, if present.
+    /// The cached object, if present (an access for the LRU order).
     pub fn lookup(&self, hash: &ContentHash) -> Option<PathBuf> {
         let p = self.path(hash);
-        p.is_file().then_some(p)
+        if !p.is_file() {
+            return None;
+        }
+        if let Some(q) = &self.quota {
+            if let Err(e) = q.touch(hash) {
+                log::warn!("{e}");
+            }
+        }
+        Some(p)
     }
 
     /// Removes a cached object (e.g. found corrupt).
     pub fn evict(&self, hash: &ContentHash) {
         let _ = fs::remove_file(self.path(hash));
+        if let Some(q) = &self.quota {
+            if let Err(e) = q.remove(hash) {
+                log::warn!("{e}");
+            }
+        }
     }
 
     /// Starts writing an object: a new file in `txn/`.
     pub fn begin(&self) -> Result<Transaction, CacheError> {
+        if self.is_read_only() {
+            return Err(CacheError::ReadOnly);
+        }
         let n = self.txn_counter.fetch_add(1, Ordering::Relaxed);
         let path = self
             .dir
@@ -99,7 +228,21 @@ impl Cache {
     }
 
     /// Makes a finished transaction the object `hash` (atomic rename).
-    pub fn commit(&self, mut txn: Transaction, hash: &ContentHash) -> Result<PathBuf, CacheError> {
+    pub fn commit(&self, txn: Transaction, hash: &ContentHash) -> Result<PathBuf, CacheError> {
+        self.commit_as(txn, hash, Label::UNKNOWN)
+    }
+
+    /// Makes a finished transaction the object `hash` (atomic rename), registered in the quota
+    /// database as `label` says.
+    pub fn commit_as(
+        &self,
+        mut txn: Transaction,
+        hash: &ContentHash,
+        label: Label<'_>,
+    ) -> Result<PathBuf, CacheError> {
+        if self.is_read_only() {
+            return Err(CacheError::ReadOnly);
+        }
         let target = self.path(hash);
         let io = |source| CacheError::Io {
             path: txn.path.clone(),
@@ -110,7 +253,21 @@ impl Cache {
             drop(f);
         }
         fs::rename(&txn.path, &target).map_err(io)?;
+        if let Some(q) = &self.quota {
+            // The object is valid on disk; a database that cannot record it is rebuilt at
+            // the next start (the crash guard stays).
+            if let Err(e) = q.insert(hash, txn.written, label.description, label.kind) {
+                log::warn!("{e}");
+                self.db_stale.store(true, Ordering::SeqCst);
+            }
+        }
         Ok(target)
+    }
+}
+
+impl Drop for Cache {
+    fn drop(&mut self) {
+        self.close();
     }
 }
 

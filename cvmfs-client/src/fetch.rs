@@ -2,18 +2,21 @@
 //! decompress and cache (spec §2.4). The hash check is a streaming `Read` wrapper, so objects
 //! are never held in memory whole and never reach the cache unverified.
 
+use std::collections::HashSet;
 use std::fmt;
 use std::fs::File;
-use std::io::{self, Read};
-use std::path::PathBuf;
-use std::sync::Arc;
+use std::io::{self, Read, Write};
+use std::path::{Path, PathBuf};
+use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
+use std::sync::{Arc, Mutex};
 
 use flate2::read::ZlibDecoder;
 
-use crate::cache::{Cache, CacheError};
+use crate::cache::{Cache, CacheError, Label};
 use crate::catalog::Compression;
 use crate::download::{ConsumeError, DownloadError, DownloadManager};
 use crate::hash::{ContentHash, Hasher, Suffix};
+use crate::stock_zlib::StockDeflate;
 
 /// Errors of object retrieval.
 #[derive(Debug, thiserror::Error)]
@@ -25,8 +28,21 @@ pub enum FetchError {
     },
     #[error("object {object} is not in the cache and the repository is not reachable (offline)")]
     Offline { object: String },
+    #[error("object {object}: no space left in the cache: {reason}")]
+    NoSpace { object: String, reason: String },
     #[error(transparent)]
     Cache(#[from] CacheError),
+}
+
+impl FetchError {
+    /// The errno a file system operation should fail with.
+    pub fn errno(&self) -> i32 {
+        match self {
+            FetchError::Download { .. } | FetchError::Offline { .. } => libc::EIO,
+            FetchError::NoSpace { .. } => libc::ENOSPC,
+            FetchError::Cache(e) => e.errno(),
+        }
+    }
 }
 
 /// The hash of a stream did not match.
@@ -171,10 +187,48 @@ fn copy_verified(
     Ok(total)
 }
 
+/// Whether the repository's servers answered lately (offline mode, spec §9.6): set by every
+/// download, logged on each change.
+#[derive(Debug, Default)]
+pub struct NetworkState {
+    offline: AtomicBool,
+    failures: AtomicU64,
+}
+
+impl NetworkState {
+    pub fn is_offline(&self) -> bool {
+        self.offline.load(Ordering::SeqCst)
+    }
+
+    /// Number of downloads that found no server answering.
+    pub fn failures(&self) -> u64 {
+        self.failures.load(Ordering::Relaxed)
+    }
+
+    /// A server answered.
+    pub fn report_online(&self) {
+        if self.offline.swap(false, Ordering::SeqCst) {
+            log::info!("CernVM-FS: the repository servers answer again, leaving offline mode");
+        }
+    }
+
+    /// No server or proxy answered.
+    pub fn report_offline(&self, reason: &dyn fmt::Display) {
+        self.failures.fetch_add(1, Ordering::Relaxed);
+        if !self.offline.swap(true, Ordering::SeqCst) {
+            log::warn!("CernVM-FS: no server or proxy answers ({reason}), entering offline mode");
+        }
+    }
+}
+
 /// Download manager + cache: where objects come from.
 pub struct ObjectStore {
     pub cache: Cache,
     pub downloader: Option<Arc<DownloadManager>>,
+    pub network: NetworkState,
+    /// Objects whose cached copy was checked against its hash during this mount.
+    verified: Mutex<HashSet<ContentHash>>,
+    downloads: AtomicU64,
 }
 
 /// What is known about an object before it is fetched.
@@ -190,53 +244,247 @@ pub struct ObjectSpec {
 /// Largest object accepted when its size is not known (catalogs, history, certificates).
 const MAX_UNSIZED_OBJECT: u64 = 4 << 30;
 
+fn is_disk_full(e: &io::Error) -> bool {
+    matches!(e.raw_os_error(), Some(libc::ENOSPC) | Some(libc::EDQUOT))
+}
+
 impl ObjectStore {
+    pub fn new(cache: Cache, downloader: Option<Arc<DownloadManager>>) -> ObjectStore {
+        ObjectStore {
+            cache,
+            downloader,
+            network: NetworkState::default(),
+            verified: Mutex::new(HashSet::new()),
+            downloads: AtomicU64::new(0),
+        }
+    }
+
+    /// Number of objects downloaded so far.
+    pub fn downloads(&self) -> u64 {
+        self.downloads.load(Ordering::Relaxed)
+    }
+
     /// The path of the verified, decompressed object in the cache, downloading it if needed.
     pub fn get(&self, spec: ObjectSpec) -> Result<PathBuf, FetchError> {
+        self.get_labeled(spec, Label::UNKNOWN)
+    }
+
+    /// Like [`ObjectStore::get`]; a downloaded object is recorded in the quota database with
+    /// `label`. A cached copy is checked against its hash the first time it is used in this
+    /// mount; a corrupt one is discarded and fetched again.
+    pub fn get_labeled(&self, spec: ObjectSpec, label: Label<'_>) -> Result<PathBuf, FetchError> {
         if let Some(p) = self.cache.lookup(&spec.hash) {
-            match (spec.size, std::fs::metadata(&p)) {
-                (Some(want), Ok(m)) if m.len() != want => {
-                    log::warn!(
-                        "cached object {} has {} bytes instead of {want}; fetching it again",
-                        spec.hash,
-                        m.len()
-                    );
-                    self.cache.evict(&spec.hash);
-                }
-                (_, Ok(_)) => return Ok(p),
-                (_, Err(_)) => {}
+            if self.cached_copy_is_good(&p, spec) {
+                return Ok(p);
             }
+            self.cache.evict(&spec.hash);
         }
         let object = spec.hash.object_path(spec.suffix);
         let Some(dl) = &self.downloader else {
             return Err(FetchError::Offline { object });
         };
-        let limit = spec.size.unwrap_or(MAX_UNSIZED_OBJECT);
-        let path = dl
-            .fetch(&format!("/{object}"), |body| {
-                let mut txn = self.cache.begin().map_err(|e| match e {
-                    CacheError::Io { source, .. } => ConsumeError::Local(source),
-                })?;
-                let n = copy_verified(body, spec.hash, spec.compression, &mut txn, limit)?;
-                if let Some(want) = spec.size {
-                    if n != want {
-                        return Err(ConsumeError::BadData(format!(
-                            "decompressed size is {n} bytes, the catalog says {want}"
-                        )));
-                    }
+        if self.cache.is_read_only() {
+            return Err(FetchError::Cache(CacheError::ReadOnly));
+        }
+        if let (Some(q), Some(size)) = (self.cache.quota(), spec.size) {
+            if !q.reserve(size).map_err(CacheError::from)? {
+                return Err(FetchError::NoSpace {
+                    object,
+                    reason: format!(
+                        "{size} bytes is more than the largest object the quota allows ({} bytes)",
+                        q.max_object_size()
+                    ),
+                });
+            }
+        }
+        let mut retried = false;
+        loop {
+            match self.download(dl, spec, label, &object) {
+                Ok(p) => {
+                    self.network.report_online();
+                    self.downloads.fetch_add(1, Ordering::Relaxed);
+                    self.mark_verified(spec.hash);
+                    return Ok(p);
                 }
-                self.cache.commit(txn, &spec.hash).map_err(|e| match e {
-                    CacheError::Io { source, .. } => ConsumeError::Local(source),
-                })
-            })
-            .map_err(|source| FetchError::Download { object, source })?;
-        Ok(path)
+                Err(DownloadError::LocalIo { source, .. }) if is_disk_full(&source) => {
+                    self.network.report_online();
+                    // Make room: half of what the cache holds now, least recently used first.
+                    let freed = match self.cache.quota() {
+                        Some(q) if !retried => {
+                            let used = q.usage().used;
+                            log::warn!(
+                                "cache {}: disk full while storing {object}; cleaning up",
+                                self.cache.dir().display()
+                            );
+                            q.cleanup(used / 2).map_err(CacheError::from)?;
+                            q.usage().used < used
+                        }
+                        _ => false,
+                    };
+                    if !freed {
+                        return Err(FetchError::NoSpace {
+                            object,
+                            reason: format!("{source}"),
+                        });
+                    }
+                    retried = true;
+                }
+                Err(DownloadError::LocalIo { source, .. }) => {
+                    return Err(FetchError::Cache(CacheError::Io {
+                        path: self.cache.dir().join("txn"),
+                        source,
+                    }))
+                }
+                Err(e @ DownloadError::Failed { .. }) => {
+                    self.network.report_offline(&e);
+                    return Err(FetchError::Download { object, source: e });
+                }
+                Err(source) => {
+                    self.network.report_online();
+                    return Err(FetchError::Download { object, source });
+                }
+            }
+        }
+    }
+
+    fn download(
+        &self,
+        dl: &DownloadManager,
+        spec: ObjectSpec,
+        label: Label<'_>,
+        object: &str,
+    ) -> Result<PathBuf, DownloadError> {
+        let local = |e: CacheError| match e {
+            CacheError::Io { source, .. } => ConsumeError::Local(source),
+            other => ConsumeError::Local(io::Error::other(other.to_string())),
+        };
+        let limit = spec.size.unwrap_or(MAX_UNSIZED_OBJECT);
+        dl.fetch(&format!("/{object}"), |body| {
+            let mut txn = self.cache.begin().map_err(local)?;
+            let n = copy_verified(body, spec.hash, spec.compression, &mut txn, limit)?;
+            txn.flush().map_err(ConsumeError::Local)?;
+            if let Some(want) = spec.size {
+                if n != want {
+                    return Err(ConsumeError::BadData(format!(
+                        "decompressed size is {n} bytes, the catalog says {want}"
+                    )));
+                }
+            }
+            self.cache.commit_as(txn, &spec.hash, label).map_err(local)
+        })
+    }
+
+    fn mark_verified(&self, hash: ContentHash) {
+        self.verified
+            .lock()
+            .unwrap_or_else(|e| e.into_inner())
+            .insert(hash);
+    }
+
+    /// Size check always; the hash once per mount.
+    fn cached_copy_is_good(&self, p: &Path, spec: ObjectSpec) -> bool {
+        if let (Some(want), Ok(m)) = (spec.size, std::fs::metadata(p)) {
+            if m.len() != want {
+                log::warn!(
+                    "cached object {} has {} bytes instead of {want}; fetching it again",
+                    spec.hash,
+                    m.len()
+                );
+                return false;
+            }
+        }
+        if self
+            .verified
+            .lock()
+            .unwrap_or_else(|e| e.into_inner())
+            .contains(&spec.hash)
+        {
+            return true;
+        }
+        match cached_object_matches(p, spec.hash, Some(spec.compression)) {
+            Ok(true) => {
+                self.mark_verified(spec.hash);
+                true
+            }
+            Ok(false) => {
+                log::warn!(
+                    "cached object {} does not match its content hash; discarding it",
+                    spec.hash
+                );
+                false
+            }
+            Err(e) => {
+                log::warn!("cannot read cached object {}: {e}", spec.hash);
+                false
+            }
+        }
     }
 
     /// Opens the object (see [`ObjectStore::get`]).
     pub fn open(&self, spec: ObjectSpec) -> Result<File, FetchError> {
-        let p = self.get(spec)?;
+        self.open_labeled(spec, Label::UNKNOWN)
+    }
+
+    /// Opens the object (see [`ObjectStore::get_labeled`]).
+    pub fn open_labeled(&self, spec: ObjectSpec, label: Label<'_>) -> Result<File, FetchError> {
+        let p = self.get_labeled(spec, label)?;
         File::open(&p).map_err(|source| FetchError::Cache(CacheError::Io { path: p, source }))
+    }
+}
+
+/// A `Write` sink that only hashes.
+struct HashingSink(Option<Hasher>);
+
+impl io::Write for HashingSink {
+    fn write(&mut self, buf: &[u8]) -> io::Result<usize> {
+        if let Some(h) = self.0.as_mut() {
+            h.update(buf);
+        }
+        Ok(buf.len())
+    }
+
+    fn flush(&mut self) -> io::Result<()> {
+        Ok(())
+    }
+}
+
+/// Whether the decompressed object in file `p` has content hash `hash`: the hash is over the
+/// stored (compressed) bytes, so zlib objects are compressed again with the default level, as
+/// the publisher did (and as the reference's `user.lhash` and `cvmfs_fsck` do). With
+/// `compression` unknown both forms are tried.
+pub fn cached_object_matches(
+    p: &Path,
+    hash: ContentHash,
+    compression: Option<Compression>,
+) -> io::Result<bool> {
+    let try_one = |c: Compression| -> io::Result<bool> {
+        let mut f = File::open(p)?;
+        let actual = match c {
+            Compression::None => {
+                let mut sink = HashingSink(Some(hash.algorithm.hasher()));
+                io::copy(&mut f, &mut sink)?;
+                sink.0.take().map(Hasher::finish)
+            }
+            Compression::Zlib => {
+                let mut hasher = hash.algorithm.hasher();
+                let mut z = StockDeflate::new()?;
+                let mut buf = vec![0u8; 256 * 1024];
+                loop {
+                    let n = f.read(&mut buf)?;
+                    if n == 0 {
+                        break;
+                    }
+                    z.update(&buf[..n], &mut |out| hasher.update(out))?;
+                }
+                z.finish(&mut |out| hasher.update(out))?;
+                Some(hasher.finish())
+            }
+        };
+        Ok(actual == Some(hash))
+    };
+    match compression {
+        Some(c) => try_one(c),
+        None => Ok(try_one(Compression::Zlib)? || try_one(Compression::None)?),
     }
 }
 

@@ -245,6 +245,7 @@ impl MountSettings {
             timeout_direct: Duration::from_secs(timeout_direct),
             public_keys,
             cache_dir,
+            quota_limit: quota_limit_mb.map(|mb| mb.saturating_mul(1 << 20)),
             tag,
             root_hash,
             environment: config.environment(),

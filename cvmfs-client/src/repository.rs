@@ -8,13 +8,15 @@ use std::path::PathBuf;
 use std::sync::{Arc, Mutex, RwLock};
 use std::time::Duration;
 
-use crate::cache::Cache;
+use crate::cache::{Cache, CacheOptions, Label};
 use crate::catalog::{is_path_prefix, Catalog, CatalogError, Chunk, Compression, DirEntry, Xattrs};
 use crate::download::{ConsumeError, DownloadError, DownloadManager};
-use crate::fetch::{read_verified, FetchError, ObjectSpec, ObjectStore};
+use crate::fetch::{FetchError, ObjectSpec, ObjectStore};
 use crate::hash::{ContentHash, Suffix};
 use crate::history::{History, HistoryError};
 use crate::manifest::{Manifest, ManifestError};
+use crate::offline::{Breadcrumb, StoredManifest};
+use crate::quota::ObjectType;
 use crate::signature::{load_public_key, Certificate, NamedKey, SignatureError, SignedLetter};
 use crate::symlink::expand_variant_symlink;
 use crate::whitelist::{Whitelist, WhitelistError};
@@ -74,6 +76,8 @@ pub struct RepositoryOptions {
     pub public_keys: Vec<PathBuf>,
     /// Cache directory of this repository.
     pub cache_dir: PathBuf,
+    /// `CVMFS_QUOTA_LIMIT` in bytes; `None` = unmanaged cache.
+    pub quota_limit: Option<u64>,
     /// `CVMFS_REPOSITORY_TAG`.
     pub tag: Option<String>,
     /// `CVMFS_ROOT_HASH`: a fixed root catalog, trusted by configuration.
@@ -133,10 +137,19 @@ const FIRST_INODE_BASE: u64 = 256;
 
 impl Repository {
     /// Mounts the repository: verifies manifest, certificate and whitelist (unless a root hash
-    /// is fixed), resolves the tag, loads the root catalog.
+    /// is fixed), resolves the tag, loads the root catalog. When no server answers (or the
+    /// manifest is older than the one last seen), the last verified manifest stored in the cache
+    /// is verified again and used: offline mode (spec §9.6).
     pub fn mount(opts: RepositoryOptions) -> Result<Repository, RepoError> {
         let fqrn = opts.fqrn.clone();
-        let cache = Cache::open(&opts.cache_dir).map_err(|e| RepoError::Catalog {
+        let cache = Cache::open_with(
+            &opts.cache_dir,
+            &CacheOptions {
+                quota_limit: opts.quota_limit,
+                fqrn: Some(fqrn.clone()),
+            },
+        )
+        .map_err(|e| RepoError::Catalog {
             fqrn: fqrn.clone(),
             object: "(cache)".into(),
             reason: e.to_string(),
@@ -151,14 +164,13 @@ impl Repository {
             fqrn: fqrn.clone(),
             source,
         })?;
-        let store = ObjectStore {
-            cache,
-            downloader: Some(Arc::new(dl)),
-        };
+        let store = ObjectStore::new(cache, Some(Arc::new(dl)));
+        let mut fresh_manifest = false;
         let (manifest, root_hash, revision, tag) = match opts.root_hash {
             Some(h) => (None, h, None, opts.tag.clone()),
             None => {
-                let m = fetch_verified_manifest(&store, &opts)?;
+                let (m, fresh) = current_manifest(&store, &opts)?;
+                fresh_manifest = fresh;
                 match &opts.tag {
                     None => {
                         let (root, rev) = (m.root_catalog, m.revision);
@@ -184,7 +196,80 @@ impl Repository {
         };
         let root = repo.attach(root_hash, b"")?;
         repo.revision = revision.unwrap_or(root.catalog.revision);
+        if let (true, Some(m)) = (fresh_manifest, &repo.manifest) {
+            let crumb = Breadcrumb {
+                root_hash: m.root_catalog,
+                timestamp: m.timestamp.unwrap_or(0),
+                revision: m.revision,
+            };
+            if crumb.timestamp > 0 {
+                if let Err(e) = crumb.write(repo.store.cache.dir(), &repo.fqrn) {
+                    log::warn!("{}: cannot write the breadcrumb: {e}", repo.fqrn);
+                }
+            }
+        }
         Ok(repo)
+    }
+
+    /// Whether the servers did not answer lately (offline mode).
+    pub fn is_offline(&self) -> bool {
+        self.store.network.is_offline()
+    }
+
+    /// Pins regular file `path` (talk `pin`, spec §9.4): reserves its size (each chunk's) in
+    /// the pinned set and fetches it into the cache. `false` if it is no regular file or
+    /// pinning failed.
+    pub fn pin(&self, path: &[u8]) -> Result<bool, RepoError> {
+        let Some(f) = self.lookup(path)? else {
+            return Ok(false);
+        };
+        if !f.entry.is_regular() || f.entry.is_external() {
+            return Ok(false);
+        }
+        let Some(q) = self.store.cache.quota() else {
+            // Without a quota nothing is ever evicted; fetching is all pinning means.
+            return self.open(&f).map(|_| true);
+        };
+        let description = String::from_utf8_lossy(path).into_owned();
+        let objects: Vec<(ContentHash, u64, Suffix)> = if f.entry.is_chunked() {
+            self.chunks(&f)?
+                .into_iter()
+                .map(|c| (c.hash, c.size, Suffix::Partial))
+                .collect()
+        } else {
+            match f.entry.hash {
+                Some(h) => vec![(h, f.entry.size, Suffix::None)],
+                None => return Ok(false),
+            }
+        };
+        for (hash, size, suffix) in objects {
+            let pinned = q
+                .pin(&hash, size)
+                .map_err(|e| self.content_error(path, e))?;
+            if !pinned {
+                log::warn!(
+                    "{}: cannot pin {description}: pinned files would exceed half the cache quota",
+                    self.fqrn
+                );
+                return Ok(false);
+            }
+            let spec = ObjectSpec {
+                hash,
+                suffix,
+                compression: f.entry.compression(),
+                size: Some(size),
+            };
+            let label = Label {
+                description: &description,
+                kind: ObjectType::Regular,
+            };
+            if let Err(e) = self.store.get_labeled(spec, label) {
+                log::warn!("{}: cannot pin {description}: {e}", self.fqrn);
+                let _ = q.unpin(&hash);
+                return Ok(false);
+            }
+        }
+        Ok(true)
     }
 
     fn catalog_error(&self, object: &ContentHash, reason: impl ToString) -> RepoError {
@@ -206,10 +291,30 @@ impl Repository {
             compression: Compression::Zlib,
             size: None,
         };
+        let description = format!(
+            "file catalog at {}:{} ({hash})",
+            self.fqrn,
+            String::from_utf8_lossy(mountpoint)
+        );
+        let label = Label {
+            description: &description,
+            kind: ObjectType::Catalog,
+        };
         let path = self
             .store
-            .get(spec)
+            .get_labeled(spec, label)
             .map_err(|e| self.catalog_error(&hash, e))?;
+        if let Some(q) = self.store.cache.quota() {
+            // Catalogs stay while attached (a mount never detaches one).
+            let size = std::fs::metadata(&path).map(|m| m.len()).unwrap_or(0);
+            match q.pin(&hash, size) {
+                Ok(true) => {}
+                Ok(false) => {
+                    log::warn!("{description}: cannot pin it, the cache quota is too small")
+                }
+                Err(e) => log::warn!("{description}: {e}"),
+            }
+        }
         let catalog = match Catalog::open(&path, hash, mountpoint) {
             Ok(c) => c,
             Err(e) => {
@@ -543,11 +648,62 @@ fn fetch_small(dl: &DownloadManager, rel: &str) -> Result<Vec<u8>, DownloadError
     })
 }
 
-/// §4.7: manifest, certificate, signature, whitelist, fingerprint.
-fn fetch_verified_manifest(
+/// The manifest to mount: the servers' one if it verifies and is not older than the last one
+/// stored in the cache (anti-rollback), else the stored one (offline). `true` with a manifest
+/// fetched now.
+fn current_manifest(
     store: &ObjectStore,
     opts: &RepositoryOptions,
-) -> Result<Manifest, RepoError> {
+) -> Result<(Manifest, bool), RepoError> {
+    let fqrn = &opts.fqrn;
+    let cache_dir = store.cache.dir().to_path_buf();
+    let stored = StoredManifest::load(&cache_dir, fqrn);
+    let local = stored.as_ref().and_then(|s| {
+        match verify_manifest(store, opts, &s.manifest, &s.whitelist, s.stored_at) {
+            Ok(m) => Some(m),
+            Err(e) => {
+                log::warn!("{fqrn}: ignoring the manifest stored in the cache: {e}");
+                None
+            }
+        }
+    });
+    let online = fetch_signed_files(store, opts).and_then(|(mbuf, wbuf)| {
+        let m = verify_manifest(store, opts, &mbuf, &wbuf, opts.now)?;
+        Ok((m, mbuf, wbuf))
+    });
+    match (online, local) {
+        (Ok((m, mbuf, wbuf)), local) => {
+            if let Some(l) = local.filter(|l| l.revision > m.revision) {
+                log::warn!(
+                    "{fqrn}: the servers offer revision {}, older than revision {} seen before; \
+                     keeping the newer one",
+                    m.revision,
+                    l.revision
+                );
+                return Ok((l, false));
+            }
+            if let Err(e) = StoredManifest::save(&cache_dir, fqrn, &mbuf, &wbuf) {
+                log::warn!("{fqrn}: cannot store the manifest in the cache: {e}");
+            }
+            Ok((m, true))
+        }
+        (Err(e), Some(l)) => {
+            store.network.report_offline(&e);
+            log::warn!(
+                "{fqrn}: mounting revision {} from the cache (offline): {e}",
+                l.revision
+            );
+            Ok((l, false))
+        }
+        (Err(e), None) => Err(e),
+    }
+}
+
+/// Fetches `.cvmfspublished` and `.cvmfswhitelist`.
+fn fetch_signed_files(
+    store: &ObjectStore,
+    opts: &RepositoryOptions,
+) -> Result<(Vec<u8>, Vec<u8>), RepoError> {
     let fqrn = &opts.fqrn;
     let dl = store
         .downloader
@@ -556,6 +712,26 @@ fn fetch_verified_manifest(
             fqrn: fqrn.clone(),
             reason: "offline".into(),
         })?;
+    let mbuf = fetch_small(dl, "/.cvmfspublished").map_err(|e| RepoError::Manifest {
+        fqrn: fqrn.clone(),
+        reason: e.to_string(),
+    })?;
+    let wbuf = fetch_small(dl, "/.cvmfswhitelist").map_err(|e| RepoError::Whitelist {
+        fqrn: fqrn.clone(),
+        reason: e.to_string(),
+    })?;
+    Ok((mbuf, wbuf))
+}
+
+/// §4.7: manifest, certificate, signature, whitelist (expiry against `now`), fingerprint.
+fn verify_manifest(
+    store: &ObjectStore,
+    opts: &RepositoryOptions,
+    mbuf: &[u8],
+    wbuf: &[u8],
+    now: i64,
+) -> Result<Manifest, RepoError> {
+    let fqrn = &opts.fqrn;
     let keys: Vec<NamedKey> = opts
         .public_keys
         .iter()
@@ -565,12 +741,8 @@ fn fetch_verified_manifest(
             fqrn: fqrn.clone(),
             source,
         })?;
-    let mbuf = fetch_small(dl, "/.cvmfspublished").map_err(|e| RepoError::Manifest {
-        fqrn: fqrn.clone(),
-        reason: e.to_string(),
-    })?;
-    let (manifest, letter): (Manifest, SignedLetter) = Manifest::parse_signed(&mbuf, fqrn)
-        .map_err(|e: ManifestError| RepoError::Manifest {
+    let (manifest, letter): (Manifest, SignedLetter) =
+        Manifest::parse_signed(mbuf, fqrn).map_err(|e: ManifestError| RepoError::Manifest {
             fqrn: fqrn.clone(),
             reason: e.to_string(),
         })?;
@@ -584,37 +756,36 @@ fn fetch_verified_manifest(
         object: cert_object.clone(),
         reason,
     };
-    let pem = match store.cache.lookup(&cert_hash) {
-        Some(p) => std::fs::read(&p).map_err(|e| cert_err(e.to_string()))?,
-        None => {
-            let pem = dl
-                .fetch(&format!("/{cert_object}"), |body| {
-                    read_verified(body, cert_hash, Compression::Zlib, MAX_SIGNED_FILE)
-                })
-                .map_err(|e| cert_err(e.to_string()))?;
-            if let Ok(mut t) = store.cache.begin() {
-                if std::io::Write::write_all(&mut t, &pem).is_ok() {
-                    let _ = store.cache.commit(t, &cert_hash);
-                }
-            }
-            pem
-        }
-    };
+    let description = format!("certificate for {fqrn}");
+    let cert_path = store
+        .get_labeled(
+            ObjectSpec {
+                hash: cert_hash,
+                suffix: Suffix::Certificate,
+                compression: Compression::Zlib,
+                size: None,
+            },
+            Label {
+                description: &description,
+                kind: ObjectType::Regular,
+            },
+        )
+        .map_err(|e| cert_err(e.to_string()))?;
+    let pem = std::fs::read(&cert_path).map_err(|e| cert_err(e.to_string()))?;
+    if pem.len() as u64 > MAX_SIGNED_FILE {
+        return Err(cert_err(format!("larger than {MAX_SIGNED_FILE} bytes")));
+    }
     let cert = Certificate::from_pem(&pem).map_err(|e| cert_err(e.to_string()))?;
     cert.verify_manifest_signature(&letter)
         .map_err(|e| RepoError::Manifest {
             fqrn: fqrn.clone(),
             reason: e.to_string(),
         })?;
-    let wbuf = fetch_small(dl, "/.cvmfswhitelist").map_err(|e| RepoError::Whitelist {
-        fqrn: fqrn.clone(),
-        reason: e.to_string(),
-    })?;
     let wl_err = |e: WhitelistError| RepoError::Whitelist {
         fqrn: fqrn.clone(),
         reason: e.to_string(),
     };
-    let whitelist = Whitelist::verify(&wbuf, fqrn, &keys, opts.now).map_err(wl_err)?;
+    let whitelist = Whitelist::verify(wbuf, fqrn, &keys, now).map_err(wl_err)?;
     whitelist.check_certificate(&cert).map_err(wl_err)?;
     Ok(manifest)
 }

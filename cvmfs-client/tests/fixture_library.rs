@@ -23,6 +23,7 @@ fn options(server: &StaticHttpServer, cache: &Path, tag: Option<&str>) -> Reposi
         timeout_direct: Duration::from_secs(5),
         public_keys: vec![fixture_dir().join("keys/demo.cernvm.test.pub")],
         cache_dir: cache.to_path_buf(),
+        quota_limit: None,
         tag: tag.map(str::to_string),
         root_hash: None,
         environment: HashMap::new(),
