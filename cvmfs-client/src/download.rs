@@ -4,7 +4,10 @@
 
 use std::io::Read;
 use std::sync::atomic::{AtomicUsize, Ordering};
-use std::time::Duration;
+use std::sync::{Arc, Mutex};
+use std::time::{Duration, Instant};
+
+use crate::dns::Nameserver;
 
 use reqwest::blocking::{Client, Response};
 
@@ -57,6 +60,9 @@ pub struct DownloadManager {
     current_host: AtomicUsize,
     groups: Vec<Vec<ProxyEntry>>,
     current_group: AtomicUsize,
+    nameserver: Nameserver,
+    /// Round-trip times of the last `host probe`, per host: `None` unprobed, `Some(None)` down.
+    rtts: Mutex<Vec<Option<Option<u64>>>>,
 }
 
 impl std::fmt::Debug for DownloadManager {
@@ -94,6 +100,7 @@ impl DownloadManager {
         if hosts.is_empty() {
             return Err(DownloadError::NoHosts);
         }
+        let nameserver = Nameserver::default();
         let mut groups = Vec::new();
         for group in proxy.split(';').map(str::trim).filter(|g| !g.is_empty()) {
             let mut entries = Vec::new();
@@ -115,7 +122,8 @@ impl DownloadManager {
                     .timeout(t)
                     .tcp_nodelay(true)
                     .pool_max_idle_per_host(16)
-                    .redirect(reqwest::redirect::Policy::none());
+                    .redirect(reqwest::redirect::Policy::none())
+                    .dns_resolver(Arc::new(nameserver.clone()));
                 b = match &proxy {
                     None => b.no_proxy(),
                     Some(p) => b.proxy(
@@ -135,12 +143,88 @@ impl DownloadManager {
         if groups.is_empty() {
             return Err(DownloadError::NoProxies);
         }
+        let rtts = Mutex::new(vec![None; hosts.len()]);
         Ok(DownloadManager {
             hosts,
             current_host: AtomicUsize::new(0),
             groups,
             current_group: AtomicUsize::new(0),
+            nameserver,
+            rtts,
         })
+    }
+
+    /// The name server used for every host and proxy name (talk `nameserver set`).
+    pub fn nameserver(&self) -> &Nameserver {
+        &self.nameserver
+    }
+
+    /// Measures the round trip to every host (a fetch of `/.cvmfspublished` through the
+    /// current proxy group) and makes the fastest answering host the active one.
+    pub fn probe_hosts(&self) {
+        let g = self.current_group.load(Ordering::Relaxed) % self.groups.len();
+        let entry = &self.groups[g][0];
+        let mut results = Vec::with_capacity(self.hosts.len());
+        for host in &self.hosts {
+            let url = format!("{host}/.cvmfspublished");
+            let started = Instant::now();
+            let ok = entry
+                .client
+                .get(&url)
+                .header("Pragma", "no-cache")
+                .header("Cache-Control", "no-cache")
+                .send()
+                .is_ok_and(|r| r.status().is_success());
+            results.push(Some(ok.then(|| started.elapsed().as_millis() as u64)));
+        }
+        if let Some((best, _)) = results
+            .iter()
+            .enumerate()
+            .filter_map(|(i, r)| r.flatten().map(|t| (i, t)))
+            .min_by_key(|&(_, t)| t)
+        {
+            self.current_host.store(best, Ordering::Relaxed);
+        }
+        *self.rtts.lock().unwrap_or_else(|e| e.into_inner()) = results;
+    }
+
+    /// The talk `host info` text.
+    pub fn host_info(&self) -> String {
+        let rtts = self.rtts.lock().unwrap_or_else(|e| e.into_inner()).clone();
+        let mut out = String::new();
+        for (i, host) in self.hosts.iter().enumerate() {
+            let state = match rtts.get(i).copied().flatten() {
+                None => "unprobed".to_string(),
+                Some(None) => "host down".to_string(),
+                Some(Some(ms)) => format!("{ms} ms"),
+            };
+            out.push_str(&format!("  [{i}] {host} ({state})\n"));
+        }
+        let active = self.current_host.load(Ordering::Relaxed) % self.hosts.len();
+        out.push_str(&format!("Active host {active}: {}\n", self.hosts[active]));
+        out
+    }
+
+    /// Makes the next host of the chain the active one.
+    pub fn switch_host(&self) {
+        let c = self.current_host.load(Ordering::Relaxed);
+        self.current_host
+            .store((c + 1) % self.hosts.len(), Ordering::Relaxed);
+    }
+
+    /// The talk `proxy info` text.
+    pub fn proxy_info(&self) -> String {
+        let mut out = String::from("Load-balance groups:\n");
+        for (i, g) in self.groups.iter().enumerate() {
+            let names: Vec<String> = g.iter().map(|e| describe(&e.proxy)).collect();
+            out.push_str(&format!("[{i}] {}\n", names.join(", ")));
+        }
+        let active = self.current_group.load(Ordering::Relaxed) % self.groups.len();
+        out.push_str(&format!(
+            "Active proxy: [{active}] {}\n",
+            describe(&self.groups[active][0].proxy)
+        ));
+        out
     }
 
     /// The base URL requests currently go to.
@@ -306,6 +390,29 @@ fn error_chain(e: &dyn std::error::Error) -> String {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn host_names_resolve_through_the_name_server_set_at_run_time() {
+        let dir = tempfile::tempdir().unwrap();
+        std::fs::write(dir.path().join("object"), b"content").unwrap();
+        let server = crate::testing::StaticHttpServer::start(dir.path()).unwrap();
+        let t = Duration::from_secs(3);
+        // `.invalid` never resolves through the system resolver (RFC 6761).
+        let url = format!("http://stratum-one.invalid:{}", server.port);
+        let d = DownloadManager::new(&url, "DIRECT", t, t).unwrap();
+        let read = |body: &mut dyn Read| {
+            let mut v = Vec::new();
+            body.read_to_end(&mut v).map_err(ConsumeError::Transfer)?;
+            Ok(v)
+        };
+        assert!(d.fetch("/object", read).is_err());
+        let dns = crate::dns::tests::tiny_dns_server(std::net::Ipv4Addr::LOCALHOST);
+        d.nameserver().set(Some(dns));
+        assert_eq!(d.fetch("/object", read).unwrap(), b"content");
+        assert!(d
+            .host_info()
+            .contains("Active host 0: http://stratum-one.invalid:"));
+    }
 
     #[test]
     fn hosts_and_proxies_are_parsed() {

@@ -39,8 +39,10 @@ const GLOBAL_MAGIC: &[&str] = &[
     "user.ncleanup24",
     "user.nclg",
     "user.ndiropen",
+    "user.ndownload",
     "user.nioerr",
     "user.nopen",
+    "user.offline",
     "user.pid",
     "user.proxy",
     "user.repo_counters",
@@ -49,6 +51,7 @@ const GLOBAL_MAGIC: &[&str] = &[
     "user.tag",
     "user.timeout",
     "user.timeout_direct",
+    "user.timestamp_last_ioerr",
     "user.uptime",
     "user.usedfd",
     "user.useddirp",
@@ -94,6 +97,7 @@ pub struct CvmfsFs {
     nopen: AtomicU64,
     ndiropen: AtomicU64,
     nioerr: AtomicU64,
+    last_ioerr: AtomicU64,
 }
 
 impl CvmfsFs {
@@ -112,6 +116,7 @@ impl CvmfsFs {
             nopen: AtomicU64::new(0),
             ndiropen: AtomicU64::new(0),
             nioerr: AtomicU64::new(0),
+            last_ioerr: AtomicU64::new(0),
         }
     }
 
@@ -127,8 +132,19 @@ impl CvmfsFs {
     /// Logs a repository failure and turns it into EIO.
     fn io_error(&self, op: &str, path: &[u8], err: &dyn std::fmt::Display) -> Errno {
         self.nioerr.fetch_add(1, Ordering::Relaxed);
+        self.last_ioerr
+            .store(epoch_now().max(0) as u64, Ordering::Relaxed);
         log::error!("{}: {op} {}: {err}", self.repo.fqrn, display_path(path));
         Errno::EIO
+    }
+
+    /// Like [`CvmfsFs::io_error`], with the errno the failure calls for (ENOSPC, EROFS).
+    fn repo_error(&self, op: &str, path: &[u8], err: &RepoError) -> Errno {
+        let eio = self.io_error(op, path, err);
+        match err.errno() {
+            libc::EIO => eio,
+            n => Errno::from_i32(n),
+        }
     }
 
     /// The repository path of a kernel inode.
@@ -347,6 +363,10 @@ impl CvmfsFs {
             "user.nopen" => count(&self.nopen),
             "user.ndiropen" => count(&self.ndiropen),
             "user.nioerr" => count(&self.nioerr),
+            "user.timestamp_last_ioerr" => count(&self.last_ioerr),
+            "user.ndownload" => text(self.repo.store.downloads().to_string()),
+            // Not in the reference: 1 while no server answers (offline mode), else 0.
+            "user.offline" => text(u8::from(self.repo.is_offline()).to_string()),
             "user.usedfd" => text(
                 self.files
                     .read()
@@ -362,7 +382,10 @@ impl CvmfsFs {
                     .to_string(),
             ),
             "user.uptime" => text((self.started.elapsed().as_secs() / 60).to_string()),
-            "user.ncleanup24" => text("-1".into()),
+            "user.ncleanup24" => text(match self.repo.store.cache.quota() {
+                Some(q) => q.cleanups_last_24h().to_string(),
+                None => "-1".into(),
+            }),
             "user.inode_max" => text(
                 self.repo
                     .attached_catalogs()
@@ -495,7 +518,7 @@ impl CvmfsFs {
         let file = self
             .repo
             .open(&f)
-            .map_err(|e| self.io_error("open", &f.path, &e))?;
+            .map_err(|e| self.repo_error("open", &f.path, &e))?;
         let fh = self.handle();
         self.files
             .write()
@@ -523,7 +546,7 @@ impl CvmfsFs {
         let n = self
             .repo
             .read(&file, offset, &mut buf)
-            .map_err(|e| self.io_error("read", &file.path, &e))?;
+            .map_err(|e| self.repo_error("read", &file.path, &e))?;
         buf.truncate(n);
         Ok(buf)
     }
@@ -569,7 +592,11 @@ impl CvmfsFs {
             // No managed quota: the reference replies an all-zero statvfs.
             return Ok([0; 5]);
         };
-        let blocks = limit_mb.saturating_mul(1024 * 1024) / 512;
+        let limit = match self.repo.store.cache.quota() {
+            Some(q) => q.usage().limit,
+            None => limit_mb.saturating_mul(1024 * 1024),
+        };
+        let blocks = limit / 512;
         let counters = self
             .repo_counters()
             .map_err(|e| self.io_error("statfs", b"", &e))?;
@@ -588,8 +615,12 @@ impl CvmfsFs {
         }
         let total = total.max(0) as u64;
         let free = total.saturating_sub(loaded.max(0) as u64);
-        // Cache usage is not tracked here; report the limit as available.
-        Ok([blocks, blocks, blocks, total, free])
+        let used_blocks = match self.repo.store.cache.quota() {
+            Some(q) => q.usage().used / 512,
+            None => 0,
+        };
+        let avail = blocks.saturating_sub(used_blocks);
+        Ok([blocks, avail, avail, total, free])
     }
 }
 

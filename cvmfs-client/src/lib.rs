@@ -4,6 +4,7 @@
 pub mod cache;
 pub mod catalog;
 pub mod config;
+pub mod dns;
 pub mod download;
 pub mod fetch;
 pub mod fsck;
@@ -20,6 +21,7 @@ pub mod signature;
 mod stock_zlib;
 pub mod symlink;
 pub mod talk;
+pub mod talk_server;
 pub mod testing;
 pub mod uid_map;
 pub mod whitelist;

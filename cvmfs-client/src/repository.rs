@@ -60,6 +60,23 @@ pub enum RepoError {
         path: String,
         reason: String,
     },
+    #[error("{fqrn}: {path}: {source}")]
+    Object {
+        fqrn: String,
+        path: String,
+        source: Box<FetchError>,
+    },
+}
+
+impl RepoError {
+    /// The errno a file system operation should fail with: ENOSPC for a full cache, EROFS after
+    /// the tear-down to read-only, EIO otherwise.
+    pub fn errno(&self) -> i32 {
+        match self {
+            RepoError::Object { source, .. } => source.errno(),
+            _ => libc::EIO,
+        }
+    }
 }
 
 /// How to find and trust a repository.
@@ -86,6 +103,13 @@ pub struct RepositoryOptions {
     pub environment: HashMap<String, String>,
     /// Current time (seconds since the epoch) for the whitelist expiry check.
     pub now: i64,
+}
+
+/// Result of the talk command `remount`.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum RemountOutcome {
+    UpToDate,
+    Failed,
 }
 
 /// A catalog attached to the tree, with its inode range.
@@ -128,6 +152,7 @@ pub struct Repository {
     pub revision: u64,
     pub tag: Option<String>,
     environment: HashMap<String, String>,
+    options: RepositoryOptions,
     attached: RwLock<Vec<Attached>>,
     next_inode_base: Mutex<u64>,
 }
@@ -190,7 +215,8 @@ impl Repository {
             root_hash,
             revision: 0,
             tag,
-            environment: opts.environment,
+            environment: opts.environment.clone(),
+            options: opts,
             attached: RwLock::new(Vec::new()),
             next_inode_base: Mutex::new(FIRST_INODE_BASE),
         };
@@ -209,6 +235,76 @@ impl Repository {
             }
         }
         Ok(repo)
+    }
+
+    /// Proxy and direct download timeouts.
+    pub fn timeouts(&self) -> (Duration, Duration) {
+        (self.options.timeout, self.options.timeout_direct)
+    }
+
+    /// Talk `remount`: a mount fixed to a tag or root hash is always up to date; otherwise
+    /// the servers' manifest is fetched and verified (which also ends offline mode when they
+    /// answer again). Switching a live mount to a newer revision is not done yet: that is
+    /// reported as a failure, with the reason in the log.
+    pub fn remount(&self) -> RemountOutcome {
+        if self.options.root_hash.is_some() || self.tag.is_some() {
+            return RemountOutcome::UpToDate;
+        }
+        let now = std::time::SystemTime::now()
+            .duration_since(std::time::UNIX_EPOCH)
+            .map(|d| d.as_secs() as i64)
+            .unwrap_or(self.options.now);
+        let fetched = fetch_signed_files(&self.store, &self.options).and_then(|(m, w)| {
+            let manifest = verify_manifest(&self.store, &self.options, &m, &w, now)?;
+            Ok((manifest, m, w))
+        });
+        match fetched {
+            Err(e) => {
+                self.store.network.report_offline(&e);
+                log::warn!("{}: remount: {e}", self.fqrn);
+                RemountOutcome::Failed
+            }
+            Ok((m, mbuf, wbuf)) => {
+                self.store.network.report_online();
+                if m.revision == self.revision {
+                    if let Err(e) =
+                        StoredManifest::save(self.store.cache.dir(), &self.fqrn, &mbuf, &wbuf)
+                    {
+                        log::warn!("{}: cannot store the manifest: {e}", self.fqrn);
+                    }
+                }
+                if m.revision <= self.revision {
+                    return RemountOutcome::UpToDate;
+                }
+                log::warn!(
+                    "{}: revision {} is available (mounted: {}); applying a new revision to a \
+                     live mount is not supported yet, unmount and mount again",
+                    self.fqrn,
+                    m.revision,
+                    self.revision
+                );
+                RemountOutcome::Failed
+            }
+        }
+    }
+
+    /// Talk `evict`: removes a regular file's objects from the cache. `false` if `path` is
+    /// no regular file.
+    pub fn evict(&self, path: &[u8]) -> Result<bool, RepoError> {
+        let Some(f) = self.lookup(path)? else {
+            return Ok(false);
+        };
+        if !f.entry.is_regular() {
+            return Ok(false);
+        }
+        if f.entry.is_chunked() {
+            for c in self.chunks(&f)? {
+                self.store.cache.evict(&c.hash);
+            }
+        } else if let Some(h) = f.entry.hash {
+            self.store.cache.evict(&h);
+        }
+        Ok(true)
     }
 
     /// Whether the servers did not answer lately (offline mode).
@@ -514,15 +610,22 @@ impl Repository {
             .entry
             .hash
             .ok_or_else(|| self.content_error(&f.path, "regular file without content hash"))?;
+        let description = String::from_utf8_lossy(&f.path).into_owned();
         let file = self
             .store
-            .open(ObjectSpec {
-                hash,
-                suffix: Suffix::None,
-                compression: f.entry.compression(),
-                size: Some(f.entry.size),
-            })
-            .map_err(|e| self.content_error(&f.path, e))?;
+            .open_labeled(
+                ObjectSpec {
+                    hash,
+                    suffix: Suffix::None,
+                    compression: f.entry.compression(),
+                    size: Some(f.entry.size),
+                },
+                Label {
+                    description: &description,
+                    kind: ObjectType::Regular,
+                },
+            )
+            .map_err(|e| self.object_error(&f.path, e))?;
         Ok(OpenFile {
             path: f.path.clone(),
             size: f.entry.size,
@@ -551,6 +654,9 @@ impl Repository {
                         match &*cur {
                             Some((i, f)) if *i == idx => Arc::clone(f),
                             _ => {
+                                // Close the previous chunk first: after an eviction (a full
+                                // cache disk) its space is only freed with the last descriptor.
+                                *cur = None;
                                 let f = Arc::new(self.open_chunk(file, chunk)?);
                                 *cur = Some((idx, Arc::clone(&f)));
                                 f
@@ -578,14 +684,29 @@ impl Repository {
     }
 
     fn open_chunk(&self, file: &OpenFile, chunk: &Chunk) -> Result<File, RepoError> {
+        let description = format!("Part of {}", String::from_utf8_lossy(&file.path));
         self.store
-            .open(ObjectSpec {
-                hash: chunk.hash,
-                suffix: Suffix::Partial,
-                compression: file.compression,
-                size: Some(chunk.size),
-            })
-            .map_err(|e| self.content_error(&file.path, e))
+            .open_labeled(
+                ObjectSpec {
+                    hash: chunk.hash,
+                    suffix: Suffix::Partial,
+                    compression: file.compression,
+                    size: Some(chunk.size),
+                },
+                Label {
+                    description: &description,
+                    kind: ObjectType::Regular,
+                },
+            )
+            .map_err(|e| self.object_error(&file.path, e))
+    }
+
+    fn object_error(&self, path: &[u8], source: FetchError) -> RepoError {
+        RepoError::Object {
+            fqrn: self.fqrn.clone(),
+            path: String::from_utf8_lossy(path).into_owned(),
+            source: Box::new(source),
+        }
     }
 
     /// The download manager, if online.

@@ -20,6 +20,7 @@ use cvmfs_client::config::{Config, DEFAULT_CONFIG_ROOT};
 use cvmfs_client::fuse::CvmfsFs;
 use cvmfs_client::mount::{FuseOptions, MountSettings};
 use cvmfs_client::repository::{Repository, RepositoryOptions};
+use cvmfs_client::talk_server::{self, TalkContext};
 use fuser::{MountOption, SessionACL};
 use nix::sys::signal::{SigSet, Signal};
 use nix::unistd::ForkResult;
@@ -266,6 +267,12 @@ fn main() -> ExitCode {
 struct Prepared {
     fqrn: String,
     repo: RepositoryOptions,
+    /// `cvmfs_io.<fqrn>` in the workspace, or `CVMFS_TALK_SOCKET`.
+    talk_socket: PathBuf,
+    /// The `parameters` talk reply.
+    parameters: String,
+    /// `CVMFS_QUOTA_LIMIT` as configured.
+    quota_limit_text: String,
     fuse: FuseOptions,
     mount: MountArgs,
     mountpoint: PathBuf,
@@ -317,8 +324,21 @@ fn run(args: Args) -> Result<(), String> {
         }
     }
 
+    let talk_socket = config
+        .get("CVMFS_TALK_SOCKET")
+        .map(str::trim)
+        .filter(|p| !p.is_empty())
+        .map(PathBuf::from)
+        .unwrap_or_else(|| repo.cache_dir.join(format!("cvmfs_io.{}", args.fqrn)));
     let prepared = Prepared {
         fqrn: args.fqrn.clone(),
+        talk_socket,
+        parameters: config.dump(),
+        quota_limit_text: config
+            .get("CVMFS_QUOTA_LIMIT")
+            .map(str::trim)
+            .unwrap_or("-1")
+            .to_string(),
         repo,
         fuse,
         mount,
@@ -448,6 +468,41 @@ fn serve(p: Prepared, mut pipe: Option<OwnedFd>) -> Result<(), String> {
     );
     // The daemon works inside its cache directory (workspace).
     let _ = std::env::set_current_dir(&cache_dir);
+    if repo.is_offline() {
+        log::warn!(
+            "CernVM-FS: {} mounted in offline mode (revision {} from the cache)",
+            p.fqrn,
+            repo.revision
+        );
+    }
+
+    // The control socket listens before the mount (µCernVM talks to it right after cvmfs2
+    // returns).
+    let listener = match talk_server::bind(&p.talk_socket) {
+        Ok(l) => l,
+        Err(e) => {
+            return fail(
+                &mut pipe,
+                format!(
+                    "cannot create the control socket {}: {e}",
+                    p.talk_socket.display()
+                ),
+            )
+        }
+    };
+    let talk = Arc::new(TalkContext {
+        repo: Arc::clone(&repo),
+        mountpoint: p.mountpoint.clone(),
+        parameters: p.parameters.clone(),
+        quota_limit_text: Mutex::new(p.quota_limit_text.clone()),
+        version: env!("CARGO_PKG_VERSION").to_string(),
+    });
+    if let Err(e) = talk_server::spawn(listener, talk) {
+        return fail(
+            &mut pipe,
+            format!("cannot start the control socket thread: {e}"),
+        );
+    }
 
     let mut options = vec![
         MountOption::FSName("cvmfs2".into()),
@@ -500,6 +555,8 @@ fn serve(p: Prepared, mut pipe: Option<OwnedFd>) -> Result<(), String> {
     }
     let result = session.run();
     log::info!("CernVM-FS: {} unmounted", p.fqrn);
+    let _ = std::fs::remove_file(&p.talk_socket);
+    repo.store.cache.close();
     result.map_err(|e| format!("FUSE session: {e}"))
 }
 

@@ -1,0 +1,682 @@
+//! The cache manager through the real `cvmfs2` daemon, kernel FUSE mounts and the real-server
+//! fixture over a real HTTP server: LRU quota with pinned files, the control socket (through
+//! `cvmfs_talk`), crash recovery after `kill -9` in the middle of a download, corrupt objects and
+//! databases, offline mounts from the cache, and a cache file system that fills up.
+//!
+//! Needs root and `/dev/fuse`; otherwise the tests print why they are skipped and pass.
+
+use std::cell::RefCell;
+use std::ffi::CString;
+use std::fs::File;
+use std::io::{Read, Write};
+use std::net::{TcpListener, TcpStream};
+use std::os::unix::ffi::OsStrExt;
+use std::path::{Path, PathBuf};
+use std::process::Command;
+use std::time::{Duration, Instant};
+
+use cvmfs_client::testing::{fixture_dir, StaticHttpServer};
+use serde_json::Value;
+use sha2::Digest as _;
+
+const FQRN: &str = "demo.cernvm.test";
+
+fn skip_reason() -> Option<String> {
+    // SAFETY: geteuid has no preconditions.
+    if unsafe { libc::geteuid() } != 0 {
+        return Some("not running as root".into());
+    }
+    if !Path::new("/dev/fuse").exists() {
+        return Some("/dev/fuse is missing".into());
+    }
+    if !fixture_dir().join("srv").is_dir() {
+        return Some(format!("fixture {} is missing", fixture_dir().display()));
+    }
+    None
+}
+
+macro_rules! skip_unless_possible {
+    () => {
+        if let Some(reason) = skip_reason() {
+            eprintln!("SKIPPED: {reason}");
+            return;
+        }
+    };
+}
+
+fn is_mounted(mnt: &Path) -> bool {
+    let Ok(info) = std::fs::read_to_string("/proc/self/mountinfo") else {
+        return false;
+    };
+    let want = mnt.as_os_str().as_bytes();
+    info.lines()
+        .any(|l| l.split(' ').nth(4).is_some_and(|p| p.as_bytes() == want))
+}
+
+fn process_ended(pid: i32) -> bool {
+    match std::fs::read_to_string(format!("/proc/{pid}/stat")) {
+        Err(_) => true,
+        Ok(stat) => stat
+            .rsplit_once(')')
+            .and_then(|(_, rest)| rest.split_whitespace().next())
+            .is_some_and(|state| state == "Z" || state == "X"),
+    }
+}
+
+fn get_xattr(p: &Path, name: &str) -> std::io::Result<Vec<u8>> {
+    let path = CString::new(p.as_os_str().as_bytes()).map_err(std::io::Error::other)?;
+    let name = CString::new(name).map_err(std::io::Error::other)?;
+    let mut buf = vec![0u8; 64 * 1024];
+    // SAFETY: valid C strings; `buf` has room for `buf.len()` bytes.
+    let n = unsafe {
+        libc::lgetxattr(
+            path.as_ptr(),
+            name.as_ptr(),
+            buf.as_mut_ptr().cast(),
+            buf.len(),
+        )
+    };
+    if n < 0 {
+        return Err(std::io::Error::last_os_error());
+    }
+    buf.truncate(n as usize);
+    Ok(buf)
+}
+
+fn xattr_text(p: &Path, name: &str) -> String {
+    get_xattr(p, name)
+        .map(|v| String::from_utf8_lossy(&v).into_owned())
+        .unwrap_or_else(|e| format!("<{name}: {e}>"))
+}
+
+fn sha256_file(p: &Path) -> std::io::Result<String> {
+    let mut f = File::open(p)?;
+    let mut h = sha2::Sha256::new();
+    let mut buf = vec![0u8; 1 << 20];
+    loop {
+        let n = f.read(&mut buf)?;
+        if n == 0 {
+            break;
+        }
+        h.update(&buf[..n]);
+    }
+    Ok(h.finalize().iter().map(|b| format!("{b:02x}")).collect())
+}
+
+fn expected(tag: &str) -> Value {
+    let path = fixture_dir().join(format!("expected/{tag}.json"));
+    serde_json::from_str(&std::fs::read_to_string(path).expect("expected listing"))
+        .expect("expected listing is JSON")
+}
+
+/// Relative path → sha256 of every regular file of a tag.
+fn expected_files(tag: &str) -> Vec<(String, String)> {
+    let e = expected(tag);
+    let mut out: Vec<(String, String)> = e["entries"]
+        .as_object()
+        .expect("entries")
+        .iter()
+        .filter(|(_, v)| v["type"] == "file")
+        .filter_map(|(k, v)| Some((k.clone(), v["sha256"].as_str()?.to_string())))
+        .collect();
+    out.sort();
+    out
+}
+
+/// Reads `files` through the mount; returns the mismatches.
+fn check_files(mnt: &Path, files: &[(String, String)]) -> Vec<String> {
+    let mut problems = Vec::new();
+    for (rel, sha) in files {
+        match sha256_file(&mnt.join(rel)) {
+            Ok(got) if &got == sha => {}
+            Ok(got) => problems.push(format!("{rel}: sha256 {got}, expected {sha}")),
+            Err(e) => problems.push(format!("{rel}: {e}")),
+        }
+    }
+    problems
+}
+
+/// A cache object's path for a file of the mount (its `user.hash`).
+fn cached_object(cache_dir: &Path, mnt: &Path, rel: &str) -> PathBuf {
+    let hash = xattr_text(&mnt.join(rel), "user.hash");
+    cache_dir.join(&hash[..2]).join(&hash[2..])
+}
+
+/// One test's directories, configuration and daemons; unmounts and kills what is left on drop.
+struct Env {
+    tmp: tempfile::TempDir,
+    mnt: PathBuf,
+    cache_base: PathBuf,
+    config: PathBuf,
+    usyslog: PathBuf,
+    pids: RefCell<Vec<i32>>,
+}
+
+impl Env {
+    fn new() -> Env {
+        let tmp = tempfile::tempdir().expect("temporary directory");
+        let mnt = tmp.path().join("mnt");
+        let cache_base = tmp.path().join("cache");
+        for d in [&mnt, &cache_base] {
+            std::fs::create_dir_all(d).expect("create directory");
+        }
+        Env {
+            config: tmp.path().join("client.conf"),
+            usyslog: tmp.path().join("usyslog"),
+            mnt,
+            cache_base,
+            tmp,
+            pids: RefCell::new(Vec::new()),
+        }
+    }
+
+    fn cache_dir(&self) -> PathBuf {
+        self.cache_base.join(FQRN)
+    }
+
+    fn configure(&self, server_url: &str, tag: &str, quota_mb: i64, extra: &str) {
+        std::fs::write(
+            &self.config,
+            format!(
+                "CVMFS_SERVER_URL={server_url}/cvmfs/@fqrn@\n\
+                 CVMFS_HTTP_PROXY=DIRECT\n\
+                 CVMFS_PUBLIC_KEY={}\n\
+                 CVMFS_CACHE_BASE={}\n\
+                 CVMFS_SHARED_CACHE=no\n\
+                 CVMFS_REPOSITORY_TAG={tag}\n\
+                 CVMFS_QUOTA_LIMIT={quota_mb}\n\
+                 CVMFS_TIMEOUT=3\n\
+                 CVMFS_TIMEOUT_DIRECT=3\n\
+                 CVMFS_USYSLOG={}\n{extra}",
+                fixture_dir().join("keys/demo.cernvm.test.pub").display(),
+                self.cache_base.display(),
+                self.usyslog.display(),
+            ),
+        )
+        .expect("write the client configuration");
+    }
+
+    /// Runs `cvmfs2`; the daemon's pid on success.
+    fn mount(&self) -> Result<i32, String> {
+        let out = Command::new(env!("CARGO_BIN_EXE_cvmfs2"))
+            .arg("--config-root")
+            .arg(self.tmp.path().join("no-etc"))
+            .arg("-o")
+            .arg(format!("config={}", self.config.display()))
+            .arg(FQRN)
+            .arg(&self.mnt)
+            .output()
+            .map_err(|e| format!("run cvmfs2: {e}"))?;
+        if !out.status.success() {
+            return Err(format!(
+                "cvmfs2 failed ({}): {}",
+                out.status,
+                String::from_utf8_lossy(&out.stderr)
+            ));
+        }
+        let pid: i32 = xattr_text(&self.mnt, "user.pid")
+            .parse()
+            .map_err(|_| "no user.pid".to_string())?;
+        self.pids.borrow_mut().push(pid);
+        Ok(pid)
+    }
+
+    fn unmount(&self, pid: i32) {
+        let st = Command::new("umount")
+            .arg(&self.mnt)
+            .status()
+            .expect("umount");
+        assert!(st.success(), "umount {} failed", self.mnt.display());
+        let deadline = Instant::now() + Duration::from_secs(10);
+        while !process_ended(pid) {
+            assert!(
+                Instant::now() < deadline,
+                "daemon {pid} still runs after umount"
+            );
+            std::thread::sleep(Duration::from_millis(20));
+        }
+    }
+
+    /// A command through the `cvmfs_talk` binary.
+    fn talk(&self, command: &str) -> String {
+        let out = Command::new(env!("CARGO_BIN_EXE_cvmfs_talk"))
+            .arg("-i")
+            .arg(FQRN)
+            .arg("-b")
+            .arg(&self.cache_base)
+            .args(command.split(' '))
+            .output()
+            .expect("run cvmfs_talk");
+        assert!(
+            out.status.success(),
+            "cvmfs_talk {command}: {}",
+            String::from_utf8_lossy(&out.stderr)
+        );
+        String::from_utf8_lossy(&out.stdout).into_owned()
+    }
+
+    fn log(&self) -> String {
+        std::fs::read_to_string(&self.usyslog).unwrap_or_default()
+    }
+}
+
+impl Drop for Env {
+    fn drop(&mut self) {
+        if is_mounted(&self.mnt) {
+            let _ = Command::new("umount").arg("-l").arg(&self.mnt).status();
+        }
+        for &pid in self.pids.borrow().iter() {
+            let deadline = Instant::now() + Duration::from_secs(5);
+            while !process_ended(pid) && Instant::now() < deadline {
+                std::thread::sleep(Duration::from_millis(20));
+            }
+            if !process_ended(pid) {
+                // SAFETY: plain system call; `pid` is a daemon this test started.
+                unsafe {
+                    libc::kill(pid, libc::SIGKILL);
+                }
+            }
+        }
+    }
+}
+
+fn server() -> StaticHttpServer {
+    StaticHttpServer::start(&fixture_dir().join("srv")).expect("start the HTTP server")
+}
+
+#[test]
+fn lru_quota_keeps_pinned_files_and_the_control_socket_answers() {
+    skip_unless_possible!();
+    let srv = server();
+    let env = Env::new();
+    // 24 MB: the fixture's 38 MB chunked file alone forces cleanups (to 12 MB each time).
+    env.configure(&srv.url(), "v1", 24, "");
+    let pid = env.mount().expect("mount");
+    let cache = env.cache_dir();
+    let mnt = &env.mnt;
+
+    assert_eq!(env.talk("pin /README.txt"), "OK\n");
+    assert_eq!(env.talk("pin //medium/1mb.bin"), "OK\n");
+    assert_eq!(
+        env.talk("pin /no/such/file"),
+        "No such regular file or pinning failed\n"
+    );
+    assert_eq!(
+        env.talk("pin /big"),
+        "No such regular file or pinning failed\n"
+    );
+    assert_eq!(env.talk("pin"), "Usage: pin <path>\n");
+    let readme = cached_object(&cache, mnt, "README.txt");
+    let one_mb = cached_object(&cache, mnt, "medium/1mb.bin");
+    assert!(readme.is_file() && one_mb.is_file(), "pinning fetches");
+
+    let files = expected_files("v1");
+    let problems = check_files(mnt, &files);
+    assert!(problems.is_empty(), "{problems:#?}");
+
+    let first_chunk = cache.join("bf/13b6882401c8eb57b19f1eb7d6696a5cd2f518");
+    assert!(
+        !first_chunk.exists(),
+        "the least recently used chunk was evicted"
+    );
+    assert!(
+        readme.is_file() && one_mb.is_file(),
+        "pinned files survive cleanups"
+    );
+    let cleanups: u64 = xattr_text(mnt, "user.ncleanup24").parse().unwrap_or(0);
+    assert!(cleanups >= 1, "user.ncleanup24 = {cleanups}");
+
+    let size = env.talk("cache size");
+    let used: u64 = size
+        .split(['(', ' '])
+        .find_map(|w| w.parse().ok())
+        .unwrap_or(u64::MAX);
+    assert!(
+        size.starts_with("Current cache size is ") && used <= 24 << 20,
+        "{size}"
+    );
+    let pinned = env.talk("cache list pinned");
+    for want in [
+        "/README.txt",
+        "/medium/1mb.bin",
+        "file catalog at demo.cernvm.test: (",
+    ] {
+        assert!(pinned.contains(want), "{want} missing in {pinned}");
+    }
+    assert!(env.talk("cache list catalogs").lines().count() >= 4);
+
+    // Cleaning everything leaves exactly the pinned objects.
+    let small = cached_object(&cache, mnt, "small/1k.txt");
+    assert!(small.is_file());
+    assert_eq!(
+        env.talk("cleanup 0"),
+        "Not fully cleaned (there might be pinned chunks)\n"
+    );
+    assert!(!small.exists() && readme.is_file() && one_mb.is_file());
+
+    // Other commands, with the reference's replies.
+    let revision = expected("v1")["revision"].to_string();
+    assert_eq!(env.talk("revision"), format!("{revision}\n"));
+    assert_eq!(env.talk("pid"), format!("{pid}\n"));
+    assert_eq!(env.talk("mountpoint"), format!("{}\n", mnt.display()));
+    assert_eq!(env.talk("cache limit get"), "24\n");
+    assert_eq!(env.talk("remount"), "Catalog up to date\n");
+    assert_eq!(env.talk("no such command"), "unknown command\n");
+    assert_eq!(env.talk("nameserver get"), "DNS server not set.\n");
+    assert_eq!(env.talk("nameserver set 127.0.0.1:5353"), "OK\n");
+    assert_eq!(
+        env.talk("nameserver get"),
+        "DNS server address: 127.0.0.1:5353\n"
+    );
+    assert_eq!(env.talk("nameserver set"), "Usage: nameserver set <host>\n");
+    assert_eq!(
+        env.talk("proxy info"),
+        "Load-balance groups:\n[0] DIRECT\nActive proxy: [0] DIRECT\n"
+    );
+    let host = format!("{}/cvmfs/{FQRN}", srv.url());
+    assert_eq!(
+        env.talk("host info"),
+        format!("  [0] {host} (unprobed)\nActive host 0: {host}\n")
+    );
+    assert_eq!(env.talk("host probe"), "OK\n");
+    assert!(env.talk("host info").contains(" ms)\n"));
+    assert!(env.talk("parameters").contains("CVMFS_QUOTA_LIMIT=24"));
+    assert!(env.talk("version").ends_with(" (Loader)\n"));
+
+    // After the tear-down cached content stays readable; nothing new is stored.
+    assert_eq!(env.talk("tear down to read-only"), "In read-only mode\n");
+    assert_eq!(
+        std::fs::read(mnt.join("README.txt")).map(|b| b.len()).ok(),
+        Some(107)
+    );
+    let err = std::fs::read(mnt.join("small/1k.txt")).expect_err("no new objects");
+    assert_eq!(err.raw_os_error(), Some(libc::EROFS), "{err}");
+    assert!(!small.exists());
+    env.unmount(pid);
+}
+
+/// A TCP forwarder that passes the server's bytes on slowly, so a download is sure to be in
+/// progress when the daemon is killed.
+fn throttled_forwarder(upstream_port: u16) -> u16 {
+    let listener = TcpListener::bind("127.0.0.1:0").expect("bind the forwarder");
+    let port = listener.local_addr().expect("address").port();
+    std::thread::spawn(move || {
+        for client in listener.incoming().flatten() {
+            std::thread::spawn(move || {
+                let Ok(server) = TcpStream::connect(("127.0.0.1", upstream_port)) else {
+                    return;
+                };
+                let (mut c_in, mut s_out) = match (client.try_clone(), server.try_clone()) {
+                    (Ok(c), Ok(s)) => (c, s),
+                    _ => return,
+                };
+                std::thread::spawn(move || {
+                    let _ = std::io::copy(&mut c_in, &mut s_out);
+                });
+                let (mut s_in, mut c_out) = (server, client);
+                let mut buf = [0u8; 32 * 1024];
+                while let Ok(n) = s_in.read(&mut buf) {
+                    if n == 0 || c_out.write_all(&buf[..n]).is_err() {
+                        break;
+                    }
+                    std::thread::sleep(Duration::from_millis(20));
+                }
+            });
+        }
+    });
+    port
+}
+
+#[test]
+fn kill_during_a_download_then_remount_recovers() {
+    skip_unless_possible!();
+    let srv = server();
+    let slow = throttled_forwarder(srv.port);
+    let env = Env::new();
+    env.configure(&format!("http://127.0.0.1:{slow}"), "v1", 1000, "");
+    let pid = env.mount().expect("mount");
+    let txn = env.cache_dir().join("txn");
+
+    // Read the chunked file in the background; kill the daemon once a download is under way.
+    let big = env.mnt.join("big/chunked.dat");
+    let reader = std::thread::spawn(move || sha256_file(&big));
+    let deadline = Instant::now() + Duration::from_secs(60);
+    loop {
+        let partial = std::fs::read_dir(&txn)
+            .map(|d| d.flatten().any(|e| e.metadata().is_ok_and(|m| m.len() > 0)))
+            .unwrap_or(false);
+        if partial {
+            break;
+        }
+        assert!(Instant::now() < deadline, "no download started");
+        std::thread::sleep(Duration::from_millis(10));
+    }
+    // SAFETY: plain system call on the daemon this test started.
+    assert_eq!(unsafe { libc::kill(pid, libc::SIGKILL) }, 0);
+    let read = reader.join().expect("reader thread");
+    assert!(
+        read.is_err(),
+        "a read through a killed daemon cannot succeed"
+    );
+    let deadline = Instant::now() + Duration::from_secs(10);
+    while !process_ended(pid) {
+        assert!(Instant::now() < deadline, "killed daemon still there");
+        std::thread::sleep(Duration::from_millis(20));
+    }
+    assert!(Command::new("umount")
+        .arg("-l")
+        .arg(&env.mnt)
+        .status()
+        .expect("umount")
+        .success());
+    assert!(env.cache_dir().join(format!("running.{FQRN}")).exists());
+
+    // Same cache, direct server: the remount repairs and everything reads correctly.
+    env.configure(&srv.url(), "v1", 1000, "");
+    let pid = env.mount().expect("remount after kill -9");
+    assert!(
+        env.log().contains("did not shut down cleanly"),
+        "{}",
+        env.log()
+    );
+    let problems = check_files(&env.mnt, &expected_files("v1"));
+    assert!(problems.is_empty(), "{problems:#?}");
+    env.unmount(pid);
+    let leftovers: Vec<_> = std::fs::read_dir(&txn).expect("txn").flatten().collect();
+    assert!(leftovers.is_empty(), "{leftovers:?}");
+    assert!(!env.cache_dir().join(format!("running.{FQRN}")).exists());
+    let fsck = Command::new(env!("CARGO_BIN_EXE_cvmfs_fsck"))
+        .arg(env.cache_dir())
+        .output()
+        .expect("cvmfs_fsck");
+    assert_eq!(
+        fsck.status.code(),
+        Some(0),
+        "{}",
+        String::from_utf8_lossy(&fsck.stdout)
+    );
+}
+
+#[test]
+fn corrupt_object_and_corrupt_database_are_repaired_on_remount() {
+    skip_unless_possible!();
+    let srv = server();
+    let env = Env::new();
+    env.configure(&srv.url(), "v2", 1000, "");
+    let pid = env.mount().expect("mount");
+    let files = expected_files("v2");
+    assert!(check_files(&env.mnt, &files).is_empty());
+    let readme = cached_object(&env.cache_dir(), &env.mnt, "README.txt");
+    let one_mb = cached_object(&env.cache_dir(), &env.mnt, "medium/1mb.bin");
+    env.unmount(pid);
+
+    // Same size, different bytes: only the hash can tell.
+    let mut bytes = std::fs::read(&readme).expect("cached README");
+    bytes[3] ^= 0x20;
+    std::fs::write(&readme, &bytes).expect("corrupt README");
+    let mut bytes = std::fs::read(&one_mb).expect("cached 1mb.bin");
+    bytes[500_000] ^= 0x01;
+    std::fs::write(&one_mb, &bytes).expect("corrupt 1mb.bin");
+    std::fs::write(
+        env.cache_dir().join("cachedb"),
+        b"SQLite format 3\0 but not really",
+    )
+    .expect("corrupt cachedb");
+
+    let pid = env.mount().expect("remount with a corrupt cache");
+    let problems = check_files(&env.mnt, &files);
+    assert!(problems.is_empty(), "{problems:#?}");
+    let log = env.log();
+    assert!(log.contains("does not match its content hash"), "{log}");
+    assert!(
+        log.contains("rebuilding it from the cache directory"),
+        "{log}"
+    );
+    // The database works again: it knows the objects and the sizes add up.
+    assert!(env
+        .talk("cache list")
+        .contains("unknown (automatic rebuild)"));
+    assert!(env.talk("cache list").contains("/README.txt"));
+    env.unmount(pid);
+    let fsck = Command::new(env!("CARGO_BIN_EXE_cvmfs_fsck"))
+        .arg(env.cache_dir())
+        .output()
+        .expect("cvmfs_fsck");
+    assert_eq!(fsck.status.code(), Some(0));
+
+    // cvmfs_fsck finds and removes damage on its own, too.
+    let mut bytes = std::fs::read(&one_mb).expect("cached 1mb.bin");
+    bytes[0] ^= 0x01;
+    std::fs::write(&one_mb, &bytes).expect("corrupt 1mb.bin");
+    let fsck = Command::new(env!("CARGO_BIN_EXE_cvmfs_fsck"))
+        .arg("-p")
+        .arg(env.cache_dir())
+        .output()
+        .expect("cvmfs_fsck -p");
+    assert_eq!(fsck.status.code(), Some(1));
+    assert!(String::from_utf8_lossy(&fsck.stdout).contains("corrupt object removed"));
+    assert!(!one_mb.exists());
+}
+
+#[test]
+fn offline_mount_from_the_cache_at_a_tag_and_recovery() {
+    skip_unless_possible!();
+    let srv = server();
+    let port = srv.port;
+    let env = Env::new();
+    env.configure(&srv.url(), "v1", 1000, "");
+    let pid = env.mount().expect("mount");
+    let all = expected_files("v1");
+    let (cached, uncached): (Vec<_>, Vec<_>) = all
+        .into_iter()
+        .partition(|(rel, _)| !rel.starts_with("small/") && !rel.starts_with("software/"));
+    assert!(check_files(&env.mnt, &cached).is_empty());
+    assert_eq!(xattr_text(&env.mnt, "user.offline"), "0");
+    env.unmount(pid);
+    assert!(env
+        .cache_dir()
+        .join(format!("cvmfschecksum.{FQRN}"))
+        .is_file());
+
+    // The server goes away: the mount still works from the cache.
+    drop(srv);
+    let pid = env.mount().expect("offline mount");
+    assert_eq!(xattr_text(&env.mnt, "user.offline"), "1");
+    assert_eq!(
+        xattr_text(&env.mnt, "user.root_hash"),
+        expected("v1")["root_catalog"].as_str().unwrap_or("?")
+    );
+    let problems = check_files(&env.mnt, &cached);
+    assert!(problems.is_empty(), "{problems:#?}");
+    let (rel, _) = uncached
+        .iter()
+        .find(|(r, _)| r.starts_with("small/"))
+        .expect("an uncached file");
+    let err = std::fs::read(env.mnt.join(rel)).expect_err("uncached file while offline");
+    assert_eq!(err.raw_os_error(), Some(libc::EIO), "{err}");
+    assert!(env.log().contains("entering offline mode"), "{}", env.log());
+    // The nested catalog below /software was never loaded: listing it fails, cleanly.
+    assert!(std::fs::read_dir(env.mnt.join("software")).is_err());
+
+    // The server is back (same address): the next access recovers.
+    let _srv = StaticHttpServer::start_on(&fixture_dir().join("srv"), port).expect("restart");
+    let problems = check_files(&env.mnt, &uncached);
+    assert!(problems.is_empty(), "{problems:#?}");
+    assert_eq!(xattr_text(&env.mnt, "user.offline"), "0");
+    assert!(env.log().contains("leaving offline mode"), "{}", env.log());
+    env.unmount(pid);
+}
+
+/// A tmpfs of `size` mounted for the test, unmounted on drop.
+struct SmallFs(PathBuf);
+
+impl SmallFs {
+    fn mount(at: &Path, size: &str) -> Option<SmallFs> {
+        let ok = Command::new("mount")
+            .args(["-t", "tmpfs", "-o", &format!("size={size}"), "tmpfs"])
+            .arg(at)
+            .status()
+            .is_ok_and(|s| s.success());
+        ok.then(|| SmallFs(at.to_path_buf()))
+    }
+}
+
+impl Drop for SmallFs {
+    fn drop(&mut self) {
+        let _ = Command::new("umount").arg("-l").arg(&self.0).status();
+    }
+}
+
+#[test]
+fn full_cache_file_system_cleans_up_and_never_corrupts_the_cache() {
+    skip_unless_possible!();
+    let srv = server();
+    let env = Env::new();
+    // 10 MB of disk under a 1000 MB quota: the disk fills long before the quota does. The
+    // 11 MB chunk can never fit; everything else must, after cleanups.
+    let Some(_fs) = SmallFs::mount(&env.cache_base, "10m") else {
+        eprintln!("SKIPPED: cannot mount a tmpfs");
+        return;
+    };
+    env.configure(&srv.url(), "v1", 1000, "");
+    let pid = env.mount().expect("mount on a small file system");
+    let files: Vec<_> = expected_files("v1")
+        .into_iter()
+        .filter(|(rel, _)| rel != "big/chunked.dat")
+        .collect();
+    let problems = check_files(&env.mnt, &files);
+    assert!(problems.is_empty(), "{problems:#?}");
+
+    // Chunks of 5, 8.5 and 6.5 MB one after the other: only possible with cleanups.
+    let big = env.mnt.join("big/chunked.dat");
+    let mut f = File::open(&big).expect("open the chunked file");
+    let mut buf = vec![0u8; 1 << 20];
+    let mut read = 0u64;
+    let err = loop {
+        match f.read(&mut buf) {
+            Ok(0) => panic!("the 11 MB chunk cannot fit in a 10 MB file system"),
+            Ok(n) => read += n as u64,
+            Err(e) => break e,
+        }
+    };
+    assert_eq!(err.raw_os_error(), Some(libc::ENOSPC), "{err}");
+    // Past the second chunk (5 + 8.5 MB > 10 MB): the first had to be evicted.
+    assert!(read >= 14 << 20, "read only {read} bytes");
+    assert!(env.log().contains("disk full"), "{}", env.log());
+    drop(f);
+
+    // The mount stays usable and the cache consistent.
+    let problems = check_files(&env.mnt, &files[..3]);
+    assert!(problems.is_empty(), "{problems:#?}");
+    env.unmount(pid);
+    let fsck = Command::new(env!("CARGO_BIN_EXE_cvmfs_fsck"))
+        .arg(env.cache_dir())
+        .output()
+        .expect("cvmfs_fsck");
+    assert_eq!(
+        fsck.status.code(),
+        Some(0),
+        "{}",
+        String::from_utf8_lossy(&fsck.stdout)
+    );
+}
