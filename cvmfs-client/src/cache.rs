@@ -164,6 +164,13 @@ impl Cache {
         if self.is_read_only() || self.db_stale.load(Ordering::SeqCst) {
             return;
         }
+        if let Some(q) = &self.quota {
+            if let Err(e) = q.close() {
+                // The guard stays: the next start rebuilds the database.
+                log::warn!("{e}");
+                return;
+            }
+        }
         if let Some(g) = &self.running_guard {
             let _ = fs::remove_file(g);
         }

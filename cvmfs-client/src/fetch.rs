@@ -15,7 +15,7 @@ use flate2::read::ZlibDecoder;
 use crate::cache::{Cache, CacheError, Label};
 use crate::catalog::Compression;
 use crate::download::{ConsumeError, DownloadError, DownloadManager};
-use crate::hash::{ContentHash, Hasher, Suffix};
+use crate::hash::{Algorithm, ContentHash, Hasher, Suffix};
 use crate::stock_zlib::StockDeflate;
 
 /// Errors of object retrieval.
@@ -359,9 +359,14 @@ impl ObjectStore {
             other => ConsumeError::Local(io::Error::other(other.to_string())),
         };
         let limit = spec.size.unwrap_or(MAX_UNSIZED_OBJECT);
-        dl.fetch(&format!("/{object}"), |body| {
+        let (path, digest) = dl.fetch(&format!("/{object}"), |body| {
             let mut txn = self.cache.begin().map_err(local)?;
-            let n = copy_verified(body, spec.hash, spec.compression, &mut txn, limit)?;
+            let mut sink = HashingWriter {
+                inner: &mut txn,
+                hasher: Some(Algorithm::Sha1.hasher()),
+            };
+            let n = copy_verified(body, spec.hash, spec.compression, &mut sink, limit)?;
+            let digest = sink.hasher.take().map(Hasher::finish);
             txn.flush().map_err(ConsumeError::Local)?;
             if let Some(want) = spec.size {
                 if n != want {
@@ -370,8 +375,18 @@ impl ObjectStore {
                     )));
                 }
             }
-            self.cache.commit_as(txn, &spec.hash, label).map_err(local)
-        })
+            let path = self
+                .cache
+                .commit_as(txn, &spec.hash, label)
+                .map_err(local)?;
+            Ok((path, digest))
+        })?;
+        if let (Some(q), Some(d)) = (self.cache.quota(), digest) {
+            if let Err(e) = q.record_digest(&spec.hash, &d) {
+                log::warn!("{e}");
+            }
+        }
+        Ok(path)
     }
 
     fn mark_verified(&self, hash: ContentHash) {
@@ -401,8 +416,19 @@ impl ObjectStore {
         {
             return true;
         }
-        match cached_object_matches(p, spec.hash, Some(spec.compression)) {
+        // Fast path: the digest of the decompressed content recorded at download time.
+        let recorded = self.cache.quota().and_then(|q| q.digest(&spec.hash));
+        let checked = match recorded {
+            Some(want) => file_digest(p).map(|d| d == want),
+            None => cached_object_matches(p, spec.hash, Some(spec.compression)),
+        };
+        match checked {
             Ok(true) => {
+                if let (Some(q), None) = (self.cache.quota(), recorded) {
+                    if let Ok(d) = file_digest(p) {
+                        let _ = q.record_digest(&spec.hash, &d);
+                    }
+                }
                 self.mark_verified(spec.hash);
                 true
             }
@@ -430,6 +456,37 @@ impl ObjectStore {
         let p = self.get_labeled(spec, label)?;
         File::open(&p).map_err(|source| FetchError::Cache(CacheError::Io { path: p, source }))
     }
+}
+
+/// Passes writes on and hashes them.
+struct HashingWriter<'a, W: io::Write> {
+    inner: &'a mut W,
+    hasher: Option<Hasher>,
+}
+
+impl<W: io::Write> io::Write for HashingWriter<'_, W> {
+    fn write(&mut self, buf: &[u8]) -> io::Result<usize> {
+        let n = self.inner.write(buf)?;
+        if let Some(h) = self.hasher.as_mut() {
+            h.update(&buf[..n]);
+        }
+        Ok(n)
+    }
+
+    fn flush(&mut self) -> io::Result<()> {
+        self.inner.flush()
+    }
+}
+
+/// SHA-1 of a cached (decompressed) file: the local integrity digest.
+fn file_digest(p: &Path) -> io::Result<ContentHash> {
+    let mut f = File::open(p)?;
+    let mut sink = HashingSink(Some(Algorithm::Sha1.hasher()));
+    io::copy(&mut f, &mut sink)?;
+    sink.0
+        .take()
+        .map(Hasher::finish)
+        .ok_or_else(|| io::Error::other("hasher consumed"))
 }
 
 /// A `Write` sink that only hashes.

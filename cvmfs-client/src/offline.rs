@@ -49,10 +49,14 @@ impl Breadcrumb {
         Breadcrumb::parse(&fs::read(Breadcrumb::path(cache_dir, fqrn)).ok()?)
     }
 
-    /// Writes the breadcrumb (no trailing newline, as the reference).
+    /// Writes the breadcrumb (no trailing newline, as the reference), unless it is unchanged.
     pub fn write(&self, cache_dir: &Path, fqrn: &str) -> io::Result<()> {
         let text = format!("{}T{}R{}", self.root_hash, self.timestamp, self.revision);
-        write_atomic(&Breadcrumb::path(cache_dir, fqrn), text.as_bytes())
+        let path = Breadcrumb::path(cache_dir, fqrn);
+        if fs::read(&path).is_ok_and(|old| old == text.as_bytes()) {
+            return Ok(());
+        }
+        write_atomic(&path, text.as_bytes())
     }
 }
 
@@ -93,8 +97,16 @@ impl StoredManifest {
     }
 
     /// Stores freshly verified copies (whitelist first: a manifest is only used with one).
+    /// Unchanged copies only get a new time stamp (no writes on every mount).
     pub fn save(cache_dir: &Path, fqrn: &str, manifest: &[u8], whitelist: &[u8]) -> io::Result<()> {
         let (m, w) = StoredManifest::paths(cache_dir, fqrn);
+        let same = |p: &Path, data: &[u8]| fs::read(p).is_ok_and(|old| old == data);
+        if same(&w, whitelist) && same(&m, manifest) {
+            return fs::File::options()
+                .write(true)
+                .open(&m)?
+                .set_modified(std::time::SystemTime::now());
+        }
         write_atomic(&w, whitelist)?;
         write_atomic(&m, manifest)
     }

@@ -779,7 +779,10 @@ fn current_manifest(
     let fqrn = &opts.fqrn;
     let cache_dir = store.cache.dir().to_path_buf();
     let stored = StoredManifest::load(&cache_dir, fqrn);
-    let local = stored.as_ref().and_then(|s| {
+    // The stored copy is verified only when it is used (the servers did not answer, or they
+    // offer an older revision); a mount with the servers reachable does not pay for it.
+    let verified_local = || {
+        let s = stored.as_ref()?;
         match verify_manifest(store, opts, &s.manifest, &s.whitelist, s.stored_at) {
             Ok(m) => Some(m),
             Err(e) => {
@@ -787,36 +790,44 @@ fn current_manifest(
                 None
             }
         }
-    });
+    };
     let online = fetch_signed_files(store, opts).and_then(|(mbuf, wbuf)| {
         let m = verify_manifest(store, opts, &mbuf, &wbuf, opts.now)?;
         Ok((m, mbuf, wbuf))
     });
-    match (online, local) {
-        (Ok((m, mbuf, wbuf)), local) => {
-            if let Some(l) = local.filter(|l| l.revision > m.revision) {
-                log::warn!(
-                    "{fqrn}: the servers offer revision {}, older than revision {} seen before; \
-                     keeping the newer one",
-                    m.revision,
-                    l.revision
-                );
-                return Ok((l, false));
+    match online {
+        Ok((m, mbuf, wbuf)) => {
+            let stored_revision = stored
+                .as_ref()
+                .and_then(|s| Manifest::parse_signed(&s.manifest, fqrn).ok())
+                .map(|(l, _)| l.revision);
+            if stored_revision.is_some_and(|r| r > m.revision) {
+                if let Some(l) = verified_local() {
+                    log::warn!(
+                        "{fqrn}: the servers offer revision {}, older than revision {} seen \
+                         before; keeping the newer one",
+                        m.revision,
+                        l.revision
+                    );
+                    return Ok((l, false));
+                }
             }
             if let Err(e) = StoredManifest::save(&cache_dir, fqrn, &mbuf, &wbuf) {
                 log::warn!("{fqrn}: cannot store the manifest in the cache: {e}");
             }
             Ok((m, true))
         }
-        (Err(e), Some(l)) => {
-            store.network.report_offline(&e);
-            log::warn!(
-                "{fqrn}: mounting revision {} from the cache (offline): {e}",
-                l.revision
-            );
-            Ok((l, false))
-        }
-        (Err(e), None) => Err(e),
+        Err(e) => match verified_local() {
+            Some(l) => {
+                store.network.report_offline(&e);
+                log::warn!(
+                    "{fqrn}: mounting revision {} from the cache (offline): {e}",
+                    l.revision
+                );
+                Ok((l, false))
+            }
+            None => Err(e),
+        },
     }
 }
 
