@@ -23,6 +23,8 @@ pub enum CacheError {
     Quota(#[from] QuotaError),
     #[error("the cache is read-only (torn down for shutdown)")]
     ReadOnly,
+    #[error("the cache is in use by another cvmfs2 process (lock {path})")]
+    InUse { path: PathBuf },
 }
 
 impl CacheError {
@@ -32,6 +34,7 @@ impl CacheError {
             CacheError::Io { source, .. } => source.raw_os_error().unwrap_or(libc::EIO),
             CacheError::Quota(_) => libc::EIO,
             CacheError::ReadOnly => libc::EROFS,
+            CacheError::InUse { .. } => libc::EBUSY,
         }
     }
 }
@@ -69,6 +72,8 @@ pub struct Cache {
     /// The quota database missed an update: keep the crash guard so it is rebuilt.
     db_stale: AtomicBool,
     running_guard: Option<PathBuf>,
+    /// `lock.<fqrn>`, locked (flock) while the cache is in use.
+    _lock: Option<File>,
 }
 
 impl std::fmt::Debug for Cache {
@@ -113,6 +118,12 @@ impl Cache {
         if !sentinel.exists() {
             File::create(&sentinel).map_err(io(&sentinel))?;
         }
+        // One daemon per repository and cache (the guard below means "this one crashed" only
+        // if no other process can hold it). Released when the process ends, however it ends.
+        let lock = match &opts.fqrn {
+            Some(fqrn) => Some(lock_workspace(&dir.join(format!("lock.{fqrn}")))?),
+            None => None,
+        };
         let running_guard = opts
             .fqrn
             .as_ref()
@@ -138,6 +149,7 @@ impl Cache {
             read_only: AtomicBool::new(false),
             db_stale: AtomicBool::new(false),
             running_guard,
+            _lock: lock,
         })
     }
 
@@ -278,6 +290,39 @@ impl Drop for Cache {
     }
 }
 
+/// Takes the exclusive lock on `path` without waiting.
+fn lock_workspace(path: &Path) -> Result<File, CacheError> {
+    let f = OpenOptions::new()
+        .create(true)
+        .truncate(false)
+        .write(true)
+        .open(path)
+        .map_err(|source| CacheError::Io {
+            path: path.to_path_buf(),
+            source,
+        })?;
+    // SAFETY: flock on a descriptor we own.
+    if unsafe {
+        libc::flock(
+            std::os::fd::AsRawFd::as_raw_fd(&f),
+            libc::LOCK_EX | libc::LOCK_NB,
+        )
+    } != 0
+    {
+        let e = io::Error::last_os_error();
+        if e.raw_os_error() == Some(libc::EWOULDBLOCK) {
+            return Err(CacheError::InUse {
+                path: path.to_path_buf(),
+            });
+        }
+        return Err(CacheError::Io {
+            path: path.to_path_buf(),
+            source: e,
+        });
+    }
+    Ok(f)
+}
+
 fn ignore_exists(e: io::Error) -> io::Result<()> {
     if e.kind() == io::ErrorKind::AlreadyExists {
         Ok(())
@@ -346,6 +391,26 @@ mod tests {
         assert_eq!(fs::read(&p).unwrap(), b"hello");
         assert_eq!(c.lookup(&h), Some(p));
         assert_eq!(fs::read_dir(d.path().join("txn")).unwrap().count(), 0);
+    }
+
+    #[test]
+    fn one_user_per_repository_and_crash_guard() {
+        let d = tempfile::tempdir().unwrap();
+        let opts = CacheOptions {
+            quota_limit: Some(1 << 20),
+            fqrn: Some("x.test".into()),
+        };
+        let c = Cache::open_with(d.path(), &opts).unwrap();
+        assert!(d.path().join("running.x.test").exists());
+        assert!(matches!(
+            Cache::open_with(d.path(), &opts),
+            Err(CacheError::InUse { .. })
+        ));
+        c.close();
+        drop(c);
+        assert!(!d.path().join("running.x.test").exists());
+        // The lock went with the first user.
+        Cache::open_with(d.path(), &opts).unwrap();
     }
 
     #[test]
