@@ -683,6 +683,8 @@ impl QuotaManager {
 fn open_db(path: &Path, check: bool) -> Result<Connection, rusqlite::Error> {
     let db = Connection::open(path)?;
     db.execute_batch("PRAGMA synchronous=0; PRAGMA locking_mode=EXCLUSIVE; PRAGMA auto_vacuum=1;")?;
+    // Keep the rollback journal file between transactions (one per inserted object).
+    db.query_row("PRAGMA journal_mode=TRUNCATE", [], |_| Ok(()))?;
     let check: String = if check {
         db.query_row("PRAGMA quick_check", [], |r| r.get(0))?
     } else {
