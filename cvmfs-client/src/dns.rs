@@ -2,9 +2,12 @@
 //! talk command `nameserver set <addr>` (µCernVM sends it right after mounting, when the
 //! initramfs may have no `/etc/resolv.conf`) every lookup is an A query over UDP to that server.
 
+use std::future::Future;
 use std::io;
 use std::net::{IpAddr, Ipv4Addr, SocketAddr, ToSocketAddrs, UdpSocket};
-use std::sync::{Arc, RwLock};
+use std::pin::Pin;
+use std::sync::{Arc, Mutex, RwLock};
+use std::task::{Context, Poll, Waker};
 use std::time::Duration;
 
 /// Per-query timeout and attempts towards a configured name server.
@@ -48,13 +51,57 @@ impl Nameserver {
     }
 }
 
+/// The result of a lookup running on its own thread, as a future: the HTTP client's runtime
+/// thread must never block on a slow or dead name server.
+struct ThreadLookup {
+    shared: Arc<Mutex<LookupState>>,
+}
+
+/// The result once there is one, and who to wake then.
+type LookupState = (Option<io::Result<Vec<SocketAddr>>>, Option<Waker>);
+
+impl ThreadLookup {
+    fn start(ns: Nameserver, host: String) -> ThreadLookup {
+        let shared: Arc<Mutex<LookupState>> = Arc::new(Mutex::new((None, None)));
+        let theirs = Arc::clone(&shared);
+        let spawned = std::thread::Builder::new()
+            .name("resolve".into())
+            .spawn(move || {
+                let result = ns.resolve(&host);
+                let mut s = theirs.lock().unwrap_or_else(|e| e.into_inner());
+                s.0 = Some(result);
+                if let Some(w) = s.1.take() {
+                    w.wake();
+                }
+            });
+        if let Err(e) = spawned {
+            shared.lock().unwrap_or_else(|e| e.into_inner()).0 = Some(Err(e));
+        }
+        ThreadLookup { shared }
+    }
+}
+
+impl Future for ThreadLookup {
+    type Output = io::Result<Vec<SocketAddr>>;
+
+    fn poll(self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<Self::Output> {
+        let mut s = self.shared.lock().unwrap_or_else(|e| e.into_inner());
+        match s.0.take() {
+            Some(r) => Poll::Ready(r),
+            None => {
+                s.1 = Some(cx.waker().clone());
+                Poll::Pending
+            }
+        }
+    }
+}
+
 impl reqwest::dns::Resolve for Nameserver {
     fn resolve(&self, name: reqwest::dns::Name) -> reqwest::dns::Resolving {
-        let this = self.clone();
         let host = name.as_str().to_string();
+        let lookup = ThreadLookup::start(self.clone(), host.clone());
         Box::pin(async move {
-            // Bounded by the query timeouts; the blocking HTTP client runs its own runtime.
-            let addrs = this.resolve(&host).map_err(|e| {
+            let addrs = lookup.await.map_err(|e| {
                 Box::new(io::Error::new(e.kind(), format!("resolving {host}: {e}")))
                     as Box<dyn std::error::Error + Send + Sync>
             })?;

@@ -30,6 +30,8 @@ pub enum FsckError {
     NotACache { path: PathBuf },
     #[error("{path}: {source}")]
     Io { path: PathBuf, source: io::Error },
+    #[error("{path} is in use by the cvmfs2 of {fqrn}; unmount it first")]
+    InUse { path: PathBuf, fqrn: String },
     #[error(transparent)]
     Quota(#[from] crate::quota::QuotaError),
 }
@@ -46,6 +48,7 @@ pub fn check(dir: &Path, repair: bool) -> Result<FsckReport, FsckError> {
         let path = path.to_path_buf();
         move |source| FsckError::Io { path, source }
     };
+    refuse_if_in_use(dir)?;
     let mut report = FsckReport::default();
     let txn = dir.join("txn");
     if let Ok(entries) = fs::read_dir(&txn) {
@@ -99,6 +102,37 @@ pub fn check(dir: &Path, repair: bool) -> Result<FsckReport, FsckError> {
         }
     }
     Ok(report)
+}
+
+/// A daemon holds `lock.<fqrn>` while it uses the cache; checking under it could remove a
+/// download being renamed into place and would rebuild the database behind the daemon's back.
+fn refuse_if_in_use(dir: &Path) -> Result<(), FsckError> {
+    let Ok(entries) = fs::read_dir(dir) else {
+        return Ok(());
+    };
+    for e in entries.flatten() {
+        let name = e.file_name();
+        let Some(fqrn) = name.to_str().and_then(|n| n.strip_prefix("lock.")) else {
+            continue;
+        };
+        let Ok(f) = fs::File::open(e.path()) else {
+            continue;
+        };
+        // SAFETY: flock on a descriptor we own; released when `f` is closed.
+        let held = unsafe {
+            libc::flock(
+                std::os::fd::AsRawFd::as_raw_fd(&f),
+                libc::LOCK_SH | libc::LOCK_NB,
+            )
+        } != 0;
+        if held {
+            return Err(FsckError::InUse {
+                path: dir.to_path_buf(),
+                fqrn: fqrn.to_string(),
+            });
+        }
+    }
+    Ok(())
 }
 
 #[cfg(test)]
@@ -186,11 +220,23 @@ mod tests {
     }
 
     #[test]
-    fn refuses_a_directory_that_is_no_cache() {
+    fn refuses_a_directory_that_is_no_cache_or_in_use() {
         let d = tempfile::tempdir().unwrap();
         assert!(matches!(
             check(d.path(), true),
             Err(FsckError::NotACache { .. })
         ));
+        let opts = crate::cache::CacheOptions {
+            quota_limit: Some(1 << 20),
+            fqrn: Some("x.test".into()),
+        };
+        let cache = crate::cache::Cache::open_with(d.path(), &opts).unwrap();
+        assert!(matches!(
+            check(d.path(), true),
+            Err(FsckError::InUse { .. })
+        ));
+        cache.close();
+        drop(cache);
+        assert!(check(d.path(), true).is_ok());
     }
 }
