@@ -478,30 +478,14 @@ impl QuotaManager {
         {
             let mut stmt = db
                 .prepare_cached("SELECT sha1, size FROM cache_catalog ORDER BY acseq")
-                .map_err(|e| QuotaError::Db {
-                    path: self.db_path.clone(),
-                    source: e,
-                })?;
-            let mut rows = stmt.query([]).map_err(|e| QuotaError::Db {
-                path: self.db_path.clone(),
-                source: e,
-            })?;
+                .map_err(|e| self.db_err(e))?;
+            let mut rows = stmt.query([]).map_err(|e| self.db_err(e))?;
             while gauge > leave {
-                let Some(row) = rows.next().map_err(|e| QuotaError::Db {
-                    path: self.db_path.clone(),
-                    source: e,
-                })?
-                else {
+                let Some(row) = rows.next().map_err(|e| self.db_err(e))? else {
                     break;
                 };
-                let k: String = row.get(0).map_err(|e| QuotaError::Db {
-                    path: self.db_path.clone(),
-                    source: e,
-                })?;
-                let size: i64 = row.get(1).map_err(|e| QuotaError::Db {
-                    path: self.db_path.clone(),
-                    source: e,
-                })?;
+                let k: String = row.get(0).map_err(|e| self.db_err(e))?;
+                let size: i64 = row.get(1).map_err(|e| self.db_err(e))?;
                 if inner.pinned.contains_key(&k) {
                     continue;
                 }
@@ -509,23 +493,14 @@ impl QuotaManager {
                 victims.push((k, size.max(0) as u64));
             }
         }
-        let tx = db.transaction().map_err(|e| QuotaError::Db {
-            path: self.db_path.clone(),
-            source: e,
-        })?;
+        let tx = db.transaction().map_err(|e| self.db_err(e))?;
         {
             let mut del = tx
                 .prepare_cached("DELETE FROM cache_catalog WHERE sha1=?1")
-                .map_err(|e| QuotaError::Db {
-                    path: self.db_path.clone(),
-                    source: e,
-                })?;
+                .map_err(|e| self.db_err(e))?;
             let mut del_digest = tx
                 .prepare_cached("DELETE FROM content_digest WHERE sha1=?1")
-                .map_err(|e| QuotaError::Db {
-                    path: self.db_path.clone(),
-                    source: e,
-                })?;
+                .map_err(|e| self.db_err(e))?;
             for (k, _) in &victims {
                 // The file goes first: a row without a file is harmless, a file without a row
                 // would escape the quota.
@@ -534,20 +509,11 @@ impl QuotaManager {
                     Err(e) if e.kind() == io::ErrorKind::NotFound => {}
                     Err(e) => log::warn!("cannot evict {k}: {e}"),
                 }
-                del.execute([k]).map_err(|e| QuotaError::Db {
-                    path: self.db_path.clone(),
-                    source: e,
-                })?;
-                del_digest.execute([k]).map_err(|e| QuotaError::Db {
-                    path: self.db_path.clone(),
-                    source: e,
-                })?;
+                del.execute([k]).map_err(|e| self.db_err(e))?;
+                del_digest.execute([k]).map_err(|e| self.db_err(e))?;
             }
         }
-        tx.commit().map_err(|e| QuotaError::Db {
-            path: self.db_path.clone(),
-            source: e,
-        })?;
+        tx.commit().map_err(|e| self.db_err(e))?;
         let freed: u64 = victims.iter().map(|(_, s)| s).sum();
         inner.gauge = inner.gauge.saturating_sub(freed);
         let t = now();

@@ -936,13 +936,20 @@ fn resolve_tag(
     let h = m
         .history
         .ok_or_else(|| err("the manifest has no history database (H)".into()))?;
+    let description = format!("tag database for {fqrn}");
     let path = store
-        .get(ObjectSpec {
-            hash: h,
-            suffix: Suffix::History,
-            compression: Compression::Zlib,
-            size: None,
-        })
+        .get_labeled(
+            ObjectSpec {
+                hash: h,
+                suffix: Suffix::History,
+                compression: Compression::Zlib,
+                size: None,
+            },
+            Label {
+                description: &description,
+                kind: ObjectType::Regular,
+            },
+        )
         .map_err(|e: FetchError| err(e.to_string()))?;
     let hist = History::open(&path).map_err(|e: HistoryError| err(e.to_string()))?;
     hist.tag(tag)
