@@ -72,8 +72,8 @@ pub struct Cache {
     /// The quota database missed an update: keep the crash guard so it is rebuilt.
     db_stale: AtomicBool,
     running_guard: Option<PathBuf>,
-    /// `lock.<fqrn>`, locked (flock) while the cache is in use.
-    _lock: Option<File>,
+    /// `lock.<fqrn>`, locked (flock) while the cache is in use; released by `close`.
+    lock: std::sync::Mutex<Option<File>>,
 }
 
 impl std::fmt::Debug for Cache {
@@ -149,7 +149,7 @@ impl Cache {
             read_only: AtomicBool::new(false),
             db_stale: AtomicBool::new(false),
             running_guard,
-            _lock: lock,
+            lock: std::sync::Mutex::new(lock),
         })
     }
 
@@ -173,19 +173,22 @@ impl Cache {
     /// A clean end of use: removes the crash guard (unless torn down to read-only, where the
     /// file system may already be read-only and the guard is removed by the next start).
     pub fn close(&self) {
-        if self.is_read_only() || self.db_stale.load(Ordering::SeqCst) {
-            return;
-        }
-        if let Some(q) = &self.quota {
-            if let Err(e) = q.close() {
-                // The guard stays: the next start rebuilds the database.
-                log::warn!("{e}");
-                return;
+        if !self.is_read_only() && !self.db_stale.load(Ordering::SeqCst) {
+            match self.quota.as_ref().map(QuotaManager::close) {
+                Some(Err(e)) => {
+                    // The guard stays: the next start rebuilds the database.
+                    log::warn!("{e}");
+                }
+                _ => {
+                    if let Some(g) = &self.running_guard {
+                        let _ = fs::remove_file(g);
+                    }
+                }
             }
         }
-        if let Some(g) = &self.running_guard {
-            let _ = fs::remove_file(g);
-        }
+        // Released now rather than when the process is gone: a mount right after the unmount
+        // must find the cache free (µCernVM remounts at once).
+        self.lock.lock().unwrap_or_else(|e| e.into_inner()).take();
     }
 
     pub fn dir(&self) -> &Path {
@@ -290,7 +293,10 @@ impl Drop for Cache {
     }
 }
 
-/// Takes the exclusive lock on `path` without waiting.
+/// How long to wait for a previous daemon that is still ending.
+const LOCK_WAIT: std::time::Duration = std::time::Duration::from_secs(5);
+
+/// Takes the exclusive lock on `path`, waiting at most [`LOCK_WAIT`].
 fn lock_workspace(path: &Path) -> Result<File, CacheError> {
     let f = OpenOptions::new()
         .create(true)
@@ -301,26 +307,32 @@ fn lock_workspace(path: &Path) -> Result<File, CacheError> {
             path: path.to_path_buf(),
             source,
         })?;
-    // SAFETY: flock on a descriptor we own.
-    if unsafe {
-        libc::flock(
-            std::os::fd::AsRawFd::as_raw_fd(&f),
-            libc::LOCK_EX | libc::LOCK_NB,
-        )
-    } != 0
-    {
+    let deadline = std::time::Instant::now() + LOCK_WAIT;
+    loop {
+        // SAFETY: flock on a descriptor we own.
+        let rc = unsafe {
+            libc::flock(
+                std::os::fd::AsRawFd::as_raw_fd(&f),
+                libc::LOCK_EX | libc::LOCK_NB,
+            )
+        };
+        if rc == 0 {
+            return Ok(f);
+        }
         let e = io::Error::last_os_error();
-        if e.raw_os_error() == Some(libc::EWOULDBLOCK) {
+        if e.raw_os_error() != Some(libc::EWOULDBLOCK) {
+            return Err(CacheError::Io {
+                path: path.to_path_buf(),
+                source: e,
+            });
+        }
+        if std::time::Instant::now() >= deadline {
             return Err(CacheError::InUse {
                 path: path.to_path_buf(),
             });
         }
-        return Err(CacheError::Io {
-            path: path.to_path_buf(),
-            source: e,
-        });
+        std::thread::sleep(std::time::Duration::from_millis(20));
     }
-    Ok(f)
 }
 
 fn ignore_exists(e: io::Error) -> io::Result<()> {
