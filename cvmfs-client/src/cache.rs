@@ -10,6 +10,8 @@ use std::fs::{self, File, OpenOptions};
 use std::io::{self, Write};
 use std::path::{Path, PathBuf};
 use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
+use std::sync::{Arc, Condvar, Mutex};
+use std::time::Duration;
 
 use crate::hash::ContentHash;
 use crate::quota::{ObjectType, QuotaError, QuotaManager};
@@ -72,8 +74,9 @@ pub struct Cache {
     /// The quota database missed an update: keep the crash guard so it is rebuilt.
     db_stale: AtomicBool,
     running_guard: Option<PathBuf>,
+    in_flight: Arc<InFlight>,
     /// `lock.<fqrn>`, locked (flock) while the cache is in use; released by `close`.
-    lock: std::sync::Mutex<Option<File>>,
+    lock: Mutex<Option<File>>,
 }
 
 impl std::fmt::Debug for Cache {
@@ -149,7 +152,8 @@ impl Cache {
             read_only: AtomicBool::new(false),
             db_stale: AtomicBool::new(false),
             running_guard,
-            lock: std::sync::Mutex::new(lock),
+            in_flight: Arc::default(),
+            lock: Mutex::new(lock),
         })
     }
 
@@ -159,8 +163,33 @@ impl Cache {
     }
 
     /// Tear-down to read-only (spec §9.7): no new objects, no database writes.
+    /// Downloads already writing may finish (for at most `TEAR_DOWN_WAIT`) before the
+    /// database closes.
     pub fn tear_down_to_read_only(&self) {
+        let mut count = self
+            .in_flight
+            .count
+            .lock()
+            .unwrap_or_else(|e| e.into_inner());
         self.read_only.store(true, Ordering::SeqCst);
+        let deadline = std::time::Instant::now() + TEAR_DOWN_WAIT;
+        while *count > 0 {
+            let left = deadline.saturating_duration_since(std::time::Instant::now());
+            if left.is_zero() {
+                log::warn!(
+                    "tear-down: {} downloads still running; not waiting longer",
+                    *count
+                );
+                break;
+            }
+            count = self
+                .in_flight
+                .done
+                .wait_timeout(count, left)
+                .unwrap_or_else(|e| e.into_inner())
+                .0;
+        }
+        drop(count);
         if let Some(q) = &self.quota {
             q.tear_down();
         }
@@ -226,9 +255,18 @@ impl Cache {
 
     /// Starts writing an object: a new file in `txn/`.
     pub fn begin(&self) -> Result<Transaction, CacheError> {
+        // Checked and counted under one lock, so the tear-down sees every transaction.
+        let mut count = self
+            .in_flight
+            .count
+            .lock()
+            .unwrap_or_else(|e| e.into_inner());
         if self.is_read_only() {
             return Err(CacheError::ReadOnly);
         }
+        *count += 1;
+        drop(count);
+        let guard = InFlightGuard(Arc::clone(&self.in_flight));
         let n = self.txn_counter.fetch_add(1, Ordering::Relaxed);
         let path = self
             .dir
@@ -246,6 +284,7 @@ impl Cache {
             file: Some(io::BufWriter::with_capacity(256 * 1024, file)),
             path,
             written: 0,
+            _in_flight: guard,
         })
     }
 
@@ -262,9 +301,6 @@ impl Cache {
         hash: &ContentHash,
         label: Label<'_>,
     ) -> Result<PathBuf, CacheError> {
-        if self.is_read_only() {
-            return Err(CacheError::ReadOnly);
-        }
         let target = self.path(hash);
         let io = |source| CacheError::Io {
             path: txn.path.clone(),
@@ -294,7 +330,9 @@ impl Drop for Cache {
 }
 
 /// How long to wait for a previous daemon that is still ending.
-const LOCK_WAIT: std::time::Duration = std::time::Duration::from_secs(5);
+const LOCK_WAIT: Duration = Duration::from_secs(5);
+/// How long the tear-down to read-only waits for downloads in flight.
+const TEAR_DOWN_WAIT: Duration = Duration::from_secs(30);
 
 /// Takes the exclusive lock on `path`, waiting at most [`LOCK_WAIT`].
 fn lock_workspace(path: &Path) -> Result<File, CacheError> {
@@ -348,6 +386,25 @@ pub struct Transaction {
     file: Option<io::BufWriter<File>>,
     path: PathBuf,
     written: u64,
+    _in_flight: InFlightGuard,
+}
+
+/// Transactions not yet committed or dropped.
+#[derive(Default)]
+struct InFlight {
+    count: Mutex<usize>,
+    done: Condvar,
+}
+
+/// Counts one transaction while it lives.
+struct InFlightGuard(Arc<InFlight>);
+
+impl Drop for InFlightGuard {
+    fn drop(&mut self) {
+        let mut count = self.0.count.lock().unwrap_or_else(|e| e.into_inner());
+        *count = count.saturating_sub(1);
+        self.0.done.notify_all();
+    }
 }
 
 impl Transaction {
@@ -423,6 +480,28 @@ mod tests {
         assert!(!d.path().join("running.x.test").exists());
         // The lock went with the first user.
         Cache::open_with(d.path(), &opts).unwrap();
+    }
+
+    #[test]
+    fn tear_down_lets_running_transactions_finish_and_refuses_new_ones() {
+        let d = tempfile::tempdir().unwrap();
+        let c = Arc::new(Cache::open(d.path()).unwrap());
+        let mut t = c.begin().unwrap();
+        t.write_all(b"in flight").unwrap();
+        let c2 = Arc::clone(&c);
+        let tear_down = std::thread::spawn(move || c2.tear_down_to_read_only());
+        while !c.is_read_only() {
+            std::thread::sleep(Duration::from_millis(1));
+        }
+        assert!(
+            !tear_down.is_finished(),
+            "the tear-down waits for the transaction"
+        );
+        assert!(matches!(c.begin(), Err(CacheError::ReadOnly)));
+        let h = ContentHash::of(Algorithm::Sha1, b"in flight");
+        c.commit(t, &h).unwrap();
+        tear_down.join().unwrap();
+        assert!(c.lookup(&h).is_some());
     }
 
     #[test]
