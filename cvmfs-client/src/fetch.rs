@@ -505,24 +505,66 @@ impl io::Write for HashingSink {
     }
 }
 
+/// Objects up to this size are compressed again in one piece, as the publisher did.
+const WHOLE_OBJECT_LIMIT: u64 = 64 << 20;
+
+/// Fills `buf` as far as the file allows.
+fn read_full(f: &mut File, buf: &mut [u8]) -> io::Result<usize> {
+    let mut done = 0;
+    while done < buf.len() {
+        match f.read(&mut buf[done..])? {
+            0 => break,
+            n => done += n,
+        }
+    }
+    Ok(done)
+}
+
+/// How a decompressed object can be turned back into the stored bytes its hash is over.
+#[derive(Debug, Clone, Copy)]
+enum Stored {
+    Raw,
+    /// The stock zlib at the default level: the real server's objects.
+    StockZlib,
+    /// `flate2` (zlib-rs) at the default level: objects of our `cvmfs-publish`.
+    OurZlib,
+}
+
 /// Whether the decompressed object in file `p` has content hash `hash`: the hash is over the
-/// stored (compressed) bytes, so zlib objects are compressed again with the default level, as
-/// the publisher did (and as the reference's `user.lhash` and `cvmfs_fsck` do). With
-/// `compression` unknown both forms are tried.
+/// stored (compressed) bytes, so zlib objects are compressed again at the default level, with
+/// the stock zlib as the real server does (and as the reference's `user.lhash` and
+/// `cvmfs_fsck` do), else as our publisher does. With `compression` unknown, the raw bytes
+/// are tried too.
 pub fn cached_object_matches(
     p: &Path,
     hash: ContentHash,
     compression: Option<Compression>,
 ) -> io::Result<bool> {
-    let try_one = |c: Compression| -> io::Result<bool> {
+    let try_one = |how: Stored| -> io::Result<bool> {
         let mut f = File::open(p)?;
-        let actual = match c {
-            Compression::None => {
+        let actual = match how {
+            Stored::Raw => {
                 let mut sink = HashingSink(Some(hash.algorithm.hasher()));
                 io::copy(&mut f, &mut sink)?;
                 sink.0.take().map(Hasher::finish)
             }
-            Compression::Zlib => {
+            Stored::OurZlib => {
+                // zlib-rs's output depends on how the input arrives (small pieces compress
+                // differently); the publisher hands over the whole object in one write.
+                let sink = HashingSink(Some(hash.algorithm.hasher()));
+                let mut z = flate2::write::ZlibEncoder::new(sink, flate2::Compression::default());
+                let size = f.metadata()?.len();
+                let mut buf = vec![0u8; size.clamp(1, WHOLE_OBJECT_LIMIT) as usize];
+                loop {
+                    let n = read_full(&mut f, &mut buf)?;
+                    if n == 0 {
+                        break;
+                    }
+                    z.write_all(&buf[..n])?;
+                }
+                z.finish()?.0.take().map(Hasher::finish)
+            }
+            Stored::StockZlib => {
                 let mut hasher = hash.algorithm.hasher();
                 let mut z = StockDeflate::new()?;
                 let mut buf = vec![0u8; 256 * 1024];
@@ -539,9 +581,11 @@ pub fn cached_object_matches(
         };
         Ok(actual == Some(hash))
     };
+    let zlib = || Ok(try_one(Stored::StockZlib)? || try_one(Stored::OurZlib)?);
     match compression {
-        Some(c) => try_one(c),
-        None => Ok(try_one(Compression::Zlib)? || try_one(Compression::None)?),
+        Some(Compression::None) => try_one(Stored::Raw),
+        Some(Compression::Zlib) => zlib(),
+        None => Ok(zlib()? || try_one(Stored::Raw)?),
     }
 }
 
@@ -556,6 +600,28 @@ mod tests {
         let mut e = ZlibEncoder::new(Vec::new(), Level::default());
         e.write_all(data).unwrap();
         e.finish().unwrap()
+    }
+
+    #[test]
+    fn cached_objects_of_our_publisher_verify_too() {
+        let d = tempfile::tempdir().unwrap();
+        let data: Vec<u8> = (0..300_000u32).map(|i| (i * 31 % 253) as u8).collect();
+        // Stored as `cvmfs-publish` stores it (flate2, default level).
+        let h = ContentHash::of(Algorithm::Sha1, &zlib(&data));
+        let p = d.path().join("object");
+        std::fs::write(&p, &data).unwrap();
+        assert!(cached_object_matches(&p, h, Some(Compression::Zlib)).unwrap());
+        assert!(cached_object_matches(&p, h, None).unwrap());
+        assert!(!cached_object_matches(&p, h, Some(Compression::None)).unwrap());
+        let mut bad = data.clone();
+        bad[1000] ^= 1;
+        std::fs::write(&p, &bad).unwrap();
+        assert!(!cached_object_matches(&p, h, None).unwrap());
+        // Uncompressed objects hash their raw bytes.
+        let raw = ContentHash::of(Algorithm::Rmd160, &data);
+        std::fs::write(&p, &data).unwrap();
+        assert!(cached_object_matches(&p, raw, Some(Compression::None)).unwrap());
+        assert!(cached_object_matches(&p, raw, None).unwrap());
     }
 
     #[test]
