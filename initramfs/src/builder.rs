@@ -16,8 +16,8 @@ use crate::{Archive, Compression, EntryKind};
 /// What went wrong with one manifest item.
 #[derive(Debug, thiserror::Error)]
 pub enum ItemError {
-    #[error("cannot read {path}: {source}")]
-    Io { path: PathBuf, source: io::Error },
+    #[error("cannot read {path}: {error}")]
+    Io { path: PathBuf, error: io::Error },
     #[error(transparent)]
     Archive(#[from] crate::Error),
     #[error(transparent)]
@@ -37,13 +37,12 @@ pub enum ItemError {
 
 /// An [`ItemError`] with the manifest line it belongs to.
 #[derive(Debug, thiserror::Error)]
-#[error("{manifest}:{line} (component {component}): {source}")]
+#[error("{manifest}:{line} (component {component}): {error}")]
 pub struct BuildError {
     pub manifest: String,
     pub line: usize,
     pub component: String,
-    #[source]
-    pub source: ItemError,
+    pub error: ItemError,
 }
 
 /// Size of one component in the archive.
@@ -97,9 +96,9 @@ struct Builder<'m> {
 }
 
 fn read_file(path: &Path) -> Result<Vec<u8>, ItemError> {
-    fs::read(path).map_err(|source| ItemError::Io {
+    fs::read(path).map_err(|error| ItemError::Io {
         path: path.to_path_buf(),
-        source,
+        error,
     })
 }
 
@@ -266,7 +265,7 @@ impl<'m> Builder<'m> {
             .and_then(|n| n.to_str())
             .ok_or_else(|| ItemError::Io {
                 path: source.to_path_buf(),
-                source: io::Error::new(io::ErrorKind::InvalidInput, "no UTF-8 file name"),
+                error: io::Error::new(io::ErrorKind::InvalidInput, "no UTF-8 file name"),
             })?;
         let data = read_file(source)?;
         self.add_file(
@@ -278,9 +277,9 @@ impl<'m> Builder<'m> {
     }
 
     fn sorted_dir(dir: &Path) -> Result<Vec<PathBuf>, ItemError> {
-        let io_err = |source| ItemError::Io {
+        let io_err = |error| ItemError::Io {
             path: dir.to_path_buf(),
-            source,
+            error,
         };
         let mut entries = Vec::new();
         for entry in fs::read_dir(dir).map_err(io_err)? {
@@ -441,11 +440,11 @@ pub fn build(manifest: &Manifest) -> Result<Build, BuildError> {
     let at = |line: usize, component: &str| {
         let manifest = b.manifest.source_name.clone();
         let component = component.to_string();
-        move |source| BuildError {
+        move |error| BuildError {
             manifest,
             line,
             component,
-            source,
+            error,
         }
     };
     for (index, component) in manifest.components.iter().enumerate() {
@@ -483,14 +482,11 @@ pub struct SizeReport {
 }
 
 impl SizeReport {
-    /// Measures the components of `build` compressed alone with `compression`;
-    /// `compressed_bytes` is the size of the final file.
-    pub fn measure(
+    /// Each component of `build` with the size of its files compressed alone with `compression`.
+    pub fn measure_components(
         build: &Build,
-        cpio_bytes: u64,
-        compressed_bytes: u64,
         compression: Compression,
-    ) -> io::Result<Self> {
+    ) -> io::Result<Vec<(ComponentSize, u64)>> {
         let mut rows = Vec::new();
         for (index, c) in build.components.iter().enumerate() {
             let data = build.component_data(index);
@@ -501,12 +497,7 @@ impl SizeReport {
             };
             rows.push((c.clone(), alone));
         }
-        Ok(SizeReport {
-            rows,
-            cpio_bytes,
-            compressed_bytes,
-            compression,
-        })
+        Ok(rows)
     }
 }
 

@@ -12,12 +12,12 @@ use std::process::Command;
 /// Errors while inspecting an executable.
 #[derive(Debug, thiserror::Error)]
 pub enum ElfError {
-    #[error("cannot read {path}: {source}")]
-    Io { path: PathBuf, source: io::Error },
+    #[error("cannot read {path}: {error}")]
+    Io { path: PathBuf, error: io::Error },
     #[error("{path} is not an x86_64 ELF file")]
     NotElf { path: PathBuf },
-    #[error("cannot run ldd on {path}: {source}")]
-    Ldd { path: PathBuf, source: io::Error },
+    #[error("cannot run ldd on {path}: {error}")]
+    Ldd { path: PathBuf, error: io::Error },
     #[error("ldd {path} failed: {stderr}")]
     LddFailed { path: PathBuf, stderr: String },
     #[error("{path} needs {library}, which the build host does not have (ldd: not found)")]
@@ -89,9 +89,9 @@ pub fn linking(data: &[u8]) -> Option<Linking> {
 /// The absolute paths of the shared libraries and the program interpreter that the dynamically
 /// linked executable at `path` loads (empty for a static executable), sorted.
 pub fn shared_libraries(path: &Path) -> Result<Vec<String>, ElfError> {
-    let data = std::fs::read(path).map_err(|source| ElfError::Io {
+    let data = std::fs::read(path).map_err(|error| ElfError::Io {
         path: path.to_path_buf(),
-        source,
+        error,
     })?;
     match linking(&data) {
         Some(Linking::Static) => return Ok(Vec::new()),
@@ -105,9 +105,9 @@ pub fn shared_libraries(path: &Path) -> Result<Vec<String>, ElfError> {
     let output = Command::new("ldd")
         .arg(path)
         .output()
-        .map_err(|source| ElfError::Ldd {
+        .map_err(|error| ElfError::Ldd {
             path: path.to_path_buf(),
-            source,
+            error,
         })?;
     if !output.status.success() {
         return Err(ElfError::LddFailed {

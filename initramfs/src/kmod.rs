@@ -14,8 +14,8 @@ use std::path::{Path, PathBuf};
 /// Errors while reading a kernel's module tree.
 #[derive(Debug, thiserror::Error)]
 pub enum KmodError {
-    #[error("cannot read {path}: {source}")]
-    Io { path: PathBuf, source: io::Error },
+    #[error("cannot read {path}: {error}")]
+    Io { path: PathBuf, error: io::Error },
     #[error("{path}:{line}: not a modules.dep line (expected '<module path>: <dependencies>')")]
     Syntax { path: PathBuf, line: usize },
     #[error("{path}: the module directory name is not a kernel release (not UTF-8)")]
@@ -60,9 +60,9 @@ pub fn normalize_name(name: &str) -> String {
 }
 
 fn read(path: &Path) -> Result<String, KmodError> {
-    fs::read_to_string(path).map_err(|source| KmodError::Io {
+    fs::read_to_string(path).map_err(|error| KmodError::Io {
         path: path.to_path_buf(),
-        source,
+        error,
     })
 }
 

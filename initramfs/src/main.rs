@@ -204,15 +204,29 @@ fn build(
         None => source_date_epoch()?,
     });
     let cpio_bytes = build.archive.write_to(std::io::sink())?;
-    write_atomically(output, |out| {
-        build.archive.write_compressed(out, compression)?;
-        Ok(())
-    })?;
+    // Measuring the components compresses everything a second time: in parallel.
+    let (written, rows) = std::thread::scope(|scope| {
+        let rows = scope.spawn(|| SizeReport::measure_components(&build, compression));
+        let written = write_atomically(output, |out| {
+            build.archive.write_compressed(out, compression)?;
+            Ok(())
+        });
+        (written, rows.join())
+    });
+    written?;
+    let rows = match rows {
+        Ok(rows) => rows.context("cannot measure the components")?,
+        Err(_) => bail!("measuring the components panicked"),
+    };
     let compressed = fs::metadata(output)
         .with_context(|| format!("cannot stat {}", output.display()))?
         .len();
-    let report = SizeReport::measure(&build, cpio_bytes, compressed, compression)
-        .context("cannot measure the components")?;
+    let report = SizeReport {
+        rows,
+        cpio_bytes,
+        compressed_bytes: compressed,
+        compression,
+    };
     eprintln!(
         "ucernvm-initramfs: wrote {} ({} entries)\n{report}",
         output.display(),

@@ -55,10 +55,7 @@ resolve_inputs() {
     version=${UCERNVM_VERSION:-$(tr -d '[:space:]' <scripts/bootloader-version).cernvm.x86_64}
     release=${version%%.cernvm*}   # e.g. 2026.11-1
     menu_version=${release%%-*}    # e.g. 2026.11
-    if [[ -z "${SOURCE_DATE_EPOCH:-}" ]]; then
-        SOURCE_DATE_EPOCH=$(git log -1 --format=%ct 2>/dev/null || echo 0)
-    fi
-    export SOURCE_DATE_EPOCH
+    epoch=${SOURCE_DATE_EPOCH:-$(git log -1 --format=%ct 2>/dev/null || echo 0)}
     if [[ -z "$kernel" ]]; then
         kernel=$(kernel-config/fetch-debian-kernel)
         [[ -n "$modules" ]] || modules="build/kernel/root/lib/modules/${kernel##*/vmlinuz-}"
@@ -68,7 +65,7 @@ resolve_inputs() {
         [[ -n "$modules" ]] || die "--kernel needs --modules (or --initrd) so the initramfs matches it"
         local args=(--modules "$modules")
         [[ -n "$cern_keys" ]] && args+=(--cern-keys "$cern_keys")
-        initrd=$(scripts/build-initrd "${args[@]}")
+        initrd=$(SOURCE_DATE_EPOCH=$epoch scripts/build-initrd "${args[@]}")
     fi
     [[ -f "$initrd" ]] || die "initramfs $initrd not found"
 }
@@ -146,7 +143,7 @@ make_boot_tree() {
     cp "$initrd" "$dir/cernvm/initrd.img"
     : >"$dir/.ucernvm_boot_loader"
     echo "$repo at $tag, uCernVM $version" >"$dir/version"
-    find "$dir" -exec touch -h -d "@$SOURCE_DATE_EPOCH" {} +
+    find "$dir" -exec touch -h -d "@$epoch" {} +
 }
 
 # Size breakdown of an image built from the tree in $1: kernel, initramfs, boot loader, total.
