@@ -1,6 +1,7 @@
-//! Builds the µCernVM ISO (the initramfs from the real manifest, then scripts/build-iso) and
-//! boots it in QEMU (TCG) from the CD-ROM until our init's banner appears on the serial console;
-//! then signs it with a test CA and boots the signed image the same way.
+//! Builds the µCernVM images (the initramfs from the real manifest, then scripts/build-iso and
+//! scripts/build-hdd) and boots them in QEMU (TCG) — the ISO from the CD-ROM, the raw disk from
+//! virtio-blk — until our init's banner appears on the serial console; the images are signed
+//! with a test CA and the signed ones boot the same way. One test, so the initramfs is built once.
 //! Skipped, with a message, without the Debian kernel or the static executables
 //! (`kernel-config/fetch-debian-kernel`, `scripts/build-static`).
 
@@ -12,7 +13,7 @@ use std::path::{Path, PathBuf};
 use std::process::Command;
 use std::time::Duration;
 
-use cernvm_launch::qemu::{Accel, QemuCommand};
+use cernvm_launch::qemu::{Accel, DiskFormat, QemuCommand};
 use common::{check, script, TestCa};
 use qemu_tests::inputs::{self, workspace_root};
 use qemu_tests::Guest;
@@ -59,8 +60,9 @@ fn build_initrd(kernel: &Path, out: &Path) -> Option<()> {
     Some(())
 }
 
-fn build_iso(kernel: &Path, initrd: &Path, output: &Path) -> String {
-    let out = Command::new(script("build-iso"))
+/// Runs scripts/build-iso or scripts/build-hdd (serial variant); returns the size report.
+fn build_image(builder: &str, kernel: &Path, initrd: &Path, output: &Path) -> String {
+    let out = Command::new(script(builder))
         .arg("--serial")
         .arg("--kernel")
         .arg(kernel)
@@ -71,7 +73,7 @@ fn build_iso(kernel: &Path, initrd: &Path, output: &Path) -> String {
         .env("UCERNVM_VERSION", VERSION)
         .output()
         .expect("cannot run scripts/build-iso");
-    check("build-iso", &out);
+    check(builder, &out);
     assert_eq!(
         String::from_utf8_lossy(&out.stdout).trim(),
         output.display().to_string()
@@ -79,13 +81,21 @@ fn build_iso(kernel: &Path, initrd: &Path, output: &Path) -> String {
     String::from_utf8_lossy(&out.stderr).into_owned()
 }
 
-/// Boots `iso` from the CD-ROM and waits for the banner of our init.
-fn boot_to_banner(iso: &Path) {
+enum Medium<'a> {
+    Cdrom(&'a Path),
+    Disk(&'a Path),
+}
+
+/// Boots the medium and waits for the boot menu and the banner of our init.
+fn boot_to_banner(medium: Medium) {
     let cmd = QemuCommand::new()
         .accel(Accel::Tcg)
         .memory_mib(1024)
-        .iso(iso)
         .no_reboot(true);
+    let cmd = match medium {
+        Medium::Cdrom(iso) => cmd.iso(iso),
+        Medium::Disk(hdd) => cmd.disk_with_format(hdd, DiskFormat::Raw),
+    };
     let mut guest = Guest::spawn(cmd).unwrap();
     for marker in [
         "Welcome to uCernVM",
@@ -129,7 +139,7 @@ fn extract(iso: &Path, path: &str, to: &Path) -> String {
 }
 
 #[test]
-fn iso_and_signed_iso_boot_to_our_init() {
+fn iso_and_hdd_images_signed_and_unsigned_boot_to_our_init() {
     let Some(kernel) = inputs::kernel() else {
         eprintln!("skipping: no kernel (run kernel-config/fetch-debian-kernel)");
         return;
@@ -140,7 +150,7 @@ fn iso_and_signed_iso_boot_to_our_init() {
         return;
     }
     let iso: PathBuf = tmp.path().join(format!("ucernvm.{VERSION}.iso"));
-    let report = build_iso(&kernel, &initrd, &iso);
+    let report = build_image("build-iso", &kernel, &initrd, &iso);
     assert!(report.contains("kernel (cernvm/vmlinuz.xz)"), "{report}");
 
     // Layout of spec §14.1, with the sentinel and the version text.
@@ -179,18 +189,43 @@ fn iso_and_signed_iso_boot_to_our_init() {
         "ISO of {size} bytes exceeds {ISO_BUDGET}"
     );
 
-    boot_to_banner(&iso);
+    boot_to_banner(Medium::Cdrom(&iso));
 
     // Signed, it still boots, and it verifies.
     let ca = TestCa::create(&tmp.path().join("ca"), "Test CA");
-    check("sign-image", &ca.sign(&iso, &[]));
-    assert_eq!(fs::metadata(&iso).unwrap().len(), size + 65536);
+    sign_and_verify(&ca, &iso);
+    boot_to_banner(Medium::Cdrom(&iso));
+
+    // The raw disk image: 24 MiB, boots from the disk, also when signed.
+    let hdd = tmp.path().join(format!("ucernvm.{VERSION}.hdd"));
+    let report = build_image("build-hdd", &kernel, &initrd, &hdd);
+    assert!(report.contains("initramfs (cernvm/initrd.img)"), "{report}");
+    assert_eq!(fs::metadata(&hdd).unwrap().len(), 24 * 1024 * 1024);
+    let layout = Command::new("sfdisk")
+        .arg("--dump")
+        .arg(&hdd)
+        .output()
+        .unwrap();
+    check("sfdisk --dump", &layout);
+    let layout = String::from_utf8_lossy(&layout.stdout);
+    assert!(
+        layout.contains(": start=           1, size=       47102, type=6, bootable"),
+        "{layout}"
+    );
+    boot_to_banner(Medium::Disk(&hdd));
+    sign_and_verify(&ca, &hdd);
+    boot_to_banner(Medium::Disk(&hdd));
+}
+
+fn sign_and_verify(ca: &TestCa, image: &Path) {
+    let size = fs::metadata(image).unwrap().len();
+    check("sign-image", &ca.sign(image, &[]));
+    assert_eq!(fs::metadata(image).unwrap().len(), size + 65536);
     let out = Command::new(script("verify-image"))
-        .arg(&iso)
+        .arg(image)
         .arg("--ca")
         .arg(ca.ca_path())
         .output()
         .unwrap();
     check("verify-image", &out);
-    boot_to_banner(&iso);
 }
