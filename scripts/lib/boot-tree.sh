@@ -166,3 +166,10 @@ print_sizes() {
         log "warning: $image is larger than the budget of $((budget / 1048576)) MiB"
     fi
 }
+
+# <image>.sha256 next to the image: the `sha256sum` line "<hex>  <file name>" (spec §14.3; readers
+# take the first 64 characters).
+write_sha256() {
+    local image=$1
+    (cd "$(dirname "$image")" && sha256sum "$(basename "$image")") >"$image.sha256"
+}
