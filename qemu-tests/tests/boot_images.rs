@@ -71,6 +71,7 @@ fn build_image(builder: &str, kernel: &Path, initrd: &Path, output: &Path) -> St
         .arg("--output")
         .arg(output)
         .env("UCERNVM_VERSION", VERSION)
+        .env("SOURCE_DATE_EPOCH", "1700000000")
         .output()
         .expect("cannot run scripts/build-iso");
     check(builder, &out);
@@ -152,6 +153,7 @@ fn iso_and_hdd_images_signed_and_unsigned_boot_to_our_init() {
     let iso: PathBuf = tmp.path().join(format!("ucernvm.{VERSION}.iso"));
     let report = build_image("build-iso", &kernel, &initrd, &iso);
     assert!(report.contains("kernel (cernvm/vmlinuz.xz)"), "{report}");
+    assert_reproducible("build-iso", &kernel, &initrd, &iso);
 
     // Layout of spec §14.1, with the sentinel and the version text.
     let files = iso_files(&iso);
@@ -201,6 +203,7 @@ fn iso_and_hdd_images_signed_and_unsigned_boot_to_our_init() {
     let report = build_image("build-hdd", &kernel, &initrd, &hdd);
     assert!(report.contains("initramfs (cernvm/initrd.img)"), "{report}");
     assert_eq!(fs::metadata(&hdd).unwrap().len(), 24 * 1024 * 1024);
+    assert_reproducible("build-hdd", &kernel, &initrd, &hdd);
     let layout = Command::new("sfdisk")
         .arg("--dump")
         .arg(&hdd)
@@ -215,6 +218,19 @@ fn iso_and_hdd_images_signed_and_unsigned_boot_to_our_init() {
     boot_to_banner(Medium::Disk(&hdd));
     sign_and_verify(&ca, &hdd);
     boot_to_banner(Medium::Disk(&hdd));
+}
+
+/// Building again a second later from the same inputs gives the same bytes.
+fn assert_reproducible(builder: &str, kernel: &Path, initrd: &Path, image: &Path) {
+    std::thread::sleep(Duration::from_millis(1100));
+    let again = image.with_extension("again");
+    build_image(builder, kernel, initrd, &again);
+    assert!(
+        fs::read(image).unwrap() == fs::read(&again).unwrap(),
+        "{builder}: two builds from the same inputs differ"
+    );
+    fs::remove_file(&again).unwrap();
+    fs::remove_file(again.with_extension("again.sha256")).ok();
 }
 
 fn sign_and_verify(ca: &TestCa, image: &Path) {
