@@ -107,7 +107,7 @@ fn archive_path_of_host_file(path: &str) -> &str {
     path.trim_start_matches('/')
 }
 
-/// True for a source that an optional item may lack.
+/// The file or directory a directive reads from the build host (an optional item may lack it).
 fn source_of(directive: &Directive) -> Option<&str> {
     match directive {
         Directive::File { source, .. }
