@@ -10,8 +10,13 @@
 //! the data, zero padding to a multiple of 4. The archive ends with an entry named `TRAILER!!!`.
 
 use std::collections::BTreeMap;
+use std::fmt;
 use std::io::{self, Write};
 
+pub mod builder;
+pub mod elf;
+pub mod kmod;
+pub mod manifest;
 pub mod pack;
 
 /// Magic of the `newc` format (no checksums).
@@ -379,6 +384,67 @@ impl Archive {
         encoder.include_checksum(true)?;
         self.write_to(&mut encoder)?;
         Ok(encoder.finish()?)
+    }
+
+    /// Writes the archive compressed with `compression`.
+    pub fn write_compressed<W: Write>(&self, out: W, compression: Compression) -> Result<W, Error> {
+        match compression {
+            Compression::Zstd { level } => self.write_zstd(out, level),
+            Compression::Xz => {
+                let mut buf = Vec::new();
+                self.write_to(&mut buf)?;
+                let mut out = out;
+                out.write_all(&compress(&buf, compression)?)?;
+                Ok(out)
+            }
+        }
+    }
+}
+
+/// How an initramfs is compressed. Both are deterministic: the same input gives the same bytes.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Compression {
+    /// One zstd frame with content checksum (kernel option `CONFIG_RD_ZSTD`).
+    Zstd { level: i32 },
+    /// xz, preset 9 extreme, CRC32 check (kernel option `CONFIG_RD_XZ`; the kernel's xz decoder
+    /// supports no other check). The original µCernVM's format; the smallest archives.
+    Xz,
+}
+
+impl fmt::Display for Compression {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        match self {
+            Compression::Zstd { level } => write!(f, "zstd -{level}"),
+            Compression::Xz => f.write_str("xz -9e"),
+        }
+    }
+}
+
+/// Compresses `data` as `compression` does for archives.
+pub fn compress(data: &[u8], compression: Compression) -> io::Result<Vec<u8>> {
+    match compression {
+        Compression::Zstd { level } => {
+            let mut encoder = zstd::stream::Encoder::new(Vec::new(), level)?;
+            encoder.include_checksum(true)?;
+            encoder.write_all(data)?;
+            encoder.finish()
+        }
+        Compression::Xz => {
+            use liblzma::stream::{Check, Filters, LzmaOptions, Stream, PRESET_EXTREME};
+            let lzma_err = |e: liblzma::stream::Error| io::Error::other(e.to_string());
+            let mut options = LzmaOptions::new_preset(9 | PRESET_EXTREME).map_err(lzma_err)?;
+            // The guest kernel allocates the whole dictionary while unpacking: no larger than
+            // the data needs (1 MiB steps, at most the preset's 64 MiB).
+            const MIB: usize = 1 << 20;
+            let dict = data.len().div_ceil(MIB).clamp(1, 64) * MIB;
+            options.dict_size(u32::try_from(dict).unwrap_or(64 << 20));
+            let mut filters = Filters::new();
+            filters.lzma2(&options);
+            let stream = Stream::new_stream_encoder(&filters, Check::Crc32).map_err(lzma_err)?;
+            let mut encoder = liblzma::write::XzEncoder::new_stream(Vec::new(), stream);
+            encoder.write_all(data)?;
+            encoder.finish()
+        }
     }
 }
 

@@ -421,7 +421,7 @@ CONFIG_RD_ZSTD=y
         assert!(f.requirements.len() > 20);
         for must in [
             "CONFIG_DEVTMPFS",
-            "CONFIG_RD_ZSTD",
+            "CONFIG_RD_XZ",
             "CONFIG_BLK_DEV_INITRD",
             "CONFIG_KEXEC",
         ] {

@@ -336,35 +336,8 @@ pub mod inputs {
 
     /// True if `path` is an ELF executable without a program interpreter (statically linked).
     pub fn is_static_elf(path: &Path) -> bool {
-        let Ok(data) = std::fs::read(path) else {
-            return false;
-        };
-        // ELF64 little-endian only (x86_64).
-        if data.len() < 64 || &data[..4] != b"\x7fELF" || data[4] != 2 || data[5] != 1 {
-            return false;
-        }
-        let u16_at = |o: usize| data.get(o..o + 2).map(|b| u16::from_le_bytes([b[0], b[1]]));
-        let u64_at = |o: usize| {
-            data.get(o..o + 8)
-                .and_then(|b| b.try_into().ok())
-                .map(u64::from_le_bytes)
-        };
-        let (Some(phoff), Some(phentsize), Some(phnum)) =
-            (u64_at(0x20), u16_at(0x36), u16_at(0x38))
-        else {
-            return false;
-        };
-        let Ok(phoff) = usize::try_from(phoff) else {
-            return false;
-        };
-        const PT_INTERP: u32 = 3;
-        (0..usize::from(phnum)).all(|i| {
-            let o = phoff + i * usize::from(phentsize);
-            match data.get(o..o + 4) {
-                Some(b) => u32::from_le_bytes([b[0], b[1], b[2], b[3]]) != PT_INTERP,
-                None => false,
-            }
-        })
+        use ucernvm_initramfs::elf::{linking, Linking};
+        std::fs::read(path).is_ok_and(|data| linking(&data) == Some(Linking::Static))
     }
 
     /// A statically linked busybox: `$UCERNVM_TEST_BUSYBOX`, else `busybox` on `$PATH` if static.

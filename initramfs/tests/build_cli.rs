@@ -1,0 +1,333 @@
+//! `ucernvm-initramfs build` with the real manifest and real inputs (our static executables,
+//! busybox-static, e2fsprogs, the Debian cloud kernel's modules), unpacked with the real `xz` and
+//! GNU `cpio`; the shipped e2fsprogs tools run in a chroot of the unpacked archive.
+//! Skipped, with a message, when the static executables or the kernel are not built yet
+//! (`scripts/build-static`, `kernel-config/fetch-debian-kernel`).
+
+use std::fs;
+use std::path::{Path, PathBuf};
+use std::process::{Command, Output, Stdio};
+
+const MTIME: &str = "1700000000";
+const VERSION: &str = "2026.11-1.cernvm.x86_64";
+
+fn workspace() -> PathBuf {
+    Path::new(env!("CARGO_MANIFEST_DIR"))
+        .parent()
+        .unwrap()
+        .to_path_buf()
+}
+
+/// The variables scripts/build-initrd sets, or `None` (with a message) if an input is missing.
+fn real_inputs(static_dir: &Path) -> Option<Vec<String>> {
+    let ws = workspace();
+    let missing = |what: &str| {
+        eprintln!("skipping: {what}");
+        None
+    };
+    if !static_dir.join("init").is_file() || !static_dir.join("cvmfs2").is_file() {
+        return missing("no static init/cvmfs2 (run scripts/build-static)");
+    }
+    let Ok(kver) = fs::read_to_string(ws.join("build/kernel/kernel-version")) else {
+        return missing("no kernel (run kernel-config/fetch-debian-kernel)");
+    };
+    let kmods = ws.join("build/kernel/root/lib/modules").join(kver.trim());
+    if !Path::new("/bin/busybox").is_file() || !Path::new("/sbin/mke2fs").is_file() {
+        return missing("busybox-static or e2fsprogs not installed (scripts/bootstrap)");
+    }
+    let demo_key = ws.join("../shared/fixtures/cvmfs/demo.cernvm.test/keys/demo.cernvm.test.pub");
+    Some(vec![
+        format!("version={VERSION}"),
+        format!("static={}", static_dir.display()),
+        "busybox=/bin/busybox".into(),
+        format!("kmods={}", kmods.display()),
+        "ca_bundle=/etc/ssl/certs/ca-certificates.crt".into(),
+        format!("demo_key={}", demo_key.display()),
+    ])
+}
+
+fn build_cmd(vars: &[String], output: &Path) -> Command {
+    let mut cmd = Command::new(env!("CARGO_BIN_EXE_ucernvm-initramfs"));
+    cmd.arg("build")
+        .arg("--manifest")
+        .arg(workspace().join("initramfs/ucernvm.manifest"))
+        .arg("--output")
+        .arg(output)
+        .args(["--mtime", MTIME]);
+    for v in vars {
+        cmd.arg("--set").arg(v);
+    }
+    cmd.stdout(Stdio::piped()).stderr(Stdio::piped());
+    cmd
+}
+
+fn check_success(what: &str, out: &Output) {
+    assert!(
+        out.status.success(),
+        "{what} failed ({}):\n{}{}",
+        out.status,
+        String::from_utf8_lossy(&out.stdout),
+        String::from_utf8_lossy(&out.stderr)
+    );
+}
+
+fn unpack(archive: &Path, into: &Path) {
+    fs::create_dir_all(into).unwrap();
+    let out = Command::new("sh")
+        .arg("-c")
+        .arg("xz -dc \"$1\" | cpio -idm --quiet")
+        .arg("sh")
+        .arg(archive)
+        .current_dir(into)
+        .output()
+        .unwrap();
+    check_success("xz -dc | cpio -idm", &out);
+}
+
+fn chroot(root: &Path, args: &[&str]) -> Output {
+    Command::new("chroot")
+        .arg(root)
+        .args(args)
+        .output()
+        .unwrap()
+}
+
+/// Same inputs twice — the second time from copies with other file times — give the same bytes;
+/// the archive has every component and its tools run on the libraries it ships.
+#[test]
+fn real_manifest_builds_reproducibly_and_the_tools_run() {
+    let ws = workspace();
+    let static_dir = ws.join("target/x86_64-unknown-linux-musl/release");
+    let Some(vars) = real_inputs(&static_dir) else {
+        return;
+    };
+    let tmp = tempfile::tempdir().unwrap();
+    // A copy of the static executables with other modification times.
+    let copy = tmp.path().join("static-copy");
+    fs::create_dir(&copy).unwrap();
+    for exe in ["init", "parse_user_data", "cvmfs2"] {
+        fs::copy(static_dir.join(exe), copy.join(exe)).unwrap();
+    }
+    let vars_copy: Vec<String> = vars
+        .iter()
+        .map(|v| {
+            if v.starts_with("static=") {
+                format!("static={}", copy.display())
+            } else {
+                v.clone()
+            }
+        })
+        .collect();
+    let first = tmp.path().join("first.img");
+    let second = tmp.path().join("second.img");
+    let a = build_cmd(&vars, &first).spawn().unwrap();
+    let b = build_cmd(&vars_copy, &second).spawn().unwrap();
+    let (a, b) = (a.wait_with_output().unwrap(), b.wait_with_output().unwrap());
+    check_success("first build", &a);
+    check_success("second build", &b);
+    let first_bytes = fs::read(&first).unwrap();
+    assert!(
+        first_bytes == fs::read(&second).unwrap(),
+        "two builds from the same inputs differ"
+    );
+    assert_eq!(&first_bytes[..6], b"\xfd7zXZ\0", "xz stream");
+
+    // The size breakdown names every component.
+    let report = String::from_utf8_lossy(&a.stderr);
+    for component in [
+        "skeleton",
+        "init",
+        "cvmfs2",
+        "busybox",
+        "e2fsprogs",
+        "kernel-modules",
+        "certificates",
+        "cvmfs-keys",
+        "archive",
+    ] {
+        assert!(
+            report.lines().any(|l| l.starts_with(component)),
+            "{component} missing in\n{report}"
+        );
+    }
+
+    let root = tmp.path().join("root");
+    unpack(&first, &root);
+    assert_eq!(
+        fs::read_to_string(root.join("version")).unwrap(),
+        format!("{VERSION}\n")
+    );
+    assert_eq!(
+        fs::read(root.join("init")).unwrap(),
+        fs::read(static_dir.join("init")).unwrap()
+    );
+    assert!(root.join("usr/bin/cvmfs2").is_file());
+    assert!(root
+        .join("etc/cvmfs/keys/demo.cernvm.test/demo.cernvm.test.pub")
+        .is_file());
+    assert!(root.join("etc/cernvm/ca-bundle.crt").is_file());
+    assert_eq!(
+        fs::read_link(root.join("bin/sh")).unwrap(),
+        Path::new("/bin/busybox")
+    );
+    // The real mke2fs replaces busybox's applet of the same name.
+    assert!(fs::symlink_metadata(root.join("sbin/mke2fs"))
+        .unwrap()
+        .is_file());
+
+    // Every module in the shipped modules.dep, and everything it depends on, is shipped.
+    let kver = fs::read_to_string(ws.join("build/kernel/kernel-version")).unwrap();
+    let mods = root.join("lib/modules").join(kver.trim());
+    let dep = fs::read_to_string(mods.join("modules.dep")).unwrap();
+    let mut names = Vec::new();
+    for line in dep.lines() {
+        let (module, deps) = line.split_once(':').unwrap();
+        for file in std::iter::once(module).chain(deps.split_whitespace()) {
+            assert!(mods.join(file).is_file(), "{file} listed but not shipped");
+        }
+        names.push(module.rsplit('/').next().unwrap().to_string());
+    }
+    for wanted in [
+        "virtio_blk.ko",
+        "sr_mod.ko",
+        "cdrom.ko",
+        "fuse.ko",
+        "overlay.ko",
+        "isofs.ko",
+    ] {
+        assert!(
+            names.iter().any(|n| n == wanted),
+            "{wanted} not in {names:?}"
+        );
+    }
+
+    // The shipped e2fsprogs run inside the archive's own tree: their libraries are complete.
+    // They read /etc/mtab (-> /proc/mounts), so /proc is mounted as the init does at boot.
+    let script = "mount -t proc proc /proc || exit 99
+        trap 'umount /proc' EXIT
+        set -e
+        /sbin/mke2fs -q -F -t ext4 -L UROOT /tmp/disk.img 16M
+        /sbin/e2fsck -f -n /tmp/disk.img
+        /sbin/resize2fs /tmp/disk.img 24M
+        /sbin/tune2fs -l /tmp/disk.img";
+    let out = chroot(&root, &["/bin/sh", "-c", script]);
+    check_success("e2fsprogs in a chroot of the archive", &out);
+    let listing = String::from_utf8_lossy(&out.stdout);
+    assert!(
+        listing.contains("Filesystem volume name:   UROOT"),
+        "{listing}"
+    );
+    assert!(
+        listing.contains("Block count:              24576"),
+        "{listing}"
+    );
+    let out = chroot(&root, &["/bin/sh", "-c", "echo rescue shell works"]);
+    check_success("chroot sh", &out);
+    assert_eq!(String::from_utf8_lossy(&out.stdout), "rescue shell works\n");
+}
+
+fn write(path: &Path, text: &str) {
+    fs::write(path, text).unwrap();
+}
+
+fn small_build(dir: &Path, manifest: &str, extra: &[&str]) -> Output {
+    let path = dir.join("test.manifest");
+    write(&path, manifest);
+    Command::new(env!("CARGO_BIN_EXE_ucernvm-initramfs"))
+        .arg("build")
+        .arg("--manifest")
+        .arg(&path)
+        .arg("--output")
+        .arg(dir.join("out.img"))
+        .args(extra)
+        .output()
+        .unwrap()
+}
+
+/// A different time stamp gives different bytes (so the comparison above can fail), and the
+/// same one the same bytes, for both compressions.
+#[test]
+fn time_stamp_decides_the_bytes() {
+    let tmp = tempfile::tempdir().unwrap();
+    write(&tmp.path().join("hello"), "hello\n");
+    let manifest = "component a\nfile ${manifest_dir}/hello etc/hello 0644\ntext version 0644 v1\n";
+    let mut outputs = Vec::new();
+    for (mtime, compression) in [
+        ("1", "xz"),
+        ("1", "xz"),
+        ("2", "xz"),
+        ("1", "zstd"),
+        ("1", "zstd"),
+    ] {
+        let out = small_build(
+            tmp.path(),
+            manifest,
+            &["--mtime", mtime, "--compression", compression],
+        );
+        check_success("build", &out);
+        outputs.push(fs::read(tmp.path().join("out.img")).unwrap());
+    }
+    assert_eq!(outputs[0], outputs[1]);
+    assert_ne!(outputs[0], outputs[2]);
+    assert_eq!(outputs[3], outputs[4]);
+    assert_eq!(&outputs[3][..4], b"\x28\xb5\x2f\xfd", "zstd frame");
+}
+
+#[test]
+fn bad_manifests_fail_with_the_line_and_nothing_is_written() {
+    let tmp = tempfile::tempdir().unwrap();
+    let kmods = tmp.path().join("6.1.0-test");
+    fs::create_dir(&kmods).unwrap();
+    write(&kmods.join("modules.dep"), "kernel/fs/fuse/fuse.ko:\n");
+    fs::create_dir_all(kmods.join("kernel/fs/fuse")).unwrap();
+    write(&kmods.join("kernel/fs/fuse/fuse.ko"), "not really a module");
+    let kmods_var = format!("kmods={}", kmods.display());
+    let cases: [(&str, &str); 4] = [
+        (
+            "component m\nmodules ${kmods} fuse e1000\n",
+            "test.manifest:2 (component m): kernel 6.1.0-test has no module \"e1000\"",
+        ),
+        (
+            "component f\nfile /nonexistent/x etc/x 0644\n",
+            "test.manifest:2 (component f): cannot read /nonexistent/x",
+        ),
+        (
+            "component f\nexec ${manifest_dir}/test.manifest bin/x\n",
+            "is not an x86_64 ELF file",
+        ),
+        (
+            "component s\ntext a 0644 x\ntext a 0644 y\n",
+            "test.manifest:3 (component s): a: already in the archive",
+        ),
+    ];
+    for (manifest, expected) in cases {
+        let out = small_build(tmp.path(), manifest, &["--set", &kmods_var]);
+        let stderr = String::from_utf8_lossy(&out.stderr);
+        assert!(!out.status.success(), "{manifest} should fail");
+        assert!(
+            stderr.contains(expected),
+            "expected {expected:?} in {stderr}"
+        );
+        assert!(!tmp.path().join("out.img").exists());
+    }
+    // Optional lines are skipped with a note instead.
+    let out = small_build(
+        tmp.path(),
+        "component m\nmodules? ${kmods} fuse e1000\nkeys? ${cern_keys}\nfile? /nonexistent/x etc/x 0644\n",
+        &["--set", &kmods_var],
+    );
+    check_success("optional build", &out);
+    let stderr = String::from_utf8_lossy(&out.stderr);
+    assert!(
+        stderr.contains("e1000: not in kernel 6.1.0-test, skipped"),
+        "{stderr}"
+    );
+    assert!(
+        stderr.contains("line 3 skipped: variable cern_keys is not set"),
+        "{stderr}"
+    );
+    assert!(
+        stderr.contains("line 4 skipped: /nonexistent/x does not exist"),
+        "{stderr}"
+    );
+}
