@@ -13,7 +13,7 @@ use std::path::{Path, PathBuf};
 use std::process::Command;
 use std::time::Duration;
 
-use cernvm_launch::qemu::{Accel, DiskFormat, QemuCommand};
+use cernvm_launch::qemu::{Accel, DiskFormat, QemuCommand, UserNet};
 use common::{check, script, TestCa};
 use qemu_tests::inputs::{self, workspace_root};
 use qemu_tests::Guest;
@@ -85,10 +85,17 @@ fn build_image(builder: &str, kernel: &Path, initrd: &Path, output: &Path) -> St
 enum Medium<'a> {
     Cdrom(&'a Path),
     Disk(&'a Path),
+    /// The CD-ROM plus an empty scratch disk.
+    CdromWithScratch(&'a Path, &'a Path),
 }
 
 /// Boots the medium and waits for the boot menu and the banner of our init.
 fn boot_to_banner(medium: Medium) {
+    boot_until(medium, &[]);
+}
+
+/// Boots the medium and waits for the boot menu, the banner of our init, then `more` markers.
+fn boot_until(medium: Medium, more: &[&str]) {
     let cmd = QemuCommand::new()
         .accel(Accel::Tcg)
         .memory_mib(1024)
@@ -96,14 +103,22 @@ fn boot_to_banner(medium: Medium) {
     let cmd = match medium {
         Medium::Cdrom(iso) => cmd.iso(iso),
         Medium::Disk(hdd) => cmd.disk_with_format(hdd, DiskFormat::Raw),
+        // A network too: the network phase comes before the scratch disk.
+        Medium::CdromWithScratch(iso, scratch) => cmd
+            .iso(iso)
+            .disk_with_format(scratch, DiskFormat::Raw)
+            .user_net(UserNet::default()),
     };
     let mut guest = Guest::spawn(cmd).unwrap();
     for marker in [
         "Welcome to uCernVM",
         "* Welcome to micro-CernVM",
         &format!("* Release {VERSION}"),
-    ] {
-        if let Err(e) = guest.wait_for(marker, Duration::from_secs(400)) {
+    ]
+    .into_iter()
+    .chain(more.iter().copied())
+    {
+        if let Err(e) = guest.wait_for(marker, Duration::from_secs(240)) {
             panic!("{e}");
         }
     }
@@ -191,7 +206,23 @@ fn iso_and_hdd_images_signed_and_unsigned_boot_to_our_init() {
         "ISO of {size} bytes exceeds {ISO_BUDGET}"
     );
 
-    boot_to_banner(Medium::Cdrom(&iso));
+    // With an empty disk attached, the init partitions and formats it with the e2fsprogs of the
+    // initramfs (their shared libraries must all be there), checks it with e2fsck (whose own
+    // output is the marker) and mounts it; the CernVM-FS phase comes only after a mounted root.
+    // ("check"/"failed" after each step are coloured, so they are not part of the markers.)
+    let scratch = tmp.path().join("scratch.img");
+    fs::File::create(&scratch)
+        .unwrap()
+        .set_len(2 << 30)
+        .unwrap();
+    boot_until(
+        Medium::CdromWithScratch(&iso, &scratch),
+        &[
+            "Formatting /dev/vda1...",
+            "UROOT-INIT: clean,",
+            "Starting CernVM File System...",
+        ],
+    );
 
     // Signed, it still boots, and it verifies.
     let ca = TestCa::create(&tmp.path().join("ca"), "Test CA");
