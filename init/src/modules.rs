@@ -40,6 +40,10 @@ pub const PREDEFINED: &[&str] = &[
     "xen_blkfront",
     "hv_netvsc",
     "hv_storvsc",
+    // file systems the later phases mount: CernVM-FS (FUSE), the union, the scratch disk
+    "fuse",
+    "overlay",
+    "ext4",
 ];
 
 /// Why a module could not be loaded.
