@@ -313,12 +313,12 @@ pub mod inputs {
     }
 
     /// A binary of this workspace, as `scripts/test` builds them before the tests run:
-    /// `target/release/<name>`, else `target/debug/<name>`.
+    /// `target/debug/<name>` (what the test run just built), else `target/release/<name>`.
     pub fn workspace_binary(name: &str) -> Option<PathBuf> {
         let target = std::env::var_os("CARGO_TARGET_DIR")
             .map(PathBuf::from)
             .unwrap_or_else(|| workspace_root().join("target"));
-        ["release", "debug"]
+        ["debug", "release"]
             .iter()
             .map(|profile| target.join(profile).join(name))
             .find(|p| p.is_file())
