@@ -344,6 +344,72 @@ impl Cache {
     }
 }
 
+/// Extended attribute of a cached object: the SHA-1 of its decompressed content, recorded at
+/// download time, so that the once-per-mount check of a cached copy is one hash over the file
+/// instead of compressing it again (the quota database keeps the same digest when it exists).
+const DIGEST_XATTR: &str = "user.cvmfs.sha1";
+
+/// Records the local integrity digest of object file `p` (a transaction's file before its
+/// commit, so that object and digest appear together). A file system without user xattrs
+/// records nothing (the check then falls back to compressing again).
+pub fn record_digest(p: &Path, digest: &ContentHash) {
+    let value = digest.to_string();
+    if let Err(e) = xattr_set(p, DIGEST_XATTR, value.as_bytes()) {
+        log::debug!("cannot record the digest of {}: {e}", p.display());
+    }
+}
+
+/// The digest recorded by [`record_digest`] on cached object `p`, if any.
+pub fn recorded_digest(p: &Path) -> Option<ContentHash> {
+    let mut buf = [0u8; 128];
+    let n = xattr_get(p, DIGEST_XATTR, &mut buf).ok()?;
+    std::str::from_utf8(&buf[..n]).ok()?.parse().ok()
+}
+
+fn c_path(p: &Path) -> io::Result<std::ffi::CString> {
+    use std::os::unix::ffi::OsStrExt;
+    std::ffi::CString::new(p.as_os_str().as_bytes()).map_err(io::Error::other)
+}
+
+fn xattr_set(p: &Path, name: &str, value: &[u8]) -> io::Result<()> {
+    let path = c_path(p)?;
+    let name = std::ffi::CString::new(name).map_err(io::Error::other)?;
+    // SAFETY: valid C strings; `value` is readable for `value.len()` bytes.
+    let rc = unsafe {
+        libc::setxattr(
+            path.as_ptr(),
+            name.as_ptr(),
+            value.as_ptr().cast(),
+            value.len(),
+            0,
+        )
+    };
+    if rc == 0 {
+        Ok(())
+    } else {
+        Err(io::Error::last_os_error())
+    }
+}
+
+fn xattr_get(p: &Path, name: &str, buf: &mut [u8]) -> io::Result<usize> {
+    let path = c_path(p)?;
+    let name = std::ffi::CString::new(name).map_err(io::Error::other)?;
+    // SAFETY: valid C strings; `buf` is writable for `buf.len()` bytes.
+    let n = unsafe {
+        libc::getxattr(
+            path.as_ptr(),
+            name.as_ptr(),
+            buf.as_mut_ptr().cast(),
+            buf.len(),
+        )
+    };
+    if n < 0 {
+        Err(io::Error::last_os_error())
+    } else {
+        Ok(n as usize)
+    }
+}
+
 impl Drop for Cache {
     fn drop(&mut self) {
         self.close();
@@ -429,6 +495,11 @@ impl Drop for InFlightGuard {
 }
 
 impl Transaction {
+    /// The file being written.
+    pub fn path(&self) -> &Path {
+        &self.path
+    }
+
     pub fn written(&self) -> u64 {
         self.written
     }

@@ -368,6 +368,9 @@ impl ObjectStore {
             let n = copy_verified(body, spec.hash, spec.compression, &mut sink, limit)?;
             let digest = sink.hasher.take().map(Hasher::finish);
             txn.flush().map_err(ConsumeError::Local)?;
+            if let Some(d) = &digest {
+                crate::cache::record_digest(txn.path(), d);
+            }
             if let Some(want) = spec.size {
                 if n != want {
                     return Err(ConsumeError::BadData(format!(
@@ -417,16 +420,23 @@ impl ObjectStore {
             return true;
         }
         // Fast path: the digest of the decompressed content recorded at download time.
-        let recorded = self.cache.quota().and_then(|q| q.digest(&spec.hash));
+        let recorded = self
+            .cache
+            .quota()
+            .and_then(|q| q.digest(&spec.hash))
+            .or_else(|| crate::cache::recorded_digest(p));
         let checked = match recorded {
             Some(want) => file_digest(p).map(|d| d == want),
             None => cached_object_matches(p, spec.hash, Some(spec.compression)),
         };
         match checked {
             Ok(true) => {
-                if let (Some(q), None) = (self.cache.quota(), recorded) {
+                if recorded.is_none() {
                     if let Ok(d) = file_digest(p) {
-                        let _ = q.record_digest(&spec.hash, &d);
+                        crate::cache::record_digest(p, &d);
+                        if let Some(q) = self.cache.quota() {
+                            let _ = q.record_digest(&spec.hash, &d);
+                        }
                     }
                 }
                 self.mark_verified(spec.hash);
@@ -622,6 +632,42 @@ mod tests {
         std::fs::write(&p, &data).unwrap();
         assert!(cached_object_matches(&p, raw, Some(Compression::None)).unwrap());
         assert!(cached_object_matches(&p, raw, None).unwrap());
+    }
+
+    /// The digest recorded with a cached object makes its once-per-mount check one hash over
+    /// the file; it still catches a changed byte (and the object is discarded, not served).
+    #[test]
+    fn recorded_digest_checks_cached_copies() {
+        use std::io::Write as _;
+        let d = tempfile::tempdir().unwrap();
+        let cache = Cache::open(d.path()).unwrap();
+        let data = vec![5u8; 300_000];
+        let h = ContentHash::of(Algorithm::Sha1, &zlib(&data));
+        let mut txn = cache.begin().unwrap();
+        txn.write_all(&data).unwrap();
+        txn.flush().unwrap();
+        crate::cache::record_digest(txn.path(), &ContentHash::of(Algorithm::Sha1, &data));
+        let p = cache.commit(txn, &h).unwrap();
+        if crate::cache::recorded_digest(&p).is_none() {
+            eprintln!("SKIPPED: the temporary file system has no user xattrs");
+            return;
+        }
+        let spec = ObjectSpec {
+            hash: h,
+            suffix: Suffix::None,
+            compression: Compression::Zlib,
+            size: Some(data.len() as u64),
+        };
+        let store = ObjectStore::new(Cache::open(d.path()).unwrap(), None);
+        assert_eq!(store.get(spec).unwrap(), p);
+
+        let mut f = std::fs::OpenOptions::new().write(true).open(&p).unwrap();
+        f.write_all(&[6]).unwrap();
+        drop(f);
+        assert!(crate::cache::recorded_digest(&p).is_some(), "xattr kept");
+        let store = ObjectStore::new(Cache::open(d.path()).unwrap(), None);
+        assert!(matches!(store.get(spec), Err(FetchError::Offline { .. })));
+        assert!(!p.exists(), "the corrupt copy is discarded");
     }
 
     #[test]
