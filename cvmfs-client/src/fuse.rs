@@ -20,6 +20,7 @@ use fuser::{
 
 use crate::catalog::{Compression, DirEntry};
 use crate::mount::{FuseOptions, MagicXattrVisibility};
+use crate::prefetch::Prefetcher;
 use crate::repository::{Attached, Found, OpenFile, RepoError, Repository};
 
 /// The kernel's root inode.
@@ -98,11 +99,16 @@ pub struct CvmfsFs {
     ndiropen: AtomicU64,
     nioerr: AtomicU64,
     last_ioerr: AtomicU64,
+    prefetch: Prefetcher,
 }
+
+/// Background downloads of what is likely read next (see `prefetch`).
+const PREFETCH_THREADS: usize = 4;
 
 impl CvmfsFs {
     pub fn new(repo: Arc<Repository>, opts: FuseOptions) -> CvmfsFs {
         CvmfsFs {
+            prefetch: Prefetcher::start(Arc::clone(&repo), PREFETCH_THREADS),
             repo,
             opts,
             nodes: RwLock::new(HashMap::new()),
@@ -491,6 +497,8 @@ impl CvmfsFs {
             .repo
             .list(&dir.path)
             .map_err(|e| self.io_error("opendir", &dir.path, &e))?;
+        // A listed directory's files are likely read next.
+        self.prefetch.files(&children);
         for child in children {
             items.push(DirItem {
                 ino: self.ino_of(&child)?,
@@ -519,6 +527,10 @@ impl CvmfsFs {
             .repo
             .open(&f)
             .map_err(|e| self.repo_error("open", &f.path, &e))?;
+        if f.entry.is_chunked() {
+            // The reader fetches the first chunk itself; the following ones come in parallel.
+            self.prefetch.chunks_of(&f, 1);
+        }
         let fh = self.handle();
         self.files
             .write()
@@ -625,6 +637,11 @@ impl CvmfsFs {
 }
 
 impl Filesystem for CvmfsFs {
+    fn destroy(&mut self) {
+        // Unmounted: queued prefetches are dropped, running ones end before the cache closes.
+        self.prefetch.stop();
+    }
+
     fn lookup(&self, _req: &Request, parent: INodeNo, name: &OsStr, reply: ReplyEntry) {
         let result = (|| -> Result<Option<(u64, Found)>, Errno> {
             let parent_path = self.path_of(parent)?;

@@ -589,6 +589,26 @@ impl Repository {
         Ok(chunks)
     }
 
+    /// The object holding the content of unchunked regular file `f`.
+    pub fn file_spec(&self, f: &Found) -> Option<ObjectSpec> {
+        Some(ObjectSpec {
+            hash: f.entry.hash?,
+            suffix: Suffix::None,
+            compression: f.entry.compression(),
+            size: Some(f.entry.size),
+        })
+    }
+
+    /// The object of chunk `c` of chunked file `f`.
+    pub fn chunk_spec(&self, f: &Found, c: &Chunk) -> ObjectSpec {
+        ObjectSpec {
+            hash: c.hash,
+            suffix: Suffix::Partial,
+            compression: f.entry.compression(),
+            size: Some(c.size),
+        }
+    }
+
     /// Opens a regular file for reading: downloads it if it is not chunked (chunks are fetched
     /// when read).
     pub fn open(&self, f: &Found) -> Result<OpenFile, RepoError> {
