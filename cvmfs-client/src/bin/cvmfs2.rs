@@ -26,7 +26,7 @@ use nix::sys::signal::{SigSet, Signal};
 use nix::unistd::ForkResult;
 
 /// FUSE worker threads (parallel reads must not serialise).
-const FUSE_THREADS: usize = 4;
+const FUSE_THREADS: usize = 8;
 /// `CVMFS_USYSLOG` is rotated to `<file>.1` beyond this size.
 const USYSLOG_MAX: u64 = 500 * 1024;
 
