@@ -48,6 +48,10 @@ pub struct CacheOptions {
     pub quota_limit: Option<u64>,
     /// Repository name, for the crash guard `running.<fqrn>`.
     pub fqrn: Option<String>,
+    /// The daemon's mode (spec §9.1, µCernVM §13): change the process's working directory into
+    /// the cache and reach everything through paths relative to it, so that the cache keeps
+    /// working when the mount of its file system is moved (µCernVM's switch_root).
+    pub work_in_dir: bool,
 }
 
 /// What an object is, for the quota database.
@@ -67,7 +71,10 @@ impl Label<'_> {
 
 /// A cache directory.
 pub struct Cache {
+    /// Where the cache was opened, for messages.
     dir: PathBuf,
+    /// How the process reaches it: `dir`, or `.` when working inside it.
+    root: PathBuf,
     txn_counter: AtomicU64,
     quota: Option<QuotaManager>,
     read_only: AtomicBool,
@@ -101,6 +108,13 @@ impl Cache {
             move |source| CacheError::Io { path, source }
         };
         fs::create_dir_all(dir).map_err(io(dir))?;
+        let shown = dir;
+        let dir = if opts.work_in_dir {
+            std::env::set_current_dir(shown).map_err(io(shown))?;
+            Path::new(".")
+        } else {
+            shown
+        };
         for i in 0..=255u8 {
             let d = dir.join(format!("{i:02x}"));
             if !d.is_dir() {
@@ -146,7 +160,8 @@ impl Cache {
             File::create(g).map_err(io(g))?;
         }
         Ok(Cache {
-            dir: dir.to_path_buf(),
+            dir: shown.to_path_buf(),
+            root: dir.to_path_buf(),
             txn_counter: AtomicU64::new(0),
             quota,
             read_only: AtomicBool::new(false),
@@ -220,13 +235,19 @@ impl Cache {
         self.lock.lock().unwrap_or_else(|e| e.into_inner()).take();
     }
 
+    /// Where the cache was opened (for messages).
     pub fn dir(&self) -> &Path {
         &self.dir
     }
 
+    /// The path through which this process reaches the cache (`.` when working inside it).
+    pub fn root(&self) -> &Path {
+        &self.root
+    }
+
     /// Where object `hash` lives (whether or not it is there).
     pub fn path(&self, hash: &ContentHash) -> PathBuf {
-        self.dir.join(hash.cache_path())
+        self.root.join(hash.cache_path())
     }
 
     /// The cached object, if present (an access for the LRU order).
@@ -269,7 +290,7 @@ impl Cache {
         let guard = InFlightGuard(Arc::clone(&self.in_flight));
         let n = self.txn_counter.fetch_add(1, Ordering::Relaxed);
         let path = self
-            .dir
+            .root
             .join("txn")
             .join(format!("fetch{}-{n}", std::process::id()));
         let file = OpenOptions::new()
@@ -320,6 +341,72 @@ impl Cache {
             }
         }
         Ok(target)
+    }
+}
+
+/// Extended attribute of a cached object: the SHA-1 of its decompressed content, recorded at
+/// download time, so that the once-per-mount check of a cached copy is one hash over the file
+/// instead of compressing it again (the quota database keeps the same digest when it exists).
+const DIGEST_XATTR: &str = "user.cvmfs.sha1";
+
+/// Records the local integrity digest of object file `p` (a transaction's file before its
+/// commit, so that object and digest appear together). A file system without user xattrs
+/// records nothing (the check then falls back to compressing again).
+pub fn record_digest(p: &Path, digest: &ContentHash) {
+    let value = digest.to_string();
+    if let Err(e) = xattr_set(p, DIGEST_XATTR, value.as_bytes()) {
+        log::debug!("cannot record the digest of {}: {e}", p.display());
+    }
+}
+
+/// The digest recorded by [`record_digest`] on cached object `p`, if any.
+pub fn recorded_digest(p: &Path) -> Option<ContentHash> {
+    let mut buf = [0u8; 128];
+    let n = xattr_get(p, DIGEST_XATTR, &mut buf).ok()?;
+    std::str::from_utf8(&buf[..n]).ok()?.parse().ok()
+}
+
+fn c_path(p: &Path) -> io::Result<std::ffi::CString> {
+    use std::os::unix::ffi::OsStrExt;
+    std::ffi::CString::new(p.as_os_str().as_bytes()).map_err(io::Error::other)
+}
+
+fn xattr_set(p: &Path, name: &str, value: &[u8]) -> io::Result<()> {
+    let path = c_path(p)?;
+    let name = std::ffi::CString::new(name).map_err(io::Error::other)?;
+    // SAFETY: valid C strings; `value` is readable for `value.len()` bytes.
+    let rc = unsafe {
+        libc::setxattr(
+            path.as_ptr(),
+            name.as_ptr(),
+            value.as_ptr().cast(),
+            value.len(),
+            0,
+        )
+    };
+    if rc == 0 {
+        Ok(())
+    } else {
+        Err(io::Error::last_os_error())
+    }
+}
+
+fn xattr_get(p: &Path, name: &str, buf: &mut [u8]) -> io::Result<usize> {
+    let path = c_path(p)?;
+    let name = std::ffi::CString::new(name).map_err(io::Error::other)?;
+    // SAFETY: valid C strings; `buf` is writable for `buf.len()` bytes.
+    let n = unsafe {
+        libc::getxattr(
+            path.as_ptr(),
+            name.as_ptr(),
+            buf.as_mut_ptr().cast(),
+            buf.len(),
+        )
+    };
+    if n < 0 {
+        Err(io::Error::last_os_error())
+    } else {
+        Ok(n as usize)
     }
 }
 
@@ -408,6 +495,11 @@ impl Drop for InFlightGuard {
 }
 
 impl Transaction {
+    /// The file being written.
+    pub fn path(&self) -> &Path {
+        &self.path
+    }
+
     pub fn written(&self) -> u64 {
         self.written
     }
@@ -468,6 +560,7 @@ mod tests {
         let opts = CacheOptions {
             quota_limit: Some(1 << 20),
             fqrn: Some("x.test".into()),
+            ..Default::default()
         };
         let c = Cache::open_with(d.path(), &opts).unwrap();
         assert!(d.path().join("running.x.test").exists());

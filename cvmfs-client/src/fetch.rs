@@ -2,13 +2,13 @@
 //! decompress and cache (spec §2.4). The hash check is a streaming `Read` wrapper, so objects
 //! are never held in memory whole and never reach the cache unverified.
 
-use std::collections::HashSet;
+use std::collections::{HashMap, HashSet};
 use std::fmt;
 use std::fs::File;
 use std::io::{self, Read, Write};
 use std::path::{Path, PathBuf};
 use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
-use std::sync::{Arc, Mutex};
+use std::sync::{Arc, Condvar, Mutex};
 
 use flate2::read::ZlibDecoder;
 
@@ -229,6 +229,30 @@ pub struct ObjectStore {
     /// Objects whose cached copy was checked against its hash during this mount.
     verified: Mutex<HashSet<ContentHash>>,
     downloads: AtomicU64,
+    /// Objects being downloaded now: a second reader (or a prefetch) waits for the first
+    /// download instead of starting its own.
+    in_flight: Mutex<HashMap<ContentHash, Arc<Flight>>>,
+}
+
+/// One download in progress; `done` turns true when it ended (either way).
+#[derive(Default)]
+struct Flight {
+    done: Mutex<bool>,
+    ended: Condvar,
+}
+
+impl Flight {
+    fn wait(&self) {
+        let mut done = self.done.lock().unwrap_or_else(|e| e.into_inner());
+        while !*done {
+            done = self.ended.wait(done).unwrap_or_else(|e| e.into_inner());
+        }
+    }
+
+    fn finish(&self) {
+        *self.done.lock().unwrap_or_else(|e| e.into_inner()) = true;
+        self.ended.notify_all();
+    }
 }
 
 /// What is known about an object before it is fetched.
@@ -256,6 +280,7 @@ impl ObjectStore {
             network: NetworkState::default(),
             verified: Mutex::new(HashSet::new()),
             downloads: AtomicU64::new(0),
+            in_flight: Mutex::new(HashMap::new()),
         }
     }
 
@@ -273,12 +298,55 @@ impl ObjectStore {
     /// `label`. A cached copy is checked against its hash the first time it is used in this
     /// mount; a corrupt one is discarded and fetched again.
     pub fn get_labeled(&self, spec: ObjectSpec, label: Label<'_>) -> Result<PathBuf, FetchError> {
-        if let Some(p) = self.cache.lookup(&spec.hash) {
-            if self.cached_copy_is_good(&p, spec) {
-                return Ok(p);
+        let mut waited = false;
+        loop {
+            if let Some(p) = self.cache.lookup(&spec.hash) {
+                if self.cached_copy_is_good(&p, spec) {
+                    return Ok(p);
+                }
+                self.cache.evict(&spec.hash);
             }
-            self.cache.evict(&spec.hash);
+            let (flight, leader) = {
+                let mut m = self.in_flight.lock().unwrap_or_else(|e| e.into_inner());
+                match m.get(&spec.hash) {
+                    // After one wait that did not produce the object, download it ourselves
+                    // (the other download may have failed for a reason of its own).
+                    Some(f) if !waited => (Arc::clone(f), false),
+                    Some(_) => (Arc::new(Flight::default()), false),
+                    None => {
+                        let f = Arc::new(Flight::default());
+                        m.insert(spec.hash, Arc::clone(&f));
+                        (f, true)
+                    }
+                }
+            };
+            if leader {
+                let result = self.fetch_missing(spec, label);
+                self.in_flight
+                    .lock()
+                    .unwrap_or_else(|e| e.into_inner())
+                    .remove(&spec.hash);
+                flight.finish();
+                return result;
+            }
+            if waited {
+                return self.fetch_missing(spec, label);
+            }
+            flight.wait();
+            waited = true;
         }
+    }
+
+    /// Objects being downloaded right now.
+    pub fn downloading(&self, hash: &ContentHash) -> bool {
+        self.in_flight
+            .lock()
+            .unwrap_or_else(|e| e.into_inner())
+            .contains_key(hash)
+    }
+
+    /// Downloads an object that is not in the cache (or whose copy was bad).
+    fn fetch_missing(&self, spec: ObjectSpec, label: Label<'_>) -> Result<PathBuf, FetchError> {
         let object = spec.hash.object_path(spec.suffix);
         let Some(dl) = &self.downloader else {
             return Err(FetchError::Offline { object });
@@ -368,6 +436,9 @@ impl ObjectStore {
             let n = copy_verified(body, spec.hash, spec.compression, &mut sink, limit)?;
             let digest = sink.hasher.take().map(Hasher::finish);
             txn.flush().map_err(ConsumeError::Local)?;
+            if let Some(d) = &digest {
+                crate::cache::record_digest(txn.path(), d);
+            }
             if let Some(want) = spec.size {
                 if n != want {
                     return Err(ConsumeError::BadData(format!(
@@ -417,16 +488,23 @@ impl ObjectStore {
             return true;
         }
         // Fast path: the digest of the decompressed content recorded at download time.
-        let recorded = self.cache.quota().and_then(|q| q.digest(&spec.hash));
+        let recorded = self
+            .cache
+            .quota()
+            .and_then(|q| q.digest(&spec.hash))
+            .or_else(|| crate::cache::recorded_digest(p));
         let checked = match recorded {
             Some(want) => file_digest(p).map(|d| d == want),
             None => cached_object_matches(p, spec.hash, Some(spec.compression)),
         };
         match checked {
             Ok(true) => {
-                if let (Some(q), None) = (self.cache.quota(), recorded) {
+                if recorded.is_none() {
                     if let Ok(d) = file_digest(p) {
-                        let _ = q.record_digest(&spec.hash, &d);
+                        crate::cache::record_digest(p, &d);
+                        if let Some(q) = self.cache.quota() {
+                            let _ = q.record_digest(&spec.hash, &d);
+                        }
                     }
                 }
                 self.mark_verified(spec.hash);
@@ -622,6 +700,42 @@ mod tests {
         std::fs::write(&p, &data).unwrap();
         assert!(cached_object_matches(&p, raw, Some(Compression::None)).unwrap());
         assert!(cached_object_matches(&p, raw, None).unwrap());
+    }
+
+    /// The digest recorded with a cached object makes its once-per-mount check one hash over
+    /// the file; it still catches a changed byte (and the object is discarded, not served).
+    #[test]
+    fn recorded_digest_checks_cached_copies() {
+        use std::io::Write as _;
+        let d = tempfile::tempdir().unwrap();
+        let cache = Cache::open(d.path()).unwrap();
+        let data = vec![5u8; 300_000];
+        let h = ContentHash::of(Algorithm::Sha1, &zlib(&data));
+        let mut txn = cache.begin().unwrap();
+        txn.write_all(&data).unwrap();
+        txn.flush().unwrap();
+        crate::cache::record_digest(txn.path(), &ContentHash::of(Algorithm::Sha1, &data));
+        let p = cache.commit(txn, &h).unwrap();
+        if crate::cache::recorded_digest(&p).is_none() {
+            eprintln!("SKIPPED: the temporary file system has no user xattrs");
+            return;
+        }
+        let spec = ObjectSpec {
+            hash: h,
+            suffix: Suffix::None,
+            compression: Compression::Zlib,
+            size: Some(data.len() as u64),
+        };
+        let store = ObjectStore::new(Cache::open(d.path()).unwrap(), None);
+        assert_eq!(store.get(spec).unwrap(), p);
+
+        let mut f = std::fs::OpenOptions::new().write(true).open(&p).unwrap();
+        f.write_all(&[6]).unwrap();
+        drop(f);
+        assert!(crate::cache::recorded_digest(&p).is_some(), "xattr kept");
+        let store = ObjectStore::new(Cache::open(d.path()).unwrap(), None);
+        assert!(matches!(store.get(spec), Err(FetchError::Offline { .. })));
+        assert!(!p.exists(), "the corrupt copy is discarded");
     }
 
     #[test]

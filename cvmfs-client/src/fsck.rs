@@ -229,6 +229,7 @@ mod tests {
         let opts = crate::cache::CacheOptions {
             quota_limit: Some(1 << 20),
             fqrn: Some("x.test".into()),
+            ..Default::default()
         };
         let cache = crate::cache::Cache::open_with(d.path(), &opts).unwrap();
         assert!(matches!(

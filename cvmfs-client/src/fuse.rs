@@ -13,13 +13,14 @@ use std::sync::{Arc, RwLock};
 use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};
 
 use fuser::{
-    Errno, FileAttr, FileHandle, FileType, Filesystem, FopenFlags, Generation, INodeNo, LockOwner,
-    OpenAccMode, OpenFlags, ReplyAttr, ReplyData, ReplyDirectory, ReplyEmpty, ReplyEntry,
-    ReplyOpen, ReplyStatfs, ReplyXattr, Request,
+    Errno, FileAttr, FileHandle, FileType, Filesystem, FopenFlags, Generation, INodeNo, InitFlags,
+    KernelConfig, LockOwner, OpenAccMode, OpenFlags, ReplyAttr, ReplyData, ReplyDirectory,
+    ReplyDirectoryPlus, ReplyEmpty, ReplyEntry, ReplyOpen, ReplyStatfs, ReplyXattr, Request,
 };
 
 use crate::catalog::{Compression, DirEntry};
 use crate::mount::{FuseOptions, MagicXattrVisibility};
+use crate::prefetch::Prefetcher;
 use crate::repository::{Attached, Found, OpenFile, RepoError, Repository};
 
 /// The kernel's root inode.
@@ -80,6 +81,9 @@ struct DirItem {
     ino: u64,
     kind: FileType,
     name: Vec<u8>,
+    /// Attributes and path for `readdirplus` (the kernel then needs no lookup per entry).
+    attr: FileAttr,
+    path: Vec<u8>,
 }
 
 /// The CernVM-FS FUSE file system.
@@ -98,11 +102,16 @@ pub struct CvmfsFs {
     ndiropen: AtomicU64,
     nioerr: AtomicU64,
     last_ioerr: AtomicU64,
+    prefetch: Prefetcher,
 }
+
+/// Background downloads of what is likely read next (see `prefetch`).
+const PREFETCH_THREADS: usize = 4;
 
 impl CvmfsFs {
     pub fn new(repo: Arc<Repository>, opts: FuseOptions) -> CvmfsFs {
         CvmfsFs {
+            prefetch: Prefetcher::start(Arc::clone(&repo), PREFETCH_THREADS),
             repo,
             opts,
             nodes: RwLock::new(HashMap::new()),
@@ -470,10 +479,14 @@ impl CvmfsFs {
         if !dir.entry.is_dir() {
             return Err(Errno::ENOTDIR);
         }
+        let dir_ino = self.ino_of(&dir)?;
+        let dir_attr = self.attr(&dir, dir_ino);
         let mut items = vec![DirItem {
-            ino: self.ino_of(&dir)?,
+            ino: dir_ino,
             kind: FileType::Directory,
             name: b".".to_vec(),
+            attr: dir_attr,
+            path: dir.path.clone(),
         }];
         if !dir.path.is_empty() {
             let parent_path = parent_of(&dir.path);
@@ -481,21 +494,36 @@ impl CvmfsFs {
                 Some(p) => self.ino_of(&p)?,
                 None => ROOT_INO,
             };
+            // The kernel takes no attributes of the dot entries from readdirplus.
             items.push(DirItem {
                 ino: parent_ino,
                 kind: FileType::Directory,
                 name: b"..".to_vec(),
+                attr: dir_attr,
+                path: parent_path.to_vec(),
             });
         }
         let children = self
             .repo
             .list(&dir.path)
             .map_err(|e| self.io_error("opendir", &dir.path, &e))?;
-        for child in children {
+        // A listed directory's files are likely read next.
+        self.prefetch.files(&children);
+        for listed in children {
+            // A directory as a lookup sees it (a nested catalog's mountpoint is found through
+            // the nested catalog); other entries are the same either way.
+            let child = if listed.entry.is_dir() {
+                self.lookup_path("opendir", &listed.path)?.unwrap_or(listed)
+            } else {
+                listed
+            };
+            let ino = self.ino_of(&child)?;
             items.push(DirItem {
-                ino: self.ino_of(&child)?,
+                ino,
                 kind: file_type(child.entry.mode),
-                name: child.entry.name.clone(),
+                attr: self.attr(&child, ino),
+                name: child.entry.name,
+                path: child.path,
             });
         }
         Ok(items)
@@ -519,6 +547,10 @@ impl CvmfsFs {
             .repo
             .open(&f)
             .map_err(|e| self.repo_error("open", &f.path, &e))?;
+        if f.entry.is_chunked() {
+            // The reader fetches the first chunk itself; the following ones come in parallel.
+            self.prefetch.chunks_of(&f, 1);
+        }
         let fh = self.handle();
         self.files
             .write()
@@ -625,6 +657,19 @@ impl CvmfsFs {
 }
 
 impl Filesystem for CvmfsFs {
+    fn init(&mut self, _req: &Request, config: &mut KernelConfig) -> std::io::Result<()> {
+        // Listings carry the attributes: a walk over the tree needs no lookup per entry.
+        if let Err(missing) = config.add_capabilities(InitFlags::FUSE_DO_READDIRPLUS) {
+            log::debug!("kernel without {missing:?}");
+        }
+        Ok(())
+    }
+
+    fn destroy(&mut self) {
+        // Unmounted: queued prefetches are dropped, running ones end before the cache closes.
+        self.prefetch.stop();
+    }
+
     fn lookup(&self, _req: &Request, parent: INodeNo, name: &OsStr, reply: ReplyEntry) {
         let result = (|| -> Result<Option<(u64, Found)>, Errno> {
             let parent_path = self.path_of(parent)?;
@@ -772,6 +817,46 @@ impl Filesystem for CvmfsFs {
                 OsStr::from_bytes(&item.name),
             ) {
                 break;
+            }
+        }
+        reply.ok();
+    }
+
+    fn readdirplus(
+        &self,
+        _req: &Request,
+        _ino: INodeNo,
+        fh: FileHandle,
+        offset: u64,
+        mut reply: ReplyDirectoryPlus,
+    ) {
+        let Some(items) = self
+            .dirs
+            .read()
+            .unwrap_or_else(|e| e.into_inner())
+            .get(&fh.0)
+            .cloned()
+        else {
+            reply.error(Errno::EBADF);
+            return;
+        };
+        let start = usize::try_from(offset).unwrap_or(usize::MAX);
+        for (i, item) in items.iter().enumerate().skip(start) {
+            let full = reply.add(
+                INodeNo(item.ino),
+                i as u64 + 1,
+                OsStr::from_bytes(&item.name),
+                &self.ttl(),
+                &item.attr,
+                Generation(0),
+            );
+            if full {
+                break;
+            }
+            // Each entry passed on counts as a lookup (the kernel forgets it later), except
+            // the dot entries.
+            if item.name != b"." && item.name != b".." {
+                self.remember(item.ino, &item.path);
             }
         }
         reply.ok();

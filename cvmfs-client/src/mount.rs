@@ -250,6 +250,7 @@ impl MountSettings {
             root_hash,
             environment: config.environment(),
             now,
+            work_in_cache_dir: false,
         };
         Ok((repo, fuse))
     }

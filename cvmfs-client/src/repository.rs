@@ -103,6 +103,8 @@ pub struct RepositoryOptions {
     pub environment: HashMap<String, String>,
     /// Current time (seconds since the epoch) for the whitelist expiry check.
     pub now: i64,
+    /// Work inside the cache directory (the daemon; see `CacheOptions::work_in_dir`).
+    pub work_in_cache_dir: bool,
 }
 
 /// Result of the talk command `remount`.
@@ -172,6 +174,7 @@ impl Repository {
             &CacheOptions {
                 quota_limit: opts.quota_limit,
                 fqrn: Some(fqrn.clone()),
+                work_in_dir: opts.work_in_cache_dir,
             },
         )
         .map_err(|e| RepoError::Catalog {
@@ -229,7 +232,7 @@ impl Repository {
                 revision: m.revision,
             };
             if crumb.timestamp > 0 {
-                if let Err(e) = crumb.write(repo.store.cache.dir(), &repo.fqrn) {
+                if let Err(e) = crumb.write(repo.store.cache.root(), &repo.fqrn) {
                     log::warn!("{}: cannot write the breadcrumb: {e}", repo.fqrn);
                 }
             }
@@ -268,7 +271,7 @@ impl Repository {
                 self.store.network.report_online();
                 if m.revision == self.revision {
                     if let Err(e) =
-                        StoredManifest::save(self.store.cache.dir(), &self.fqrn, &mbuf, &wbuf)
+                        StoredManifest::save(self.store.cache.root(), &self.fqrn, &mbuf, &wbuf)
                     {
                         log::warn!("{}: cannot store the manifest: {e}", self.fqrn);
                     }
@@ -586,6 +589,26 @@ impl Repository {
         Ok(chunks)
     }
 
+    /// The object holding the content of unchunked regular file `f`.
+    pub fn file_spec(&self, f: &Found) -> Option<ObjectSpec> {
+        Some(ObjectSpec {
+            hash: f.entry.hash?,
+            suffix: Suffix::None,
+            compression: f.entry.compression(),
+            size: Some(f.entry.size),
+        })
+    }
+
+    /// The object of chunk `c` of chunked file `f`.
+    pub fn chunk_spec(&self, f: &Found, c: &Chunk) -> ObjectSpec {
+        ObjectSpec {
+            hash: c.hash,
+            suffix: Suffix::Partial,
+            compression: f.entry.compression(),
+            size: Some(c.size),
+        }
+    }
+
     /// Opens a regular file for reading: downloads it if it is not chunked (chunks are fetched
     /// when read).
     pub fn open(&self, f: &Found) -> Result<OpenFile, RepoError> {
@@ -777,7 +800,7 @@ fn current_manifest(
     opts: &RepositoryOptions,
 ) -> Result<(Manifest, bool), RepoError> {
     let fqrn = &opts.fqrn;
-    let cache_dir = store.cache.dir().to_path_buf();
+    let cache_dir = store.cache.root().to_path_buf();
     let stored = StoredManifest::load(&cache_dir, fqrn);
     // The stored copy is verified only when it is used (the servers did not answer, or they
     // offer an older revision); a mount with the servers reachable does not pay for it.

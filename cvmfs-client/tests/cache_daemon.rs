@@ -696,3 +696,116 @@ fn full_cache_file_system_cleans_up_and_never_corrupts_the_cache() {
         String::from_utf8_lossy(&fsck.stdout)
     );
 }
+
+/// A bind mount of `dir` onto itself made private, so that mounts below it can be moved
+/// (`mount --move` refuses mounts under a shared parent); unmounted on drop.
+struct PrivateDir(PathBuf);
+
+impl PrivateDir {
+    fn make(dir: &Path) -> Option<PrivateDir> {
+        let run = |args: &[&str]| {
+            Command::new("mount")
+                .args(args)
+                .arg(dir)
+                .arg(dir)
+                .status()
+                .is_ok_and(|s| s.success())
+        };
+        if !run(&["--bind"]) {
+            return None;
+        }
+        let me = PrivateDir(dir.to_path_buf());
+        let private = Command::new("mount")
+            .arg("--make-private")
+            .arg(dir)
+            .status()
+            .is_ok_and(|s| s.success());
+        private.then_some(me)
+    }
+}
+
+impl Drop for PrivateDir {
+    fn drop(&mut self) {
+        let _ = Command::new("umount").arg("-l").arg(&self.0).status();
+    }
+}
+
+/// µCernVM starts `cvmfs2` with its cache on the scratch disk, then moves that disk's mount
+/// under the new root (switch_root). The daemon works inside its cache through relative paths,
+/// so reads of cached and of new objects, the cache database and the control socket keep
+/// working at the new place.
+#[test]
+fn the_cache_file_system_can_be_moved_under_a_running_daemon() {
+    skip_unless_possible!();
+    let srv = server();
+    let env = Env::new();
+    let Some(_private) = PrivateDir::make(env.tmp.path()) else {
+        eprintln!("SKIPPED: cannot make a private bind mount");
+        return;
+    };
+    let Some(disk) = SmallFs::mount(&env.cache_base, "200m") else {
+        eprintln!("SKIPPED: cannot mount a tmpfs");
+        return;
+    };
+    env.configure(&srv.url(), "v1", 1000, "");
+    let pid = env.mount().expect("mount");
+    let files = expected_files("v1");
+    let (first, rest) = files.split_at(files.len() / 2);
+    let problems = check_files(&env.mnt, first);
+    assert!(problems.is_empty(), "{problems:#?}");
+
+    let moved = env.tmp.path().join("moved");
+    std::fs::create_dir_all(&moved).expect("create directory");
+    let st = Command::new("mount")
+        .arg("--move")
+        .arg(&env.cache_base)
+        .arg(&moved)
+        .status()
+        .expect("mount --move");
+    assert!(st.success(), "mount --move failed");
+    let _disk = SmallFs(moved.clone());
+    std::mem::forget(disk);
+    assert!(
+        !env.cache_dir().exists(),
+        "the old cache path is gone: the daemon cannot use it"
+    );
+
+    // New objects (downloaded into the moved cache) and cached ones (read again after the
+    // page cache is dropped).
+    let problems = check_files(&env.mnt, rest);
+    assert!(problems.is_empty(), "{problems:#?}");
+    std::fs::write("/proc/sys/vm/drop_caches", "3").expect("drop the page cache");
+    let problems = check_files(&env.mnt, &files);
+    assert!(problems.is_empty(), "{problems:#?}");
+    let moved_cache = moved.join(FQRN);
+    let readme = cached_object(&moved_cache, &env.mnt, "README.txt");
+    assert!(readme.is_file(), "objects land in the moved cache");
+
+    // The control socket moved along; the cache database still records new objects.
+    let out = Command::new(env!("CARGO_BIN_EXE_cvmfs_talk"))
+        .arg("-i")
+        .arg(FQRN)
+        .arg("-b")
+        .arg(&moved)
+        .args(["cache", "size"])
+        .output()
+        .expect("run cvmfs_talk");
+    let answer = String::from_utf8_lossy(&out.stdout);
+    assert!(out.status.success(), "cvmfs_talk: {answer}");
+    let used_mb: u64 = answer
+        .split("Current cache size is ")
+        .nth(1)
+        .and_then(|s| s.split("MB").next())
+        .and_then(|n| n.trim().parse().ok())
+        .unwrap_or_else(|| panic!("unexpected answer {answer:?}"));
+    assert!(
+        used_mb >= 30,
+        "the cache database holds the objects: {answer}"
+    );
+    env.unmount(pid);
+    assert!(
+        !moved_cache.join(format!("running.{FQRN}")).exists(),
+        "clean shutdown in the moved cache"
+    );
+    assert!(!env.log().contains("cannot"), "{}", env.log());
+}

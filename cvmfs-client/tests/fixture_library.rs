@@ -28,6 +28,7 @@ fn options(server: &StaticHttpServer, cache: &Path, tag: Option<&str>) -> Reposi
         root_hash: None,
         environment: HashMap::new(),
         now: NOW,
+        work_in_cache_dir: false,
     }
 }
 

@@ -496,6 +496,7 @@ impl Site {
                 .duration_since(std::time::UNIX_EPOCH)
                 .unwrap()
                 .as_secs() as i64,
+            work_in_cache_dir: false,
         }
     }
 
@@ -977,6 +978,7 @@ fn extract_fixture(tag: &str, dest: &Path) {
         root_hash: None,
         environment: HashMap::new(),
         now: 1_795_867_200,
+        work_in_cache_dir: false,
     })
     .unwrap();
     let target = |f: &Found| dest.join(std::ffi::OsStr::from_bytes(&f.path[1..]));

@@ -250,22 +250,6 @@ pub fn assemble(layout: &Layout, lower: &Path) -> Result<(), UnionError> {
             source,
         })?;
     }
-    // Our cvmfs2 opens its cache by absolute path (/root.rw/cache/<repo>), not relative to its
-    // working directory: keep the scratch disk reachable there too. The bind mount stays in the
-    // initramfs (the daemon's root after hand-over) and is invisible to the OS.
-    let moved_rw = layout.root.join("mnt/.rw");
-    mount(
-        Some(moved_rw.as_path()),
-        &layout.root_rw,
-        None::<&str>,
-        MsFlags::MS_BIND,
-        None::<&str>,
-    )
-    .map_err(|source| UnionError::Move {
-        from: moved_rw.clone(),
-        to: layout.root_rw.clone(),
-        source,
-    })?;
     Ok(())
 }
 

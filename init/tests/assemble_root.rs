@@ -63,13 +63,19 @@ fn boot(layout: &Layout, cmdline: &str, bin: &Path, first: bool) -> Boot {
     boot
 }
 
-/// Takes the assembled root apart again, as a shutdown would; the scratch disk stays
-/// reachable at `root.rw` (the union phase keeps it there for the daemon), like the disk a
-/// reboot mounts there again.
+/// Takes the assembled root apart again, as a shutdown would; the scratch disk is moved back
+/// to `root.rw`, like the disk a reboot mounts there again.
 fn shutdown(layout: &Layout, bin: &Path) {
     let root = &layout.root;
     cvmfs_start::unmount(&root.join("mnt/.ro")).unwrap();
-    umount2(&root.join("mnt/.rw"), MntFlags::MNT_DETACH).unwrap();
+    mount(
+        Some(&root.join("mnt/.rw")),
+        &layout.root_rw,
+        None::<&str>,
+        MsFlags::MS_MOVE,
+        None::<&str>,
+    )
+    .unwrap();
     umount2(root, MntFlags::MNT_DETACH).unwrap();
     let deadline = Instant::now() + Duration::from_secs(15);
     while !cvmfs_start::daemon_pids(bin).is_empty() && Instant::now() < deadline {

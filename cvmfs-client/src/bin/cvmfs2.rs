@@ -26,7 +26,7 @@ use nix::sys::signal::{SigSet, Signal};
 use nix::unistd::ForkResult;
 
 /// FUSE worker threads (parallel reads must not serialise).
-const FUSE_THREADS: usize = 4;
+const FUSE_THREADS: usize = 8;
 /// `CVMFS_USYSLOG` is rotated to `<file>.1` beyond this size.
 const USYSLOG_MAX: u64 = 500 * 1024;
 
@@ -454,8 +454,11 @@ fn serve(p: Prepared, mut pipe: Option<OwnedFd>) -> Result<(), String> {
         }
     }
 
-    let cache_dir = p.repo.cache_dir.clone();
-    let repo = match Repository::mount(p.repo.clone()) {
+    // The daemon works inside its cache directory (workspace) through relative paths, so that
+    // moving the mount of the cache's file system (µCernVM's switch_root) does not break it.
+    let mut repo_options = p.repo.clone();
+    repo_options.work_in_cache_dir = true;
+    let repo = match Repository::mount(repo_options) {
         Ok(r) => Arc::new(r),
         Err(e) => return fail(&mut pipe, e.to_string()),
     };
@@ -466,8 +469,6 @@ fn serve(p: Prepared, mut pipe: Option<OwnedFd>) -> Result<(), String> {
         repo.revision,
         repo.root_hash
     );
-    // The daemon works inside its cache directory (workspace).
-    let _ = std::env::set_current_dir(&cache_dir);
     if repo.is_offline() {
         log::warn!(
             "CernVM-FS: {} mounted in offline mode (revision {} from the cache)",
@@ -478,7 +479,12 @@ fn serve(p: Prepared, mut pipe: Option<OwnedFd>) -> Result<(), String> {
 
     // The control socket listens before the mount (µCernVM talks to it right after cvmfs2
     // returns).
-    let listener = match talk_server::bind(&p.talk_socket) {
+    // Inside the cache, the socket too is reached relative to the working directory.
+    let socket_at = match p.talk_socket.strip_prefix(&p.repo.cache_dir) {
+        Ok(rel) if !rel.as_os_str().is_empty() => rel.to_path_buf(),
+        _ => p.talk_socket.clone(),
+    };
+    let listener = match talk_server::bind(&socket_at) {
         Ok(l) => l,
         Err(e) => {
             return fail(
@@ -555,7 +561,7 @@ fn serve(p: Prepared, mut pipe: Option<OwnedFd>) -> Result<(), String> {
     }
     let result = session.run();
     log::info!("CernVM-FS: {} unmounted", p.fqrn);
-    let _ = std::fs::remove_file(&p.talk_socket);
+    let _ = std::fs::remove_file(&socket_at);
     repo.store.cache.close();
     result.map_err(|e| format!("FUSE session: {e}"))
 }

@@ -1,0 +1,222 @@
+//! Background downloads of what is likely read next (a cold cache is bound by round trips):
+//! the files of a directory when it is listed, the chunks of a chunked file when it is opened.
+//! A small pool of threads works through a bounded queue; a reader never waits for the queue
+//! (a full queue drops requests), only for a download of the very object it needs, which
+//! `ObjectStore` shares instead of starting a second one. Prefetched objects go through the
+//! same verified path as any other (nothing unverified reaches the cache), and only while the
+//! quota has room without a cleanup (prefetching never evicts what was read).
+
+use std::collections::VecDeque;
+use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
+use std::sync::{Arc, Condvar, Mutex};
+use std::thread::JoinHandle;
+
+use crate::cache::Label;
+use crate::fetch::ObjectSpec;
+use crate::quota::ObjectType;
+use crate::repository::{Found, Repository};
+
+/// Requests waiting at most (older ones are served first; newer ones beyond this are dropped).
+pub const QUEUE_LIMIT: usize = 4096;
+
+/// One object to fetch, with what the cache database shows for it.
+struct Job {
+    spec: ObjectSpec,
+    description: String,
+    kind: ObjectType,
+}
+
+#[derive(Default)]
+struct Shared {
+    queue: Mutex<VecDeque<Job>>,
+    wake: Condvar,
+    stop: AtomicBool,
+    fetched: AtomicU64,
+    failed: AtomicU64,
+    /// Bytes of the prefetches in progress (not yet in the quota's count).
+    in_progress: Mutex<u64>,
+}
+
+/// The pool; stopping (or dropping) it ends the workers after their current download.
+pub struct Prefetcher {
+    repo: Arc<Repository>,
+    shared: Arc<Shared>,
+    workers: Mutex<Vec<JoinHandle<()>>>,
+}
+
+impl Prefetcher {
+    /// Starts `threads` workers (none: prefetching is off).
+    pub fn start(repo: Arc<Repository>, threads: usize) -> Prefetcher {
+        let shared = Arc::new(Shared::default());
+        let mut workers = Vec::new();
+        if repo.store.downloader.is_some() {
+            for i in 0..threads {
+                let (repo, shared) = (Arc::clone(&repo), Arc::clone(&shared));
+                let spawned = std::thread::Builder::new()
+                    .name(format!("prefetch-{i}"))
+                    .spawn(move || work(&repo, &shared));
+                match spawned {
+                    Ok(h) => workers.push(h),
+                    Err(e) => log::warn!("cannot start a prefetch thread: {e}"),
+                }
+            }
+        }
+        Prefetcher {
+            repo,
+            shared,
+            workers: Mutex::new(workers),
+        }
+    }
+
+    /// Queues the content of the regular files among `entries` (a directory listing).
+    pub fn files(&self, entries: &[Found]) {
+        let mut jobs = Vec::new();
+        for f in entries {
+            if !f.entry.is_regular() || f.entry.is_external() || f.entry.size == 0 {
+                continue;
+            }
+            if f.entry.is_chunked() {
+                // The first chunk only: the rest follows when the file is opened.
+                if let Ok(chunks) = self.repo.chunks(f) {
+                    if let Some(spec) = chunks.first().map(|c| self.repo.chunk_spec(f, c)) {
+                        jobs.push(job(spec, f, ObjectType::Regular, true));
+                    }
+                }
+            } else if let Some(spec) = self.repo.file_spec(f) {
+                jobs.push(job(spec, f, ObjectType::Regular, false));
+            }
+        }
+        self.push(jobs);
+    }
+
+    /// Queues the chunks of chunked file `f` after the first `skip` ones.
+    pub fn chunks_of(&self, f: &Found, skip: usize) {
+        let Ok(chunks) = self.repo.chunks(f) else {
+            return;
+        };
+        let jobs = chunks
+            .iter()
+            .skip(skip)
+            .map(|c| job(self.repo.chunk_spec(f, c), f, ObjectType::Regular, true))
+            .collect();
+        self.push(jobs);
+    }
+
+    fn push(&self, jobs: Vec<Job>) {
+        if jobs.is_empty() || self.shared.stop.load(Ordering::SeqCst) || self.idle() {
+            return;
+        }
+        let mut q = self.shared.queue.lock().unwrap_or_else(|e| e.into_inner());
+        for j in jobs {
+            if q.len() >= QUEUE_LIMIT {
+                break;
+            }
+            let store = &self.repo.store;
+            if store.cache.path(&j.spec.hash).exists() || store.downloading(&j.spec.hash) {
+                continue;
+            }
+            q.push_back(j);
+        }
+        drop(q);
+        self.shared.wake.notify_all();
+    }
+
+    fn idle(&self) -> bool {
+        self.workers
+            .lock()
+            .unwrap_or_else(|e| e.into_inner())
+            .is_empty()
+    }
+
+    /// Objects fetched and failed so far (a failure is left to the reader to report).
+    pub fn counts(&self) -> (u64, u64) {
+        (
+            self.shared.fetched.load(Ordering::Relaxed),
+            self.shared.failed.load(Ordering::Relaxed),
+        )
+    }
+
+    /// Drops what is queued and waits for the downloads in progress to end.
+    pub fn stop(&self) {
+        self.shared.stop.store(true, Ordering::SeqCst);
+        self.shared
+            .queue
+            .lock()
+            .unwrap_or_else(|e| e.into_inner())
+            .clear();
+        self.shared.wake.notify_all();
+        let workers = std::mem::take(&mut *self.workers.lock().unwrap_or_else(|e| e.into_inner()));
+        for w in workers {
+            let _ = w.join();
+        }
+    }
+}
+
+impl Drop for Prefetcher {
+    fn drop(&mut self) {
+        self.stop();
+    }
+}
+
+fn job(spec: ObjectSpec, f: &Found, kind: ObjectType, chunk: bool) -> Job {
+    let path = String::from_utf8_lossy(&f.path);
+    Job {
+        spec,
+        description: if chunk {
+            format!("Part of {path}")
+        } else {
+            path.into_owned()
+        },
+        kind,
+    }
+}
+
+fn work(repo: &Repository, shared: &Shared) {
+    loop {
+        let job = {
+            let mut q = shared.queue.lock().unwrap_or_else(|e| e.into_inner());
+            loop {
+                if shared.stop.load(Ordering::SeqCst) {
+                    return;
+                }
+                if let Some(j) = q.pop_front() {
+                    break j;
+                }
+                q = shared.wake.wait(q).unwrap_or_else(|e| e.into_inner());
+            }
+        };
+        let store = &repo.store;
+        if store.cache.is_read_only() || store.cache.path(&job.spec.hash).exists() {
+            continue;
+        }
+        // With a quota, only into the room left below the cleanup threshold, counting the
+        // other prefetches in progress: a prefetch never causes a cleanup.
+        let mut reserved = 0;
+        if let Some(q) = store.cache.quota() {
+            let size = job.spec.size.unwrap_or(u64::MAX);
+            let mut pending = shared.in_progress.lock().unwrap_or_else(|e| e.into_inner());
+            let u = q.usage();
+            let budget = u.threshold.max(u.limit / 2);
+            if u.used.saturating_add(*pending).saturating_add(size) > budget {
+                continue;
+            }
+            *pending += size;
+            reserved = size;
+        }
+        let label = Label {
+            description: &job.description,
+            kind: job.kind,
+        };
+        let result = store.get_labeled(job.spec, label);
+        if reserved > 0 {
+            *shared.in_progress.lock().unwrap_or_else(|e| e.into_inner()) -= reserved;
+        }
+        match result {
+            Ok(_) => shared.fetched.fetch_add(1, Ordering::Relaxed),
+            Err(e) => {
+                log::debug!("prefetch of {}: {e}", job.description);
+                shared.failed.fetch_add(1, Ordering::Relaxed)
+            }
+        };
+    }
+}
