@@ -66,6 +66,8 @@ pub struct Boot {
     pub devices: Option<devices::BlockDevices>,
     pub scratch: Option<disk::ScratchDisk>,
     pub cvmfs: Option<cvmfs_start::CvmfsMount>,
+    /// The time query running in the background until CernVM-FS starts (`network::time`).
+    pub time_sync: Option<network::time::TimeSync>,
     pub timeline: Timeline,
 }
 
@@ -81,6 +83,7 @@ impl Boot {
             devices: None,
             scratch: None,
             cvmfs: None,
+            time_sync: None,
             timeline: Timeline::new(),
         }
     }

@@ -137,6 +137,7 @@ pub fn phase(boot: &mut Boot) -> Result<(), CvmfsError> {
 
 /// The phase with an explicit `cvmfs2` executable (tests use the one cargo built).
 pub fn start(boot: &mut Boot, binary: &Path) -> Result<(), CvmfsError> {
+    crate::network::time::finish(boot);
     console::begin("Starting CernVM File System...");
     let r = start_inner(boot, binary);
     match &r {

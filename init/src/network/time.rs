@@ -148,16 +148,35 @@ pub fn synchronise(server: &str) -> Result<SystemTime, SntpError> {
     Ok(t)
 }
 
-pub fn phase(_boot: &mut Boot) -> Result<(), std::convert::Infallible> {
+/// The SNTP query running in the background. The clock matters first to CernVM-FS (whitelist
+/// expiry, certificate validity), so the boot goes on meanwhile and [`finish`] waits for the
+/// answer (at most [`TIME_LIMIT`] in all) right before CernVM-FS starts: an unreachable time
+/// server then costs nothing in the phases between (devices, context, disk).
+#[derive(Debug)]
+pub struct TimeSync(std::thread::JoinHandle<Result<SystemTime, SntpError>>);
+
+pub fn phase(boot: &mut Boot) -> Result<(), std::convert::Infallible> {
+    boot.time_sync = Some(TimeSync(std::thread::spawn(|| synchronise(NTP_SERVER))));
+    Ok(())
+}
+
+/// Waits for the background query started by [`phase`] and reports it on the console.
+pub fn finish(boot: &mut Boot) {
+    let Some(TimeSync(handle)) = boot.time_sync.take() else {
+        return;
+    };
     console::begin("Setting time...");
-    match synchronise(NTP_SERVER) {
-        Ok(_) => console::check(),
-        Err(e) => {
+    match handle.join() {
+        Ok(Ok(_)) => console::check(),
+        Ok(Err(e)) => {
             console::failed();
             log::warn!("time from {NTP_SERVER}: {e}");
         }
+        Err(_) => {
+            console::failed();
+            log::warn!("time from {NTP_SERVER}: the query thread panicked");
+        }
     }
-    Ok(())
 }
 
 #[cfg(test)]
