@@ -45,6 +45,17 @@ impl OsRepository {
     /// Builds the test OS (`release` in `/etc/test-os/release`), publishes it as the first
     /// revision (with `tag`, if given) and starts serving it.
     pub fn create(fqrn: &str, release: &str, tag: Option<&str>) -> Result<Self, HarnessError> {
+        Self::create_customized(fqrn, release, tag, |_| Ok(()))
+    }
+
+    /// Like [`OsRepository::create`], with the first revision's tree changed by `customize`
+    /// (e.g. an `/etc/test-os/rc.d` hook) before it is published.
+    pub fn create_customized(
+        fqrn: &str,
+        release: &str,
+        tag: Option<&str>,
+        customize: impl FnOnce(&Path) -> std::io::Result<()>,
+    ) -> Result<Self, HarnessError> {
         let busybox = inputs::static_busybox().ok_or_else(|| HarnessError::Io {
             what: "no static busybox for the test OS".into(),
             source: std::io::Error::from(std::io::ErrorKind::NotFound),
@@ -66,7 +77,7 @@ impl OsRepository {
             busybox,
             publisher,
         };
-        repo.publish(release, tag, |_| Ok(()))?;
+        repo.publish(release, tag, customize)?;
         repo.start_server()?;
         Ok(repo)
     }
