@@ -10,7 +10,7 @@ use std::time::Duration;
 
 use qemu_tests::media::blank_qcow2;
 use qemu_tests::metadata::{Cloud, MetadataServer};
-use qemu_tests::scenario::{self, BootImage, BootSpec, OsRepository, BOOT_TIMEOUT};
+use qemu_tests::scenario::{self, BootImage, BootSpec, OsRepository, SquidProxy, BOOT_TIMEOUT};
 use qemu_tests::test_os::{OS_LOGIN_MARKER, OS_READY_MARKER};
 use qemu_tests::{inputs, Guest};
 
@@ -218,5 +218,52 @@ fn a_second_boot_reuses_the_scratch_disk() {
         wait_for_os(&mut guest, "u1", boot);
         // The OS init synced its boot counter before printing the login marker.
         guest.kill();
+    }
+}
+
+/// A real squid between the VM and the repository: `cvmfs_proxy` points at it (through QEMU's
+/// gateway), the server URL names the host's loopback as the proxy sees it; squid's access log
+/// shows the repository's files passing through.
+#[test]
+fn the_os_is_streamed_through_a_squid_proxy() {
+    if !ready() {
+        return;
+    }
+    let repo = OsRepository::create("proxied-os.cernvm.test", "p1", None).unwrap();
+    let image = BootImage::with_repository_key(&repo).unwrap();
+    let squid = match SquidProxy::start() {
+        Ok(squid) => squid,
+        Err(e) => panic!("{e}"),
+    };
+    let dir = tempfile::tempdir().unwrap();
+    let disk = dir.path().join("scratch.qcow2");
+    blank_qcow2(&disk, 2048).unwrap();
+    let mut guest = scenario::boot(BootSpec {
+        image: &image,
+        disk: &disk,
+        cmdline: format!(
+            "cvmfs_url={} cvmfs_repos={} cvmfs_proxy=http://10.0.2.2:{}",
+            repo.guest_url("127.0.0.1"),
+            repo.fqrn,
+            squid.port()
+        ),
+        net: None,
+        cdroms: Vec::new(),
+        memory_mib: 1024,
+    })
+    .unwrap();
+    wait_for_os(&mut guest, "p1", 1);
+    let log = squid.access_log();
+    let base = repo.guest_url("127.0.0.1");
+    for wanted in [
+        format!("{base}/.cvmfspublished"),
+        format!("{base}/.cvmfswhitelist"),
+        format!("{base}/data/"),
+    ] {
+        assert!(
+            log.lines()
+                .any(|l| l.contains(&wanted) && l.contains("/200 ")),
+            "squid's access log has no successful request for {wanted}:\n{log}"
+        );
     }
 }
