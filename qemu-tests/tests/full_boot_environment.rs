@@ -267,3 +267,100 @@ fn the_os_is_streamed_through_a_squid_proxy() {
         );
     }
 }
+
+/// An rc.d hook that asks for a resize on the first boot (spec §6.6: the user touches
+/// `/mnt/.rw/aux/resize` after enlarging the disk) and prints the partition and file system
+/// sizes on every boot.
+fn request_resize_on_first_boot(os: &Path) -> std::io::Result<()> {
+    report_partition_size(os)?;
+    let hook = os.join("etc/test-os/rc.d/60-resize");
+    fs::write(
+        &hook,
+        "#!/bin/sh\n\
+         echo \"UCERNVM-TEST-OS: scratch fs KiB $(df -k /mnt/.rw | awk 'NR == 2 { print $2 }')\"\n\
+         if [ \"$(cat /var/lib/test-os/boots)\" = 1 ]; then\n\
+           touch /mnt/.rw/aux/resize && sync && echo \"UCERNVM-TEST-OS: resize requested\"\n\
+         fi\n",
+    )?;
+    fs::set_permissions(&hook, fs::Permissions::from_mode(0o755))
+}
+
+/// The scratch file system's size in MiB as printed by [`request_resize_on_first_boot`].
+fn scratch_fs_mib(console: &str) -> u64 {
+    let line = console
+        .lines()
+        .find(|l| l.contains("UCERNVM-TEST-OS: scratch fs KiB "))
+        .unwrap_or_else(|| panic!("the OS did not print the file system size:\n{console}"));
+    let kib: u64 = line
+        .rsplit(' ')
+        .next()
+        .and_then(|n| n.trim().parse().ok())
+        .unwrap_or_else(|| panic!("no size in {line:?}"));
+    kib / 1024
+}
+
+/// Resize on request: the OS asks for it, the disk is grown between boots with
+/// `qemu-img resize`, and the next boot grows partition and file system to the whole disk.
+#[test]
+fn a_requested_resize_grows_the_scratch_partition() {
+    if !ready() {
+        return;
+    }
+    let repo = OsRepository::create_customized(
+        "resize-os.cernvm.test",
+        "z1",
+        None,
+        request_resize_on_first_boot,
+    )
+    .unwrap();
+    let image = BootImage::with_repository_key(&repo).unwrap();
+    let dir = tempfile::tempdir().unwrap();
+    let disk = dir.path().join("scratch.qcow2");
+    blank_qcow2(&disk, 2048).unwrap();
+    let spec = || BootSpec {
+        image: &image,
+        disk: &disk,
+        cmdline: scenario::repository_cmdline(&repo, "10.0.2.2"),
+        net: None,
+        cdroms: Vec::new(),
+        memory_mib: 1024,
+    };
+
+    let mut guest = scenario::boot(spec()).unwrap();
+    wait(
+        &mut guest,
+        "UCERNVM-TEST-OS: resize requested",
+        BOOT_TIMEOUT,
+    );
+    wait(&mut guest, OS_LOGIN_MARKER, BOOT_TIMEOUT);
+    let first = guest.console().contents();
+    let (part_before, fs_before) = (partition_mib(&first), scratch_fs_mib(&first));
+    assert!(part_before < 2048, "first partition: {part_before} MiB");
+    guest.kill();
+
+    let out = std::process::Command::new("qemu-img")
+        .arg("resize")
+        .arg(&disk)
+        .arg("4G")
+        .output()
+        .unwrap();
+    assert!(out.status.success(), "qemu-img resize: {out:?}");
+
+    let mut guest = scenario::boot(spec()).unwrap();
+    wait(&mut guest, "Resizing root partition", BOOT_TIMEOUT);
+    wait_for_os(&mut guest, "z1", 2);
+    let second = guest.console().contents();
+    let (part_after, fs_after) = (partition_mib(&second), scratch_fs_mib(&second));
+    assert!(
+        (4096 - 64..4096).contains(&part_after),
+        "partition {part_before} MiB → {part_after} MiB after growing the disk to 4 GiB:\n{second}"
+    );
+    assert!(
+        fs_after > fs_before + 1800,
+        "file system {fs_before} MiB → {fs_after} MiB after the resize:\n{second}"
+    );
+    assert!(
+        !second.contains("UCERNVM-TEST-OS: resize requested"),
+        "the second boot asked for a resize again"
+    );
+}
