@@ -45,6 +45,17 @@ impl OsRepository {
     /// Builds the test OS (`release` in `/etc/test-os/release`), publishes it as the first
     /// revision (with `tag`, if given) and starts serving it.
     pub fn create(fqrn: &str, release: &str, tag: Option<&str>) -> Result<Self, HarnessError> {
+        Self::create_customized(fqrn, release, tag, |_| Ok(()))
+    }
+
+    /// Like [`OsRepository::create`], with the first revision's tree changed by `customize`
+    /// (e.g. an `/etc/test-os/rc.d` hook) before it is published.
+    pub fn create_customized(
+        fqrn: &str,
+        release: &str,
+        tag: Option<&str>,
+        customize: impl FnOnce(&Path) -> std::io::Result<()>,
+    ) -> Result<Self, HarnessError> {
         let busybox = inputs::static_busybox().ok_or_else(|| HarnessError::Io {
             what: "no static busybox for the test OS".into(),
             source: std::io::Error::from(std::io::ErrorKind::NotFound),
@@ -66,7 +77,7 @@ impl OsRepository {
             busybox,
             publisher,
         };
-        repo.publish(release, tag, |_| Ok(()))?;
+        repo.publish(release, tag, customize)?;
         repo.start_server()?;
         Ok(repo)
     }
@@ -250,3 +261,97 @@ pub fn boot(spec: BootSpec<'_>) -> Result<Guest, HarnessError> {
 
 /// Generous timeouts for TCG on a busy 2-core machine.
 pub const BOOT_TIMEOUT: Duration = Duration::from_secs(300);
+
+/// A real squid forward proxy listening on 127.0.0.1 with its configuration, logs and pid file
+/// in a temporary directory (memory cache only); stopped when dropped.
+pub struct SquidProxy {
+    child: std::process::Child,
+    port: u16,
+    dir: tempfile::TempDir,
+}
+
+impl SquidProxy {
+    /// Starts `squid` in the foreground on a free port of 127.0.0.1 and waits until it accepts
+    /// connections.
+    pub fn start() -> Result<Self, HarnessError> {
+        use std::os::unix::fs::PermissionsExt;
+
+        let dir = tempfile::Builder::new()
+            .prefix("squid-")
+            .tempdir()
+            .map_err(io_err("cannot create the squid directory"))?;
+        // squid started as root writes its logs as its unprivileged effective user.
+        fs::set_permissions(dir.path(), fs::Permissions::from_mode(0o777))
+            .map_err(io_err("cannot open the squid directory"))?;
+        let port = std::net::TcpListener::bind(("127.0.0.1", 0))
+            .and_then(|l| l.local_addr())
+            .map_err(io_err("cannot find a free port for squid"))?
+            .port();
+        let d = dir.path().display();
+        let conf = format!(
+            "http_port 127.0.0.1:{port}\n\
+             http_access allow localhost\n\
+             http_access deny all\n\
+             visible_hostname squid-test\n\
+             pid_filename {d}/squid.pid\n\
+             access_log stdio:{d}/access.log\n\
+             cache_log {d}/cache.log\n\
+             cache_store_log none\n\
+             coredump_dir {d}\n\
+             netdb_filename none\n\
+             pinger_enable off\n\
+             shutdown_lifetime 0 seconds\n\
+             logfile_rotate 0\n"
+        );
+        let conf_path = dir.path().join("squid.conf");
+        fs::write(&conf_path, conf).map_err(io_err("cannot write squid.conf"))?;
+        let child = Command::new("squid")
+            .arg("-N")
+            .arg("-f")
+            .arg(&conf_path)
+            .stdout(std::process::Stdio::null())
+            .stderr(std::process::Stdio::null())
+            .spawn()
+            .map_err(io_err("cannot start squid (Debian package squid)"))?;
+        let mut proxy = SquidProxy { child, port, dir };
+        let deadline = std::time::Instant::now() + Duration::from_secs(60);
+        loop {
+            if std::net::TcpStream::connect(("127.0.0.1", port)).is_ok() {
+                return Ok(proxy);
+            }
+            if let Ok(Some(status)) = proxy.child.try_wait() {
+                return Err(HarnessError::Io {
+                    what: format!("squid exited ({status}): {}", proxy.cache_log()),
+                    source: std::io::Error::other("squid failed"),
+                });
+            }
+            if std::time::Instant::now() > deadline {
+                return Err(HarnessError::Io {
+                    what: format!("squid did not listen within 60 s: {}", proxy.cache_log()),
+                    source: std::io::Error::from(std::io::ErrorKind::TimedOut),
+                });
+            }
+            std::thread::sleep(Duration::from_millis(100));
+        }
+    }
+
+    pub fn port(&self) -> u16 {
+        self.port
+    }
+
+    /// squid's access log so far (one line per request).
+    pub fn access_log(&self) -> String {
+        fs::read_to_string(self.dir.path().join("access.log")).unwrap_or_default()
+    }
+
+    fn cache_log(&self) -> String {
+        fs::read_to_string(self.dir.path().join("cache.log")).unwrap_or_default()
+    }
+}
+
+impl Drop for SquidProxy {
+    fn drop(&mut self) {
+        let _ = self.child.kill();
+        let _ = self.child.wait();
+    }
+}
