@@ -101,14 +101,19 @@ mod tests {
         let dir = tempfile::tempdir().unwrap();
         let pid_file = dir.path().join("qemu.pid");
         let marker = format!("{}/qmp.sock", dir.path().display());
-        // A second command keeps the shell alive with its own argv (`sh -c 'sleep 30'` may
-        // exec sleep in place, and then the marker vanishes from /proc/<pid>/cmdline).
-        let mut child = Command::new("sh")
-            .args(["-c", "sleep 30; exit 0", &marker])
+        // A process that keeps the marker in its argv for its whole life (a shell may exec
+        // its last command in place and lose it).
+        let mut child = Command::new("python3")
+            .args(["-c", "import time; time.sleep(30)", &marker])
             .spawn()
             .unwrap();
         let pid = i32::try_from(child.id()).unwrap();
         fs::write(&pid_file, pid.to_string()).unwrap();
+        // On a loaded machine the new argv may show up in /proc a moment after spawn returns.
+        let deadline = std::time::Instant::now() + Duration::from_secs(10);
+        while running_pid(&pid_file, &marker).is_none() && std::time::Instant::now() < deadline {
+            std::thread::sleep(Duration::from_millis(20));
+        }
         assert_eq!(running_pid(&pid_file, &marker), Some(pid));
         assert_eq!(running_pid(&pid_file, "/other/instance"), None);
         terminate(pid).unwrap();
