@@ -17,6 +17,9 @@ use nix::sys::stat::{makedev, mknod, Mode, SFlag};
 use crate::boot::Boot;
 use crate::{console, rescue};
 
+/// Name under which the init binary acts as the `reset_root_password` command.
+pub const RESET_ROOT_PASSWORD_NAME: &str = "reset_root_password";
+
 /// The password `reset_root_password` sets (documented in the CernVM debugging guide).
 pub const RESET_PASSWORD: &str = "password";
 /// Where the new root's init lives.
@@ -89,6 +92,28 @@ pub fn replace_root_password(db: &str, hash: &str) -> Option<String> {
         out.push_str(line);
     }
     found.then_some(out)
+}
+
+/// The `reset_root_password` command (the init binary under that name, spec §13): the union
+/// root is the first argument, `/root` by default. Returns the exit status.
+pub fn reset_root_password_main(args: &[std::ffi::OsString]) -> i32 {
+    let root = args
+        .get(1)
+        .map(PathBuf::from)
+        .unwrap_or_else(|| PathBuf::from("/root"));
+    match reset_root_password(&root) {
+        Ok(file) => {
+            println!(
+                "root password is '{RESET_PASSWORD}' (changed in {})",
+                file.display()
+            );
+            0
+        }
+        Err(e) => {
+            eprintln!("reset_root_password: {e}");
+            1
+        }
+    }
 }
 
 /// `reset_root_password`: root's password in the union becomes [`RESET_PASSWORD`], in

@@ -6,7 +6,7 @@ use ucernvm_init::boot::{self, Boot, Layout};
 use ucernvm_init::cmdline::KernelCmdline;
 use ucernvm_init::console::{self, KernelLogger};
 use ucernvm_init::post::{drtini, pinfiles};
-use ucernvm_init::{early, rescue};
+use ucernvm_init::{early, handover, rescue};
 
 fn main() {
     // The background pinner started by the post-mount phase (spec §12.4) is this binary too.
@@ -23,6 +23,10 @@ fn main() {
         .first()
         .and_then(|a| std::path::Path::new(a).file_name())
         .map(|n| n.to_string_lossy().into_owned());
+    // One executable for the rescue shell's command too (keeps the image small).
+    if called_as.as_deref() == Some(handover::RESET_ROOT_PASSWORD_NAME) {
+        std::process::exit(handover::reset_root_password_main(&args));
+    }
     if called_as.as_deref() == Some(drtini::SHUTDOWN_NAME) {
         let verb = args.get(1).map(|v| v.to_string_lossy().into_owned());
         drtini::shutdown_main(verb.as_deref());
