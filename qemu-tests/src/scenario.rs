@@ -355,3 +355,36 @@ impl Drop for SquidProxy {
         let _ = self.child.wait();
     }
 }
+
+/// True when everything a full boot needs is there; otherwise prints what is missing, so a
+/// test can skip with a message (kernel: kernel-config/fetch-debian-kernel; initramfs:
+/// scripts/build-initrd; publisher: cargo build -p cvmfs-client; static busybox).
+pub fn full_boot_inputs_ready() -> bool {
+    let missing: Vec<&str> = [
+        ("kernel", inputs::kernel().is_some()),
+        (
+            "initramfs (scripts/build-initrd)",
+            inputs::initrd().is_some(),
+        ),
+        (
+            "cvmfs-publish",
+            inputs::workspace_binary("cvmfs-publish").is_some(),
+        ),
+        ("static busybox", inputs::static_busybox().is_some()),
+    ]
+    .into_iter()
+    .filter(|(_, ok)| !ok)
+    .map(|(what, _)| what)
+    .collect();
+    if !missing.is_empty() {
+        eprintln!("skipping: missing {}", missing.join(", "));
+    }
+    missing.is_empty()
+}
+
+/// Waits for `marker` on the guest console; panics with the whole console log otherwise.
+pub fn expect_marker(guest: &mut Guest, marker: &str, timeout: Duration) {
+    if let Err(e) = guest.wait_for(marker, timeout) {
+        panic!("{e}");
+    }
+}

@@ -5,47 +5,17 @@
 //! Skipped with a message when an input is missing (kernel: kernel-config/fetch-debian-kernel;
 //! initramfs: scripts/build-initrd; publisher: cargo build -p cvmfs-client; static busybox).
 
-use std::time::Duration;
-
 use qemu_tests::media::blank_qcow2;
-use qemu_tests::scenario::{self, BootImage, BootSpec, OsRepository, BOOT_TIMEOUT};
+use qemu_tests::scenario::{
+    self, expect_marker as wait, BootImage, BootSpec, OsRepository, BOOT_TIMEOUT,
+};
 use qemu_tests::test_os::{OS_LOGIN_MARKER, OS_READY_MARKER};
-use qemu_tests::{inputs, Guest};
-
-fn ready() -> bool {
-    let missing: Vec<&str> = [
-        ("kernel", inputs::kernel().is_some()),
-        (
-            "initramfs (scripts/build-initrd)",
-            inputs::initrd().is_some(),
-        ),
-        (
-            "cvmfs-publish",
-            inputs::workspace_binary("cvmfs-publish").is_some(),
-        ),
-        ("static busybox", inputs::static_busybox().is_some()),
-    ]
-    .into_iter()
-    .filter(|(_, ok)| !ok)
-    .map(|(what, _)| what)
-    .collect();
-    if !missing.is_empty() {
-        eprintln!("skipping: missing {}", missing.join(", "));
-    }
-    missing.is_empty()
-}
-
-fn wait(guest: &mut Guest, marker: &str, timeout: Duration) {
-    if let Err(e) = guest.wait_for(marker, timeout) {
-        panic!("{e}");
-    }
-}
 
 /// First boot on a blank disk: partition, format, mount CernVM-FS, pin, union, hand-over;
 /// the OS init runs on the overlay root and finds the published release.
 #[test]
 fn first_boot_on_a_blank_disk_streams_the_os() {
-    if !ready() {
+    if !scenario::full_boot_inputs_ready() {
         return;
     }
     let repo = OsRepository::create("test-os.cernvm.test", "r1", Some("r1")).unwrap();

@@ -6,42 +6,14 @@
 use std::fs;
 use std::os::unix::fs::PermissionsExt;
 use std::path::Path;
-use std::time::Duration;
 
 use qemu_tests::media::blank_qcow2;
 use qemu_tests::metadata::{Cloud, MetadataServer};
-use qemu_tests::scenario::{self, BootImage, BootSpec, OsRepository, SquidProxy, BOOT_TIMEOUT};
+use qemu_tests::scenario::{
+    self, expect_marker as wait, BootImage, BootSpec, OsRepository, SquidProxy, BOOT_TIMEOUT,
+};
 use qemu_tests::test_os::{OS_LOGIN_MARKER, OS_READY_MARKER};
-use qemu_tests::{inputs, Guest};
-
-fn ready() -> bool {
-    let missing: Vec<&str> = [
-        ("kernel", inputs::kernel().is_some()),
-        (
-            "initramfs (scripts/build-initrd)",
-            inputs::initrd().is_some(),
-        ),
-        (
-            "cvmfs-publish",
-            inputs::workspace_binary("cvmfs-publish").is_some(),
-        ),
-        ("static busybox", inputs::static_busybox().is_some()),
-    ]
-    .into_iter()
-    .filter(|(_, ok)| !ok)
-    .map(|(what, _)| what)
-    .collect();
-    if !missing.is_empty() {
-        eprintln!("skipping: missing {}", missing.join(", "));
-    }
-    missing.is_empty()
-}
-
-fn wait(guest: &mut Guest, marker: &str, timeout: Duration) {
-    if let Err(e) = guest.wait_for(marker, timeout) {
-        panic!("{e}");
-    }
-}
+use qemu_tests::Guest;
 
 /// Waits for the test OS to come up as `release`, boot number `boot`, on the overlay root.
 fn wait_for_os(guest: &mut Guest, release: &str, boot: u32) {
@@ -64,7 +36,7 @@ fn wait_for_os(guest: &mut Guest, release: &str, boot: u32) {
 /// data of the EC2 metadata service (spec §5, §9: `cvmfs_server=host:port`).
 #[test]
 fn repository_chosen_by_user_data_from_the_metadata_service() {
-    if !ready() {
+    if !scenario::full_boot_inputs_ready() {
         return;
     }
     let repo = OsRepository::create("userdata-os.cernvm.test", "ud1", None).unwrap();
@@ -99,7 +71,7 @@ fn repository_chosen_by_user_data_from_the_metadata_service() {
 /// verified, the boot stops with a clear error and the rescue shell; the OS never runs.
 #[test]
 fn a_wrong_repository_key_stops_in_the_rescue_shell() {
-    if !ready() {
+    if !scenario::full_boot_inputs_ready() {
         return;
     }
     let repo = OsRepository::create("signed-os.cernvm.test", "s1", None).unwrap();
@@ -136,7 +108,7 @@ fn a_wrong_repository_key_stops_in_the_rescue_shell() {
 /// unset); the OS boots from it.
 #[test]
 fn a_large_blank_disk_boots() {
-    if !ready() {
+    if !scenario::full_boot_inputs_ready() {
         return;
     }
     let repo = OsRepository::create_customized(
@@ -197,7 +169,7 @@ fn partition_mib(console: &str) -> u64 {
 /// The second boot on the same scratch disk reuses it: the OS finds what it wrote before.
 #[test]
 fn a_second_boot_reuses_the_scratch_disk() {
-    if !ready() {
+    if !scenario::full_boot_inputs_ready() {
         return;
     }
     let repo = OsRepository::create("reuse-os.cernvm.test", "u1", None).unwrap();
@@ -226,7 +198,7 @@ fn a_second_boot_reuses_the_scratch_disk() {
 /// shows the repository's files passing through.
 #[test]
 fn the_os_is_streamed_through_a_squid_proxy() {
-    if !ready() {
+    if !scenario::full_boot_inputs_ready() {
         return;
     }
     let repo = OsRepository::create("proxied-os.cernvm.test", "p1", None).unwrap();
@@ -303,7 +275,7 @@ fn scratch_fs_mib(console: &str) -> u64 {
 /// `qemu-img resize`, and the next boot grows partition and file system to the whole disk.
 #[test]
 fn a_requested_resize_grows_the_scratch_partition() {
-    if !ready() {
+    if !scenario::full_boot_inputs_ready() {
         return;
     }
     let repo = OsRepository::create_customized(

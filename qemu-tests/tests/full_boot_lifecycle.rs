@@ -15,43 +15,16 @@ use std::time::{Duration, Instant};
 
 use base64::Engine;
 use qemu_tests::media::{blank_qcow2, context_iso};
-use qemu_tests::scenario::{self, BootImage, BootSpec, OsRepository, BOOT_TIMEOUT};
+use qemu_tests::scenario::{
+    self, expect_marker as wait, BootImage, BootSpec, OsRepository, BOOT_TIMEOUT,
+};
 use qemu_tests::test_os::{OS_LOGIN_MARKER, OS_READY_MARKER};
-use qemu_tests::{inputs, Guest};
+use qemu_tests::Guest;
 
 /// One guest at a time: several TCG guests on two shared cores only make every boot time out.
 static ONE_GUEST: Mutex<()> = Mutex::new(());
 
 const FQRN: &str = "test-os.cernvm.test";
-
-fn ready() -> bool {
-    let missing: Vec<&str> = [
-        ("kernel", inputs::kernel().is_some()),
-        (
-            "initramfs (scripts/build-initrd)",
-            inputs::initrd().is_some(),
-        ),
-        (
-            "cvmfs-publish",
-            inputs::workspace_binary("cvmfs-publish").is_some(),
-        ),
-        ("static busybox", inputs::static_busybox().is_some()),
-    ]
-    .into_iter()
-    .filter(|(_, ok)| !ok)
-    .map(|(what, _)| what)
-    .collect();
-    if !missing.is_empty() {
-        eprintln!("skipping: missing {}", missing.join(", "));
-    }
-    missing.is_empty()
-}
-
-fn wait(guest: &mut Guest, marker: &str, timeout: Duration) {
-    if let Err(e) = guest.wait_for(marker, timeout) {
-        panic!("{e}");
-    }
-}
 
 /// A scratch disk that lives across the boots of one test.
 struct Machine {
@@ -136,7 +109,7 @@ fn config_drive(dir: &Path, lines: &[String]) -> PathBuf {
 
 #[test]
 fn second_boot_runs_offline_from_the_warm_cache() {
-    if !ready() {
+    if !scenario::full_boot_inputs_ready() {
         return;
     }
     let _one = ONE_GUEST.lock().unwrap_or_else(|e| e.into_inner());
@@ -178,7 +151,7 @@ fn add_rc_script(os: &Path, name: &str, script: &str) -> std::io::Result<()> {
 
 #[test]
 fn the_os_stays_pinned_until_a_tag_is_forced() {
-    if !ready() {
+    if !scenario::full_boot_inputs_ready() {
         return;
     }
     let _one = ONE_GUEST.lock().unwrap_or_else(|e| e.into_inner());
@@ -217,7 +190,7 @@ fn the_os_stays_pinned_until_a_tag_is_forced() {
 
 #[test]
 fn user_data_on_a_config_drive_selects_the_tag() {
-    if !ready() {
+    if !scenario::full_boot_inputs_ready() {
         return;
     }
     let _one = ONE_GUEST.lock().unwrap_or_else(|e| e.into_inner());
@@ -260,7 +233,7 @@ fn injection_tarball(dir: &Path) -> Vec<u8> {
 
 #[test]
 fn injected_files_arrive_once() {
-    if !ready() {
+    if !scenario::full_boot_inputs_ready() {
         return;
     }
     let _one = ONE_GUEST.lock().unwrap_or_else(|e| e.into_inner());
@@ -289,7 +262,7 @@ fn injected_files_arrive_once() {
 
 #[test]
 fn debug_mode_resets_the_root_password_for_a_console_login() {
-    if !ready() {
+    if !scenario::full_boot_inputs_ready() {
         return;
     }
     let _one = ONE_GUEST.lock().unwrap_or_else(|e| e.into_inner());
