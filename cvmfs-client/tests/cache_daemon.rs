@@ -5,34 +5,26 @@
 //!
 //! Needs root and `/dev/fuse`; otherwise the tests print why they are skipped and pass.
 
-use std::cell::RefCell;
-use std::ffi::CString;
 use std::fs::File;
 use std::io::{Read, Write};
 use std::net::{TcpListener, TcpStream};
-use std::os::unix::ffi::OsStrExt;
 use std::path::{Path, PathBuf};
 use std::process::Command;
 use std::time::{Duration, Instant};
 
-use cvmfs_client::testing::{fixture_dir, StaticHttpServer};
+use cvmfs_client::testing::{
+    fixture_dir, fuse_skip_reason, lgetxattr, process_ended, sha256_file, Cvmfs2Mount,
+    StaticHttpServer,
+};
 use serde_json::Value;
-use sha2::Digest as _;
 
 const FQRN: &str = "demo.cernvm.test";
 
 fn skip_reason() -> Option<String> {
-    // SAFETY: geteuid has no preconditions.
-    if unsafe { libc::geteuid() } != 0 {
-        return Some("not running as root".into());
-    }
-    if !Path::new("/dev/fuse").exists() {
-        return Some("/dev/fuse is missing".into());
-    }
-    if !fixture_dir().join("srv").is_dir() {
-        return Some(format!("fixture {} is missing", fixture_dir().display()));
-    }
-    None
+    fuse_skip_reason().or_else(|| {
+        (!fixture_dir().join("srv").is_dir())
+            .then(|| format!("fixture {} is missing", fixture_dir().display()))
+    })
 }
 
 macro_rules! skip_unless_possible {
@@ -44,63 +36,10 @@ macro_rules! skip_unless_possible {
     };
 }
 
-fn is_mounted(mnt: &Path) -> bool {
-    let Ok(info) = std::fs::read_to_string("/proc/self/mountinfo") else {
-        return false;
-    };
-    let want = mnt.as_os_str().as_bytes();
-    info.lines()
-        .any(|l| l.split(' ').nth(4).is_some_and(|p| p.as_bytes() == want))
-}
-
-fn process_ended(pid: i32) -> bool {
-    match std::fs::read_to_string(format!("/proc/{pid}/stat")) {
-        Err(_) => true,
-        Ok(stat) => stat
-            .rsplit_once(')')
-            .and_then(|(_, rest)| rest.split_whitespace().next())
-            .is_some_and(|state| state == "Z" || state == "X"),
-    }
-}
-
-fn get_xattr(p: &Path, name: &str) -> std::io::Result<Vec<u8>> {
-    let path = CString::new(p.as_os_str().as_bytes()).map_err(std::io::Error::other)?;
-    let name = CString::new(name).map_err(std::io::Error::other)?;
-    let mut buf = vec![0u8; 64 * 1024];
-    // SAFETY: valid C strings; `buf` has room for `buf.len()` bytes.
-    let n = unsafe {
-        libc::lgetxattr(
-            path.as_ptr(),
-            name.as_ptr(),
-            buf.as_mut_ptr().cast(),
-            buf.len(),
-        )
-    };
-    if n < 0 {
-        return Err(std::io::Error::last_os_error());
-    }
-    buf.truncate(n as usize);
-    Ok(buf)
-}
-
 fn xattr_text(p: &Path, name: &str) -> String {
-    get_xattr(p, name)
+    lgetxattr(p, name)
         .map(|v| String::from_utf8_lossy(&v).into_owned())
         .unwrap_or_else(|e| format!("<{name}: {e}>"))
-}
-
-fn sha256_file(p: &Path) -> std::io::Result<String> {
-    let mut f = File::open(p)?;
-    let mut h = sha2::Sha256::new();
-    let mut buf = vec![0u8; 1 << 20];
-    loop {
-        let n = f.read(&mut buf)?;
-        if n == 0 {
-            break;
-        }
-        h.update(&buf[..n]);
-    }
-    Ok(h.finalize().iter().map(|b| format!("{b:02x}")).collect())
 }
 
 fn expected(tag: &str) -> Value {
@@ -142,14 +81,13 @@ fn cached_object(cache_dir: &Path, mnt: &Path, rel: &str) -> PathBuf {
     cache_dir.join(&hash[..2]).join(&hash[2..])
 }
 
-/// One test's directories, configuration and daemons; unmounts and kills what is left on drop.
+/// One test's directories and configuration (each daemon is a `Cvmfs2Mount` of the test).
 struct Env {
     tmp: tempfile::TempDir,
     mnt: PathBuf,
     cache_base: PathBuf,
     config: PathBuf,
     usyslog: PathBuf,
-    pids: RefCell<Vec<i32>>,
 }
 
 impl Env {
@@ -166,7 +104,6 @@ impl Env {
             mnt,
             cache_base,
             tmp,
-            pids: RefCell::new(Vec::new()),
         }
     }
 
@@ -196,45 +133,17 @@ impl Env {
         .expect("write the client configuration");
     }
 
-    /// Runs `cvmfs2`; the daemon's pid on success.
-    fn mount(&self) -> Result<i32, String> {
-        let out = Command::new(env!("CARGO_BIN_EXE_cvmfs2"))
+    /// Runs `cvmfs2` on the test's mount point.
+    fn mount(&self) -> Result<Cvmfs2Mount, String> {
+        let mut cvmfs2 = Command::new(env!("CARGO_BIN_EXE_cvmfs2"));
+        cvmfs2
             .arg("--config-root")
             .arg(self.tmp.path().join("no-etc"))
             .arg("-o")
             .arg(format!("config={}", self.config.display()))
             .arg(FQRN)
-            .arg(&self.mnt)
-            .output()
-            .map_err(|e| format!("run cvmfs2: {e}"))?;
-        if !out.status.success() {
-            return Err(format!(
-                "cvmfs2 failed ({}): {}",
-                out.status,
-                String::from_utf8_lossy(&out.stderr)
-            ));
-        }
-        let pid: i32 = xattr_text(&self.mnt, "user.pid")
-            .parse()
-            .map_err(|_| "no user.pid".to_string())?;
-        self.pids.borrow_mut().push(pid);
-        Ok(pid)
-    }
-
-    fn unmount(&self, pid: i32) {
-        let st = Command::new("umount")
-            .arg(&self.mnt)
-            .status()
-            .expect("umount");
-        assert!(st.success(), "umount {} failed", self.mnt.display());
-        let deadline = Instant::now() + Duration::from_secs(10);
-        while !process_ended(pid) {
-            assert!(
-                Instant::now() < deadline,
-                "daemon {pid} still runs after umount"
-            );
-            std::thread::sleep(Duration::from_millis(20));
-        }
+            .arg(&self.mnt);
+        Cvmfs2Mount::start(cvmfs2, &self.mnt)
     }
 
     /// A command through the `cvmfs_talk` binary.
@@ -260,26 +169,6 @@ impl Env {
     }
 }
 
-impl Drop for Env {
-    fn drop(&mut self) {
-        if is_mounted(&self.mnt) {
-            let _ = Command::new("umount").arg("-l").arg(&self.mnt).status();
-        }
-        for &pid in self.pids.borrow().iter() {
-            let deadline = Instant::now() + Duration::from_secs(5);
-            while !process_ended(pid) && Instant::now() < deadline {
-                std::thread::sleep(Duration::from_millis(20));
-            }
-            if !process_ended(pid) {
-                // SAFETY: plain system call; `pid` is a daemon this test started.
-                unsafe {
-                    libc::kill(pid, libc::SIGKILL);
-                }
-            }
-        }
-    }
-}
-
 fn server() -> StaticHttpServer {
     StaticHttpServer::start(&fixture_dir().join("srv")).expect("start the HTTP server")
 }
@@ -291,7 +180,7 @@ fn lru_quota_keeps_pinned_files_and_the_control_socket_answers() {
     let env = Env::new();
     // 24 MB: the fixture's 38 MB chunked file alone forces cleanups (to 12 MB each time).
     env.configure(&srv.url(), "v1", 24, "");
-    let pid = env.mount().expect("mount");
+    let mut daemon = env.mount().expect("mount");
     let cache = env.cache_dir();
     let mnt = &env.mnt;
 
@@ -357,7 +246,7 @@ fn lru_quota_keeps_pinned_files_and_the_control_socket_answers() {
     // Other commands, with the reference's replies.
     let revision = expected("v1")["revision"].to_string();
     assert_eq!(env.talk("revision"), format!("{revision}\n"));
-    assert_eq!(env.talk("pid"), format!("{pid}\n"));
+    assert_eq!(env.talk("pid"), format!("{}\n", daemon.pid));
     assert_eq!(env.talk("mountpoint"), format!("{}\n", mnt.display()));
     assert_eq!(env.talk("cache limit get"), "24\n");
     assert_eq!(env.talk("remount"), "Catalog up to date\n");
@@ -392,7 +281,7 @@ fn lru_quota_keeps_pinned_files_and_the_control_socket_answers() {
     let err = std::fs::read(mnt.join("small/1k.txt")).expect_err("no new objects");
     assert_eq!(err.raw_os_error(), Some(libc::EROFS), "{err}");
     assert!(!small.exists());
-    env.unmount(pid);
+    daemon.unmount().expect("unmount");
 }
 
 /// A TCP forwarder that passes the server's bytes on slowly, so a download is sure to be in
@@ -434,7 +323,7 @@ fn kill_during_a_download_then_remount_recovers() {
     let slow = throttled_forwarder(srv.port);
     let env = Env::new();
     env.configure(&format!("http://127.0.0.1:{slow}"), "v1", 1000, "");
-    let pid = env.mount().expect("mount");
+    let daemon = env.mount().expect("mount");
     let txn = env.cache_dir().join("txn");
 
     // Read the chunked file in the background; kill the daemon once a download is under way.
@@ -452,14 +341,14 @@ fn kill_during_a_download_then_remount_recovers() {
         std::thread::sleep(Duration::from_millis(10));
     }
     // SAFETY: plain system call on the daemon this test started.
-    assert_eq!(unsafe { libc::kill(pid, libc::SIGKILL) }, 0);
+    assert_eq!(unsafe { libc::kill(daemon.pid, libc::SIGKILL) }, 0);
     let read = reader.join().expect("reader thread");
     assert!(
         read.is_err(),
         "a read through a killed daemon cannot succeed"
     );
     let deadline = Instant::now() + Duration::from_secs(10);
-    while !process_ended(pid) {
+    while !process_ended(daemon.pid) {
         assert!(Instant::now() < deadline, "killed daemon still there");
         std::thread::sleep(Duration::from_millis(20));
     }
@@ -469,11 +358,12 @@ fn kill_during_a_download_then_remount_recovers() {
         .status()
         .expect("umount")
         .success());
+    drop(daemon);
     assert!(env.cache_dir().join(format!("running.{FQRN}")).exists());
 
     // Same cache, direct server: the remount repairs and everything reads correctly.
     env.configure(&srv.url(), "v1", 1000, "");
-    let pid = env.mount().expect("remount after kill -9");
+    let mut daemon = env.mount().expect("remount after kill -9");
     assert!(
         env.log().contains("did not shut down cleanly"),
         "{}",
@@ -481,7 +371,7 @@ fn kill_during_a_download_then_remount_recovers() {
     );
     let problems = check_files(&env.mnt, &expected_files("v1"));
     assert!(problems.is_empty(), "{problems:#?}");
-    env.unmount(pid);
+    daemon.unmount().expect("unmount");
     let leftovers: Vec<_> = std::fs::read_dir(&txn).expect("txn").flatten().collect();
     assert!(leftovers.is_empty(), "{leftovers:?}");
     assert!(!env.cache_dir().join(format!("running.{FQRN}")).exists());
@@ -503,12 +393,12 @@ fn corrupt_object_and_corrupt_database_are_repaired_on_remount() {
     let srv = server();
     let env = Env::new();
     env.configure(&srv.url(), "v2", 1000, "");
-    let pid = env.mount().expect("mount");
+    let mut daemon = env.mount().expect("mount");
     let files = expected_files("v2");
     assert!(check_files(&env.mnt, &files).is_empty());
     let readme = cached_object(&env.cache_dir(), &env.mnt, "README.txt");
     let one_mb = cached_object(&env.cache_dir(), &env.mnt, "medium/1mb.bin");
-    env.unmount(pid);
+    daemon.unmount().expect("unmount");
 
     // Same size, different bytes: only a hash can tell (here the digest recorded at download).
     let flip = |p: &Path, at: usize| {
@@ -518,7 +408,7 @@ fn corrupt_object_and_corrupt_database_are_repaired_on_remount() {
     };
     flip(&readme, 3);
     flip(&one_mb, 500_000);
-    let pid = env.mount().expect("remount with corrupt objects");
+    let mut daemon = env.mount().expect("remount with corrupt objects");
     let problems = check_files(&env.mnt, &files);
     assert!(problems.is_empty(), "{problems:#?}");
     let log = env.log();
@@ -527,7 +417,7 @@ fn corrupt_object_and_corrupt_database_are_repaired_on_remount() {
         2,
         "{log}"
     );
-    env.unmount(pid);
+    daemon.unmount().expect("unmount");
 
     // Corrupt database too: rebuilt; the objects are then checked by compressing them again.
     flip(&readme, 5);
@@ -536,7 +426,7 @@ fn corrupt_object_and_corrupt_database_are_repaired_on_remount() {
         b"SQLite format 3\0 but not really",
     )
     .expect("corrupt cachedb");
-    let pid = env.mount().expect("remount with a corrupt cache database");
+    let mut daemon = env.mount().expect("remount with a corrupt cache database");
     let problems = check_files(&env.mnt, &files);
     assert!(problems.is_empty(), "{problems:#?}");
     let log = env.log();
@@ -553,7 +443,7 @@ fn corrupt_object_and_corrupt_database_are_repaired_on_remount() {
     let listed = env.talk("cache list");
     assert!(listed.contains("unknown (automatic rebuild)"), "{listed}");
     assert!(listed.contains("/README.txt"), "{listed}");
-    env.unmount(pid);
+    daemon.unmount().expect("unmount");
     let fsck = Command::new(env!("CARGO_BIN_EXE_cvmfs_fsck"))
         .arg(env.cache_dir())
         .output()
@@ -581,14 +471,14 @@ fn offline_mount_from_the_cache_at_a_tag_and_recovery() {
     let port = srv.port;
     let env = Env::new();
     env.configure(&srv.url(), "v1", 1000, "");
-    let pid = env.mount().expect("mount");
+    let mut daemon = env.mount().expect("mount");
     let all = expected_files("v1");
     let (cached, uncached): (Vec<_>, Vec<_>) = all
         .into_iter()
         .partition(|(rel, _)| !rel.starts_with("small/") && !rel.starts_with("software/"));
     assert!(check_files(&env.mnt, &cached).is_empty());
     assert_eq!(xattr_text(&env.mnt, "user.offline"), "0");
-    env.unmount(pid);
+    daemon.unmount().expect("unmount");
     assert!(env
         .cache_dir()
         .join(format!("cvmfschecksum.{FQRN}"))
@@ -596,7 +486,7 @@ fn offline_mount_from_the_cache_at_a_tag_and_recovery() {
 
     // The server goes away: the mount still works from the cache.
     drop(srv);
-    let pid = env.mount().expect("offline mount");
+    let mut daemon = env.mount().expect("offline mount");
     assert_eq!(xattr_text(&env.mnt, "user.offline"), "1");
     assert_eq!(
         xattr_text(&env.mnt, "user.root_hash"),
@@ -620,7 +510,7 @@ fn offline_mount_from_the_cache_at_a_tag_and_recovery() {
     assert!(problems.is_empty(), "{problems:#?}");
     assert_eq!(xattr_text(&env.mnt, "user.offline"), "0");
     assert!(env.log().contains("leaving offline mode"), "{}", env.log());
-    env.unmount(pid);
+    daemon.unmount().expect("unmount");
 }
 
 /// A tmpfs of `size` mounted for the test, unmounted on drop.
@@ -655,7 +545,7 @@ fn full_cache_file_system_cleans_up_and_never_corrupts_the_cache() {
         return;
     };
     env.configure(&srv.url(), "v1", 1000, "");
-    let pid = env.mount().expect("mount on a small file system");
+    let mut daemon = env.mount().expect("mount on a small file system");
     let files: Vec<_> = expected_files("v1")
         .into_iter()
         .filter(|(rel, _)| rel != "big/chunked.dat")
@@ -684,7 +574,7 @@ fn full_cache_file_system_cleans_up_and_never_corrupts_the_cache() {
     // The mount stays usable and the cache consistent.
     let problems = check_files(&env.mnt, &files[..3]);
     assert!(problems.is_empty(), "{problems:#?}");
-    env.unmount(pid);
+    daemon.unmount().expect("unmount");
     let fsck = Command::new(env!("CARGO_BIN_EXE_cvmfs_fsck"))
         .arg(env.cache_dir())
         .output()
@@ -748,7 +638,7 @@ fn the_cache_file_system_can_be_moved_under_a_running_daemon() {
         return;
     };
     env.configure(&srv.url(), "v1", 1000, "");
-    let pid = env.mount().expect("mount");
+    let mut daemon = env.mount().expect("mount");
     let files = expected_files("v1");
     let (first, rest) = files.split_at(files.len() / 2);
     let problems = check_files(&env.mnt, first);
@@ -802,7 +692,7 @@ fn the_cache_file_system_can_be_moved_under_a_running_daemon() {
         used_mb >= 30,
         "the cache database holds the objects: {answer}"
     );
-    env.unmount(pid);
+    daemon.unmount().expect("unmount");
     assert!(
         !moved_cache.join(format!("running.{FQRN}")).exists(),
         "clean shutdown in the moved cache"

@@ -7,14 +7,16 @@
 use std::collections::{BTreeMap, BTreeSet, HashMap};
 use std::ffi::CString;
 use std::fs::File;
-use std::io::Read;
 use std::os::unix::ffi::OsStrExt;
 use std::os::unix::fs::{FileExt, MetadataExt};
 use std::path::{Path, PathBuf};
 use std::process::Command;
-use std::time::{Duration, Instant};
+use std::time::Instant;
 
-use cvmfs_client::testing::{fixture_dir, StaticHttpServer};
+use cvmfs_client::testing::{
+    fixture_dir, fuse_skip_reason, is_mounted, lgetxattr, sha256_file, Cvmfs2Mount,
+    StaticHttpServer,
+};
 use serde_json::Value;
 use sha2::Digest as _;
 
@@ -22,17 +24,10 @@ const FQRN: &str = "demo.cernvm.test";
 
 /// Why the FUSE tests cannot run here, if they cannot.
 fn skip_reason() -> Option<String> {
-    // SAFETY: geteuid has no preconditions.
-    if unsafe { libc::geteuid() } != 0 {
-        return Some("not running as root".into());
-    }
-    if !Path::new("/dev/fuse").exists() {
-        return Some("/dev/fuse is missing".into());
-    }
-    if !fixture_dir().join("srv").is_dir() {
-        return Some(format!("fixture {} is missing", fixture_dir().display()));
-    }
-    None
+    fuse_skip_reason().or_else(|| {
+        (!fixture_dir().join("srv").is_dir())
+            .then(|| format!("fixture {} is missing", fixture_dir().display()))
+    })
 }
 
 macro_rules! skip_unless_possible {
@@ -44,30 +39,10 @@ macro_rules! skip_unless_possible {
     };
 }
 
-fn is_mounted(mnt: &Path) -> bool {
-    let Ok(info) = std::fs::read_to_string("/proc/self/mountinfo") else {
-        return false;
-    };
-    let want = mnt.as_os_str().as_bytes();
-    info.lines()
-        .any(|l| l.split(' ').nth(4).is_some_and(|p| p.as_bytes() == want))
-}
-
-/// True once the process is gone (or a zombie nobody reaps).
-fn process_ended(pid: i32) -> bool {
-    match std::fs::read_to_string(format!("/proc/{pid}/stat")) {
-        Err(_) => true,
-        Ok(stat) => stat
-            .rsplit_once(')')
-            .and_then(|(_, rest)| rest.split_whitespace().next())
-            .is_some_and(|state| state == "Z" || state == "X"),
-    }
-}
-
-/// A repository mounted by the `cvmfs2` daemon; unmounted on drop (lazily if busy).
+/// A repository mounted by the `cvmfs2` daemon, with its HTTP server and directories.
 struct Mounted {
+    daemon: Cvmfs2Mount,
     mnt: PathBuf,
-    pid: Option<i32>,
     _tmp: tempfile::TempDir,
     _server: StaticHttpServer,
 }
@@ -104,7 +79,8 @@ impl Mounted {
         )
         .expect("write the client configuration");
         let started = Instant::now();
-        let out = Command::new(env!("CARGO_BIN_EXE_cvmfs2"))
+        let mut cvmfs2 = Command::new(env!("CARGO_BIN_EXE_cvmfs2"));
+        cvmfs2
             .arg("--config-root")
             .arg(&config_root)
             .arg("-o")
@@ -112,105 +88,20 @@ impl Mounted {
             .arg(FQRN)
             .arg(&mnt)
             .env_remove("DEMO_ARCH")
-            .env_remove("DEMO_SITE")
-            .output()
-            .expect("run cvmfs2");
-        let mut m = Mounted {
+            .env_remove("DEMO_SITE");
+        let daemon = Cvmfs2Mount::start(cvmfs2, &mnt).unwrap_or_else(|e| panic!("{e}"));
+        eprintln!("mounted {FQRN} tag {tag} in {:?}", started.elapsed());
+        Mounted {
+            daemon,
             mnt,
-            pid: None,
             _tmp: tmp,
             _server: server,
-        };
-        assert!(
-            out.status.success(),
-            "cvmfs2 failed ({}): {}{}",
-            out.status,
-            String::from_utf8_lossy(&out.stdout),
-            String::from_utf8_lossy(&out.stderr)
-        );
-        assert!(is_mounted(&m.mnt), "cvmfs2 returned but nothing is mounted");
-        eprintln!("mounted {FQRN} tag {tag} in {:?}", started.elapsed());
-        let pid = get_xattr(&m.mnt, "user.pid").expect("user.pid");
-        m.pid = String::from_utf8_lossy(&pid).parse().ok();
-        m
-    }
-
-    /// Unmounts with `umount` and waits for the daemon to end.
-    fn unmount(&mut self) -> Result<(), String> {
-        let st = Command::new("umount")
-            .arg(&self.mnt)
-            .status()
-            .map_err(|e| format!("umount: {e}"))?;
-        if !st.success() {
-            return Err(format!("umount {} failed: {st}", self.mnt.display()));
-        }
-        if let Some(pid) = self.pid {
-            let deadline = Instant::now() + Duration::from_secs(10);
-            while !process_ended(pid) {
-                if Instant::now() > deadline {
-                    return Err(format!("daemon {pid} still runs after umount"));
-                }
-                std::thread::sleep(Duration::from_millis(20));
-            }
-        }
-        Ok(())
-    }
-}
-
-impl Drop for Mounted {
-    fn drop(&mut self) {
-        if is_mounted(&self.mnt) {
-            let ok = Command::new("umount")
-                .arg(&self.mnt)
-                .status()
-                .is_ok_and(|s| s.success());
-            if !ok {
-                let _ = Command::new("umount").arg("-l").arg(&self.mnt).status();
-            }
-        }
-        if let Some(pid) = self.pid {
-            let deadline = Instant::now() + Duration::from_secs(5);
-            while !process_ended(pid) && Instant::now() < deadline {
-                std::thread::sleep(Duration::from_millis(20));
-            }
-            if !process_ended(pid) {
-                // SAFETY: plain system call; `pid` is the daemon this test started.
-                unsafe {
-                    libc::kill(pid, libc::SIGKILL);
-                }
-            }
         }
     }
 }
 
 fn cpath(p: &Path) -> CString {
     CString::new(p.as_os_str().as_bytes()).expect("path without NUL")
-}
-
-/// `lgetxattr`, with the size query first.
-fn get_xattr(p: &Path, name: &str) -> std::io::Result<Vec<u8>> {
-    let path = cpath(p);
-    let name = CString::new(name).map_err(std::io::Error::other)?;
-    // SAFETY: valid C strings; a null buffer with size 0 asks for the length.
-    let n = unsafe { libc::lgetxattr(path.as_ptr(), name.as_ptr(), std::ptr::null_mut(), 0) };
-    if n < 0 {
-        return Err(std::io::Error::last_os_error());
-    }
-    let mut buf = vec![0u8; n as usize];
-    // SAFETY: `buf` has room for `buf.len()` bytes.
-    let m = unsafe {
-        libc::lgetxattr(
-            path.as_ptr(),
-            name.as_ptr(),
-            buf.as_mut_ptr().cast(),
-            buf.len(),
-        )
-    };
-    if m < 0 {
-        return Err(std::io::Error::last_os_error());
-    }
-    buf.truncate(m as usize);
-    Ok(buf)
 }
 
 /// `lgetxattr` into a buffer of exactly `size` bytes (for the ERANGE check).
@@ -250,20 +141,6 @@ fn list_xattrs(p: &Path) -> std::io::Result<Vec<String>> {
 
 fn hex(b: &[u8]) -> String {
     b.iter().map(|x| format!("{x:02x}")).collect()
-}
-
-fn sha256_file(p: &Path) -> std::io::Result<String> {
-    let mut f = File::open(p)?;
-    let mut h = sha2::Sha256::new();
-    let mut buf = vec![0u8; 1 << 20];
-    loop {
-        let n = f.read(&mut buf)?;
-        if n == 0 {
-            break;
-        }
-        h.update(&buf[..n]);
-    }
-    Ok(hex(&h.finalize()))
 }
 
 /// All paths below `root` (relative, `""` = root), walking with readdir and lstat.
@@ -404,7 +281,7 @@ fn compare_mounted(m: &Mounted, expected: &Value) -> Vec<String> {
                 ),
                 Err(e) => check("readlink", e.to_string(), want_link.into()),
             }
-            match get_xattr(&path, "xfsroot.rawlink") {
+            match lgetxattr(&path, "xfsroot.rawlink") {
                 Ok(raw) => check(
                     "xfsroot.rawlink",
                     String::from_utf8_lossy(&raw).into_owned(),
@@ -434,7 +311,7 @@ fn compare_mounted(m: &Mounted, expected: &Value) -> Vec<String> {
                 names
                     .into_iter()
                     .map(|n| {
-                        let v = get_xattr(&path, &n)?;
+                        let v = lgetxattr(&path, &n)?;
                         Ok((n, String::from_utf8_lossy(&v).into_owned()))
                     })
                     .collect()
@@ -447,7 +324,7 @@ fn compare_mounted(m: &Mounted, expected: &Value) -> Vec<String> {
         if let Some(nested) = want.get("nested_catalog").and_then(Value::as_bool) {
             // The catalog serving a directory has the directory as mountpoint exactly for
             // nested catalog mountpoints (and the root).
-            match get_xattr(&path, "user.catalog_counters") {
+            match lgetxattr(&path, "user.catalog_counters") {
                 Ok(v) => {
                     let text = String::from_utf8_lossy(&v).into_owned();
                     let mp = text
@@ -503,7 +380,7 @@ fn compare_mounted(m: &Mounted, expected: &Value) -> Vec<String> {
 
     // Every catalog of the revision was attached by the walk.
     let want_catalogs = expected["catalogs"].as_array().map(Vec::len).unwrap_or(0);
-    match get_xattr(root, "user.nclg") {
+    match lgetxattr(root, "user.nclg") {
         Ok(v) => {
             let got = String::from_utf8_lossy(&v).into_owned();
             if got != want_catalogs.to_string() {
@@ -520,7 +397,7 @@ fn compare_mounted(m: &Mounted, expected: &Value) -> Vec<String> {
 /// Magic attributes readable although hidden from listxattr; getxattr size protocol.
 fn check_magic(m: &Mounted, expected: &Value, tag: &str) -> Vec<String> {
     let mut problems = Vec::new();
-    let mut want = |name: &str, value: String| match get_xattr(&m.mnt, name) {
+    let mut want = |name: &str, value: String| match lgetxattr(&m.mnt, name) {
         Ok(v) if v == value.as_bytes() => {}
         Ok(v) => problems.push(format!(
             "{name} is {:?}, expected {value:?}",
@@ -545,7 +422,7 @@ fn check_magic(m: &Mounted, expected: &Value, tag: &str) -> Vec<String> {
         Err(e) if e.raw_os_error() == Some(libc::ERANGE) => {}
         other => problems.push(format!("small buffer for user.root_hash: {other:?}")),
     }
-    match get_xattr(&m.mnt, "user.no_such_attribute") {
+    match lgetxattr(&m.mnt, "user.no_such_attribute") {
         Err(e) if e.raw_os_error() == Some(libc::ENODATA) => {}
         other => problems.push(format!("unknown attribute: {other:?}")),
     }
@@ -561,19 +438,19 @@ fn check_magic(m: &Mounted, expected: &Value, tag: &str) -> Vec<String> {
                 c["size"]
             ));
         }
-        match get_xattr(&chunked, "user.chunk_list") {
+        match lgetxattr(&chunked, "user.chunk_list") {
             Ok(v) if v == list.as_bytes() => {}
             other => problems.push(format!(
                 "user.chunk_list of big/chunked.dat: {:?}",
                 other.map(|v| String::from_utf8_lossy(&v).into_owned())
             )),
         }
-        match get_xattr(&chunked, "user.chunks") {
+        match lgetxattr(&chunked, "user.chunks") {
             Ok(v) if v == chunks.len().to_string().as_bytes() => {}
             other => problems.push(format!("user.chunks of big/chunked.dat: {other:?}")),
         }
     }
-    match get_xattr(&m.mnt.join("README.txt"), "user.compression") {
+    match lgetxattr(&m.mnt.join("README.txt"), "user.compression") {
         Ok(v) if v == b"zlib" => {}
         other => problems.push(format!("user.compression of README.txt: {other:?}")),
     }
@@ -592,7 +469,7 @@ fn run_fixture(tag: &str) {
     let mut m = Mounted::start(tag);
     let mut problems = compare_mounted(&m, &expected);
     problems.extend(check_magic(&m, &expected, tag));
-    if let Err(e) = m.unmount() {
+    if let Err(e) = m.daemon.unmount() {
         problems.push(e);
     }
     if is_mounted(&m.mnt) {
@@ -683,7 +560,7 @@ fn chunked_file_unaligned_reads() {
     for p in &problems {
         eprintln!("MISMATCH: {p}");
     }
-    let unmounted = m.unmount();
+    let unmounted = m.daemon.unmount();
     assert!(problems.is_empty(), "{} mismatches", problems.len());
     unmounted.expect("unmount");
 }

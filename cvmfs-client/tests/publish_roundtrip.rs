@@ -1438,28 +1438,14 @@ fn large_tree_of_many_small_files() {
 /// The kernel mount through our `cvmfs2` (root and /dev/fuse needed).
 mod fuse {
     use super::*;
+    use cvmfs_client::testing::Cvmfs2Mount;
 
-    pub fn skip_reason() -> Option<String> {
-        if !is_root() {
-            return Some("not running as root".into());
-        }
-        if !Path::new("/dev/fuse").exists() {
-            return Some("/dev/fuse is missing".into());
-        }
-        None
-    }
+    pub use cvmfs_client::testing::fuse_skip_reason as skip_reason;
 
-    fn is_mounted(mnt: &Path) -> bool {
-        let Ok(info) = std::fs::read_to_string("/proc/self/mountinfo") else {
-            return false;
-        };
-        let want = mnt.as_os_str().as_bytes();
-        info.lines()
-            .any(|l| l.split(' ').nth(4).is_some_and(|p| p.as_bytes() == want))
-    }
-
+    /// A site's repository mounted with `cvmfs2`; unmounted on drop.
     pub struct Mounted {
         pub mnt: PathBuf,
+        _daemon: Cvmfs2Mount,
     }
 
     impl Mounted {
@@ -1487,34 +1473,18 @@ mod fuse {
                 ),
             )
             .unwrap();
-            let out = Command::new(env!("CARGO_BIN_EXE_cvmfs2"))
+            let mut cvmfs2 = Command::new(env!("CARGO_BIN_EXE_cvmfs2"));
+            cvmfs2
                 .arg("--config-root")
                 .arg(&config_root)
                 .arg("-o")
                 .arg(format!("config={},allow_other", config.display()))
                 .arg(FQRN)
-                .arg(&mnt)
-                .output()
-                .unwrap();
-            assert!(
-                out.status.success(),
-                "cvmfs2 failed: {}{}",
-                String::from_utf8_lossy(&out.stdout),
-                String::from_utf8_lossy(&out.stderr)
-            );
-            assert!(is_mounted(&mnt));
-            Mounted { mnt }
-        }
-    }
-
-    impl Drop for Mounted {
-        fn drop(&mut self) {
-            let ok = Command::new("umount")
-                .arg(&self.mnt)
-                .status()
-                .is_ok_and(|s| s.success());
-            if !ok {
-                let _ = Command::new("umount").arg("-l").arg(&self.mnt).status();
+                .arg(&mnt);
+            let daemon = Cvmfs2Mount::start(cvmfs2, &mnt).unwrap_or_else(|e| panic!("{e}"));
+            Mounted {
+                mnt,
+                _daemon: daemon,
             }
         }
     }

@@ -5,6 +5,8 @@
 use std::path::{Path, PathBuf};
 use std::process::Command;
 
+pub use cvmfs_client::testing::is_mounted;
+
 /// Why tests that mount things cannot run here, if they cannot.
 pub fn skip_reason(need_fuse: bool) -> Option<String> {
     // SAFETY: geteuid has no preconditions.
@@ -61,16 +63,6 @@ fn newest_source(krate: &Path) -> Option<std::time::SystemTime> {
     walk(&krate.join("src"), &mut newest);
     walk(&krate.join("Cargo.toml"), &mut newest);
     newest
-}
-
-pub fn is_mounted(mnt: &Path) -> bool {
-    use std::os::unix::ffi::OsStrExt;
-    let Ok(info) = std::fs::read_to_string("/proc/self/mountinfo") else {
-        return false;
-    };
-    let want = mnt.as_os_str().as_bytes();
-    info.lines()
-        .any(|l| l.split(' ').nth(4).is_some_and(|p| p.as_bytes() == want))
 }
 
 /// Unmounts (lazily if needed) when dropped, so a failing test leaves no mount behind.

@@ -79,3 +79,8 @@ pub fn copy_tree(from: &std::path::Path, to: &std::path::Path) -> std::io::Resul
     }
     Ok(())
 }
+
+mod daemon;
+pub use daemon::{
+    fuse_skip_reason, is_mounted, lgetxattr, process_ended, sha256_file, stop_daemon, Cvmfs2Mount,
+};
