@@ -210,7 +210,7 @@ impl OsRepository {
 }
 
 /// Unpacks a `.tar.zst` OS tree into `dest` as root would (numeric owners, modes, extended
-/// attributes). GNU tar refuses member names with `..` and absolute paths by default.
+/// attributes). GNU tar strips a leading `/` and skips member names with `..` by default.
 fn unpack_tarball(tarball: &Path, dest: &Path) -> Result<(), HarnessError> {
     fs::create_dir_all(dest).map_err(io_err("cannot create the OS tree directory"))?;
     let out = Command::new("tar")
@@ -480,5 +480,52 @@ pub fn expect_marker_after(guest: &mut Guest, offset: usize, marker: &str, timeo
             );
         }
         std::thread::sleep(Duration::from_millis(100));
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use std::os::unix::fs::{MetadataExt, PermissionsExt};
+
+    fn running_as_root() -> bool {
+        fs::metadata("/proc/self").is_ok_and(|m| m.uid() == 0)
+    }
+
+    #[test]
+    fn a_packed_tree_is_unpacked_with_modes_owners_and_symlinks() {
+        let dir = tempfile::tempdir().unwrap();
+        let tree = dir.path().join("tree");
+        fs::create_dir_all(tree.join("etc")).unwrap();
+        fs::write(tree.join("etc/shadow"), "root:!*:1::::::\n").unwrap();
+        fs::set_permissions(tree.join("etc/shadow"), fs::Permissions::from_mode(0o640)).unwrap();
+        std::os::unix::fs::symlink("shadow", tree.join("etc/link")).unwrap();
+        // Root (as the OS trees are unpacked) keeps a foreign group: Debian's shadow group.
+        if running_as_root() {
+            std::os::unix::fs::chown(tree.join("etc/shadow"), Some(0), Some(42)).unwrap();
+        }
+        let gid = fs::metadata(tree.join("etc/shadow")).unwrap().gid();
+        let tarball = dir.path().join("os.tar.zst");
+        let st = Command::new("tar")
+            .args(["--zstd", "--numeric-owner", "-c", "-f"])
+            .arg(&tarball)
+            .arg("-C")
+            .arg(&tree)
+            .arg(".")
+            .status()
+            .unwrap();
+        assert!(st.success());
+
+        let dest = dir.path().join("dest");
+        unpack_tarball(&tarball, &dest).unwrap();
+        let meta = fs::metadata(dest.join("etc/shadow")).unwrap();
+        assert_eq!((meta.mode() & 0o777, meta.gid()), (0o640, gid));
+        assert_eq!(
+            fs::read_link(dest.join("etc/link")).unwrap(),
+            Path::new("shadow")
+        );
+
+        let err = unpack_tarball(&dir.path().join("missing.tar.zst"), &dest).unwrap_err();
+        assert!(err.to_string().contains("missing.tar.zst"), "{err}");
     }
 }
