@@ -129,14 +129,17 @@ pub fn reset_root_password(root: &Path) -> Result<PathBuf, HandoverError> {
     let hash = crypt_sha512(RESET_PASSWORD)?;
     let new = replace_root_password(&text, &hash)
         .ok_or_else(|| HandoverError::NoRootEntry(file.clone()))?;
-    let mode = std::fs::metadata(&file)
-        .map_err(io_err("cannot stat", &file))?
-        .permissions()
-        .mode();
+    let meta = std::fs::metadata(&file).map_err(io_err("cannot stat", &file))?;
     let tmp = file.with_extension("reset-root-password");
     std::fs::write(&tmp, new).map_err(io_err("cannot write", &tmp))?;
-    std::fs::set_permissions(&tmp, std::fs::Permissions::from_mode(mode))
-        .map_err(io_err("cannot chmod", &tmp))?;
+    // Owner and group too: Debian's /etc/shadow is root:shadow 0640 (read by unix_chkpwd).
+    std::os::unix::fs::chown(&tmp, Some(meta.uid()), Some(meta.gid()))
+        .map_err(io_err("cannot chown", &tmp))?;
+    std::fs::set_permissions(
+        &tmp,
+        std::fs::Permissions::from_mode(meta.permissions().mode()),
+    )
+    .map_err(io_err("cannot chmod", &tmp))?;
     std::fs::rename(&tmp, &file).map_err(io_err("cannot replace", &file))?;
     Ok(file)
 }
@@ -394,6 +397,40 @@ mod tests {
         if let Some(py) = py.ok().filter(|o| o.status.success()) {
             assert_eq!(String::from_utf8_lossy(&py.stdout).trim(), "True");
         }
+    }
+
+    /// Debian's layout: `root:!*:` (locked by `passwd -l`), shadow owned by group `shadow`
+    /// with mode 0640; the reset keeps owner, group and mode.
+    #[test]
+    fn reset_root_password_keeps_owner_group_and_mode_of_debians_shadow() {
+        let t = tempfile::tempdir().unwrap();
+        let etc = t.path().join("etc");
+        std::fs::create_dir_all(&etc).unwrap();
+        let shadow = etc.join("shadow");
+        std::fs::write(
+            &shadow,
+            "root:!*:20785:0:99999:7:::
+daemon:*:20785:0:99999:7:::
+",
+        )
+        .unwrap();
+        std::fs::set_permissions(&shadow, std::fs::Permissions::from_mode(0o640)).unwrap();
+        // A group other than the current one, where the test may change it (root in CI).
+        let gid = if nix::unistd::geteuid().is_root() {
+            42
+        } else {
+            nix::unistd::getegid().as_raw()
+        };
+        std::os::unix::fs::chown(&shadow, None, Some(gid)).unwrap();
+        reset_root_password(t.path()).unwrap();
+        let meta = std::fs::metadata(&shadow).unwrap();
+        assert_eq!((meta.gid(), meta.mode() & 0o777), (gid, 0o640));
+        let text = std::fs::read_to_string(&shadow).unwrap();
+        assert!(text.starts_with("root:$6$"), "{text}");
+        assert!(
+            text.ends_with(":20785:0:99999:7:::\ndaemon:*:20785:0:99999:7:::\n"),
+            "{text}"
+        );
     }
 
     #[test]

@@ -281,12 +281,14 @@ impl Drop for Guest {
     }
 }
 
-/// Locating test inputs produced by the build scripts.
+pub mod kernel_modules;
 pub mod media;
 pub mod metadata;
+pub mod relay;
 pub mod scenario;
 pub mod test_os;
 
+/// Locating test inputs produced by the build scripts.
 pub mod inputs {
     use std::path::{Path, PathBuf};
 

@@ -11,7 +11,7 @@ use cernvm_launch::qemu::{Accel, QemuCommand, UserNet};
 use cvmfs_client::testing::StaticHttpServer;
 use ucernvm_initramfs::Archive;
 
-use crate::test_os::build_busybox_os;
+use crate::test_os::{build_busybox_os, TEST_OS_RELEASE};
 use crate::{inputs, Guest, HarnessError};
 
 fn io_err(what: impl Into<String>) -> impl FnOnce(std::io::Error) -> HarnessError {
@@ -31,13 +31,23 @@ fn tool_failed(what: String, out: &std::process::Output) -> HarnessError {
     }
 }
 
-/// A busybox OS published as a CernVM-FS repository and served on 127.0.0.1.
+/// The OS tree a repository publishes.
+#[derive(Debug, Clone)]
+pub enum OsSource {
+    /// The busybox test OS of [`crate::test_os`], built from this static busybox.
+    Busybox(PathBuf),
+    /// A packed OS tree (`.tar.zst`, e.g. the Debian demo OS of `scripts/build-debian-os`),
+    /// unpacked as it is (owners, modes, extended attributes) for each revision.
+    Tarball(PathBuf),
+}
+
+/// An OS published as a CernVM-FS repository and served on 127.0.0.1.
 pub struct OsRepository {
     pub fqrn: String,
     dir: tempfile::TempDir,
     server: Option<StaticHttpServer>,
     port: u16,
-    busybox: PathBuf,
+    os: OsSource,
     publisher: PathBuf,
 }
 
@@ -60,6 +70,18 @@ impl OsRepository {
             what: "no static busybox for the test OS".into(),
             source: std::io::Error::from(std::io::ErrorKind::NotFound),
         })?;
+        Self::create_from(OsSource::Busybox(busybox), fqrn, release, tag, customize)
+    }
+
+    /// Publishes the OS of `os` (`release` in `/etc/test-os/release`, the tree changed by
+    /// `customize`) as the first revision, with `tag` if given, and starts serving it.
+    pub fn create_from(
+        os: OsSource,
+        fqrn: &str,
+        release: &str,
+        tag: Option<&str>,
+        customize: impl FnOnce(&Path) -> std::io::Result<()>,
+    ) -> Result<Self, HarnessError> {
         let publisher =
             inputs::workspace_binary("cvmfs-publish").ok_or_else(|| HarnessError::Io {
                 what: "cvmfs-publish is not built (cargo build -p cvmfs-client --bins)".into(),
@@ -74,7 +96,7 @@ impl OsRepository {
             dir,
             server: None,
             port: 0,
-            busybox,
+            os,
             publisher,
         };
         repo.publish(release, tag, customize)?;
@@ -99,7 +121,7 @@ impl OsRepository {
         self.keys_dir().join(format!("{}.pub", self.fqrn))
     }
 
-    /// Publishes a new revision: a fresh test OS tree with `release`, changed by `customize`.
+    /// Publishes a new revision: a fresh OS tree with `release`, changed by `customize`.
     pub fn publish(
         &self,
         release: &str,
@@ -110,8 +132,16 @@ impl OsRepository {
         if src.exists() {
             fs::remove_dir_all(&src).map_err(io_err("cannot clear the OS tree"))?;
         }
-        build_busybox_os(&src, &self.busybox, release)
-            .map_err(io_err("cannot build the test OS"))?;
+        match &self.os {
+            OsSource::Busybox(busybox) => build_busybox_os(&src, busybox, release)
+                .map_err(io_err("cannot build the test OS"))?,
+            OsSource::Tarball(tarball) => {
+                unpack_tarball(tarball, &src)?;
+                fs::create_dir_all(src.join("etc/test-os"))
+                    .and_then(|()| fs::write(src.join(TEST_OS_RELEASE), format!("{release}\n")))
+                    .map_err(io_err("cannot write the OS release"))?;
+            }
+        }
         customize(&src).map_err(io_err("cannot customise the test OS"))?;
         let mut cmd = Command::new(&self.publisher);
         cmd.args(["--fqrn", &self.fqrn, "--repo"])
@@ -154,11 +184,56 @@ impl OsRepository {
         self.port
     }
 
+    /// Size of everything served (all revisions' catalogs and objects, manifest, keys).
+    pub fn published_bytes(&self) -> u64 {
+        fn dir_size(path: &Path) -> u64 {
+            let Ok(entries) = fs::read_dir(path) else {
+                return 0;
+            };
+            entries
+                .flatten()
+                .map(|e| match e.file_type() {
+                    Ok(t) if t.is_dir() => dir_size(&e.path()),
+                    Ok(t) if t.is_file() => e.metadata().map(|m| m.len()).unwrap_or(0),
+                    _ => 0,
+                })
+                .sum()
+        }
+        dir_size(&self.stratum0())
+    }
+
     /// The repository URL as the guest sees it: QEMU's user network maps the gateway
     /// (`10.0.2.2`, or `169.254.2.2` in the metadata-server network) to the host's loopback.
     pub fn guest_url(&self, gateway: &str) -> String {
         format!("http://{gateway}:{}/cvmfs/{}", self.port, self.fqrn)
     }
+}
+
+/// Unpacks a `.tar.zst` OS tree into `dest` as root would (numeric owners, modes, extended
+/// attributes). GNU tar strips a leading `/` and skips member names with `..` by default.
+fn unpack_tarball(tarball: &Path, dest: &Path) -> Result<(), HarnessError> {
+    fs::create_dir_all(dest).map_err(io_err("cannot create the OS tree directory"))?;
+    let out = Command::new("tar")
+        .args([
+            "--zstd",
+            "--numeric-owner",
+            "--same-owner",
+            "-p",
+            "--xattrs",
+        ])
+        .args(["--xattrs-include=*", "-x", "-f"])
+        .arg(tarball)
+        .arg("-C")
+        .arg(dest)
+        .output()
+        .map_err(io_err("cannot run tar"))?;
+    if !out.status.success() {
+        return Err(tool_failed(
+            format!("unpacking {}", tarball.display()),
+            &out,
+        ));
+    }
+    Ok(())
 }
 
 /// Kernel and initramfs to boot, with the keys of the OS repository added.
@@ -386,5 +461,71 @@ pub fn full_boot_inputs_ready() -> bool {
 pub fn expect_marker(guest: &mut Guest, marker: &str, timeout: Duration) {
     if let Err(e) = guest.wait_for(marker, timeout) {
         panic!("{e}");
+    }
+}
+
+/// Waits for `marker` to appear after byte `offset` of the console log (an answer to what was
+/// just typed, when the same text appeared before); panics with the console log otherwise.
+pub fn expect_marker_after(guest: &mut Guest, offset: usize, marker: &str, timeout: Duration) {
+    let start = std::time::Instant::now();
+    loop {
+        let log = guest.console().contents();
+        if log.get(offset..).is_some_and(|tail| tail.contains(marker)) {
+            return;
+        }
+        if start.elapsed() >= timeout {
+            panic!(
+                "timed out waiting for {marker:?} after console offset {offset}\n\
+                 ----- full console log -----\n{log}\n----- end of console log -----"
+            );
+        }
+        std::thread::sleep(Duration::from_millis(100));
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use std::os::unix::fs::{MetadataExt, PermissionsExt};
+
+    fn running_as_root() -> bool {
+        fs::metadata("/proc/self").is_ok_and(|m| m.uid() == 0)
+    }
+
+    #[test]
+    fn a_packed_tree_is_unpacked_with_modes_owners_and_symlinks() {
+        let dir = tempfile::tempdir().unwrap();
+        let tree = dir.path().join("tree");
+        fs::create_dir_all(tree.join("etc")).unwrap();
+        fs::write(tree.join("etc/shadow"), "root:!*:1::::::\n").unwrap();
+        fs::set_permissions(tree.join("etc/shadow"), fs::Permissions::from_mode(0o640)).unwrap();
+        std::os::unix::fs::symlink("shadow", tree.join("etc/link")).unwrap();
+        // Root (as the OS trees are unpacked) keeps a foreign group: Debian's shadow group.
+        if running_as_root() {
+            std::os::unix::fs::chown(tree.join("etc/shadow"), Some(0), Some(42)).unwrap();
+        }
+        let gid = fs::metadata(tree.join("etc/shadow")).unwrap().gid();
+        let tarball = dir.path().join("os.tar.zst");
+        let st = Command::new("tar")
+            .args(["--zstd", "--numeric-owner", "-c", "-f"])
+            .arg(&tarball)
+            .arg("-C")
+            .arg(&tree)
+            .arg(".")
+            .status()
+            .unwrap();
+        assert!(st.success());
+
+        let dest = dir.path().join("dest");
+        unpack_tarball(&tarball, &dest).unwrap();
+        let meta = fs::metadata(dest.join("etc/shadow")).unwrap();
+        assert_eq!((meta.mode() & 0o777, meta.gid()), (0o640, gid));
+        assert_eq!(
+            fs::read_link(dest.join("etc/link")).unwrap(),
+            Path::new("shadow")
+        );
+
+        let err = unpack_tarball(&dir.path().join("missing.tar.zst"), &dest).unwrap_err();
+        assert!(err.to_string().contains("missing.tar.zst"), "{err}");
     }
 }

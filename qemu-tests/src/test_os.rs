@@ -14,6 +14,10 @@ pub const OS_READY_MARKER: &str = "UCERNVM-TEST-OS: init started";
 /// Printed right before the login prompt.
 pub const OS_LOGIN_MARKER: &str = "UCERNVM-TEST-OS: login ready";
 
+/// The file that names the OS revision (`release` of [`build_busybox_os`]); the Debian demo
+/// OS (`scripts/build-debian-os`) prints it too.
+pub const TEST_OS_RELEASE: &str = "etc/test-os/release";
+
 /// The OS init. `$boots` comes from a file on the union (persistent across reboots when the
 /// scratch disk is kept); `/etc/test-os/rc.d/*` lets a test add steps to a published revision.
 const INIT: &str = r#"#!/bin/sh
@@ -91,7 +95,7 @@ pub fn build_busybox_os(dest: &Path, busybox: &Path, release: &str) -> io::Resul
     }
 
     write(dest, "sbin/init", INIT, 0o755)?;
-    write(dest, "etc/test-os/release", &format!("{release}\n"), 0o644)?;
+    write(dest, TEST_OS_RELEASE, &format!("{release}\n"), 0o644)?;
     write(dest, "etc/hostname", "cernvm-test\n", 0o644)?;
     write(
         dest,

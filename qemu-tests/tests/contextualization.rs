@@ -10,9 +10,9 @@ use std::path::{Path, PathBuf};
 use std::time::{Duration, Instant};
 
 use cernvm_launch::qemu::{Accel, DiskFormat, QemuCommand, UserNet};
+use qemu_tests::kernel_modules::{module_closure, modules_dir};
 use qemu_tests::metadata::{Cloud, MetadataServer};
 use qemu_tests::{inputs, media, Guest};
-use ucernvm_init::modules::ModuleIndex;
 use ucernvm_initramfs::Archive;
 
 /// Modules the guest needs: virtio-net, the IDE CD-ROM, the context file systems.
@@ -59,35 +59,12 @@ fn inputs_or_skip() -> Option<Inputs> {
     }
 }
 
-/// The modules directory of `kernel` (`.../boot/vmlinuz-<v>` → `.../lib/modules/<v>`).
-fn modules_dir(kernel: &Path) -> PathBuf {
-    let version = kernel
-        .file_name()
-        .and_then(|n| n.to_str())
-        .and_then(|n| n.strip_prefix("vmlinuz-"))
-        .expect("kernel named vmlinuz-<version>");
-    kernel
-        .parent()
-        .and_then(Path::parent)
-        .expect("kernel below <root>/boot")
-        .join("lib/modules")
-        .join(version)
-}
-
 /// An initramfs with our init, busybox (rescue shell) and just the modules of [`MODULES`]
 /// with a `modules.dep` trimmed to them.
 fn initramfs(inp: &Inputs, dest: &Path) {
-    let mdir = modules_dir(&inp.kernel);
+    let mdir = modules_dir(&inp.kernel).unwrap();
     let release = mdir.file_name().unwrap().to_str().unwrap().to_string();
-    let index = ModuleIndex::open(&mdir).unwrap();
-    let mut files: Vec<PathBuf> = Vec::new();
-    for m in MODULES {
-        for f in index.plan(m, &|_| false).unwrap() {
-            if !files.contains(&f) {
-                files.push(f);
-            }
-        }
-    }
+    let files = module_closure(&mdir, MODULES).unwrap();
     let dep = std::fs::read_to_string(mdir.join("modules.dep")).unwrap();
     let rel = |f: &Path| {
         f.strip_prefix(&mdir)

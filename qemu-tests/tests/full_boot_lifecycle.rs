@@ -11,12 +11,12 @@ use std::os::unix::fs::PermissionsExt;
 use std::path::{Path, PathBuf};
 use std::process::Command;
 use std::sync::Mutex;
-use std::time::{Duration, Instant};
 
 use base64::Engine;
 use qemu_tests::media::{blank_qcow2, context_iso};
 use qemu_tests::scenario::{
-    self, expect_marker as wait, BootImage, BootSpec, OsRepository, BOOT_TIMEOUT,
+    self, expect_marker as wait, expect_marker_after as wait_after, BootImage, BootSpec,
+    OsRepository, BOOT_TIMEOUT,
 };
 use qemu_tests::test_os::{OS_LOGIN_MARKER, OS_READY_MARKER};
 use qemu_tests::Guest;
@@ -77,21 +77,6 @@ fn run_to_login_and_power_off(guest: &mut Guest, n: u32) -> String {
     let log = guest.console().contents();
     guest.kill();
     log
-}
-
-/// Waits for `marker` in what the console printed after `offset` bytes.
-fn wait_after(guest: &mut Guest, offset: usize, marker: &str, timeout: Duration) {
-    let start = Instant::now();
-    loop {
-        let log = guest.console().contents();
-        if log.get(offset..).is_some_and(|tail| tail.contains(marker)) {
-            return;
-        }
-        if start.elapsed() >= timeout {
-            panic!("timed out waiting for {marker:?} after console offset {offset}");
-        }
-        std::thread::sleep(Duration::from_millis(100));
-    }
 }
 
 /// An OpenStack config drive whose user data holds a µCernVM block with `lines`.

@@ -8,23 +8,21 @@
 //! `scripts/bench-boot [--runs N]` builds the inputs and runs this.
 
 use std::fs;
-use std::io::{Read, Write};
-use std::net::{TcpListener, TcpStream};
+use std::os::unix::fs::PermissionsExt;
 use std::path::{Path, PathBuf};
 use std::process::Command;
-use std::sync::atomic::{AtomicU64, Ordering};
-use std::sync::Arc;
 use std::time::{Duration, Instant};
 
 use anyhow::{bail, Context, Result};
 use clap::Parser;
 
 use cernvm_launch::qemu::{Accel, DiskFormat, QemuCommand};
+use qemu_tests::kernel_modules::{module_closure, modules_dir};
 use qemu_tests::media::blank_qcow2;
+use qemu_tests::relay::CountingRelay;
 use qemu_tests::scenario::{self, BootImage, BootSpec, OsRepository, BOOT_TIMEOUT};
 use qemu_tests::test_os::{build_busybox_os, OS_LOGIN_MARKER, OS_READY_MARKER};
 use qemu_tests::{inputs, Guest};
-use ucernvm_init::modules::ModuleIndex;
 use ucernvm_initramfs::Archive;
 
 const FQRN: &str = "bench-os.cernvm.test";
@@ -38,43 +36,52 @@ struct Args {
     /// Print the table as Markdown.
     #[arg(long)]
     markdown: bool,
+    /// Save every boot's console log in this directory (`<run>-<boot>.log`).
+    #[arg(long)]
+    console_dir: Option<PathBuf>,
 }
 
-/// Forwards 127.0.0.1:<port> to `target`, counting the bytes sent towards the client.
-fn counting_relay(target: u16, counter: Arc<AtomicU64>) -> Result<u16> {
-    let listener = TcpListener::bind("127.0.0.1:0")?;
-    let port = listener.local_addr()?.port();
-    std::thread::spawn(move || {
-        for client in listener.incoming().flatten() {
-            let counter = Arc::clone(&counter);
-            std::thread::spawn(move || {
-                let Ok(server) = TcpStream::connect(("127.0.0.1", target)) else {
-                    return;
-                };
-                let (Ok(mut c_read), Ok(mut s_write)) = (client.try_clone(), server.try_clone())
-                else {
-                    return;
-                };
-                std::thread::spawn(move || {
-                    let _ = std::io::copy(&mut c_read, &mut s_write);
-                    let _ = s_write.shutdown(std::net::Shutdown::Write);
-                });
-                let (mut s_read, mut c_write) = (server, client);
-                let mut buf = [0u8; 64 * 1024];
-                while let Ok(n) = s_read.read(&mut buf) {
-                    if n == 0 || c_write.write_all(&buf[..n]).is_err() {
-                        break;
-                    }
-                    counter.fetch_add(n as u64, Ordering::Relaxed);
-                }
-                let _ = c_write.shutdown(std::net::Shutdown::Write);
-            });
+impl Args {
+    fn save_console(&self, run: usize, boot: &str, console: &str) -> Result<()> {
+        if let Some(dir) = &self.console_dir {
+            fs::create_dir_all(dir)?;
+            let path = dir.join(format!("{run}-{boot}.log"));
+            fs::write(&path, console)
+                .with_context(|| format!("cannot write {}", path.display()))?;
         }
-    });
-    Ok(port)
+        Ok(())
+    }
 }
 
-fn timed_boot(mut guest: Guest) -> Result<Duration> {
+/// Printed by the benchmark OS's rc.d hook before the boot timeline µCernVM saved.
+const TIMELINE_MARKER: &str = "UCERNVM-TEST-OS: boot timeline";
+
+/// An rc.d hook of the µCernVM OS (it runs after the measured marker): prints the timeline the
+/// init saved on the scratch disk (`init/src/timeline.rs`), on the console.
+fn add_timeline_hook(tree: &Path) -> std::io::Result<()> {
+    let hook = tree.join("etc/test-os/rc.d/50-boot-timeline");
+    fs::write(
+        &hook,
+        format!("#!/bin/sh\necho \"{TIMELINE_MARKER}\"\ncat /mnt/.rw/ulogs/boot-timeline\n"),
+    )?;
+    fs::set_permissions(&hook, fs::Permissions::from_mode(0o755))
+}
+
+/// The timeline printed by [`add_timeline_hook`], from a console log.
+fn timeline_of(console: &str) -> String {
+    let Some(start) = console.rfind(TIMELINE_MARKER) else {
+        return "  (not printed)\n".into();
+    };
+    console[start + TIMELINE_MARKER.len()..]
+        .lines()
+        .skip(1)
+        .take_while(|l| !l.contains(OS_LOGIN_MARKER))
+        .map(|l| format!("  {}\n", l.trim_end()))
+        .collect()
+}
+
+/// Boots until the OS init's first line; the time and the guest's console log.
+fn timed_boot(mut guest: Guest) -> Result<(Duration, String)> {
     let start = Instant::now();
     guest
         .wait_for(OS_READY_MARKER, BOOT_TIMEOUT)
@@ -85,32 +92,13 @@ fn timed_boot(mut guest: Guest) -> Result<Duration> {
         .wait_for(OS_LOGIN_MARKER, BOOT_TIMEOUT)
         .map_err(|e| anyhow::anyhow!("{e}"))?;
     guest.kill();
-    Ok(elapsed)
+    Ok((elapsed, guest.console().contents()))
 }
 
 /// The floor's initramfs: static busybox, the virtio disk modules, and an /init that mounts
 /// /dev/vda and switches to the OS init.
 fn floor_initramfs(kernel: &Path, busybox: &Path, dest: &Path) -> Result<()> {
-    let version = kernel
-        .file_name()
-        .and_then(|n| n.to_str())
-        .and_then(|n| n.strip_prefix("vmlinuz-"))
-        .context("kernel file name is not vmlinuz-<release>")?;
-    let mdir = kernel
-        .parent()
-        .and_then(Path::parent)
-        .context("kernel is not in <root>/boot")?
-        .join("lib/modules")
-        .join(version);
-    let index = ModuleIndex::open(&mdir)?;
-    let mut files: Vec<PathBuf> = Vec::new();
-    for m in ["virtio_pci", "virtio_blk", "ext4"] {
-        for f in index.plan(m, &|_| false)? {
-            if !files.contains(&f) {
-                files.push(f);
-            }
-        }
-    }
+    let files = module_closure(&modules_dir(kernel)?, &["virtio_pci", "virtio_blk", "ext4"])?;
     let mut a = Archive::new();
     a.add_dir("bin", 0o755)?
         .add_file("bin/busybox", fs::read(busybox)?, 0o755)?
@@ -154,20 +142,6 @@ fn median(mut v: Vec<Duration>) -> Duration {
     v[v.len() / 2]
 }
 
-fn dir_size(path: &Path) -> u64 {
-    let mut total = 0;
-    if let Ok(rd) = fs::read_dir(path) {
-        for e in rd.flatten() {
-            match e.file_type() {
-                Ok(t) if t.is_dir() => total += dir_size(&e.path()),
-                Ok(t) if t.is_file() => total += e.metadata().map(|m| m.len()).unwrap_or(0),
-                _ => {}
-            }
-        }
-    }
-    total
-}
-
 fn main() -> Result<()> {
     let args = Args::parse();
     if args.runs == 0 {
@@ -194,16 +168,17 @@ fn main() -> Result<()> {
     floor_initramfs(&kernel, &busybox, &floor_initrd)?;
 
     // µCernVM: the same OS published and served through a counting relay.
-    let repo = OsRepository::create(FQRN, "r1", Some("r1"))?;
+    let repo = OsRepository::create_customized(FQRN, "r1", Some("r1"), add_timeline_hook)?;
     let image = BootImage::with_repository_key(&repo)?;
-    let downloaded = Arc::new(AtomicU64::new(0));
-    let relay = counting_relay(repo.port(), Arc::clone(&downloaded))?;
+    let relay = CountingRelay::start(repo.port())?;
     let cmdline = format!(
-        "cvmfs_url=http://10.0.2.2:{relay}/cvmfs/{FQRN} cvmfs_repos={FQRN} cvmfs_proxy=DIRECT"
+        "cvmfs_url=http://10.0.2.2:{}/cvmfs/{FQRN} cvmfs_repos={FQRN} cvmfs_proxy=DIRECT",
+        relay.port()
     );
 
     let (mut floor, mut first, mut warm) = (Vec::new(), Vec::new(), Vec::new());
     let mut first_bytes = Vec::new();
+    let (mut first_timeline, mut warm_timeline) = (String::new(), String::new());
     for run in 0..args.runs {
         eprintln!("run {}/{}", run + 1, args.runs);
         let cmd = QemuCommand::new()
@@ -216,11 +191,13 @@ fn main() -> Result<()> {
             )
             .disk_with_format(&floor_disk, DiskFormat::Raw)
             .no_reboot(true);
-        floor.push(timed_boot(Guest::spawn(cmd)?)?);
+        let (t, console) = timed_boot(Guest::spawn(cmd)?)?;
+        floor.push(t);
+        args.save_console(run, "floor", &console)?;
 
         let disk = work.path().join(format!("scratch-{run}.qcow2"));
         blank_qcow2(&disk, 4096)?;
-        let before = downloaded.load(Ordering::Relaxed);
+        let before = relay.bytes_to_client();
         let spec = || BootSpec {
             image: &image,
             disk: &disk,
@@ -229,12 +206,18 @@ fn main() -> Result<()> {
             cdroms: Vec::new(),
             memory_mib: 1024,
         };
-        first.push(timed_boot(scenario::boot(spec())?)?);
-        first_bytes.push(downloaded.load(Ordering::Relaxed) - before);
-        warm.push(timed_boot(scenario::boot(spec())?)?);
+        let (t, console) = timed_boot(scenario::boot(spec())?)?;
+        first.push(t);
+        first_timeline = timeline_of(&console);
+        args.save_console(run, "first", &console)?;
+        first_bytes.push(relay.bytes_to_client() - before);
+        let (t, console) = timed_boot(scenario::boot(spec())?)?;
+        warm.push(t);
+        warm_timeline = timeline_of(&console);
+        args.save_console(run, "warm", &console)?;
     }
     let (floor, first, warm) = (median(floor), median(first), median(warm));
-    let repo_bytes = dir_size(&repo.stratum0());
+    let repo_bytes = repo.published_bytes();
     let rows = [
         ("floor: busybox initramfs, OS on a local ext4 disk", floor),
         ("µCernVM first boot (blank disk, OS streamed)", first),
@@ -261,5 +244,7 @@ fn main() -> Result<()> {
         first_bytes[first_bytes.len() / 2] as f64 / 1e6,
         repo_bytes as f64 / 1e6
     );
+    println!("\nboot timeline of the last first boot (saved by the init):\n{first_timeline}");
+    println!("boot timeline of the last warm boot:\n{warm_timeline}");
     Ok(())
 }
