@@ -60,7 +60,15 @@ impl AutoProxy {
                 .split(';')
                 .map(str::trim)
                 .filter(|h| !h.is_empty())
-                .map(str::to_string)
+                // As the download manager spells its hosts.
+                .map(|h| {
+                    let h = h.trim_end_matches('/');
+                    if h.contains("://") {
+                        h.to_string()
+                    } else {
+                        format!("http://{h}")
+                    }
+                })
                 .collect(),
             timeout_direct,
             host: Arc::new(SystemHost::default()),
