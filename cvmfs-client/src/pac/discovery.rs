@@ -166,7 +166,7 @@ pub fn resolve_description(
     description: &str,
     discover: impl FnOnce() -> Option<String>,
 ) -> (String, Option<String>) {
-    if !description.contains("auto") {
+    if !has_auto_group(description) {
         return (description.to_string(), None);
     }
     let discovered = discover();
@@ -185,6 +185,13 @@ pub fn resolve_description(
     (groups.join(";"), discovered)
 }
 
+/// Whether a `;`-group of the description is exactly `auto`. (The reference client starts
+/// discovery for any `auto` substring, e.g. in a proxy named `autoproxy`; only to replace
+/// nothing. We do not.)
+pub fn has_auto_group(description: &str) -> bool {
+    description.split(';').any(|g| g.trim() == "auto")
+}
+
 /// Where the last discovered proxy list of a repository is kept.
 pub fn saved_list_path(workspace: &Path, fqrn: &str) -> PathBuf {
     workspace.join(format!("proxies.{fqrn}-{fqrn}"))
@@ -198,7 +205,7 @@ pub fn resolve_for_mount(
     workspace: Option<(&Path, &str)>,
 ) -> Result<String, DiscoveryError> {
     let (mut list, discovered) = resolve_description(description, || auto.discover());
-    if description.contains("auto") {
+    if has_auto_group(description) {
         match (discovered, workspace) {
             (Some(_), Some((dir, fqrn))) => {
                 let path = saved_list_path(dir, fqrn);

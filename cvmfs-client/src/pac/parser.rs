@@ -528,6 +528,7 @@ impl Parser {
 
     fn primary(&mut self) -> Result<Expr, PacError> {
         let line = self.line();
+        let before = self.pos;
         match self.next() {
             Tok::Num(n) => Ok(Expr::Num(n)),
             Tok::Str(s) => Ok(Expr::Str(s.into())),
@@ -567,7 +568,7 @@ impl Parser {
                 _ => Ok(Expr::Ident(name)),
             },
             _ => {
-                self.pos -= 1;
+                self.pos = before;
                 Err(self.unexpected("an expression"))
             }
         }

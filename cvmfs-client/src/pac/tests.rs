@@ -375,6 +375,28 @@ fn hostile_files_stop_with_an_error() {
 }
 
 #[test]
+fn every_truncation_of_the_corpus_evaluates_or_fails_cleanly() {
+    for src in [
+        include_str!("../../tests/pac-corpus/wlcg-wpad.pac"),
+        include_str!("../../tests/pac-corpus/site-campus.pac"),
+        include_str!("../../tests/pac-corpus/business-hours.pac"),
+    ] {
+        let mut ok = 0;
+        for (cut, _) in src.char_indices() {
+            // A panic on the evaluation thread would be reported as an error here.
+            match answers(&src[..cut], "http://h/x", "h", host_at([1, 2, 3, 4])) {
+                Ok(_) => ok += 1,
+                Err(PacError::Runtime(m)) => assert!(!m.contains("panicked"), "{m}"),
+                Err(_) => {}
+            }
+        }
+        // Only prefixes that are whole programs can be evaluated (the complete file is one).
+        assert!(ok < src.len() / 2, "{ok}");
+        assert!(answers(src, "http://h/x", "h", host_at([1, 2, 3, 4])).is_ok());
+    }
+}
+
+#[test]
 fn unsupported_syntax_is_reported_with_its_line() {
     let e = answers(
         include_str!("../../tests/pac-corpus/regex.pac"),
@@ -561,6 +583,16 @@ mod discovery_tests {
         );
         assert_eq!(host_name("http://s1/cvmfs/r"), "s1");
         assert_eq!(host_name("s1"), "s1");
+    }
+
+    #[test]
+    fn only_a_group_that_is_exactly_auto_is_discovered() {
+        assert_eq!(
+            resolve_description("http://autoproxy:3128;DIRECT", || panic!("discovered")).0,
+            "http://autoproxy:3128;DIRECT"
+        );
+        assert!(has_auto_group("p:1; auto ;DIRECT"));
+        assert!(!has_auto_group("auto|p:1"));
     }
 
     #[test]
