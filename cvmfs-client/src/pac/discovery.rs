@@ -76,8 +76,14 @@ impl AutoProxy {
     }
 
     /// `AutoProxy()` of the spec: the proxy list that replaces an `auto` group, or `None` when
-    /// nothing was found.
+    /// nothing was found. PAC files are fetched with the client's download manager.
     pub fn discover(&self) -> Option<String> {
+        self.discover_with(&|url| self.fetch(url))
+    }
+
+    /// [`AutoProxy::discover`] with another way to fetch a PAC file (URL → body), for programs
+    /// that have an HTTP client of their own (µCernVM's init has no TLS stack to spare).
+    pub fn discover_with(&self, fetch: &dyn Fn(&str) -> Result<Vec<u8>, String>) -> Option<String> {
         if let Some(p) = &self.http_proxy {
             log::info!("proxy auto-discovery: using http_proxy={p}");
             return Some(p.trim().to_string());
@@ -89,7 +95,7 @@ impl AutoProxy {
             .map(|h| (format!("{h}/.cvmfspublished"), host_name(h).to_string()))
             .collect();
         for url in pac_urls(&self.pac_urls) {
-            let source = match self.fetch(&url) {
+            let source = match fetch(&url).and_then(pac_text) {
                 Ok(s) => s,
                 Err(e) => {
                     log::info!("proxy auto-discovery: cannot fetch PAC file {url}: {e}");
@@ -126,7 +132,7 @@ impl AutoProxy {
     }
 
     /// Downloads a PAC file directly, with the client's one HTTP fetcher.
-    fn fetch(&self, url: &str) -> Result<String, String> {
+    fn fetch(&self, url: &str) -> Result<Vec<u8>, String> {
         let dl = DownloadManager::new(url, "DIRECT", self.timeout_direct, self.timeout_direct)
             .map_err(|e| e.to_string())?;
         let bytes = dl
@@ -138,11 +144,16 @@ impl AutoProxy {
                 Ok(v)
             })
             .map_err(|e| e.to_string())?;
-        if bytes.len() > MAX_SOURCE_LEN {
-            return Err(format!("larger than {MAX_SOURCE_LEN} bytes"));
-        }
-        String::from_utf8(bytes).map_err(|_| "not UTF-8 text".to_string())
+        Ok(bytes)
     }
+}
+
+/// The text of a fetched PAC file.
+fn pac_text(bytes: Vec<u8>) -> Result<String, String> {
+    if bytes.len() > MAX_SOURCE_LEN {
+        return Err(format!("larger than {MAX_SOURCE_LEN} bytes"));
+    }
+    String::from_utf8(bytes).map_err(|_| "not UTF-8 text".to_string())
 }
 
 /// The PAC URLs of `CVMFS_PAC_URLS`, `auto` replaced by [`WPAD_URL`].

@@ -107,7 +107,8 @@ impl CivilTime {
     /// Local time (time zone of the C library: `TZ`, `/etc/localtime`) of `secs`; UTC when the
     /// C library cannot tell.
     pub fn local(secs: i64) -> CivilTime {
-        let t = secs as libc::time_t;
+        // The C library's `time_t` (named through inference: the alias is deprecated on musl).
+        let t = secs as _;
         // SAFETY: `tm` is plain old data, fully written by `localtime_r` on success.
         let mut tm: libc::tm = unsafe { std::mem::zeroed() };
         // SAFETY: both pointers are valid for the call; `localtime_r` is thread-safe.

@@ -30,9 +30,27 @@ impl std::fmt::Display for ProbeVia {
 }
 
 /// `auto` groups of a proxy description replaced by what proxy auto-discovery finds (the
-/// client's own resolution; an `auto` that finds nothing is dropped).
+/// client library's resolution and PAC interpreter; an `auto` that finds nothing is dropped).
+/// PAC files are fetched with PID 1's own HTTP client: the client's download manager would add
+/// a TLS stack to the init executable.
 pub fn resolve_auto(description: &str, auto: &AutoProxy) -> String {
-    resolve_description(description.trim_matches('"'), || auto.discover()).0
+    let fetch = |url: &str| fetch_pac(url, auto.timeout_direct);
+    resolve_description(description.trim_matches('"'), || auto.discover_with(&fetch)).0
+}
+
+/// One PAC file, directly; `Host` is the name of the URL.
+fn fetch_pac(url: &str, timeout: Duration) -> Result<Vec<u8>, String> {
+    let (connect, authority, path) = split_http_url(url)?;
+    let addr = connect
+        .to_socket_addrs()
+        .map_err(|e| format!("{connect}: {e}"))?
+        .next()
+        .ok_or_else(|| format!("{connect}: no address"))?;
+    let limits = crate::http::Timeouts {
+        connect: timeout,
+        total: timeout.saturating_mul(3),
+    };
+    crate::http::get(addr, &path, &[("Host", &authority)], limits).map_err(|e| e.to_string())
 }
 
 /// Splits a proxy description at `;` and `|` into the hosts to probe; an unresolved `auto` is
