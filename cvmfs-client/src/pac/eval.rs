@@ -389,7 +389,12 @@ impl<'h> Interpreter<'h> {
 
     fn exec_inner(&mut self, s: &Stmt) -> Result<Flow, PacError> {
         match s {
-            Stmt::Empty | Stmt::Function(_) => Ok(Flow::Normal),
+            Stmt::Empty => Ok(Flow::Normal),
+            // Declared when its body was entered (hoisting); inside a nested block, when reached.
+            Stmt::Function(f) => {
+                self.declare(true, &f.name, Value::Function(Rc::clone(f)));
+                Ok(Flow::Normal)
+            }
             Stmt::Decl(function_scoped, decls) => {
                 for (name, init) in decls {
                     match init {

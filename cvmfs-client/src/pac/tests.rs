@@ -136,6 +136,10 @@ fn statements_scopes_and_functions() {
         js_body("var i = 0; var j = i++ + ++i; return i + ',' + j;"),
         "2,2"
     );
+    assert_eq!(
+        js_body("if (true) { function inner() { return 'in'; } } return inner();"),
+        "in"
+    );
 }
 
 #[test]
