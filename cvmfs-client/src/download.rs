@@ -108,8 +108,8 @@ impl DownloadManager {
                 let (proxy, t) = if member.eq_ignore_ascii_case("DIRECT") {
                     (None, timeout_direct)
                 } else if member == "auto" {
-                    // PAC discovery happens before the manager is built; an unresolved `auto`
-                    // group contributes nothing.
+                    // PAC discovery (`pac::discovery`) happens before the manager is built; an
+                    // unresolved `auto` group contributes nothing.
                     continue;
                 } else if member.contains("://") {
                     (Some(member.to_string()), timeout)

@@ -14,6 +14,7 @@ pub mod history;
 pub mod manifest;
 pub mod mount;
 pub mod offline;
+pub mod pac;
 pub mod prefetch;
 pub mod publish;
 pub mod quota;

@@ -32,6 +32,11 @@ pub enum RepoError {
     },
     #[error("{fqrn}: download manager: {source}")]
     Setup { fqrn: String, source: DownloadError },
+    #[error("{fqrn}: {source}")]
+    ProxyDiscovery {
+        fqrn: String,
+        source: crate::pac::discovery::DiscoveryError,
+    },
     #[error("{fqrn}: manifest .cvmfspublished: {reason}")]
     Manifest { fqrn: String, reason: String },
     #[error("{fqrn}: whitelist .cvmfswhitelist: {reason}")]
@@ -182,16 +187,27 @@ impl Repository {
             object: "(cache)".into(),
             reason: e.to_string(),
         })?;
-        let dl = DownloadManager::new(
+        // `auto` groups of CVMFS_HTTP_PROXY (spec §8.3); `CVMFS_PAC_URLS` and `http_proxy` come
+        // from the configuration and the process environment.
+        let auto = crate::pac::discovery::AutoProxy::from_environment(
+            &opts.environment,
             &opts.server_url,
-            &opts.proxy,
-            opts.timeout,
             opts.timeout_direct,
+        );
+        let proxy = crate::pac::discovery::resolve_for_mount(
+            &opts.proxy,
+            &auto,
+            Some((cache.root(), &fqrn)),
         )
-        .map_err(|source| RepoError::Setup {
+        .map_err(|source| RepoError::ProxyDiscovery {
             fqrn: fqrn.clone(),
             source,
         })?;
+        let dl = DownloadManager::new(&opts.server_url, &proxy, opts.timeout, opts.timeout_direct)
+            .map_err(|source| RepoError::Setup {
+                fqrn: fqrn.clone(),
+                source,
+            })?;
         let store = ObjectStore::new(cache, Some(Arc::new(dl)));
         let mut fresh_manifest = false;
         let (manifest, root_hash, revision, tag) = match opts.root_hash {

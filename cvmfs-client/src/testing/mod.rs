@@ -84,3 +84,6 @@ mod daemon;
 pub use daemon::{
     fuse_skip_reason, is_mounted, lgetxattr, process_ended, sha256_file, stop_daemon, Cvmfs2Mount,
 };
+
+mod squid;
+pub use squid::SquidProxy;

@@ -196,7 +196,18 @@ fn start_inner(boot: &mut Boot, binary: &Path) -> Result<(), CvmfsError> {
         let cfg = cvmfs_client::config::Config::load(&repo, Some(&config_file), &conf_dir)
             .map_err(|e| CvmfsError::Squid(e.to_string()))?;
         let urls = cfg.get_list("CVMFS_SERVER_URL", ';');
-        let proxies = squid::flatten_proxies(cfg.get("CVMFS_HTTP_PROXY").unwrap_or_default());
+        let timeout_direct = cfg
+            .get_u64("CVMFS_TIMEOUT_DIRECT")
+            .map_err(|e| CvmfsError::Squid(e.to_string()))?
+            .unwrap_or(cvmfs_client::mount::DEFAULT_TIMEOUT_DIRECT);
+        let auto = cvmfs_client::pac::discovery::AutoProxy::from_environment(
+            &cfg.environment(),
+            &urls.join(";"),
+            Duration::from_secs(timeout_direct),
+        );
+        let description =
+            squid::resolve_auto(cfg.get("CVMFS_HTTP_PROXY").unwrap_or_default(), &auto);
+        let proxies = squid::flatten_proxies(&description);
         squid::wait(&urls, &proxies, Duration::from_secs(seconds.max(1)), None)
             .map_err(CvmfsError::Squid)?;
     }

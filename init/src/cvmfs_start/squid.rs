@@ -3,11 +3,14 @@
 //!
 //! Deviations from the original, as the spec recommends: `DIRECT` means "no proxy" instead of
 //! being probed as a host name, and an empty proxy list sleeps one period per round instead of
-//! spinning. `auto` (PAC discovery) is not resolved by our client; it is skipped with a warning.
+//! spinning. `auto` is resolved by the client library's proxy auto-discovery (PAC files,
+//! spec §8.3) before the list is flattened.
 
 use std::io::{Read, Write};
 use std::net::{TcpStream, ToSocketAddrs};
 use std::time::{Duration, Instant};
+
+use cvmfs_client::pac::discovery::{resolve_description, AutoProxy};
 
 /// One element of the flattened proxy list.
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -26,7 +29,32 @@ impl std::fmt::Display for ProbeVia {
     }
 }
 
-/// Splits a proxy description at `;` and `|` into the hosts to probe.
+/// `auto` groups of a proxy description replaced by what proxy auto-discovery finds (the
+/// client library's resolution and PAC interpreter; an `auto` that finds nothing is dropped).
+/// PAC files are fetched with PID 1's own HTTP client: the client's download manager would add
+/// a TLS stack to the init executable.
+pub fn resolve_auto(description: &str, auto: &AutoProxy) -> String {
+    let fetch = |url: &str| fetch_pac(url, auto.timeout_direct);
+    resolve_description(description.trim_matches('"'), || auto.discover_with(&fetch)).0
+}
+
+/// One PAC file, directly; `Host` is the name of the URL.
+fn fetch_pac(url: &str, timeout: Duration) -> Result<Vec<u8>, String> {
+    let (connect, authority, path) = split_http_url(url)?;
+    let addr = connect
+        .to_socket_addrs()
+        .map_err(|e| format!("{connect}: {e}"))?
+        .next()
+        .ok_or_else(|| format!("{connect}: no address"))?;
+    let limits = crate::http::Timeouts {
+        connect: timeout,
+        total: timeout.saturating_mul(3),
+    };
+    crate::http::get(addr, &path, &[("Host", &authority)], limits).map_err(|e| e.to_string())
+}
+
+/// Splits a proxy description at `;` and `|` into the hosts to probe; an unresolved `auto` is
+/// skipped (see [`resolve_auto`]).
 pub fn flatten_proxies(description: &str) -> Vec<ProbeVia> {
     let mut out = Vec::new();
     for item in description
@@ -38,9 +66,7 @@ pub fn flatten_proxies(description: &str) -> Vec<ProbeVia> {
         if item.eq_ignore_ascii_case("DIRECT") {
             out.push(ProbeVia::Direct);
         } else if item == "auto" {
-            log::warn!(
-                "cvmfs_wait_on_squid: proxy auto-discovery (PAC) is not supported, skipping 'auto'"
-            );
+            log::warn!("cvmfs_wait_on_squid: skipping the unresolved 'auto'");
         } else {
             let hostport = item
                 .strip_prefix("http://")
@@ -185,6 +211,52 @@ mod tests {
         );
         assert_eq!(flatten_proxies("auto;DIRECT"), vec![ProbeVia::Direct]);
         assert!(flatten_proxies("").is_empty());
+    }
+
+    #[test]
+    fn auto_is_resolved_by_a_pac_file_and_the_probe_goes_through_its_squid() {
+        let squid = cvmfs_client::testing::SquidProxy::start().unwrap();
+        let server = StaticHttpServer::start(&fixture_dir().join("srv")).unwrap();
+        let pac_dir = tempfile::tempdir().unwrap();
+        std::fs::write(
+            pac_dir.path().join("wpad.dat"),
+            format!(
+                "function FindProxyForURL(url, host) {{\n\
+                     if (dnsDomainIs(host, '127.0.0.1')) return 'PROXY 127.0.0.1:{}';\n\
+                     return 'DIRECT';\n\
+                 }}",
+                squid.port()
+            ),
+        )
+        .unwrap();
+        let pac_server = StaticHttpServer::start(pac_dir.path()).unwrap();
+        let repo = format!("{}/cvmfs/demo.cernvm.test", server.url());
+        let mut env = std::collections::HashMap::new();
+        env.insert(
+            "CVMFS_PAC_URLS".to_string(),
+            format!("{}/wpad.dat", pac_server.url()),
+        );
+        let auto = AutoProxy::from_environment(&env, &repo, Duration::from_secs(3));
+        let description = resolve_auto("\"auto;DIRECT\"", &auto);
+        assert_eq!(description, format!("127.0.0.1:{};DIRECT", squid.port()));
+        let proxies = flatten_proxies(&description);
+        let (via, _) = wait(&[repo], &proxies, Duration::from_secs(3), Some(1)).unwrap();
+        assert_eq!(via, ProbeVia::Proxy(format!("127.0.0.1:{}", squid.port())));
+        let deadline = Instant::now() + Duration::from_secs(15);
+        while !squid
+            .access_log()
+            .contains("/cvmfs/demo.cernvm.test/.cvmfspublished")
+        {
+            assert!(Instant::now() < deadline, "squid saw no probe");
+            std::thread::sleep(Duration::from_millis(100));
+        }
+        // Without any PAC file `auto` disappears and the rest remains.
+        env.insert(
+            "CVMFS_PAC_URLS".to_string(),
+            "http://127.0.0.1:1/none.pac".into(),
+        );
+        let auto = AutoProxy::from_environment(&env, "http://s1", Duration::from_secs(3));
+        assert_eq!(resolve_auto("auto;DIRECT", &auto), "DIRECT");
     }
 
     #[test]
