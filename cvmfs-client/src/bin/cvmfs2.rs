@@ -252,6 +252,10 @@ fn one_line(fqrn: &str, msg: impl std::fmt::Display) -> String {
 }
 
 fn main() -> ExitCode {
+    let argv: Vec<String> = std::env::args().collect();
+    if argv.get(1).map(String::as_str) == Some(WPAD_MODE) {
+        return wpad_main(&argv[2..]);
+    }
     let args = Args::parse();
     let fqrn = args.fqrn.clone();
     match run(args) {
@@ -261,6 +265,39 @@ fn main() -> ExitCode {
             ExitCode::FAILURE
         }
     }
+}
+
+/// Helper mode of the reference client that µCernVM's init uses for `cvmfs_wait_on_squid`.
+const WPAD_MODE: &str = "__wpad__";
+
+/// `cvmfs2 __wpad__ <proxy description> <server URLs>`: prints the description with its `auto`
+/// groups resolved by proxy auto-discovery (`http_proxy`, `CVMFS_PAC_URLS` and
+/// `CVMFS_TIMEOUT_DIRECT` from the environment). The PAC interpreter thus lives in this
+/// executable only, not in PID 1 as well.
+fn wpad_main(args: &[String]) -> ExitCode {
+    let [description, server_url] = args else {
+        eprintln!("usage: cvmfs2 {WPAD_MODE} <proxy description> <server URLs>");
+        return ExitCode::from(2);
+    };
+    if log::set_boxed_logger(Box::new(Logger { debug: false })).is_ok() {
+        log::set_max_level(log::LevelFilter::Info);
+    }
+    let env: std::collections::HashMap<String, String> = std::env::vars().collect();
+    let timeout = env
+        .get("CVMFS_TIMEOUT_DIRECT")
+        .and_then(|t| t.trim().parse().ok())
+        .unwrap_or(cvmfs_client::mount::DEFAULT_TIMEOUT_DIRECT);
+    let auto = cvmfs_client::pac::discovery::AutoProxy::from_environment(
+        &env,
+        server_url,
+        std::time::Duration::from_secs(timeout),
+    );
+    let (resolved, _) =
+        cvmfs_client::pac::discovery::resolve_description(description.trim_matches('"'), || {
+            auto.discover()
+        });
+    println!("{resolved}");
+    ExitCode::SUCCESS
 }
 
 /// Everything that is decided before the process forks.

@@ -196,17 +196,19 @@ fn start_inner(boot: &mut Boot, binary: &Path) -> Result<(), CvmfsError> {
         let cfg = cvmfs_client::config::Config::load(&repo, Some(&config_file), &conf_dir)
             .map_err(|e| CvmfsError::Squid(e.to_string()))?;
         let urls = cfg.get_list("CVMFS_SERVER_URL", ';');
-        let timeout_direct = cfg
-            .get_u64("CVMFS_TIMEOUT_DIRECT")
-            .map_err(|e| CvmfsError::Squid(e.to_string()))?
-            .unwrap_or(cvmfs_client::mount::DEFAULT_TIMEOUT_DIRECT);
-        let auto = cvmfs_client::pac::discovery::AutoProxy::from_environment(
-            &cfg.environment(),
+        // What `cvmfs2 __wpad__` needs to resolve `auto` as the mount will.
+        let env = cfg.environment();
+        let discovery_env: Vec<(&str, String)> =
+            ["CVMFS_PAC_URLS", "http_proxy", "CVMFS_TIMEOUT_DIRECT"]
+                .into_iter()
+                .filter_map(|k| env.get(k).map(|v| (k, v.clone())))
+                .collect();
+        let description = squid::resolve_auto(
+            cfg.get("CVMFS_HTTP_PROXY").unwrap_or_default(),
             &urls.join(";"),
-            Duration::from_secs(timeout_direct),
+            &discovery_env,
+            binary,
         );
-        let description =
-            squid::resolve_auto(cfg.get("CVMFS_HTTP_PROXY").unwrap_or_default(), &auto);
         let proxies = squid::flatten_proxies(&description);
         squid::wait(&urls, &proxies, Duration::from_secs(seconds.max(1)), None)
             .map_err(CvmfsError::Squid)?;

@@ -3,14 +3,17 @@
 //!
 //! Deviations from the original, as the spec recommends: `DIRECT` means "no proxy" instead of
 //! being probed as a host name, and an empty proxy list sleeps one period per round instead of
-//! spinning. `auto` is resolved by the client library's proxy auto-discovery (PAC files,
-//! spec §8.3) before the list is flattened.
+//! spinning. `auto` is resolved before the list is flattened, as the original does it: by
+//! `cvmfs2 __wpad__` (proxy auto-discovery with PAC files, spec §8.3), so the PAC interpreter
+//! is in the `cvmfs2` executable only.
 
 use std::io::{Read, Write};
 use std::net::{TcpStream, ToSocketAddrs};
+use std::path::Path;
+use std::process::{Command, Stdio};
 use std::time::{Duration, Instant};
 
-use cvmfs_client::pac::discovery::{resolve_description, AutoProxy};
+use cvmfs_client::pac::discovery::has_auto_group;
 
 /// One element of the flattened proxy list.
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -29,28 +32,50 @@ impl std::fmt::Display for ProbeVia {
     }
 }
 
-/// `auto` groups of a proxy description replaced by what proxy auto-discovery finds (the
-/// client library's resolution and PAC interpreter; an `auto` that finds nothing is dropped).
-/// PAC files are fetched with PID 1's own HTTP client: the client's download manager would add
-/// a TLS stack to the init executable.
-pub fn resolve_auto(description: &str, auto: &AutoProxy) -> String {
-    let fetch = |url: &str| fetch_pac(url, auto.timeout_direct);
-    resolve_description(description.trim_matches('"'), || auto.discover_with(&fetch)).0
-}
-
-/// One PAC file, directly; `Host` is the name of the URL.
-fn fetch_pac(url: &str, timeout: Duration) -> Result<Vec<u8>, String> {
-    let (connect, authority, path) = split_http_url(url)?;
-    let addr = connect
-        .to_socket_addrs()
-        .map_err(|e| format!("{connect}: {e}"))?
-        .next()
-        .ok_or_else(|| format!("{connect}: no address"))?;
-    let limits = crate::http::Timeouts {
-        connect: timeout,
-        total: timeout.saturating_mul(3),
-    };
-    crate::http::get(addr, &path, &[("Host", &authority)], limits).map_err(|e| e.to_string())
+/// `auto` groups of a proxy description replaced by what proxy auto-discovery finds:
+/// `cvmfs2 __wpad__ <description> <server URLs>` with `env` (`CVMFS_PAC_URLS`, `http_proxy`,
+/// `CVMFS_TIMEOUT_DIRECT`) in its environment; an `auto` that finds nothing is dropped. When
+/// `cvmfs2` cannot answer, the description comes back unchanged and [`flatten_proxies`] skips
+/// its `auto` with a warning.
+pub fn resolve_auto(
+    description: &str,
+    server_urls: &str,
+    env: &[(&str, String)],
+    cvmfs2: &Path,
+) -> String {
+    let description = description.trim_matches('"');
+    if !has_auto_group(description) {
+        return description.to_string();
+    }
+    let mut command = Command::new(cvmfs2);
+    command
+        .arg("__wpad__")
+        .arg(description)
+        .arg(server_urls)
+        .stdin(Stdio::null())
+        .stderr(Stdio::inherit());
+    for (key, value) in env {
+        command.env(key, value);
+    }
+    match command.output() {
+        Ok(out) if out.status.success() => {
+            let resolved = String::from_utf8_lossy(&out.stdout).trim().to_string();
+            log::info!("cvmfs_wait_on_squid: proxies {description:?} resolve to {resolved:?}");
+            resolved
+        }
+        Ok(out) => {
+            log::warn!(
+                "cvmfs_wait_on_squid: {} __wpad__ failed ({})",
+                cvmfs2.display(),
+                out.status
+            );
+            description.to_string()
+        }
+        Err(e) => {
+            log::warn!("cvmfs_wait_on_squid: cannot run {}: {e}", cvmfs2.display());
+            description.to_string()
+        }
+    }
 }
 
 /// Splits a proxy description at `;` and `|` into the hosts to probe; an unresolved `auto` is
@@ -211,52 +236,6 @@ mod tests {
         );
         assert_eq!(flatten_proxies("auto;DIRECT"), vec![ProbeVia::Direct]);
         assert!(flatten_proxies("").is_empty());
-    }
-
-    #[test]
-    fn auto_is_resolved_by_a_pac_file_and_the_probe_goes_through_its_squid() {
-        let squid = cvmfs_client::testing::SquidProxy::start().unwrap();
-        let server = StaticHttpServer::start(&fixture_dir().join("srv")).unwrap();
-        let pac_dir = tempfile::tempdir().unwrap();
-        std::fs::write(
-            pac_dir.path().join("wpad.dat"),
-            format!(
-                "function FindProxyForURL(url, host) {{\n\
-                     if (dnsDomainIs(host, '127.0.0.1')) return 'PROXY 127.0.0.1:{}';\n\
-                     return 'DIRECT';\n\
-                 }}",
-                squid.port()
-            ),
-        )
-        .unwrap();
-        let pac_server = StaticHttpServer::start(pac_dir.path()).unwrap();
-        let repo = format!("{}/cvmfs/demo.cernvm.test", server.url());
-        let mut env = std::collections::HashMap::new();
-        env.insert(
-            "CVMFS_PAC_URLS".to_string(),
-            format!("{}/wpad.dat", pac_server.url()),
-        );
-        let auto = AutoProxy::from_environment(&env, &repo, Duration::from_secs(3));
-        let description = resolve_auto("\"auto;DIRECT\"", &auto);
-        assert_eq!(description, format!("127.0.0.1:{};DIRECT", squid.port()));
-        let proxies = flatten_proxies(&description);
-        let (via, _) = wait(&[repo], &proxies, Duration::from_secs(3), Some(1)).unwrap();
-        assert_eq!(via, ProbeVia::Proxy(format!("127.0.0.1:{}", squid.port())));
-        let deadline = Instant::now() + Duration::from_secs(15);
-        while !squid
-            .access_log()
-            .contains("/cvmfs/demo.cernvm.test/.cvmfspublished")
-        {
-            assert!(Instant::now() < deadline, "squid saw no probe");
-            std::thread::sleep(Duration::from_millis(100));
-        }
-        // Without any PAC file `auto` disappears and the rest remains.
-        env.insert(
-            "CVMFS_PAC_URLS".to_string(),
-            "http://127.0.0.1:1/none.pac".into(),
-        );
-        let auto = AutoProxy::from_environment(&env, "http://s1", Duration::from_secs(3));
-        assert_eq!(resolve_auto("auto;DIRECT", &auto), "DIRECT");
     }
 
     #[test]
