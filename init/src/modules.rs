@@ -320,8 +320,13 @@ pub fn load(name: &str) -> Result<(), ModuleError> {
 /// [`load`] against a given index.
 pub fn load_with(index: &ModuleIndex, name: &str) -> Result<(), ModuleError> {
     for file in index.plan(name, &is_loaded)? {
-        log::debug!("loading kernel module {}", file.display());
+        let started = std::time::Instant::now();
         load_file(&file)?;
+        log::debug!(
+            "loaded kernel module {} in {} ms",
+            file.display(),
+            started.elapsed().as_millis()
+        );
     }
     Ok(())
 }
