@@ -96,21 +96,13 @@ fn request(
         (80, std::net::IpAddr::V6(ip)) => format!("[{ip}]"),
         _ => addr.to_string(),
     };
-    // A `Host` among `headers` (a name-based server, e.g. a PAC file) replaces the address.
-    let host = headers
-        .iter()
-        .find(|(k, _)| k.eq_ignore_ascii_case("Host"))
-        .map_or(host, |(_, v)| v.to_string());
     let mut req = format!(
         "{method} {path} HTTP/1.0\r\nHost: {host}\r\nUser-Agent: ucernvm-init\r\nAccept: */*\r\n"
     );
     if method == "PUT" {
         req.push_str("Content-Length: 0\r\n");
     }
-    for (k, v) in headers
-        .iter()
-        .filter(|(k, _)| !k.eq_ignore_ascii_case("Host"))
-    {
+    for (k, v) in headers {
         req.push_str(&format!("{k}: {v}\r\n"));
     }
     req.push_str("\r\n");
@@ -378,28 +370,6 @@ mod tests {
     fn body_of_a_2xx_answer() {
         let s = Server::start(vec![("/a", ok(b"hello"))]);
         assert_eq!(get(s.addr, "/a", &[], quick()).unwrap(), b"hello");
-    }
-
-    #[test]
-    fn a_host_header_replaces_the_address() {
-        use std::io::{Read, Write};
-        let l = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
-        let addr = l.local_addr().unwrap();
-        let server = std::thread::spawn(move || {
-            let (mut s, _) = l.accept().unwrap();
-            let mut buf = [0u8; 1024];
-            let n = s.read(&mut buf).unwrap();
-            s.write_all(b"HTTP/1.0 200 OK\r\n\r\npac").unwrap();
-            String::from_utf8_lossy(&buf[..n]).into_owned()
-        });
-        let body = get(addr, "/wpad.dat", &[("host", "wpad.example.org")], quick()).unwrap();
-        assert_eq!(body, b"pac");
-        let request = server.join().unwrap();
-        assert!(
-            request.contains("\r\nHost: wpad.example.org\r\n"),
-            "{request}"
-        );
-        assert_eq!(request.matches("ost: ").count(), 1, "{request}");
     }
 
     #[test]
