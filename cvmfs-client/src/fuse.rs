@@ -13,13 +13,14 @@ use std::sync::{Arc, RwLock};
 use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};
 
 use fuser::{
-    Errno, FileAttr, FileHandle, FileType, Filesystem, FopenFlags, Generation, INodeNo, InitFlags,
+    BackingId, Errno, FileAttr, FileHandle, FileType, Filesystem, FopenFlags, Generation, INodeNo, InitFlags,
     KernelConfig, LockOwner, OpenAccMode, OpenFlags, ReplyAttr, ReplyData, ReplyDirectory,
     ReplyDirectoryPlus, ReplyEmpty, ReplyEntry, ReplyOpen, ReplyStatfs, ReplyXattr, Request,
 };
 
 use crate::catalog::{Compression, DirEntry};
 use crate::mount::{FuseOptions, MagicXattrVisibility};
+use crate::passthrough::BackingFiles;
 use crate::prefetch::Prefetcher;
 use crate::repository::{Attached, Found, OpenFile, RepoError, Repository};
 
@@ -103,6 +104,8 @@ pub struct CvmfsFs {
     nioerr: AtomicU64,
     last_ioerr: AtomicU64,
     prefetch: Prefetcher,
+    /// Open files the kernel reads directly from their cached object (FUSE passthrough).
+    backing: BackingFiles<BackingId>,
 }
 
 /// Background downloads of what is likely read next (see `prefetch`).
@@ -126,6 +129,7 @@ impl CvmfsFs {
             ndiropen: AtomicU64::new(0),
             nioerr: AtomicU64::new(0),
             last_ioerr: AtomicU64::new(0),
+            backing: BackingFiles::default(),
         }
     }
 
@@ -529,7 +533,11 @@ impl CvmfsFs {
         Ok(items)
     }
 
-    fn do_open(&self, ino: INodeNo, flags: OpenFlags) -> Result<(u64, FopenFlags), Errno> {
+    fn do_open(
+        &self,
+        ino: INodeNo,
+        flags: OpenFlags,
+    ) -> Result<(u64, FopenFlags, Arc<OpenFile>), Errno> {
         if flags.0 & libc::O_EXCL != 0 {
             return Err(Errno::EEXIST);
         }
@@ -552,17 +560,18 @@ impl CvmfsFs {
             self.prefetch.chunks_of(&f, 1);
         }
         let fh = self.handle();
+        let file = Arc::new(file);
         self.files
             .write()
             .unwrap_or_else(|e| e.into_inner())
-            .insert(fh, Arc::new(file));
+            .insert(fh, Arc::clone(&file));
         self.nopen.fetch_add(1, Ordering::Relaxed);
         // Content behind an inode never changes: keep the page cache across opens.
         let mut out = FopenFlags::FOPEN_KEEP_CACHE;
         if f.entry.is_direct_io() {
             out = FopenFlags::FOPEN_DIRECT_IO;
         }
-        Ok((fh, out))
+        Ok((fh, out, file))
     }
 
     fn do_read(&self, fh: FileHandle, offset: u64, size: u32) -> Result<Vec<u8>, Errno> {
@@ -662,6 +671,17 @@ impl Filesystem for CvmfsFs {
         if let Err(missing) = config.add_capabilities(InitFlags::FUSE_DO_READDIRPLUS) {
             log::debug!("kernel without {missing:?}");
         }
+        if self.opts.passthrough {
+            // Backing files live in the cache on an ordinary file system (stacking depth 0);
+            // depth 1 keeps this mount usable as an overlay's lower layer.
+            match config.add_capabilities(InitFlags::FUSE_PASSTHROUGH) {
+                Ok(()) if config.set_max_stack_depth(1).is_ok() => {
+                    self.backing.enable();
+                    log::debug!("FUSE passthrough on");
+                }
+                _ => log::debug!("kernel without FUSE passthrough; reads go through the daemon"),
+            }
+        }
         Ok(())
     }
 
@@ -736,7 +756,21 @@ impl Filesystem for CvmfsFs {
 
     fn open(&self, _req: &Request, ino: INodeNo, flags: OpenFlags, reply: ReplyOpen) {
         match self.do_open(ino, flags) {
-            Ok((fh, out)) => reply.opened(FileHandle(fh), out),
+            Ok((fh, out, file)) => {
+                // Direct-I/O files stay with the daemon, as the catalog asks.
+                let backing = match file.whole_object() {
+                    Some(object) if !out.contains(FopenFlags::FOPEN_DIRECT_IO) => self
+                        .backing
+                        .attach(ino.0, fh, || reply.open_backing(object)),
+                    _ => None,
+                };
+                match backing {
+                    // The kernel accepts no page-cache flags on passthrough files (the page
+                    // cache is the backing file's).
+                    Some(id) => reply.opened_passthrough(FileHandle(fh), FopenFlags::empty(), &id),
+                    None => reply.opened(FileHandle(fh), out),
+                }
+            }
             Err(e) => reply.error(e),
         }
     }
@@ -761,7 +795,7 @@ impl Filesystem for CvmfsFs {
     fn release(
         &self,
         _req: &Request,
-        _ino: INodeNo,
+        ino: INodeNo,
         fh: FileHandle,
         _flags: OpenFlags,
         _lock_owner: Option<LockOwner>,
@@ -772,6 +806,7 @@ impl Filesystem for CvmfsFs {
             .write()
             .unwrap_or_else(|e| e.into_inner())
             .remove(&fh.0);
+        self.backing.release(ino.0, fh.0);
         reply.ok();
     }
 
