@@ -89,7 +89,10 @@ impl<B> BackingFiles<B> {
     pub fn release(&self, ino: u64, fh: u64) {
         let mut ids = self.ids.lock().unwrap_or_else(|e| e.into_inner());
         if ids.by_handle.remove(&fh).is_some()
-            && ids.by_inode.get(&ino).is_some_and(|w| w.strong_count() == 0)
+            && ids
+                .by_inode
+                .get(&ino)
+                .is_some_and(|w| w.strong_count() == 0)
         {
             ids.by_inode.remove(&ino);
         }
@@ -149,7 +152,11 @@ mod tests {
         assert_eq!(alive.load(Ordering::SeqCst), 2, "handle 2 still uses it");
         b.release(5, 2);
         b.release(6, 3);
-        assert_eq!(alive.load(Ordering::SeqCst), 0, "closed with the last handle");
+        assert_eq!(
+            alive.load(Ordering::SeqCst),
+            0,
+            "closed with the last handle"
+        );
         assert_eq!(b.open_handles(), 0);
         // A new open registers anew.
         let again = b.attach(5, 4, || register(&next, &alive)).unwrap().0;
