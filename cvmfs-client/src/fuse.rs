@@ -94,6 +94,9 @@ pub struct CvmfsFs {
     opts: FuseOptions,
     nodes: RwLock<HashMap<u64, Node>>,
     files: RwLock<HashMap<u64, Arc<OpenFile>>>,
+    /// Listings being read, by directory inode. The daemon declines `opendir` (the kernel then
+    /// sends neither `opendir` nor `releasedir`, two round trips less per directory): a listing
+    /// is built when read from offset 0 and dropped when a reader reaches its end.
     dirs: RwLock<HashMap<u64, Arc<Vec<DirItem>>>>,
     next_handle: AtomicU64,
     euid: u32,
@@ -108,6 +111,9 @@ pub struct CvmfsFs {
     /// Open files the kernel reads directly from their cached object (FUSE passthrough).
     backing: BackingFiles<BackingId>,
 }
+
+/// Listings kept for readers in the middle of a directory.
+const MAX_OPEN_LISTINGS: usize = 1024;
 
 /// Background downloads of what is likely read next (see `prefetch`).
 const PREFETCH_THREADS: usize = 4;
@@ -479,6 +485,38 @@ impl CvmfsFs {
         self.next_handle.fetch_add(1, Ordering::Relaxed)
     }
 
+    /// The listing of directory `ino` for a read from `offset`: built anew from offset 0 (a new
+    /// reader), else the one being read (rebuilt if it was dropped meanwhile).
+    fn listing(&self, ino: INodeNo, offset: u64) -> Result<Arc<Vec<DirItem>>, Errno> {
+        if offset > 0 {
+            let dirs = self.dirs.read().unwrap_or_else(|e| e.into_inner());
+            if let Some(items) = dirs.get(&ino.0) {
+                return Ok(Arc::clone(items));
+            }
+        }
+        let items = Arc::new(self.build_listing(ino)?);
+        if offset == 0 {
+            self.ndiropen.fetch_add(1, Ordering::Relaxed);
+        }
+        let mut dirs = self.dirs.write().unwrap_or_else(|e| e.into_inner());
+        if dirs.len() >= MAX_OPEN_LISTINGS {
+            // Readers that stopped half-way leave listings behind; they are rebuilt on need.
+            dirs.clear();
+        }
+        dirs.insert(ino.0, Arc::clone(&items));
+        Ok(items)
+    }
+
+    /// A read from `offset` past the last entry is a reader's end of the listing.
+    fn listing_read(&self, ino: INodeNo, offset: u64, items: &[DirItem]) {
+        if usize::try_from(offset).unwrap_or(usize::MAX) >= items.len() {
+            self.dirs
+                .write()
+                .unwrap_or_else(|e| e.into_inner())
+                .remove(&ino.0);
+        }
+    }
+
     fn build_listing(&self, ino: INodeNo) -> Result<Vec<DirItem>, Errno> {
         let dir = self.found("opendir", ino)?;
         if !dir.entry.is_dir() {
@@ -811,38 +849,22 @@ impl Filesystem for CvmfsFs {
         reply.ok();
     }
 
-    fn opendir(&self, _req: &Request, ino: INodeNo, _flags: OpenFlags, reply: ReplyOpen) {
-        match self.build_listing(ino) {
-            Ok(items) => {
-                let fh = self.handle();
-                self.dirs
-                    .write()
-                    .unwrap_or_else(|e| e.into_inner())
-                    .insert(fh, Arc::new(items));
-                self.ndiropen.fetch_add(1, Ordering::Relaxed);
-                reply.opened(FileHandle(fh), FopenFlags::empty());
-            }
-            Err(e) => reply.error(e),
-        }
+    fn opendir(&self, _req: &Request, _ino: INodeNo, _flags: OpenFlags, reply: ReplyOpen) {
+        // The kernel opens directories without asking from now on (see `dirs`).
+        reply.error(Errno::ENOSYS);
     }
 
     fn readdir(
         &self,
         _req: &Request,
-        _ino: INodeNo,
-        fh: FileHandle,
+        ino: INodeNo,
+        _fh: FileHandle,
         offset: u64,
         mut reply: ReplyDirectory,
     ) {
-        let Some(items) = self
-            .dirs
-            .read()
-            .unwrap_or_else(|e| e.into_inner())
-            .get(&fh.0)
-            .cloned()
-        else {
-            reply.error(Errno::EBADF);
-            return;
+        let items = match self.listing(ino, offset) {
+            Ok(items) => items,
+            Err(e) => return reply.error(e),
         };
         let start = usize::try_from(offset).unwrap_or(usize::MAX);
         for (i, item) in items.iter().enumerate().skip(start) {
@@ -855,26 +877,21 @@ impl Filesystem for CvmfsFs {
                 break;
             }
         }
+        self.listing_read(ino, offset, &items);
         reply.ok();
     }
 
     fn readdirplus(
         &self,
         _req: &Request,
-        _ino: INodeNo,
-        fh: FileHandle,
+        ino: INodeNo,
+        _fh: FileHandle,
         offset: u64,
         mut reply: ReplyDirectoryPlus,
     ) {
-        let Some(items) = self
-            .dirs
-            .read()
-            .unwrap_or_else(|e| e.into_inner())
-            .get(&fh.0)
-            .cloned()
-        else {
-            reply.error(Errno::EBADF);
-            return;
+        let items = match self.listing(ino, offset) {
+            Ok(items) => items,
+            Err(e) => return reply.error(e),
         };
         let start = usize::try_from(offset).unwrap_or(usize::MAX);
         for (i, item) in items.iter().enumerate().skip(start) {
@@ -895,21 +912,7 @@ impl Filesystem for CvmfsFs {
                 self.remember(item.ino, &item.path);
             }
         }
-        reply.ok();
-    }
-
-    fn releasedir(
-        &self,
-        _req: &Request,
-        _ino: INodeNo,
-        fh: FileHandle,
-        _flags: OpenFlags,
-        reply: ReplyEmpty,
-    ) {
-        self.dirs
-            .write()
-            .unwrap_or_else(|e| e.into_inner())
-            .remove(&fh.0);
+        self.listing_read(ino, offset, &items);
         reply.ok();
     }
 
