@@ -73,8 +73,10 @@ const REGULAR_MAGIC: &[&str] = &[
 /// Magic attributes of symbolic links (`xfsroot.rawlink` is readable but not listed).
 const SYMLINK_MAGIC: &[&str] = &["user.rawlink"];
 
+/// A kernel inode: the entry it was looked up as (a mount never changes revision, so the
+/// entry stays valid and inode operations need no catalog query) and the kernel's lookup count.
 struct Node {
-    path: Vec<u8>,
+    found: Arc<Found>,
     lookups: u64,
 }
 
@@ -83,9 +85,9 @@ struct DirItem {
     ino: u64,
     kind: FileType,
     name: Vec<u8>,
-    /// Attributes and path for `readdirplus` (the kernel then needs no lookup per entry).
+    /// Attributes and entry for `readdirplus` (the kernel then needs no lookup per entry).
     attr: FileAttr,
-    path: Vec<u8>,
+    found: Arc<Found>,
 }
 
 /// The CernVM-FS FUSE file system.
@@ -175,7 +177,7 @@ impl CvmfsFs {
         let nodes = self.nodes.read().unwrap_or_else(|e| e.into_inner());
         nodes
             .get(&ino.0)
-            .map(|n| n.path.clone())
+            .map(|n| n.found.path.clone())
             .ok_or(Errno::ESTALE)
     }
 
@@ -186,9 +188,15 @@ impl CvmfsFs {
     }
 
     /// The entry behind a kernel inode.
-    fn found(&self, op: &str, ino: INodeNo) -> Result<Found, Errno> {
-        let path = self.path_of(ino)?;
-        self.lookup_path(op, &path)?.ok_or(Errno::ENOENT)
+    fn found(&self, op: &str, ino: INodeNo) -> Result<Arc<Found>, Errno> {
+        if ino.0 == ROOT_INO {
+            return Ok(Arc::new(self.lookup_path(op, b"")?.ok_or(Errno::ENOENT)?));
+        }
+        let nodes = self.nodes.read().unwrap_or_else(|e| e.into_inner());
+        nodes
+            .get(&ino.0)
+            .map(|n| Arc::clone(&n.found))
+            .ok_or(Errno::ESTALE)
     }
 
     /// The kernel inode of an entry.
@@ -199,19 +207,19 @@ impl CvmfsFs {
         f.inode().map_err(|e| self.io_error("inode", &f.path, &e))
     }
 
-    /// Records a kernel reference to `ino` (one `lookup`).
-    fn remember(&self, ino: u64, path: &[u8]) {
+    /// Records a kernel reference to `ino` (one `lookup`), found as `found`.
+    fn remember(&self, ino: u64, found: &Arc<Found>) {
         if ino == ROOT_INO {
             return;
         }
         let mut nodes = self.nodes.write().unwrap_or_else(|e| e.into_inner());
         let node = nodes.entry(ino).or_insert_with(|| Node {
-            path: path.to_vec(),
+            found: Arc::clone(found),
             lookups: 0,
         });
-        if node.path != path {
+        if node.found.path != found.path {
             // Another name of the same hard-link group: same content and metadata.
-            node.path = path.to_vec();
+            node.found = Arc::clone(found);
         }
         node.lookups += 1;
     }
@@ -529,7 +537,7 @@ impl CvmfsFs {
             kind: FileType::Directory,
             name: b".".to_vec(),
             attr: dir_attr,
-            path: dir.path.clone(),
+            found: Arc::clone(&dir),
         }];
         if !dir.path.is_empty() {
             let parent_path = parent_of(&dir.path);
@@ -537,13 +545,13 @@ impl CvmfsFs {
                 Some(p) => self.ino_of(&p)?,
                 None => ROOT_INO,
             };
-            // The kernel takes no attributes of the dot entries from readdirplus.
+            // The kernel takes no attributes (nor lookups) of the dot entries from readdirplus.
             items.push(DirItem {
                 ino: parent_ino,
                 kind: FileType::Directory,
                 name: b"..".to_vec(),
                 attr: dir_attr,
-                path: parent_path.to_vec(),
+                found: Arc::clone(&dir),
             });
         }
         let children = self
@@ -565,8 +573,8 @@ impl CvmfsFs {
                 ino,
                 kind: file_type(child.entry.mode),
                 attr: self.attr(&child, ino),
-                name: child.entry.name,
-                path: child.path,
+                name: child.entry.name.clone(),
+                found: Arc::new(child),
             });
         }
         Ok(items)
@@ -751,7 +759,8 @@ impl Filesystem for CvmfsFs {
         })();
         match result {
             Ok(Some((ino, f))) => {
-                self.remember(ino, &f.path);
+                let f = Arc::new(f);
+                self.remember(ino, &f);
                 reply.entry(&self.ttl(), &self.attr(&f, ino), Generation(0));
             }
             // Negative entry: inode 0 with the kcache timeout lets the kernel cache the miss.
@@ -909,7 +918,7 @@ impl Filesystem for CvmfsFs {
             // Each entry passed on counts as a lookup (the kernel forgets it later), except
             // the dot entries.
             if item.name != b"." && item.name != b".." {
-                self.remember(item.ino, &item.path);
+                self.remember(item.ino, &item.found);
             }
         }
         self.listing_read(ino, offset, &items);
