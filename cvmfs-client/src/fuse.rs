@@ -560,14 +560,9 @@ impl CvmfsFs {
             .map_err(|e| self.io_error("opendir", &dir.path, &e))?;
         // A listed directory's files are likely read next.
         self.prefetch.files(&children);
-        for listed in children {
-            // A directory as a lookup sees it (a nested catalog's mountpoint is found through
-            // the nested catalog); other entries are the same either way.
-            let child = if listed.entry.is_dir() {
-                self.lookup_path("opendir", &listed.path)?.unwrap_or(listed)
-            } else {
-                listed
-            };
+        for child in children {
+            // The listing's entry is the one a lookup finds (a nested catalog's mountpoint is
+            // the parent catalog's entry either way): no query per subdirectory.
             let ino = self.ino_of(&child)?;
             items.push(DirItem {
                 ino,
