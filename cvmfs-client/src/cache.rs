@@ -264,6 +264,19 @@ impl Cache {
         Some(p)
     }
 
+    /// The cached object opened for reading, if present (an access for the LRU order): one
+    /// `open` instead of a `stat` and an `open`.
+    pub fn open_object(&self, hash: &ContentHash) -> Option<(PathBuf, File)> {
+        let p = self.path(hash);
+        let f = File::open(&p).ok()?;
+        if let Some(q) = &self.quota {
+            if let Err(e) = q.touch(hash) {
+                log::warn!("{e}");
+            }
+        }
+        Some((p, f))
+    }
+
     /// Removes a cached object (e.g. found corrupt).
     pub fn evict(&self, hash: &ContentHash) {
         let _ = fs::remove_file(self.path(hash));

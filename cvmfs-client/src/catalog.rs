@@ -293,6 +293,18 @@ impl Catalog {
         }
     }
 
+    /// Runs `query` on the cached prepared statement for `sql`, under the connection's lock;
+    /// SQLite errors name this catalog. Every query of an open catalog goes through here.
+    fn with_statement<T>(
+        &self,
+        sql: &str,
+        query: impl FnOnce(&mut rusqlite::CachedStatement<'_>) -> rusqlite::Result<T>,
+    ) -> Result<T, CatalogError> {
+        let conn = self.conn.lock().unwrap_or_else(|e| e.into_inner());
+        let mut st = conn.prepare_cached(sql).map_err(|e| self.err(e))?;
+        query(&mut st).map_err(|e| self.err(e))
+    }
+
     /// The path hashed for `path` inside this catalog (bind mountpoints map the prefix).
     fn hashed_path(&self, path: &[u8]) -> Vec<u8> {
         if self.root_prefix == self.mountpoint {
@@ -306,38 +318,23 @@ impl Catalog {
     /// The entry at absolute repository path `path`, if this catalog has it.
     pub fn lookup(&self, path: &[u8]) -> Result<Option<DirEntry>, CatalogError> {
         let (a, b) = md5_path(&self.hashed_path(path));
-        let conn = self.conn.lock().unwrap_or_else(|e| e.into_inner());
-        let mut st = conn
-            .prepare_cached(&format!(
-                "{}WHERE md5path_1 = ?1 AND md5path_2 = ?2",
-                self.select
-            ))
-            .map_err(|e| self.err(e))?;
-        let row = st
-            .query_row(params![a, b], |r| self.read_row(r))
-            .optional()
-            .map_err(|e| self.err(e))?;
-        row.transpose()
+        let sql = format!("{}WHERE md5path_1 = ?1 AND md5path_2 = ?2", self.select);
+        self.with_statement(&sql, |st| {
+            st.query_row(params![a, b], |r| self.read_row(r)).optional()
+        })?
+        .transpose()
     }
 
     /// The children of directory `path` (including hidden ones; callers filter).
     pub fn list(&self, path: &[u8]) -> Result<Vec<DirEntry>, CatalogError> {
         let (a, b) = md5_path(&self.hashed_path(path));
-        let conn = self.conn.lock().unwrap_or_else(|e| e.into_inner());
-        let mut st = conn
-            .prepare_cached(&format!(
-                "{}WHERE parent_1 = ?1 AND parent_2 = ?2",
-                self.select
-            ))
-            .map_err(|e| self.err(e))?;
-        let rows = st
-            .query_map(params![a, b], |r| self.read_row(r))
-            .map_err(|e| self.err(e))?;
-        let mut v = Vec::new();
-        for r in rows {
-            v.push(r.map_err(|e| self.err(e))??);
-        }
-        Ok(v)
+        let sql = format!("{}WHERE parent_1 = ?1 AND parent_2 = ?2", self.select);
+        self.with_statement(&sql, |st| {
+            st.query_map(params![a, b], |r| self.read_row(r))?
+                .collect::<rusqlite::Result<Vec<_>>>()
+        })?
+        .into_iter()
+        .collect()
     }
 
     fn read_row(&self, r: &Row) -> rusqlite::Result<Result<DirEntry, CatalogError>> {
@@ -392,25 +389,22 @@ impl Catalog {
     /// Chunks of the chunked file at `path`, ordered by offset.
     pub fn chunks(&self, path: &[u8], algorithm: Algorithm) -> Result<Vec<Chunk>, CatalogError> {
         let (a, b) = md5_path(&self.hashed_path(path));
-        let conn = self.conn.lock().unwrap_or_else(|e| e.into_inner());
-        let mut st = conn
-            .prepare_cached(
-                "SELECT offset, size, hash FROM chunks WHERE md5path_1 = ?1 AND md5path_2 = ?2 \
-                 ORDER BY offset ASC",
-            )
-            .map_err(|e| self.err(e))?;
-        let rows = st
-            .query_map(params![a, b], |r| {
-                Ok((
-                    r.get::<_, i64>(0)?,
-                    r.get::<_, i64>(1)?,
-                    r.get::<_, Vec<u8>>(2)?,
-                ))
-            })
-            .map_err(|e| self.err(e))?;
+        let rows = self.with_statement(
+            "SELECT offset, size, hash FROM chunks WHERE md5path_1 = ?1 AND md5path_2 = ?2 \
+             ORDER BY offset ASC",
+            |st| {
+                st.query_map(params![a, b], |r| {
+                    Ok((
+                        r.get::<_, i64>(0)?,
+                        r.get::<_, i64>(1)?,
+                        r.get::<_, Vec<u8>>(2)?,
+                    ))
+                })?
+                .collect::<rusqlite::Result<Vec<_>>>()
+            },
+        )?;
         let mut v: Vec<Chunk> = Vec::new();
-        for r in rows {
-            let (offset, size, digest) = r.map_err(|e| self.err(e))?;
+        for (offset, size, digest) in rows {
             let corrupt = |reason: String| CatalogError::Corrupt {
                 catalog: self.hash.to_string(),
                 reason: format!("chunks of {}: {reason}", String::from_utf8_lossy(path)),
@@ -438,11 +432,10 @@ impl Catalog {
             return Ok(Vec::new());
         }
         let (a, b) = md5_path(&self.hashed_path(path));
-        let conn = self.conn.lock().unwrap_or_else(|e| e.into_inner());
-        let blob: Option<Option<Vec<u8>>> = conn
-            .prepare_cached("SELECT xattr FROM catalog WHERE md5path_1 = ?1 AND md5path_2 = ?2")
-            .and_then(|mut st| st.query_row(params![a, b], |r| r.get(0)).optional())
-            .map_err(|e| self.err(e))?;
+        let blob: Option<Option<Vec<u8>>> = self.with_statement(
+            "SELECT xattr FROM catalog WHERE md5path_1 = ?1 AND md5path_2 = ?2",
+            |st| st.query_row(params![a, b], |r| r.get(0)).optional(),
+        )?;
         Ok(blob
             .flatten()
             .map(|b| parse_xattr_blob(&b))
@@ -457,20 +450,16 @@ impl Catalog {
             .lock()
             .unwrap_or_else(|e| e.into_inner());
         if leaders.is_none() {
-            let conn = self.conn.lock().unwrap_or_else(|e| e.into_inner());
-            let mut st = conn
-                .prepare(
-                    "SELECT hardlinks >> 32, MIN(rowid) FROM catalog \
-                     WHERE (hardlinks >> 32) != 0 GROUP BY hardlinks >> 32",
-                )
-                .map_err(|e| self.err(e))?;
-            let rows = st
-                .query_map([], |r| {
-                    Ok((r.get::<_, i64>(0)? as u32, r.get::<_, i64>(1)?))
-                })
-                .map_err(|e| self.err(e))?;
-            let map: std::collections::HashMap<u32, i64> =
-                rows.collect::<Result<_, _>>().map_err(|e| self.err(e))?;
+            let map = self.with_statement(
+                "SELECT hardlinks >> 32, MIN(rowid) FROM catalog \
+                 WHERE (hardlinks >> 32) != 0 GROUP BY hardlinks >> 32",
+                |st| {
+                    st.query_map([], |r| {
+                        Ok((r.get::<_, i64>(0)? as u32, r.get::<_, i64>(1)?))
+                    })?
+                    .collect::<rusqlite::Result<std::collections::HashMap<u32, i64>>>()
+                },
+            )?;
             *leaders = Some(map);
         }
         Ok(leaders.as_ref().and_then(|m| m.get(&group).copied()))
@@ -478,14 +467,10 @@ impl Catalog {
 
     /// The `statistics` table (absent counters read as 0 by callers).
     pub fn statistics(&self) -> Result<BTreeMap<String, i64>, CatalogError> {
-        let conn = self.conn.lock().unwrap_or_else(|e| e.into_inner());
-        let mut st = conn
-            .prepare("SELECT counter, value FROM statistics")
-            .map_err(|e| self.err(e))?;
-        let rows = st
-            .query_map([], |r| Ok((r.get::<_, String>(0)?, r.get::<_, i64>(1)?)))
-            .map_err(|e| self.err(e))?;
-        rows.collect::<Result<_, _>>().map_err(|e| self.err(e))
+        self.with_statement("SELECT counter, value FROM statistics", |st| {
+            st.query_map([], |r| Ok((r.get::<_, String>(0)?, r.get::<_, i64>(1)?)))?
+                .collect()
+        })
     }
 
     /// The nested catalog whose mountpoint is `path` or a prefix of it on a component

@@ -298,12 +298,23 @@ impl ObjectStore {
     /// `label`. A cached copy is checked against its hash the first time it is used in this
     /// mount; a corrupt one is discarded and fetched again.
     pub fn get_labeled(&self, spec: ObjectSpec, label: Label<'_>) -> Result<PathBuf, FetchError> {
+        self.get_object(spec, label).map(|(p, _)| p)
+    }
+
+    /// Like [`ObjectStore::get_labeled`], with the cached copy already open when it was there
+    /// (one open, checked through the same descriptor that is then read).
+    fn get_object(
+        &self,
+        spec: ObjectSpec,
+        label: Label<'_>,
+    ) -> Result<(PathBuf, Option<File>), FetchError> {
         let mut waited = false;
         loop {
-            if let Some(p) = self.cache.lookup(&spec.hash) {
-                if self.cached_copy_is_good(&p, spec) {
-                    return Ok(p);
+            if let Some((p, f)) = self.cache.open_object(&spec.hash) {
+                if self.cached_copy_is_good(&p, &f, spec) {
+                    return Ok((p, Some(f)));
                 }
+                drop(f);
                 self.cache.evict(&spec.hash);
             }
             let (flight, leader) = {
@@ -327,10 +338,10 @@ impl ObjectStore {
                     .unwrap_or_else(|e| e.into_inner())
                     .remove(&spec.hash);
                 flight.finish();
-                return result;
+                return result.map(|p| (p, None));
             }
             if waited {
-                return self.fetch_missing(spec, label);
+                return self.fetch_missing(spec, label).map(|p| (p, None));
             }
             flight.wait();
             waited = true;
@@ -467,9 +478,15 @@ impl ObjectStore {
             .insert(hash);
     }
 
-    /// Size check always; the hash once per mount.
-    fn cached_copy_is_good(&self, p: &Path, spec: ObjectSpec) -> bool {
-        if let (Some(want), Ok(m)) = (spec.size, std::fs::metadata(p)) {
+    /// Size check always; the hash once per mount. `f` is the open object file `p`.
+    fn cached_copy_is_good(&self, p: &Path, f: &File, spec: ObjectSpec) -> bool {
+        let Ok(m) = f.metadata() else {
+            return false;
+        };
+        if !m.is_file() {
+            return false;
+        }
+        if let Some(want) = spec.size {
             if m.len() != want {
                 log::warn!(
                     "cached object {} has {} bytes instead of {want}; fetching it again",
@@ -494,13 +511,13 @@ impl ObjectStore {
             .and_then(|q| q.digest(&spec.hash))
             .or_else(|| crate::cache::recorded_digest(p));
         let checked = match recorded {
-            Some(want) => file_digest(p).map(|d| d == want),
+            Some(want) => file_digest(f).map(|d| d == want),
             None => cached_object_matches(p, spec.hash, Some(spec.compression)),
         };
         match checked {
             Ok(true) => {
                 if recorded.is_none() {
-                    if let Ok(d) = file_digest(p) {
+                    if let Ok(d) = file_digest(f) {
                         crate::cache::record_digest(p, &d);
                         if let Some(q) = self.cache.quota() {
                             let _ = q.record_digest(&spec.hash, &d);
@@ -531,8 +548,11 @@ impl ObjectStore {
 
     /// Opens the object (see [`ObjectStore::get_labeled`]).
     pub fn open_labeled(&self, spec: ObjectSpec, label: Label<'_>) -> Result<File, FetchError> {
-        let p = self.get_labeled(spec, label)?;
-        File::open(&p).map_err(|source| FetchError::Cache(CacheError::Io { path: p, source }))
+        match self.get_object(spec, label)? {
+            (_, Some(f)) => Ok(f),
+            (p, None) => File::open(&p)
+                .map_err(|source| FetchError::Cache(CacheError::Io { path: p, source })),
+        }
     }
 }
 
@@ -556,17 +576,6 @@ impl<W: io::Write> io::Write for HashingWriter<'_, W> {
     }
 }
 
-/// SHA-1 of a cached (decompressed) file: the local integrity digest.
-fn file_digest(p: &Path) -> io::Result<ContentHash> {
-    let mut f = File::open(p)?;
-    let mut sink = HashingSink(Some(Algorithm::Sha1.hasher()));
-    io::copy(&mut f, &mut sink)?;
-    sink.0
-        .take()
-        .map(Hasher::finish)
-        .ok_or_else(|| io::Error::other("hasher consumed"))
-}
-
 /// A `Write` sink that only hashes.
 struct HashingSink(Option<Hasher>);
 
@@ -581,6 +590,37 @@ impl io::Write for HashingSink {
     fn flush(&mut self) -> io::Result<()> {
         Ok(())
     }
+}
+
+/// Read size of [`file_digest`]: whole small files in one call, large ones in few.
+const DIGEST_BUFFER: usize = 128 * 1024;
+
+thread_local! {
+    /// One read buffer per thread for [`file_digest`] (no allocation per opened file).
+    static DIGEST_BUF: std::cell::RefCell<Vec<u8>> = const { std::cell::RefCell::new(Vec::new()) };
+}
+
+/// SHA-1 of an open cached (decompressed) file, read from offset 0 with `pread` (the file
+/// position stays where it is): the local integrity digest.
+fn file_digest(f: &File) -> io::Result<ContentHash> {
+    use std::os::unix::fs::FileExt;
+    DIGEST_BUF.with(|buf| {
+        let mut buf = buf.borrow_mut();
+        buf.resize(DIGEST_BUFFER, 0);
+        let mut h = Algorithm::Sha1.hasher();
+        let mut offset = 0u64;
+        loop {
+            let n = match f.read_at(&mut buf, offset) {
+                Ok(0) => break,
+                Ok(n) => n,
+                Err(e) if e.kind() == io::ErrorKind::Interrupted => continue,
+                Err(e) => return Err(e),
+            };
+            h.update(&buf[..n]);
+            offset += n as u64;
+        }
+        Ok(h.finish())
+    })
 }
 
 /// Objects up to this size are compressed again in one piece, as the publisher did.

@@ -13,13 +13,15 @@ use std::sync::{Arc, RwLock};
 use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};
 
 use fuser::{
-    Errno, FileAttr, FileHandle, FileType, Filesystem, FopenFlags, Generation, INodeNo, InitFlags,
-    KernelConfig, LockOwner, OpenAccMode, OpenFlags, ReplyAttr, ReplyData, ReplyDirectory,
-    ReplyDirectoryPlus, ReplyEmpty, ReplyEntry, ReplyOpen, ReplyStatfs, ReplyXattr, Request,
+    BackingId, Errno, FileAttr, FileHandle, FileType, Filesystem, FopenFlags, Generation, INodeNo,
+    InitFlags, KernelConfig, LockOwner, OpenAccMode, OpenFlags, ReplyAttr, ReplyData,
+    ReplyDirectory, ReplyDirectoryPlus, ReplyEmpty, ReplyEntry, ReplyOpen, ReplyStatfs, ReplyXattr,
+    Request,
 };
 
 use crate::catalog::{Compression, DirEntry};
 use crate::mount::{FuseOptions, MagicXattrVisibility};
+use crate::passthrough::BackingFiles;
 use crate::prefetch::Prefetcher;
 use crate::repository::{Attached, Found, OpenFile, RepoError, Repository};
 
@@ -71,8 +73,10 @@ const REGULAR_MAGIC: &[&str] = &[
 /// Magic attributes of symbolic links (`xfsroot.rawlink` is readable but not listed).
 const SYMLINK_MAGIC: &[&str] = &["user.rawlink"];
 
+/// A kernel inode: the entry it was looked up as (a mount never changes revision, so the
+/// entry stays valid and inode operations need no catalog query) and the kernel's lookup count.
 struct Node {
-    path: Vec<u8>,
+    found: Arc<Found>,
     lookups: u64,
 }
 
@@ -81,9 +85,9 @@ struct DirItem {
     ino: u64,
     kind: FileType,
     name: Vec<u8>,
-    /// Attributes and path for `readdirplus` (the kernel then needs no lookup per entry).
+    /// Attributes and entry for `readdirplus` (the kernel then needs no lookup per entry).
     attr: FileAttr,
-    path: Vec<u8>,
+    found: Arc<Found>,
 }
 
 /// The CernVM-FS FUSE file system.
@@ -92,6 +96,9 @@ pub struct CvmfsFs {
     opts: FuseOptions,
     nodes: RwLock<HashMap<u64, Node>>,
     files: RwLock<HashMap<u64, Arc<OpenFile>>>,
+    /// Listings being read, by directory inode. The daemon declines `opendir` (the kernel then
+    /// sends neither `opendir` nor `releasedir`, two round trips less per directory): a listing
+    /// is built when read from offset 0 and dropped when a reader reaches its end.
     dirs: RwLock<HashMap<u64, Arc<Vec<DirItem>>>>,
     next_handle: AtomicU64,
     euid: u32,
@@ -103,7 +110,12 @@ pub struct CvmfsFs {
     nioerr: AtomicU64,
     last_ioerr: AtomicU64,
     prefetch: Prefetcher,
+    /// Open files the kernel reads directly from their cached object (FUSE passthrough).
+    backing: BackingFiles<BackingId>,
 }
+
+/// Listings kept for readers in the middle of a directory.
+const MAX_OPEN_LISTINGS: usize = 1024;
 
 /// Background downloads of what is likely read next (see `prefetch`).
 const PREFETCH_THREADS: usize = 4;
@@ -126,6 +138,7 @@ impl CvmfsFs {
             ndiropen: AtomicU64::new(0),
             nioerr: AtomicU64::new(0),
             last_ioerr: AtomicU64::new(0),
+            backing: BackingFiles::default(),
         }
     }
 
@@ -164,7 +177,7 @@ impl CvmfsFs {
         let nodes = self.nodes.read().unwrap_or_else(|e| e.into_inner());
         nodes
             .get(&ino.0)
-            .map(|n| n.path.clone())
+            .map(|n| n.found.path.clone())
             .ok_or(Errno::ESTALE)
     }
 
@@ -175,9 +188,15 @@ impl CvmfsFs {
     }
 
     /// The entry behind a kernel inode.
-    fn found(&self, op: &str, ino: INodeNo) -> Result<Found, Errno> {
-        let path = self.path_of(ino)?;
-        self.lookup_path(op, &path)?.ok_or(Errno::ENOENT)
+    fn found(&self, op: &str, ino: INodeNo) -> Result<Arc<Found>, Errno> {
+        if ino.0 == ROOT_INO {
+            return Ok(Arc::new(self.lookup_path(op, b"")?.ok_or(Errno::ENOENT)?));
+        }
+        let nodes = self.nodes.read().unwrap_or_else(|e| e.into_inner());
+        nodes
+            .get(&ino.0)
+            .map(|n| Arc::clone(&n.found))
+            .ok_or(Errno::ESTALE)
     }
 
     /// The kernel inode of an entry.
@@ -188,19 +207,19 @@ impl CvmfsFs {
         f.inode().map_err(|e| self.io_error("inode", &f.path, &e))
     }
 
-    /// Records a kernel reference to `ino` (one `lookup`).
-    fn remember(&self, ino: u64, path: &[u8]) {
+    /// Records a kernel reference to `ino` (one `lookup`), found as `found`.
+    fn remember(&self, ino: u64, found: &Arc<Found>) {
         if ino == ROOT_INO {
             return;
         }
         let mut nodes = self.nodes.write().unwrap_or_else(|e| e.into_inner());
         let node = nodes.entry(ino).or_insert_with(|| Node {
-            path: path.to_vec(),
+            found: Arc::clone(found),
             lookups: 0,
         });
-        if node.path != path {
+        if node.found.path != found.path {
             // Another name of the same hard-link group: same content and metadata.
-            node.path = path.to_vec();
+            node.found = Arc::clone(found);
         }
         node.lookups += 1;
     }
@@ -474,6 +493,38 @@ impl CvmfsFs {
         self.next_handle.fetch_add(1, Ordering::Relaxed)
     }
 
+    /// The listing of directory `ino` for a read from `offset`: built anew from offset 0 (a new
+    /// reader), else the one being read (rebuilt if it was dropped meanwhile).
+    fn listing(&self, ino: INodeNo, offset: u64) -> Result<Arc<Vec<DirItem>>, Errno> {
+        if offset > 0 {
+            let dirs = self.dirs.read().unwrap_or_else(|e| e.into_inner());
+            if let Some(items) = dirs.get(&ino.0) {
+                return Ok(Arc::clone(items));
+            }
+        }
+        let items = Arc::new(self.build_listing(ino)?);
+        if offset == 0 {
+            self.ndiropen.fetch_add(1, Ordering::Relaxed);
+        }
+        let mut dirs = self.dirs.write().unwrap_or_else(|e| e.into_inner());
+        if dirs.len() >= MAX_OPEN_LISTINGS {
+            // Readers that stopped half-way leave listings behind; they are rebuilt on need.
+            dirs.clear();
+        }
+        dirs.insert(ino.0, Arc::clone(&items));
+        Ok(items)
+    }
+
+    /// A read from `offset` past the last entry is a reader's end of the listing.
+    fn listing_read(&self, ino: INodeNo, offset: u64, items: &[DirItem]) {
+        if usize::try_from(offset).unwrap_or(usize::MAX) >= items.len() {
+            self.dirs
+                .write()
+                .unwrap_or_else(|e| e.into_inner())
+                .remove(&ino.0);
+        }
+    }
+
     fn build_listing(&self, ino: INodeNo) -> Result<Vec<DirItem>, Errno> {
         let dir = self.found("opendir", ino)?;
         if !dir.entry.is_dir() {
@@ -486,7 +537,7 @@ impl CvmfsFs {
             kind: FileType::Directory,
             name: b".".to_vec(),
             attr: dir_attr,
-            path: dir.path.clone(),
+            found: Arc::clone(&dir),
         }];
         if !dir.path.is_empty() {
             let parent_path = parent_of(&dir.path);
@@ -494,13 +545,13 @@ impl CvmfsFs {
                 Some(p) => self.ino_of(&p)?,
                 None => ROOT_INO,
             };
-            // The kernel takes no attributes of the dot entries from readdirplus.
+            // The kernel takes no attributes (nor lookups) of the dot entries from readdirplus.
             items.push(DirItem {
                 ino: parent_ino,
                 kind: FileType::Directory,
                 name: b"..".to_vec(),
                 attr: dir_attr,
-                path: parent_path.to_vec(),
+                found: Arc::clone(&dir),
             });
         }
         let children = self
@@ -509,27 +560,26 @@ impl CvmfsFs {
             .map_err(|e| self.io_error("opendir", &dir.path, &e))?;
         // A listed directory's files are likely read next.
         self.prefetch.files(&children);
-        for listed in children {
-            // A directory as a lookup sees it (a nested catalog's mountpoint is found through
-            // the nested catalog); other entries are the same either way.
-            let child = if listed.entry.is_dir() {
-                self.lookup_path("opendir", &listed.path)?.unwrap_or(listed)
-            } else {
-                listed
-            };
+        for child in children {
+            // The listing's entry is the one a lookup finds (a nested catalog's mountpoint is
+            // the parent catalog's entry either way): no query per subdirectory.
             let ino = self.ino_of(&child)?;
             items.push(DirItem {
                 ino,
                 kind: file_type(child.entry.mode),
                 attr: self.attr(&child, ino),
-                name: child.entry.name,
-                path: child.path,
+                name: child.entry.name.clone(),
+                found: Arc::new(child),
             });
         }
         Ok(items)
     }
 
-    fn do_open(&self, ino: INodeNo, flags: OpenFlags) -> Result<(u64, FopenFlags), Errno> {
+    fn do_open(
+        &self,
+        ino: INodeNo,
+        flags: OpenFlags,
+    ) -> Result<(u64, FopenFlags, Arc<OpenFile>), Errno> {
         if flags.0 & libc::O_EXCL != 0 {
             return Err(Errno::EEXIST);
         }
@@ -552,17 +602,18 @@ impl CvmfsFs {
             self.prefetch.chunks_of(&f, 1);
         }
         let fh = self.handle();
+        let file = Arc::new(file);
         self.files
             .write()
             .unwrap_or_else(|e| e.into_inner())
-            .insert(fh, Arc::new(file));
+            .insert(fh, Arc::clone(&file));
         self.nopen.fetch_add(1, Ordering::Relaxed);
         // Content behind an inode never changes: keep the page cache across opens.
         let mut out = FopenFlags::FOPEN_KEEP_CACHE;
         if f.entry.is_direct_io() {
             out = FopenFlags::FOPEN_DIRECT_IO;
         }
-        Ok((fh, out))
+        Ok((fh, out, file))
     }
 
     fn do_read(&self, fh: FileHandle, offset: u64, size: u32) -> Result<Vec<u8>, Errno> {
@@ -662,6 +713,17 @@ impl Filesystem for CvmfsFs {
         if let Err(missing) = config.add_capabilities(InitFlags::FUSE_DO_READDIRPLUS) {
             log::debug!("kernel without {missing:?}");
         }
+        if self.opts.passthrough {
+            // Backing files live in the cache on an ordinary file system (stacking depth 0);
+            // depth 1 keeps this mount usable as an overlay's lower layer.
+            match config.add_capabilities(InitFlags::FUSE_PASSTHROUGH) {
+                Ok(()) if config.set_max_stack_depth(1).is_ok() => {
+                    self.backing.enable();
+                    log::info!("FUSE passthrough on: the kernel reads open files from the cache");
+                }
+                _ => log::debug!("kernel without FUSE passthrough; reads go through the daemon"),
+            }
+        }
         Ok(())
     }
 
@@ -692,7 +754,8 @@ impl Filesystem for CvmfsFs {
         })();
         match result {
             Ok(Some((ino, f))) => {
-                self.remember(ino, &f.path);
+                let f = Arc::new(f);
+                self.remember(ino, &f);
                 reply.entry(&self.ttl(), &self.attr(&f, ino), Generation(0));
             }
             // Negative entry: inode 0 with the kcache timeout lets the kernel cache the miss.
@@ -736,7 +799,21 @@ impl Filesystem for CvmfsFs {
 
     fn open(&self, _req: &Request, ino: INodeNo, flags: OpenFlags, reply: ReplyOpen) {
         match self.do_open(ino, flags) {
-            Ok((fh, out)) => reply.opened(FileHandle(fh), out),
+            Ok((fh, out, file)) => {
+                // Direct-I/O files stay with the daemon, as the catalog asks.
+                let backing = match file.whole_object() {
+                    Some(object) if !out.contains(FopenFlags::FOPEN_DIRECT_IO) => self
+                        .backing
+                        .attach(ino.0, fh, || reply.open_backing(object)),
+                    _ => None,
+                };
+                match backing {
+                    // The kernel accepts no page-cache flags on passthrough files (the page
+                    // cache is the backing file's).
+                    Some(id) => reply.opened_passthrough(FileHandle(fh), FopenFlags::empty(), &id),
+                    None => reply.opened(FileHandle(fh), out),
+                }
+            }
             Err(e) => reply.error(e),
         }
     }
@@ -761,7 +838,7 @@ impl Filesystem for CvmfsFs {
     fn release(
         &self,
         _req: &Request,
-        _ino: INodeNo,
+        ino: INodeNo,
         fh: FileHandle,
         _flags: OpenFlags,
         _lock_owner: Option<LockOwner>,
@@ -772,41 +849,26 @@ impl Filesystem for CvmfsFs {
             .write()
             .unwrap_or_else(|e| e.into_inner())
             .remove(&fh.0);
+        self.backing.release(ino.0, fh.0);
         reply.ok();
     }
 
-    fn opendir(&self, _req: &Request, ino: INodeNo, _flags: OpenFlags, reply: ReplyOpen) {
-        match self.build_listing(ino) {
-            Ok(items) => {
-                let fh = self.handle();
-                self.dirs
-                    .write()
-                    .unwrap_or_else(|e| e.into_inner())
-                    .insert(fh, Arc::new(items));
-                self.ndiropen.fetch_add(1, Ordering::Relaxed);
-                reply.opened(FileHandle(fh), FopenFlags::empty());
-            }
-            Err(e) => reply.error(e),
-        }
+    fn opendir(&self, _req: &Request, _ino: INodeNo, _flags: OpenFlags, reply: ReplyOpen) {
+        // The kernel opens directories without asking from now on (see `dirs`).
+        reply.error(Errno::ENOSYS);
     }
 
     fn readdir(
         &self,
         _req: &Request,
-        _ino: INodeNo,
-        fh: FileHandle,
+        ino: INodeNo,
+        _fh: FileHandle,
         offset: u64,
         mut reply: ReplyDirectory,
     ) {
-        let Some(items) = self
-            .dirs
-            .read()
-            .unwrap_or_else(|e| e.into_inner())
-            .get(&fh.0)
-            .cloned()
-        else {
-            reply.error(Errno::EBADF);
-            return;
+        let items = match self.listing(ino, offset) {
+            Ok(items) => items,
+            Err(e) => return reply.error(e),
         };
         let start = usize::try_from(offset).unwrap_or(usize::MAX);
         for (i, item) in items.iter().enumerate().skip(start) {
@@ -819,26 +881,21 @@ impl Filesystem for CvmfsFs {
                 break;
             }
         }
+        self.listing_read(ino, offset, &items);
         reply.ok();
     }
 
     fn readdirplus(
         &self,
         _req: &Request,
-        _ino: INodeNo,
-        fh: FileHandle,
+        ino: INodeNo,
+        _fh: FileHandle,
         offset: u64,
         mut reply: ReplyDirectoryPlus,
     ) {
-        let Some(items) = self
-            .dirs
-            .read()
-            .unwrap_or_else(|e| e.into_inner())
-            .get(&fh.0)
-            .cloned()
-        else {
-            reply.error(Errno::EBADF);
-            return;
+        let items = match self.listing(ino, offset) {
+            Ok(items) => items,
+            Err(e) => return reply.error(e),
         };
         let start = usize::try_from(offset).unwrap_or(usize::MAX);
         for (i, item) in items.iter().enumerate().skip(start) {
@@ -856,24 +913,10 @@ impl Filesystem for CvmfsFs {
             // Each entry passed on counts as a lookup (the kernel forgets it later), except
             // the dot entries.
             if item.name != b"." && item.name != b".." {
-                self.remember(item.ino, &item.path);
+                self.remember(item.ino, &item.found);
             }
         }
-        reply.ok();
-    }
-
-    fn releasedir(
-        &self,
-        _req: &Request,
-        _ino: INodeNo,
-        fh: FileHandle,
-        _flags: OpenFlags,
-        reply: ReplyEmpty,
-    ) {
-        self.dirs
-            .write()
-            .unwrap_or_else(|e| e.into_inner())
-            .remove(&fh.0);
+        self.listing_read(ino, offset, &items);
         reply.ok();
     }
 

@@ -15,6 +15,7 @@ pub mod manifest;
 pub mod mount;
 pub mod offline;
 pub mod pac;
+pub mod passthrough;
 pub mod prefetch;
 pub mod publish;
 pub mod quota;

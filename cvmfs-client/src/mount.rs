@@ -91,6 +91,11 @@ pub struct FuseOptions {
     /// Copies of the download timeouts, for `user.timeout` / `user.timeout_direct`.
     pub timeout: Duration,
     pub timeout_direct: Duration,
+    /// `CVMFS_FUSE_PASSTHROUGH` (default yes): let the kernel read open files directly from
+    /// the verified cached object (FUSE passthrough, Linux 6.9+; used only where the kernel
+    /// offers it). It makes the FUSE mount count as one stacking level, so an overlay over it
+    /// cannot itself be the lower layer of a further overlay.
+    pub passthrough: bool,
 }
 
 impl Default for FuseOptions {
@@ -111,6 +116,7 @@ impl Default for FuseOptions {
             usyslog: None,
             timeout: Duration::from_secs(DEFAULT_TIMEOUT),
             timeout_direct: Duration::from_secs(DEFAULT_TIMEOUT_DIRECT),
+            passthrough: true,
         }
     }
 }
@@ -235,6 +241,7 @@ impl MountSettings {
                 .map(PathBuf::from),
             timeout: Duration::from_secs(timeout),
             timeout_direct: Duration::from_secs(timeout_direct),
+            passthrough: config.get_bool("CVMFS_FUSE_PASSTHROUGH")?.unwrap_or(true),
         };
 
         let repo = RepositoryOptions {

@@ -6,13 +6,14 @@
 //! same verified path as any other (nothing unverified reaches the cache), and only while the
 //! quota has room without a cleanup (prefetching never evicts what was read).
 
-use std::collections::VecDeque;
+use std::collections::{HashSet, VecDeque};
 use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
 use std::sync::{Arc, Condvar, Mutex};
 use std::thread::JoinHandle;
 
 use crate::cache::Label;
 use crate::fetch::ObjectSpec;
+use crate::hash::ContentHash;
 use crate::quota::ObjectType;
 use crate::repository::{Found, Repository};
 
@@ -29,6 +30,9 @@ struct Job {
 #[derive(Default)]
 struct Shared {
     queue: Mutex<VecDeque<Job>>,
+    /// Objects queued or being handled by a worker: a second job for one of them (a file
+    /// listed twice, identical contents) is not queued, so each object is handled once.
+    claimed: Mutex<HashSet<ContentHash>>,
     wake: Condvar,
     stop: AtomicBool,
     fetched: AtomicU64,
@@ -107,16 +111,26 @@ impl Prefetcher {
             return;
         }
         let mut q = self.shared.queue.lock().unwrap_or_else(|e| e.into_inner());
+        let mut claimed = self
+            .shared
+            .claimed
+            .lock()
+            .unwrap_or_else(|e| e.into_inner());
         for j in jobs {
             if q.len() >= QUEUE_LIMIT {
                 break;
             }
             let store = &self.repo.store;
-            if store.cache.path(&j.spec.hash).exists() || store.downloading(&j.spec.hash) {
+            if claimed.contains(&j.spec.hash)
+                || store.cache.path(&j.spec.hash).exists()
+                || store.downloading(&j.spec.hash)
+            {
                 continue;
             }
+            claimed.insert(j.spec.hash);
             q.push_back(j);
         }
+        drop(claimed);
         drop(q);
         self.shared.wake.notify_all();
     }
@@ -171,6 +185,19 @@ fn job(spec: ObjectSpec, f: &Found, kind: ObjectType, chunk: bool) -> Job {
     }
 }
 
+/// A worker's claim on an object; released when the worker is done with it.
+struct Claim<'a>(&'a Shared, ContentHash);
+
+impl Drop for Claim<'_> {
+    fn drop(&mut self) {
+        self.0
+            .claimed
+            .lock()
+            .unwrap_or_else(|e| e.into_inner())
+            .remove(&self.1);
+    }
+}
+
 fn work(repo: &Repository, shared: &Shared) {
     loop {
         let job = {
@@ -185,6 +212,7 @@ fn work(repo: &Repository, shared: &Shared) {
                 q = shared.wake.wait(q).unwrap_or_else(|e| e.into_inner());
             }
         };
+        let _claim = Claim(shared, job.spec.hash);
         let store = &repo.store;
         if store.cache.is_read_only() || store.cache.path(&job.spec.hash).exists() {
             continue;

@@ -783,6 +783,15 @@ enum Content {
 }
 
 impl OpenFile {
+    /// The verified cached object holding the whole content (not for chunked files): what
+    /// the kernel may read directly (FUSE passthrough).
+    pub fn whole_object(&self) -> Option<&File> {
+        match &self.content {
+            Content::Whole(f) => Some(f),
+            Content::Chunked { .. } => None,
+        }
+    }
+
     /// Number of chunks (1 if not chunked).
     pub fn chunk_count(&self) -> usize {
         match &self.content {
