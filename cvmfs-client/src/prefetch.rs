@@ -4,7 +4,8 @@
 //! (a full queue drops requests), only for a download of the very object it needs, which
 //! `ObjectStore` shares instead of starting a second one. Prefetched objects go through the
 //! same verified path as any other (nothing unverified reaches the cache), and only while the
-//! quota has room without a cleanup (prefetching never evicts what was read).
+//! quota has room without a cleanup (prefetching never evicts what was read) and into at most
+//! half of the free disk space (a reader never finds the disk filled by prefetches).
 
 use std::collections::{HashSet, VecDeque};
 use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
@@ -198,6 +199,12 @@ impl Drop for Claim<'_> {
     }
 }
 
+/// Bytes an unprivileged writer can still put on the file system of `dir`.
+fn free_disk_space(dir: &std::path::Path) -> Option<u64> {
+    let st = nix::sys::statvfs::statvfs(dir).ok()?;
+    Some(st.blocks_available().saturating_mul(st.fragment_size()))
+}
+
 fn work(repo: &Repository, shared: &Shared) {
     loop {
         let job = {
@@ -217,28 +224,33 @@ fn work(repo: &Repository, shared: &Shared) {
         if store.cache.is_read_only() || store.cache.path(&job.spec.hash).exists() {
             continue;
         }
-        // With a quota, only into the room left below the cleanup threshold, counting the
-        // other prefetches in progress: a prefetch never causes a cleanup.
-        let mut reserved = 0;
-        if let Some(q) = store.cache.quota() {
-            let size = job.spec.size.unwrap_or(u64::MAX);
+        // Only into room nobody else needs, counting the other prefetches in progress: below
+        // the quota's cleanup threshold (a prefetch never causes a cleanup), and into at most
+        // half of the free disk space (partial downloads are not in the quota's books, and a
+        // reader must never find the disk filled by objects nobody asked for yet).
+        let size = job.spec.size.unwrap_or(u64::MAX);
+        let reserved = {
             let mut pending = shared.in_progress.lock().unwrap_or_else(|e| e.into_inner());
-            let u = q.usage();
-            let budget = u.threshold.max(u.limit / 2);
-            if u.used.saturating_add(*pending).saturating_add(size) > budget {
+            let wanted = pending.saturating_add(size);
+            if let Some(q) = store.cache.quota() {
+                let u = q.usage();
+                let budget = u.threshold.max(u.limit / 2);
+                if u.used.saturating_add(wanted) > budget {
+                    continue;
+                }
+            }
+            if free_disk_space(store.cache.dir()).is_some_and(|free| wanted > free / 2) {
                 continue;
             }
             *pending += size;
-            reserved = size;
-        }
+            size
+        };
         let label = Label {
             description: &job.description,
             kind: job.kind,
         };
         let result = store.get_labeled(job.spec, label);
-        if reserved > 0 {
-            *shared.in_progress.lock().unwrap_or_else(|e| e.into_inner()) -= reserved;
-        }
+        *shared.in_progress.lock().unwrap_or_else(|e| e.into_inner()) -= reserved;
         match result {
             Ok(_) => shared.fetched.fetch_add(1, Ordering::Relaxed),
             Err(e) => {

@@ -573,7 +573,7 @@ fn full_cache_file_system_cleans_up_and_never_corrupts_the_cache() {
     };
     assert_eq!(err.raw_os_error(), Some(libc::ENOSPC), "{err}");
     // Past the second chunk (5 + 8.5 MB > 10 MB): the first had to be evicted.
-    assert!(read >= 14 << 20, "read only {read} bytes");
+    assert!(read >= 14 << 20, "read only {read} bytes\n{}", env.log());
     assert!(env.log().contains("disk full"), "{}", env.log());
     drop(f);
 
