@@ -69,6 +69,10 @@ pub fn render(
         ("CVMFS_GID_MAP", paths.gid_map.display().to_string()),
         ("CVMFS_HIDE_MAGIC_XATTRS", "yes".into()),
         ("CVMFS_SYSTEMD_NOKILL", "yes".into()),
+        // Not in the original. Our client's FUSE passthrough (Linux 6.9+) stacks the mount one
+        // file-system level higher; with the union on top, an overlay inside the OS (containers)
+        // would exceed the kernel's stacking limit.
+        ("CVMFS_FUSE_PASSTHROUGH", "no".into()),
     ];
     let (root_hash, tag) = selection.config_values();
     if let Some(tag) = tag {
@@ -144,6 +148,7 @@ CVMFS_UID_MAP=/root.rw/aux/uid_map
 CVMFS_GID_MAP=/root.rw/aux/gid_map
 CVMFS_HIDE_MAGIC_XATTRS=yes
 CVMFS_SYSTEMD_NOKILL=yes
+CVMFS_FUSE_PASSTHROUGH=no
 ";
         assert_eq!(text, expected);
     }
@@ -159,7 +164,7 @@ CVMFS_SYSTEMD_NOKILL=yes
                 tag: Some("v1".into()),
             },
         );
-        assert!(fresh_tag.ends_with("CVMFS_SYSTEMD_NOKILL=yes\nCVMFS_REPOSITORY_TAG=v1\n"));
+        assert!(fresh_tag.ends_with("CVMFS_FUSE_PASSTHROUGH=no\nCVMFS_REPOSITORY_TAG=v1\n"));
         assert!(!fresh_tag.contains("CVMFS_ROOT_HASH"));
         let pinned = render(
             &p,
@@ -171,7 +176,7 @@ CVMFS_SYSTEMD_NOKILL=yes
             }),
         );
         assert!(pinned.ends_with(
-            "CVMFS_SYSTEMD_NOKILL=yes\nCVMFS_ROOT_HASH=f71bcc87c33d8adb3851f22152914744e677878f\n"
+            "CVMFS_FUSE_PASSTHROUGH=no\nCVMFS_ROOT_HASH=f71bcc87c33d8adb3851f22152914744e677878f\n"
         ));
         assert!(!pinned.contains("CVMFS_REPOSITORY_TAG"));
     }
