@@ -10,6 +10,7 @@ use std::process::{Child, ExitStatus, Stdio};
 use std::time::{Duration, Instant};
 
 use cernvm_launch::qemu::{QemuCommand, Serial};
+use cernvm_launch::qmp::Qmp;
 
 /// How often the console file and the QEMU process are polled.
 const POLL_INTERVAL: Duration = Duration::from_millis(50);
@@ -49,6 +50,8 @@ pub enum HarnessError {
         #[source]
         source: io::Error,
     },
+    #[error("QMP control socket of the guest: {0}")]
+    Qmp(#[from] cernvm_launch::qmp::QmpError),
 }
 
 /// The serial console of a guest, as written by QEMU to a file.
@@ -124,6 +127,8 @@ pub struct Guest {
     child: Child,
     console: GuestConsole,
     stderr_path: PathBuf,
+    /// QEMU's control socket (QMP).
+    qmp_path: PathBuf,
     command_line: String,
     // Declared last: removed after the child is gone.
     dir: tempfile::TempDir,
@@ -142,9 +147,15 @@ impl Guest {
             })?;
         let console_path = dir.path().join("console.log");
         let stderr_path = dir.path().join("qemu.stderr");
+        let qmp_path = dir.path().join("qmp.sock");
         // The serial console is QEMU's stdio: output goes to the log file, input comes from a
-        // pipe the test writes to (logins on the console, commands in the rescue shell).
-        let cmd = cmd.serial(Serial::Stdio).arg("-monitor").arg("none");
+        // pipe the test writes to (logins on the console, commands in the rescue shell). QMP
+        // is the control socket (status, a clean quit).
+        let cmd = cmd
+            .serial(Serial::Stdio)
+            .arg("-monitor")
+            .arg("none")
+            .qmp_socket(&qmp_path);
         let console_file = fs::File::create(&console_path).map_err(|source| HarnessError::Io {
             what: format!("cannot create {}", console_path.display()),
             source,
@@ -169,6 +180,7 @@ impl Guest {
             child,
             console: GuestConsole::new(console_path),
             stderr_path,
+            qmp_path,
             command_line,
             dir,
         })
@@ -254,12 +266,52 @@ impl Guest {
         }
     }
 
-    /// Kills QEMU (if still running) and reaps it.
-    pub fn kill(&mut self) {
-        if let Ok(None) = self.child.try_wait() {
-            let _ = self.child.kill();
+    /// A session on QEMU's control socket (QMP), waiting up to 10 s for QEMU to open it.
+    pub fn qmp(&self) -> Result<Qmp, HarnessError> {
+        let deadline = Instant::now() + Duration::from_secs(10);
+        loop {
+            match Qmp::connect(&self.qmp_path, Duration::from_secs(5)) {
+                Ok(q) => return Ok(q),
+                Err(e) if Instant::now() >= deadline => return Err(e.into()),
+                Err(_) => std::thread::sleep(Duration::from_millis(50)),
+            }
         }
-        let _ = self.child.wait();
+    }
+
+    /// QEMU's run state as QMP reports it (`running`, `paused`, `shutdown`, ...).
+    pub fn run_state(&self) -> Result<String, HarnessError> {
+        let reply = self.qmp()?.execute("query-status", None)?;
+        Ok(reply["status"].as_str().unwrap_or_default().to_string())
+    }
+
+    /// Stops the guest like pulling its plug, but lets QEMU close its disk images (QMP
+    /// `quit`: qcow2 metadata is written back, as a SIGKILL would not); kills QEMU if it does
+    /// not end within 10 s, or if QMP cannot be reached. Reaps it and returns how it ended.
+    pub fn kill(&mut self) -> Option<ExitStatus> {
+        if let Ok(None) = self.child.try_wait() {
+            // QEMU may close the socket before it answers `quit`: the exit is what counts.
+            let asked = self
+                .qmp()
+                .map(|mut q| {
+                    let _ = q.execute("quit", None);
+                })
+                .is_ok();
+            let deadline = Instant::now() + Duration::from_secs(10);
+            let ended = asked
+                && loop {
+                    match self.child.try_wait() {
+                        Ok(Some(_)) => break true,
+                        Ok(None) if Instant::now() < deadline => {
+                            std::thread::sleep(Duration::from_millis(20))
+                        }
+                        _ => break false,
+                    }
+                };
+            if !ended {
+                let _ = self.child.kill();
+            }
+        }
+        self.child.wait().ok()
     }
 }
 

@@ -34,17 +34,14 @@ fn tcg_probe_sees_the_kernel_banner() {
     assert!(outcome.works(), "{outcome:?}");
 }
 
-/// Kernel + an initramfs built with our cpio writer: the kernel must unpack the zstd archive,
-/// find /dev/console and run /init, which prints a marker, echoes a line typed on the console
-/// and powers the machine off.
-#[test]
-fn boots_an_initramfs_written_by_ucernvm_initramfs() {
-    let Some(kernel) = kernel_or_skip() else {
-        return;
-    };
+/// The kernel and an initramfs built with our cpio writer (zstd) whose /init prints
+/// [`MARKER`], echoes a line typed on the console and powers the machine off; `None` (with a
+/// message) when the kernel or a static busybox is missing.
+fn echo_guest(dir: &std::path::Path) -> Option<QemuCommand> {
+    let kernel = kernel_or_skip()?;
     let Some(busybox) = inputs::static_busybox() else {
         eprintln!("skipping: no statically linked busybox (set UCERNVM_TEST_BUSYBOX)");
-        return;
+        return None;
     };
     let mut archive = Archive::new();
     archive
@@ -71,24 +68,35 @@ fn boots_an_initramfs_written_by_ucernvm_initramfs() {
             0o755,
         )
         .unwrap();
-    let dir = tempfile::tempdir().unwrap();
-    let initrd = dir.path().join("initrd.cpio.zst");
+    let initrd = dir.join("initrd.cpio.zst");
     let file = std::fs::File::create(&initrd).unwrap();
     archive.write_zstd(file, 3).unwrap();
+    Some(
+        QemuCommand::new()
+            .accel(Accel::Tcg)
+            .memory_mib(512)
+            .kernel(
+                &kernel,
+                Some(initrd),
+                Some("console=ttyS0 panic=-1 quiet".into()),
+            )
+            .no_reboot(true),
+    )
+}
 
-    let cmd = QemuCommand::new()
-        .accel(Accel::Tcg)
-        .memory_mib(512)
-        .kernel(
-            &kernel,
-            Some(initrd.clone()),
-            Some("console=ttyS0 panic=-1 quiet".into()),
-        )
-        .no_reboot(true);
+/// The kernel must unpack our zstd archive, find /dev/console and run /init; the console is
+/// interactive both ways, QMP reports the guest running, and the guest's poweroff ends QEMU.
+#[test]
+fn boots_an_initramfs_written_by_ucernvm_initramfs() {
+    let dir = tempfile::tempdir().unwrap();
+    let Some(cmd) = echo_guest(dir.path()) else {
+        return;
+    };
     let mut guest = Guest::spawn(cmd).unwrap();
     if let Err(e) = guest.wait_for(MARKER, Duration::from_secs(120)) {
         panic!("{e}");
     }
+    assert_eq!(guest.run_state().unwrap(), "running");
     // The console is interactive: what the test types reaches the guest's shell.
     guest.send("hello from the host\n").unwrap();
     if let Err(e) = guest.wait_for("console said: hello from the host", Duration::from_secs(60)) {
@@ -97,4 +105,23 @@ fn boots_an_initramfs_written_by_ucernvm_initramfs() {
     // poweroff -f: QEMU exits by itself.
     let status = guest.wait_exit(Duration::from_secs(60)).unwrap();
     assert!(status.success(), "QEMU exited with {status}");
+}
+
+/// The harness stops a running guest through QMP `quit`: QEMU exits normally (closing its
+/// disk images) instead of being killed by a signal.
+#[test]
+fn a_running_guest_is_stopped_through_qmp() {
+    let dir = tempfile::tempdir().unwrap();
+    let Some(cmd) = echo_guest(dir.path()) else {
+        return;
+    };
+    let mut guest = Guest::spawn(cmd).unwrap();
+    if let Err(e) = guest.wait_for(MARKER, Duration::from_secs(120)) {
+        panic!("{e}");
+    }
+    let status = guest.kill().expect("QEMU was reaped");
+    assert!(
+        status.success(),
+        "QEMU ended with {status}, not by QMP quit"
+    );
 }
