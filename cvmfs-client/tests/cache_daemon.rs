@@ -13,18 +13,15 @@ use std::process::Command;
 use std::time::{Duration, Instant};
 
 use cvmfs_client::testing::{
-    fixture_dir, fuse_skip_reason, lgetxattr, process_ended, sha256_file, Cvmfs2Mount,
-    StaticHttpServer,
+    expected_file_digests, fixture_dir, fixture_mount_skip_reason, lgetxattr, process_ended,
+    sha256_file, Cvmfs2Mount, StaticHttpServer,
 };
 use serde_json::Value;
 
 const FQRN: &str = "demo.cernvm.test";
 
 fn skip_reason() -> Option<String> {
-    fuse_skip_reason().or_else(|| {
-        (!fixture_dir().join("srv").is_dir())
-            .then(|| format!("fixture {} is missing", fixture_dir().display()))
-    })
+    fixture_mount_skip_reason()
 }
 
 macro_rules! skip_unless_possible {
@@ -42,24 +39,11 @@ fn xattr_text(p: &Path, name: &str) -> String {
         .unwrap_or_else(|e| format!("<{name}: {e}>"))
 }
 
+/// The fixture's listing of a tag.
 fn expected(tag: &str) -> Value {
     let path = fixture_dir().join(format!("expected/{tag}.json"));
     serde_json::from_str(&std::fs::read_to_string(path).expect("expected listing"))
         .expect("expected listing is JSON")
-}
-
-/// Relative path → sha256 of every regular file of a tag.
-fn expected_files(tag: &str) -> Vec<(String, String)> {
-    let e = expected(tag);
-    let mut out: Vec<(String, String)> = e["entries"]
-        .as_object()
-        .expect("entries")
-        .iter()
-        .filter(|(_, v)| v["type"] == "file")
-        .filter_map(|(k, v)| Some((k.clone(), v["sha256"].as_str()?.to_string())))
-        .collect();
-    out.sort();
-    out
 }
 
 /// Reads `files` through the mount; returns the mismatches.
@@ -199,7 +183,7 @@ fn lru_quota_keeps_pinned_files_and_the_control_socket_answers() {
     let one_mb = cached_object(&cache, mnt, "medium/1mb.bin");
     assert!(readme.is_file() && one_mb.is_file(), "pinning fetches");
 
-    let files = expected_files("v1");
+    let files = expected_file_digests("v1");
     let problems = check_files(mnt, &files);
     assert!(problems.is_empty(), "{problems:#?}");
 
@@ -369,7 +353,7 @@ fn kill_during_a_download_then_remount_recovers() {
         "{}",
         env.log()
     );
-    let problems = check_files(&env.mnt, &expected_files("v1"));
+    let problems = check_files(&env.mnt, &expected_file_digests("v1"));
     assert!(problems.is_empty(), "{problems:#?}");
     daemon.unmount().expect("unmount");
     let leftovers: Vec<_> = std::fs::read_dir(&txn).expect("txn").flatten().collect();
@@ -394,7 +378,7 @@ fn corrupt_object_and_corrupt_database_are_repaired_on_remount() {
     let env = Env::new();
     env.configure(&srv.url(), "v2", 1000, "");
     let mut daemon = env.mount().expect("mount");
-    let files = expected_files("v2");
+    let files = expected_file_digests("v2");
     assert!(check_files(&env.mnt, &files).is_empty());
     let readme = cached_object(&env.cache_dir(), &env.mnt, "README.txt");
     let one_mb = cached_object(&env.cache_dir(), &env.mnt, "medium/1mb.bin");
@@ -472,7 +456,7 @@ fn offline_mount_from_the_cache_at_a_tag_and_recovery() {
     let env = Env::new();
     env.configure(&srv.url(), "v1", 1000, "");
     let mut daemon = env.mount().expect("mount");
-    let all = expected_files("v1");
+    let all = expected_file_digests("v1");
     let (cached, uncached): (Vec<_>, Vec<_>) = all
         .into_iter()
         .partition(|(rel, _)| !rel.starts_with("small/") && !rel.starts_with("software/"));
@@ -552,7 +536,7 @@ fn full_cache_file_system_cleans_up_and_never_corrupts_the_cache() {
     };
     env.configure(&srv.url(), "v1", 1000, "");
     let mut daemon = env.mount().expect("mount on a small file system");
-    let files: Vec<_> = expected_files("v1")
+    let files: Vec<_> = expected_file_digests("v1")
         .into_iter()
         .filter(|(rel, _)| rel != "big/chunked.dat")
         .collect();
@@ -645,7 +629,7 @@ fn the_cache_file_system_can_be_moved_under_a_running_daemon() {
     };
     env.configure(&srv.url(), "v1", 1000, "");
     let mut daemon = env.mount().expect("mount");
-    let files = expected_files("v1");
+    let files = expected_file_digests("v1");
     let (first, rest) = files.split_at(files.len() / 2);
     let problems = check_files(&env.mnt, first);
     assert!(problems.is_empty(), "{problems:#?}");

@@ -14,7 +14,7 @@ use std::process::Command;
 use std::time::Instant;
 
 use cvmfs_client::testing::{
-    fixture_dir, fuse_skip_reason, is_mounted, lgetxattr, sha256_file, Cvmfs2Mount,
+    fixture_dir, fixture_mount_skip_reason, is_mounted, lgetxattr, sha256_file, Cvmfs2Mount,
     StaticHttpServer,
 };
 use serde_json::Value;
@@ -24,10 +24,7 @@ const FQRN: &str = "demo.cernvm.test";
 
 /// Why the FUSE tests cannot run here, if they cannot.
 fn skip_reason() -> Option<String> {
-    fuse_skip_reason().or_else(|| {
-        (!fixture_dir().join("srv").is_dir())
-            .then(|| format!("fixture {} is missing", fixture_dir().display()))
-    })
+    fixture_mount_skip_reason()
 }
 
 macro_rules! skip_unless_possible {

@@ -10,16 +10,13 @@ use std::process::Command;
 use std::time::{Duration, Instant};
 
 use cvmfs_client::testing::{
-    fixture_dir, fuse_skip_reason, sha256_file, Cvmfs2Mount, SquidProxy, StaticHttpServer,
+    fixture_dir, fixture_mount_skip_reason, sha256_file, Cvmfs2Mount, SquidProxy, StaticHttpServer,
 };
 
 const FQRN: &str = "demo.cernvm.test";
 
 fn skip_reason() -> Option<String> {
-    fuse_skip_reason().or_else(|| {
-        (!fixture_dir().join("srv").is_dir())
-            .then(|| format!("fixture {} is missing", fixture_dir().display()))
-    })
+    fixture_mount_skip_reason()
 }
 
 macro_rules! skip_unless_possible {

@@ -14,8 +14,9 @@ use std::path::{Path, PathBuf};
 use std::process::Command;
 use std::time::{Duration, Instant};
 
-use cvmfs_client::testing::{fixture_dir, StaticHttpServer};
-use serde_json::Value;
+use cvmfs_client::testing::{
+    expected_file_digests, fixture_dir, fixture_mount_skip_reason, StaticHttpServer,
+};
 use sha2::Digest as _;
 
 const FQRN: &str = "demo.cernvm.test";
@@ -23,17 +24,7 @@ const ON: &str = "FUSE passthrough on";
 const OFF: &str = "FUSE passthrough off";
 
 fn skip_reason() -> Option<String> {
-    // SAFETY: geteuid has no preconditions.
-    if unsafe { libc::geteuid() } != 0 {
-        return Some("not running as root".into());
-    }
-    if !Path::new("/dev/fuse").exists() {
-        return Some("/dev/fuse is missing".into());
-    }
-    if !fixture_dir().join("srv").is_dir() {
-        return Some(format!("fixture {} is missing", fixture_dir().display()));
-    }
-    None
+    fixture_mount_skip_reason()
 }
 
 macro_rules! skip_unless_possible {
@@ -63,18 +54,7 @@ fn sha256_hex(bytes: &[u8]) -> String {
 
 /// Relative path → sha256 of every regular file at tag v2.
 fn expected_files() -> Vec<(String, String)> {
-    let path = fixture_dir().join("expected/v2.json");
-    let e: Value = serde_json::from_str(&std::fs::read_to_string(path).expect("expected listing"))
-        .expect("expected listing is JSON");
-    let mut out: Vec<(String, String)> = e["entries"]
-        .as_object()
-        .expect("entries")
-        .iter()
-        .filter(|(_, v)| v["type"] == "file")
-        .filter_map(|(k, v)| Some((k.clone(), v["sha256"].as_str()?.to_string())))
-        .collect();
-    out.sort();
-    out
+    expected_file_digests("v2")
 }
 
 /// Reads every file with `read(2)`; returns the mismatches.

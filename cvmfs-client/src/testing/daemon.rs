@@ -22,6 +22,37 @@ pub fn fuse_skip_reason() -> Option<String> {
     None
 }
 
+/// Why tests that mount the real-server fixture through the kernel cannot run here, if they
+/// cannot: [`fuse_skip_reason`], or the fixture is missing.
+pub fn fixture_mount_skip_reason() -> Option<String> {
+    fuse_skip_reason().or_else(|| {
+        let srv = super::fixture_dir().join("srv");
+        (!srv.is_dir()).then(|| format!("fixture {} is missing", srv.display()))
+    })
+}
+
+/// Relative path → hex SHA-256 of every regular file the fixture's `expected/<tag>.json` lists,
+/// sorted by path (what reads through a mount must give).
+pub fn expected_file_digests(tag: &str) -> Vec<(String, String)> {
+    let path = super::fixture_dir().join(format!("expected/{tag}.json"));
+    let text = std::fs::read_to_string(&path)
+        .unwrap_or_else(|e| panic!("expected listing {}: {e}", path.display()));
+    let listing: serde_json::Value = serde_json::from_str(&text)
+        .unwrap_or_else(|e| panic!("expected listing {} is not JSON: {e}", path.display()));
+    let mut out: Vec<(String, String)> = listing["entries"]
+        .as_object()
+        .map(|entries| {
+            entries
+                .iter()
+                .filter(|(_, v)| v["type"] == "file")
+                .filter_map(|(k, v)| Some((k.clone(), v["sha256"].as_str()?.to_string())))
+                .collect()
+        })
+        .unwrap_or_default();
+    out.sort();
+    out
+}
+
 /// Whether `mnt` is a mount point of this process's mount namespace.
 pub fn is_mounted(mnt: &Path) -> bool {
     let Ok(info) = std::fs::read_to_string("/proc/self/mountinfo") else {

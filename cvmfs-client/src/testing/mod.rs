@@ -82,7 +82,8 @@ pub fn copy_tree(from: &std::path::Path, to: &std::path::Path) -> std::io::Resul
 
 mod daemon;
 pub use daemon::{
-    fuse_skip_reason, is_mounted, lgetxattr, process_ended, sha256_file, stop_daemon, Cvmfs2Mount,
+    expected_file_digests, fixture_mount_skip_reason, fuse_skip_reason, is_mounted, lgetxattr,
+    process_ended, sha256_file, stop_daemon, Cvmfs2Mount,
 };
 
 mod squid;
