@@ -14,6 +14,24 @@ use reqwest::blocking::{Client, Response};
 /// Version sent in the User-Agent header.
 pub const USER_AGENT: &str = concat!("cvmfs Fuse ", env!("CARGO_PKG_VERSION"));
 
+/// The host chain of `CVMFS_SERVER_URL` (`;`-separated), each without a trailing `/` and with
+/// `http://` where no scheme is given.
+pub fn host_chain(server_url: &str) -> Vec<String> {
+    server_url
+        .split(';')
+        .map(str::trim)
+        .filter(|s| !s.is_empty())
+        .map(|h| {
+            let h = h.trim_end_matches('/');
+            if h.contains("://") {
+                h.to_string()
+            } else {
+                format!("http://{h}")
+            }
+        })
+        .collect()
+}
+
 /// Why a download failed, after every host and proxy was tried.
 #[derive(Debug, thiserror::Error)]
 pub enum DownloadError {
@@ -84,19 +102,7 @@ impl DownloadManager {
         timeout: Duration,
         timeout_direct: Duration,
     ) -> Result<Self, DownloadError> {
-        let hosts: Vec<String> = server_url
-            .split(';')
-            .map(str::trim)
-            .filter(|s| !s.is_empty())
-            .map(|h| {
-                let h = h.trim_end_matches('/');
-                if h.contains("://") {
-                    h.to_string()
-                } else {
-                    format!("http://{h}")
-                }
-            })
-            .collect();
+        let hosts = host_chain(server_url);
         if hosts.is_empty() {
             return Err(DownloadError::NoHosts);
         }

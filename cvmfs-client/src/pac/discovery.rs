@@ -56,20 +56,8 @@ impl AutoProxy {
                 .get("http_proxy")
                 .cloned()
                 .filter(|p| !p.trim().is_empty()),
-            hosts: server_url
-                .split(';')
-                .map(str::trim)
-                .filter(|h| !h.is_empty())
-                // As the download manager spells its hosts.
-                .map(|h| {
-                    let h = h.trim_end_matches('/');
-                    if h.contains("://") {
-                        h.to_string()
-                    } else {
-                        format!("http://{h}")
-                    }
-                })
-                .collect(),
+            // As the download manager spells its hosts.
+            hosts: crate::download::host_chain(server_url),
             timeout_direct,
             host: Arc::new(SystemHost::default()),
         }

@@ -81,26 +81,16 @@ pub struct CivilTime {
 impl CivilTime {
     /// UTC time of `secs` seconds since the epoch.
     pub fn utc(secs: i64) -> CivilTime {
-        let days = secs.div_euclid(86_400);
-        let rem = secs.rem_euclid(86_400);
-        // Days to civil date (proleptic Gregorian), after H. Hinnant's algorithm.
-        let z = days + 719_468;
-        let era = z.div_euclid(146_097);
-        let doe = z.rem_euclid(146_097);
-        let yoe = (doe - doe / 1460 + doe / 36_524 - doe / 146_096) / 365;
-        let doy = doe - (365 * yoe + yoe / 4 - yoe / 100);
-        let mp = (5 * doy + 2) / 153;
-        let day = (doy - (153 * mp + 2) / 5 + 1) as u32;
-        let month = if mp < 10 { mp + 3 } else { mp - 9 } as u32;
-        let year = yoe + era * 400 + i64::from(month <= 2);
+        let [year, month, day, hour, minute, second] = crate::whitelist::utc_datetime(secs);
         CivilTime {
-            year,
+            year: i64::from(year),
             month: month - 1,
             day,
-            weekday: (days + 4).rem_euclid(7) as u32,
-            hour: (rem / 3600) as u32,
-            minute: (rem / 60 % 60) as u32,
-            second: (rem % 60) as u32,
+            // 1970-01-01 was a Thursday.
+            weekday: (secs.div_euclid(86_400) + 4).rem_euclid(7) as u32,
+            hour,
+            minute,
+            second,
         }
     }
 
