@@ -12,26 +12,14 @@ use std::path::{Path, PathBuf};
 use std::process::Command;
 use std::time::{Duration, Instant};
 
+use cvmfs_client::skip_unless_fixture_mount;
 use cvmfs_client::testing::{
-    expected_file_digests, fixture_dir, fixture_mount_skip_reason, lgetxattr, process_ended,
-    sha256_file, Cvmfs2Mount, StaticHttpServer,
+    expected_file_digests, fixture_dir, lgetxattr, process_ended, sha256_file, Cvmfs2Mount,
+    StaticHttpServer,
 };
 use serde_json::Value;
 
 const FQRN: &str = "demo.cernvm.test";
-
-fn skip_reason() -> Option<String> {
-    fixture_mount_skip_reason()
-}
-
-macro_rules! skip_unless_possible {
-    () => {
-        if let Some(reason) = skip_reason() {
-            eprintln!("SKIPPED: {reason}");
-            return;
-        }
-    };
-}
 
 fn xattr_text(p: &Path, name: &str) -> String {
     lgetxattr(p, name)
@@ -159,7 +147,7 @@ fn server() -> StaticHttpServer {
 
 #[test]
 fn lru_quota_keeps_pinned_files_and_the_control_socket_answers() {
-    skip_unless_possible!();
+    skip_unless_fixture_mount!();
     let srv = server();
     let env = Env::new();
     // 24 MB: the fixture's 38 MB chunked file alone forces cleanups (to 12 MB each time).
@@ -302,7 +290,7 @@ fn throttled_forwarder(upstream_port: u16) -> u16 {
 
 #[test]
 fn kill_during_a_download_then_remount_recovers() {
-    skip_unless_possible!();
+    skip_unless_fixture_mount!();
     let srv = server();
     let slow = throttled_forwarder(srv.port);
     let env = Env::new();
@@ -373,7 +361,7 @@ fn kill_during_a_download_then_remount_recovers() {
 
 #[test]
 fn corrupt_object_and_corrupt_database_are_repaired_on_remount() {
-    skip_unless_possible!();
+    skip_unless_fixture_mount!();
     let srv = server();
     let env = Env::new();
     env.configure(&srv.url(), "v2", 1000, "");
@@ -450,7 +438,7 @@ fn corrupt_object_and_corrupt_database_are_repaired_on_remount() {
 
 #[test]
 fn offline_mount_from_the_cache_at_a_tag_and_recovery() {
-    skip_unless_possible!();
+    skip_unless_fixture_mount!();
     let srv = server();
     let port = srv.port;
     let env = Env::new();
@@ -525,7 +513,7 @@ impl Drop for SmallFs {
 
 #[test]
 fn full_cache_file_system_cleans_up_and_never_corrupts_the_cache() {
-    skip_unless_possible!();
+    skip_unless_fixture_mount!();
     let srv = server();
     let env = Env::new();
     // 10 MB of disk under a 1000 MB quota: the disk fills long before the quota does. The
@@ -616,7 +604,7 @@ impl Drop for PrivateDir {
 /// working at the new place.
 #[test]
 fn the_cache_file_system_can_be_moved_under_a_running_daemon() {
-    skip_unless_possible!();
+    skip_unless_fixture_mount!();
     let srv = server();
     let env = Env::new();
     let Some(_private) = PrivateDir::make(env.tmp.path()) else {

@@ -13,28 +13,14 @@ use std::path::{Path, PathBuf};
 use std::process::Command;
 use std::time::Instant;
 
+use cvmfs_client::skip_unless_fixture_mount;
 use cvmfs_client::testing::{
-    fixture_dir, fixture_mount_skip_reason, is_mounted, lgetxattr, sha256_file, Cvmfs2Mount,
-    StaticHttpServer,
+    fixture_dir, is_mounted, lgetxattr, sha256_file, Cvmfs2Mount, StaticHttpServer,
 };
 use serde_json::Value;
 use sha2::Digest as _;
 
 const FQRN: &str = "demo.cernvm.test";
-
-/// Why the FUSE tests cannot run here, if they cannot.
-fn skip_reason() -> Option<String> {
-    fixture_mount_skip_reason()
-}
-
-macro_rules! skip_unless_possible {
-    () => {
-        if let Some(reason) = skip_reason() {
-            eprintln!("SKIPPED: {reason}");
-            return;
-        }
-    };
-}
 
 /// A repository mounted by the `cvmfs2` daemon, with its HTTP server and directories.
 struct Mounted {
@@ -484,19 +470,19 @@ fn run_fixture(tag: &str) {
 
 #[test]
 fn mounted_v1_matches_expected() {
-    skip_unless_possible!();
+    skip_unless_fixture_mount!();
     run_fixture("v1");
 }
 
 #[test]
 fn mounted_v2_matches_expected() {
-    skip_unless_possible!();
+    skip_unless_fixture_mount!();
     run_fixture("v2");
 }
 
 #[test]
 fn chunked_file_unaligned_reads() {
-    skip_unless_possible!();
+    skip_unless_fixture_mount!();
     let expected = load_expected("v1");
     let want = &expected["entries"]["big/chunked.dat"];
     let want_sha = want["sha256"].as_str().unwrap_or("?").to_string();

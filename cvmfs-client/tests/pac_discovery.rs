@@ -9,24 +9,10 @@ use std::path::{Path, PathBuf};
 use std::process::Command;
 use std::time::{Duration, Instant};
 
-use cvmfs_client::testing::{
-    fixture_dir, fixture_mount_skip_reason, sha256_file, Cvmfs2Mount, SquidProxy, StaticHttpServer,
-};
+use cvmfs_client::skip_unless_fixture_mount;
+use cvmfs_client::testing::{fixture_dir, sha256_file, Cvmfs2Mount, SquidProxy, StaticHttpServer};
 
 const FQRN: &str = "demo.cernvm.test";
-
-fn skip_reason() -> Option<String> {
-    fixture_mount_skip_reason()
-}
-
-macro_rules! skip_unless_possible {
-    () => {
-        if let Some(reason) = skip_reason() {
-            eprintln!("SKIPPED: {reason}");
-            return;
-        }
-    };
-}
 
 /// A port nothing listens on.
 fn closed_port() -> u16 {
@@ -139,7 +125,7 @@ fn squid_lines(squid: &SquidProxy, at_least: usize) -> Vec<String> {
 
 #[test]
 fn the_repository_streams_through_the_proxy_the_pac_file_names() {
-    skip_unless_possible!();
+    skip_unless_fixture_mount!();
     let squid = SquidProxy::start().unwrap_or_else(|e| panic!("{e}"));
     let setup = Setup::new();
     let pac_dir = tempfile::tempdir().unwrap();
@@ -224,7 +210,7 @@ fn the_repository_streams_through_the_proxy_the_pac_file_names() {
 
 #[test]
 fn without_a_pac_file_the_rest_of_the_list_is_used_or_the_mount_fails_clearly() {
-    skip_unless_possible!();
+    skip_unless_fixture_mount!();
     let setup = Setup::new();
     let dead = format!("http://127.0.0.1:{}/wpad.dat", closed_port());
 

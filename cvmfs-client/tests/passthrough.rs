@@ -14,27 +14,13 @@ use std::path::{Path, PathBuf};
 use std::process::Command;
 use std::time::{Duration, Instant};
 
-use cvmfs_client::testing::{
-    expected_file_digests, fixture_dir, fixture_mount_skip_reason, StaticHttpServer,
-};
+use cvmfs_client::skip_unless_fixture_mount;
+use cvmfs_client::testing::{expected_file_digests, fixture_dir, StaticHttpServer};
 use sha2::Digest as _;
 
 const FQRN: &str = "demo.cernvm.test";
 const ON: &str = "FUSE passthrough on";
 const OFF: &str = "FUSE passthrough off";
-
-fn skip_reason() -> Option<String> {
-    fixture_mount_skip_reason()
-}
-
-macro_rules! skip_unless_possible {
-    () => {
-        if let Some(reason) = skip_reason() {
-            eprintln!("SKIPPED: {reason}");
-            return;
-        }
-    };
-}
 
 fn is_mounted(mnt: &Path) -> bool {
     let Ok(info) = std::fs::read_to_string("/proc/self/mountinfo") else {
@@ -197,7 +183,7 @@ fn server() -> StaticHttpServer {
 
 #[test]
 fn passthrough_reads_and_maps_the_right_bytes_and_a_rotten_cached_copy_is_caught_at_open() {
-    skip_unless_possible!();
+    skip_unless_fixture_mount!();
     let server = server();
     let env = Env::new(&server, None, "");
     env.mount();
@@ -249,7 +235,7 @@ fn passthrough_reads_and_maps_the_right_bytes_and_a_rotten_cached_copy_is_caught
 
 #[test]
 fn a_cache_on_a_stacked_file_system_falls_back_to_reads_through_the_daemon() {
-    skip_unless_possible!();
+    skip_unless_fixture_mount!();
     let server = server();
     let dir = tempfile::tempdir().expect("temporary directory");
     let (lower, upper, work, merged) = (
@@ -291,7 +277,7 @@ fn a_cache_on_a_stacked_file_system_falls_back_to_reads_through_the_daemon() {
 
 #[test]
 fn passthrough_can_be_switched_off() {
-    skip_unless_possible!();
+    skip_unless_fixture_mount!();
     let server = server();
     let env = Env::new(&server, None, "CVMFS_FUSE_PASSTHROUGH=no\n");
     env.mount();

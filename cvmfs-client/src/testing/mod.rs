@@ -80,6 +80,18 @@ pub fn copy_tree(from: &std::path::Path, to: &std::path::Path) -> std::io::Resul
     Ok(())
 }
 
+/// Returns from the calling test, with a `SKIPPED:` line saying why, when the real-server
+/// fixture cannot be mounted through the kernel here ([`fixture_mount_skip_reason`]).
+#[macro_export]
+macro_rules! skip_unless_fixture_mount {
+    () => {
+        if let Some(reason) = $crate::testing::fixture_mount_skip_reason() {
+            eprintln!("SKIPPED: {reason}");
+            return;
+        }
+    };
+}
+
 mod daemon;
 pub use daemon::{
     expected_file_digests, fixture_mount_skip_reason, fuse_skip_reason, is_mounted, lgetxattr,
