@@ -302,6 +302,21 @@ pub struct BootSpec<'a> {
     pub memory_mib: u32,
 }
 
+impl<'a> BootSpec<'a> {
+    /// `image` with the scratch `disk` and `cmdline`, plain QEMU user networking, no CD-ROM,
+    /// 1 GiB of memory: what most scenarios boot (others change a field with `..`).
+    pub fn new(image: &'a BootImage, disk: &'a Path, cmdline: String) -> Self {
+        BootSpec {
+            image,
+            disk,
+            cmdline,
+            net: None,
+            cdroms: Vec::new(),
+            memory_mib: 1024,
+        }
+    }
+}
+
 /// The kernel command line that points µCernVM at `repo` (spec §1.4).
 pub fn repository_cmdline(repo: &OsRepository, gateway: &str) -> String {
     format!(

@@ -57,18 +57,15 @@ fn debian_minbase_streams_to_a_root_login_on_the_serial_console() {
     let dir = tempfile::tempdir().unwrap();
     let disk = dir.path().join("scratch.qcow2");
     blank_qcow2(&disk, 4096).unwrap();
-    let mut guest = scenario::boot(BootSpec {
-        image: &image,
-        disk: &disk,
-        cmdline: format!(
+    let mut guest = scenario::boot(BootSpec::new(
+        &image,
+        &disk,
+        format!(
             "cvmfs_url=http://10.0.2.2:{}/cvmfs/{FQRN} cvmfs_repos={FQRN} cvmfs_proxy=DIRECT \
              cvmdebug",
             relay.port()
         ),
-        net: None,
-        cdroms: Vec::new(),
-        memory_mib: 1024,
-    })
+    ))
     .unwrap();
 
     // Debug mode: the rescue shell before the hand-over opens root's password in the union.

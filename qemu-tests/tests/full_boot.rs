@@ -23,14 +23,11 @@ fn first_boot_on_a_blank_disk_streams_the_os() {
     let dir = tempfile::tempdir().unwrap();
     let disk = dir.path().join("scratch.qcow2");
     blank_qcow2(&disk, 2048).unwrap();
-    let mut guest = scenario::boot(BootSpec {
-        image: &image,
-        disk: &disk,
-        cmdline: scenario::repository_cmdline(&repo, "10.0.2.2"),
-        net: None,
-        cdroms: Vec::new(),
-        memory_mib: 1024,
-    })
+    let mut guest = scenario::boot(BootSpec::new(
+        &image,
+        &disk,
+        scenario::repository_cmdline(&repo, "10.0.2.2"),
+    ))
     .unwrap();
     wait(&mut guest, OS_READY_MARKER, BOOT_TIMEOUT);
     wait(&mut guest, "UCERNVM-TEST-OS: root is overlay", BOOT_TIMEOUT);

@@ -51,12 +51,8 @@ fn repository_chosen_by_user_data_from_the_metadata_service() {
     let disk = dir.path().join("scratch.qcow2");
     blank_qcow2(&disk, 2048).unwrap();
     let mut guest = scenario::boot(BootSpec {
-        image: &image,
-        disk: &disk,
-        cmdline: String::new(),
         net: Some(metadata.user_net()),
-        cdroms: Vec::new(),
-        memory_mib: 1024,
+        ..BootSpec::new(&image, &disk, String::new())
     })
     .unwrap();
     wait_for_os(&mut guest, "ud1", 1);
@@ -81,14 +77,11 @@ fn a_wrong_repository_key_stops_in_the_rescue_shell() {
     let dir = tempfile::tempdir().unwrap();
     let disk = dir.path().join("scratch.qcow2");
     blank_qcow2(&disk, 2048).unwrap();
-    let mut guest = scenario::boot(BootSpec {
-        image: &image,
-        disk: &disk,
-        cmdline: scenario::repository_cmdline(&repo, "10.0.2.2"),
-        net: None,
-        cdroms: Vec::new(),
-        memory_mib: 1024,
-    })
+    let mut guest = scenario::boot(BootSpec::new(
+        &image,
+        &disk,
+        scenario::repository_cmdline(&repo, "10.0.2.2"),
+    ))
     .unwrap();
     wait(&mut guest, "Entering rescue console", BOOT_TIMEOUT);
     wait(&mut guest, "(initrd) ", BOOT_TIMEOUT);
@@ -122,14 +115,11 @@ fn a_large_blank_disk_boots() {
     let dir = tempfile::tempdir().unwrap();
     let disk = dir.path().join("scratch.qcow2");
     blank_qcow2(&disk, 30 * 1024).unwrap();
-    let mut guest = scenario::boot(BootSpec {
-        image: &image,
-        disk: &disk,
-        cmdline: scenario::repository_cmdline(&repo, "10.0.2.2"),
-        net: None,
-        cdroms: Vec::new(),
-        memory_mib: 1024,
-    })
+    let mut guest = scenario::boot(BootSpec::new(
+        &image,
+        &disk,
+        scenario::repository_cmdline(&repo, "10.0.2.2"),
+    ))
     .unwrap();
     wait_for_os(&mut guest, "l1", 1);
     // Whole disk (minus the partition table's first MiB), not the 20 GiB split of
@@ -178,14 +168,11 @@ fn a_second_boot_reuses_the_scratch_disk() {
     let disk = dir.path().join("scratch.qcow2");
     blank_qcow2(&disk, 2048).unwrap();
     for boot in 1..=2 {
-        let mut guest = scenario::boot(BootSpec {
-            image: &image,
-            disk: &disk,
-            cmdline: scenario::repository_cmdline(&repo, "10.0.2.2"),
-            net: None,
-            cdroms: Vec::new(),
-            memory_mib: 1024,
-        })
+        let mut guest = scenario::boot(BootSpec::new(
+            &image,
+            &disk,
+            scenario::repository_cmdline(&repo, "10.0.2.2"),
+        ))
         .unwrap();
         wait_for_os(&mut guest, "u1", boot);
         // The OS init synced its boot counter before printing the login marker.
@@ -210,19 +197,16 @@ fn the_os_is_streamed_through_a_squid_proxy() {
     let dir = tempfile::tempdir().unwrap();
     let disk = dir.path().join("scratch.qcow2");
     blank_qcow2(&disk, 2048).unwrap();
-    let mut guest = scenario::boot(BootSpec {
-        image: &image,
-        disk: &disk,
-        cmdline: format!(
+    let mut guest = scenario::boot(BootSpec::new(
+        &image,
+        &disk,
+        format!(
             "cvmfs_url={} cvmfs_repos={} cvmfs_proxy=http://10.0.2.2:{}",
             repo.guest_url("127.0.0.1"),
             repo.fqrn,
             squid.port()
         ),
-        net: None,
-        cdroms: Vec::new(),
-        memory_mib: 1024,
-    })
+    ))
     .unwrap();
     wait_for_os(&mut guest, "p1", 1);
     let log = squid.access_log();
@@ -289,13 +273,12 @@ fn a_requested_resize_grows_the_scratch_partition() {
     let dir = tempfile::tempdir().unwrap();
     let disk = dir.path().join("scratch.qcow2");
     blank_qcow2(&disk, 2048).unwrap();
-    let spec = || BootSpec {
-        image: &image,
-        disk: &disk,
-        cmdline: scenario::repository_cmdline(&repo, "10.0.2.2"),
-        net: None,
-        cdroms: Vec::new(),
-        memory_mib: 1024,
+    let spec = || {
+        BootSpec::new(
+            &image,
+            &disk,
+            scenario::repository_cmdline(&repo, "10.0.2.2"),
+        )
     };
 
     let mut guest = scenario::boot(spec()).unwrap();

@@ -54,12 +54,8 @@ impl Machine {
             cmdline.push_str(extra);
         }
         scenario::boot(BootSpec {
-            image: &self.image,
-            disk: &self.disk,
-            cmdline,
-            net: None,
             cdroms,
-            memory_mib: 1024,
+            ..BootSpec::new(&self.image, &self.disk, cmdline)
         })
         .unwrap()
     }

@@ -198,14 +198,7 @@ fn main() -> Result<()> {
         let disk = work.path().join(format!("scratch-{run}.qcow2"));
         blank_qcow2(&disk, 4096)?;
         let before = relay.bytes_to_client();
-        let spec = || BootSpec {
-            image: &image,
-            disk: &disk,
-            cmdline: cmdline.clone(),
-            net: None,
-            cdroms: Vec::new(),
-            memory_mib: 1024,
-        };
+        let spec = || BootSpec::new(&image, &disk, cmdline.clone());
         let (t, console) = timed_boot(scenario::boot(spec())?)?;
         first.push(t);
         first_timeline = timeline_of(&console);

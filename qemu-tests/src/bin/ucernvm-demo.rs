@@ -112,12 +112,8 @@ fn main() -> Result<()> {
     if args.check {
         let started = Instant::now();
         let mut guest = scenario::boot(BootSpec {
-            image: &image,
-            disk: &disk,
-            cmdline,
-            net: None,
-            cdroms: Vec::new(),
             memory_mib: args.memory,
+            ..BootSpec::new(&image, &disk, cmdline)
         })?;
         for marker in [OS_READY_MARKER, OS_LOGIN_MARKER, "login:"] {
             if let Err(e) = guest.wait_for(marker, timeout.saturating_sub(started.elapsed())) {
