@@ -3,33 +3,16 @@
 
 use std::collections::{BTreeMap, HashMap};
 use std::path::{Path, PathBuf};
-use std::time::Duration;
 
 use cvmfs_client::repository::{RepoError, Repository, RepositoryOptions};
-use cvmfs_client::testing::{copy_tree, fixture_dir, StaticHttpServer};
+use cvmfs_client::testing::{copy_tree, fixture_dir, fixture_repository_options, StaticHttpServer};
 use serde_json::Value;
 use sha2::Digest as _;
 
 const FQRN: &str = "demo.cernvm.test";
-// 2026-11-28 12:00:00 UTC: inside the fixture whitelist's validity.
-const NOW: i64 = 1_795_867_200;
 
 fn options(server: &StaticHttpServer, cache: &Path, tag: Option<&str>) -> RepositoryOptions {
-    RepositoryOptions {
-        fqrn: FQRN.into(),
-        server_url: format!("{}/cvmfs/{FQRN}", server.url()),
-        proxy: "DIRECT".into(),
-        timeout: Duration::from_secs(5),
-        timeout_direct: Duration::from_secs(5),
-        public_keys: vec![fixture_dir().join("keys/demo.cernvm.test.pub")],
-        cache_dir: cache.to_path_buf(),
-        quota_limit: None,
-        tag: tag.map(str::to_string),
-        root_hash: None,
-        environment: HashMap::new(),
-        now: NOW,
-        work_in_cache_dir: false,
-    }
+    fixture_repository_options(&server.url(), cache, tag)
 }
 
 fn repo_path(rel: &str) -> Vec<u8> {

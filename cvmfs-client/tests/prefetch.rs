@@ -2,7 +2,6 @@
 //! into the cache is verified (a corrupt object never gets there and its reader still sees the
 //! error), it stays within the quota without cleanups, and it stops cleanly.
 
-use std::collections::HashMap;
 use std::path::Path;
 use std::sync::Arc;
 use std::time::{Duration, Instant};
@@ -11,26 +10,14 @@ use cvmfs_client::fetch::cached_object_matches;
 use cvmfs_client::hash::{ContentHash, Suffix};
 use cvmfs_client::prefetch::Prefetcher;
 use cvmfs_client::repository::{Found, Repository, RepositoryOptions};
-use cvmfs_client::testing::{copy_tree, fixture_dir, StaticHttpServer};
+use cvmfs_client::testing::{copy_tree, fixture_dir, fixture_repository_options, StaticHttpServer};
 
 const FQRN: &str = "demo.cernvm.test";
-const NOW: i64 = 1_795_867_200;
 
 fn options(server: &StaticHttpServer, cache: &Path, quota: Option<u64>) -> RepositoryOptions {
     RepositoryOptions {
-        fqrn: FQRN.into(),
-        server_url: format!("{}/cvmfs/{FQRN}", server.url()),
-        proxy: "DIRECT".into(),
-        timeout: Duration::from_secs(5),
-        timeout_direct: Duration::from_secs(5),
-        public_keys: vec![fixture_dir().join("keys/demo.cernvm.test.pub")],
-        cache_dir: cache.to_path_buf(),
         quota_limit: quota,
-        tag: Some("v1".into()),
-        root_hash: None,
-        environment: HashMap::new(),
-        now: NOW,
-        work_in_cache_dir: false,
+        ..fixture_repository_options(&server.url(), cache, Some("v1"))
     }
 }
 

@@ -12,6 +12,36 @@ pub fn fixture_dir() -> PathBuf {
     base.join("cvmfs/demo.cernvm.test")
 }
 
+/// A time inside the validity of the fixture's whitelist (2026-11-28 12:00 UTC), so that
+/// library tests do not depend on the clock.
+pub const FIXTURE_NOW: i64 = 1_795_867_200;
+
+/// Library mount options for the fixture `demo.cernvm.test` served at `server_url`
+/// (`http://host:port`): its key, `cache` as cache directory, no proxy, no quota, 5 s timeouts,
+/// the time [`FIXTURE_NOW`]; tests change what they exercise.
+pub fn fixture_repository_options(
+    server_url: &str,
+    cache: &std::path::Path,
+    tag: Option<&str>,
+) -> crate::repository::RepositoryOptions {
+    const FQRN: &str = "demo.cernvm.test";
+    crate::repository::RepositoryOptions {
+        fqrn: FQRN.into(),
+        server_url: format!("{server_url}/cvmfs/{FQRN}"),
+        proxy: "DIRECT".into(),
+        timeout: std::time::Duration::from_secs(5),
+        timeout_direct: std::time::Duration::from_secs(5),
+        public_keys: vec![fixture_dir().join("keys/demo.cernvm.test.pub")],
+        cache_dir: cache.to_path_buf(),
+        quota_limit: None,
+        tag: tag.map(str::to_string),
+        root_hash: None,
+        environment: std::collections::HashMap::new(),
+        now: FIXTURE_NOW,
+        work_in_cache_dir: false,
+    }
+}
+
 /// A real static HTTP server (`python3 -m http.server`) on 127.0.0.1, stopped on drop.
 pub struct StaticHttpServer {
     child: std::process::Child,
