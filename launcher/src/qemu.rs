@@ -19,6 +19,8 @@ pub const KVM_DEVICE: &str = "/dev/kvm";
 pub const QEMU_BINARY: &str = "qemu-system-x86_64";
 /// What a booting Linux kernel prints first on its console.
 pub const LINUX_BANNER: &str = "Linux version";
+/// What the probe kernel prints at its end (no root file system, `panic=-1`).
+pub const KERNEL_PANIC: &str = "Kernel panic";
 
 /// Errors of this module.
 #[derive(Debug, thiserror::Error)]
@@ -137,6 +139,9 @@ pub enum Serial {
     /// `-serial mon:stdio`: the serial console on the user's terminal, with QEMU's monitor
     /// keys (Ctrl-a x quits, Ctrl-a c switches to the monitor).
     Terminal,
+    /// A Unix socket server clients attach to (`console NAME`), with everything the guest
+    /// writes also appended to `log` whether or not a client is attached.
+    Socket { socket: PathBuf, log: PathBuf },
 }
 
 /// Image format of a disk.
@@ -185,6 +190,9 @@ pub struct QemuCommand {
     daemonize: bool,
     no_reboot: bool,
     display_none: bool,
+    vnc: Option<String>,
+    incoming: Option<OsString>,
+    shares: Vec<(PathBuf, String)>,
     extra: Vec<OsString>,
 }
 
@@ -236,8 +244,29 @@ impl QemuCommand {
             daemonize: false,
             no_reboot: false,
             display_none: true,
+            vnc: None,
+            incoming: None,
+            shares: Vec::new(),
             extra: Vec::new(),
         }
+    }
+
+    /// `-vnc <display>`, e.g. `127.0.0.1:0,to=99` (the first free display from 5900 on).
+    pub fn vnc(mut self, display: impl Into<String>) -> Self {
+        self.vnc = Some(display.into());
+        self
+    }
+
+    /// `-incoming <uri>`: resume a saved state (e.g. `exec:cat <file>`).
+    pub fn incoming(mut self, uri: impl Into<OsString>) -> Self {
+        self.incoming = Some(uri.into());
+        self
+    }
+
+    /// A host directory exported over virtio-9p with mount tag `tag`.
+    pub fn share(mut self, dir: impl Into<PathBuf>, tag: impl Into<String>) -> Self {
+        self.shares.push((dir.into(), tag.into()));
+        self
     }
 
     pub fn binary(mut self, binary: impl Into<PathBuf>) -> Self {
@@ -455,12 +484,31 @@ impl QemuCommand {
                 a.push("none".into());
             }
         }
+        for (i, (dir, tag)) in self.shares.iter().enumerate() {
+            a.push("-virtfs".into());
+            a.push(concat(&[
+                OsStr::new("local,path="),
+                &escape_opt(dir.as_os_str()),
+                OsStr::new(&format!(",mount_tag={tag},security_model=none,id=share{i}")),
+            ]));
+        }
+        if let Serial::Socket { socket, log } = &self.serial {
+            a.push("-chardev".into());
+            a.push(concat(&[
+                OsStr::new("socket,id=console,path="),
+                &escape_opt(socket.as_os_str()),
+                OsStr::new(",server=on,wait=off,logfile="),
+                &escape_opt(log.as_os_str()),
+                OsStr::new(",logappend=on"),
+            ]));
+        }
         a.push("-serial".into());
         match &self.serial {
             Serial::None => a.push("none".into()),
             Serial::Stdio => a.push("stdio".into()),
             Serial::Terminal => a.push("mon:stdio".into()),
             Serial::File(path) => a.push(concat(&[OsStr::new("file:"), path.as_os_str()])),
+            Serial::Socket { .. } => a.push("chardev:console".into()),
         }
         if let Some(qmp) = &self.qmp {
             a.push("-qmp".into());
@@ -483,6 +531,14 @@ impl QemuCommand {
         if self.display_none {
             a.push("-display".into());
             a.push("none".into());
+        }
+        if let Some(vnc) = &self.vnc {
+            a.push("-vnc".into());
+            a.push(vnc.into());
+        }
+        if let Some(uri) = &self.incoming {
+            a.push("-incoming".into());
+            a.push(uri.clone());
         }
         a.extend(self.extra.iter().cloned());
         a
@@ -596,8 +652,11 @@ pub fn probe_boot(
             .map(|b| String::from_utf8_lossy(&b).trim().to_string())
             .unwrap_or_default()
     };
+    // KVM on some hosts starts a guest and hangs it later: the kernel must run to its end
+    // (the panic for the missing root file system, after which `-no-reboot` ends QEMU).
+    let finished = |log: &str| log.contains(LINUX_BANNER) && log.contains(KERNEL_PANIC);
     loop {
-        if read_console().contains(LINUX_BANNER) {
+        if finished(&read_console()) {
             drop(guard);
             return Ok(ProbeOutcome::Works {
                 elapsed: start.elapsed(),
@@ -605,8 +664,9 @@ pub fn probe_boot(
         }
         match guard.0.try_wait() {
             Ok(Some(status)) => {
-                // The banner may have been written just before QEMU exited.
-                if read_console().contains(LINUX_BANNER) {
+                let log = read_console();
+                // A kernel that printed its banner and ended QEMU through the panic reboot.
+                if finished(&log) || (log.contains(LINUX_BANNER) && status.success()) {
                     return Ok(ProbeOutcome::Works {
                         elapsed: start.elapsed(),
                     });
@@ -614,7 +674,7 @@ pub fn probe_boot(
                 let stderr = read_stderr();
                 return Ok(ProbeOutcome::Fails {
                     reason: format!(
-                        "QEMU exited ({status}) without the kernel banner on the console{}",
+                        "QEMU exited ({status}) before the kernel finished booting{}",
                         if stderr.is_empty() {
                             String::new()
                         } else {
@@ -634,9 +694,14 @@ pub fn probe_boot(
         if start.elapsed() >= timeout {
             drop(guard);
             let stderr = read_stderr();
+            let seen = if read_console().contains(LINUX_BANNER) {
+                "the kernel started but did not finish booting"
+            } else {
+                "no kernel output on the serial console"
+            };
             return Ok(ProbeOutcome::Fails {
                 reason: format!(
-                    "no \"{LINUX_BANNER}\" banner on the serial console within {:.1} s (guest hangs){}",
+                    "{seen} within {:.1} s (guest hangs){}",
                     timeout.as_secs_f64(),
                     if stderr.is_empty() {
                         String::new()
@@ -921,7 +986,7 @@ mod tests {
         let fake = fake_qemu(
             dir.path(),
             "for a in \"$@\"; do case \"$a\" in file:*) f=${a#file:};; esac; done\n\
-             printf 'Linux version 6.1.0 (fake)\\n' > \"$f\"\nexec sleep 60\n",
+             printf 'Linux version 6.1.0 (fake)\\nKernel panic - not syncing\\n' > \"$f\"\nexec sleep 60\n",
         );
         let out = probe_fake(&fake, Duration::from_secs(20));
         assert!(out.works(), "{out:?}");
