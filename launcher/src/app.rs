@@ -545,8 +545,12 @@ pub fn ssh_command(
     if command.is_empty() && io::stdin().is_terminal() && std::env::var_os("DISPLAY").is_some() {
         c.arg("-Y");
     }
-    if command.is_empty() && !io::stdin().is_terminal() {
-        c.arg("-T");
+    if !io::stdin().is_terminal() {
+        // Nobody to type a password or passphrase: fail instead of waiting.
+        c.args(["-o", "BatchMode=yes"]);
+        if command.is_empty() {
+            c.arg("-T");
+        }
     }
     c.arg(format!("{user}@127.0.0.1"));
     if !command.is_empty() {

@@ -334,6 +334,7 @@ impl Drop for Guest {
 }
 
 pub mod kernel_modules;
+pub mod launch;
 pub mod media;
 pub mod metadata;
 pub mod relay;

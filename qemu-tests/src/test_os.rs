@@ -116,6 +116,91 @@ pub fn build_busybox_os(dest: &Path, busybox: &Path, release: &str) -> io::Resul
     Ok(())
 }
 
+/// Printed by the test OS's sshd step once dropbear listens on port 22.
+pub const OS_SSHD_MARKER: &str = "UCERNVM-TEST-OS: sshd ready";
+
+/// The sshd step of the test OS: the account and the authorized keys from the context user
+/// data (amiconfig `[cernvm] users=name:group:password`, else `user`; every `ssh-…`/`ecdsa-…`
+/// public key line, e.g. of a `#cloud-config` `ssh_authorized_keys` list), the network from
+/// DHCP if the boot loader's lease is gone, then dropbear on port 22.
+const SSHD_RC: &str = r#"#!/bin/sh
+ud=/mnt/.rw/context/user-data
+user=$(awk -F= '/^\[/ { s = $0 } s == "[cernvm]" && $1 ~ /^ *users *$/ { split($2, u, ":"); gsub(/ /, "", u[1]); print u[1]; exit }' "$ud" 2>/dev/null)
+[ -n "$user" ] || user=user
+if ! grep -q "^$user:" /etc/passwd; then
+  echo "$user:x:1000:1000:$user:/home/$user:/bin/sh" >> /etc/passwd
+  echo "$user:x:1000:" >> /etc/group
+  echo "$user:*:20000:0:99999:7:::" >> /etc/shadow
+fi
+mkdir -p "/home/$user/.ssh"
+grep -oE '(ssh-(rsa|ed25519|dss)|ecdsa-sha2-nistp[0-9]+) [A-Za-z0-9+/=]+' "$ud" 2>/dev/null > "/home/$user/.ssh/authorized_keys"
+chmod 700 "/home/$user/.ssh"; chmod 600 "/home/$user/.ssh/authorized_keys"
+chown -R 1000:1000 "/home/$user"
+echo "UCERNVM-TEST-OS: user $user with $(wc -l < "/home/$user/.ssh/authorized_keys") key(s)"
+ip link set lo up
+if ! ip -4 addr show dev eth0 | grep -q inet; then
+  udhcpc -i eth0 -q -n -s /etc/test-os/udhcpc.script >/dev/null 2>&1
+fi
+echo "UCERNVM-TEST-OS: eth0 $(ip -4 addr show dev eth0 | awk '/inet / { print $2 }')"
+mkdir -p /etc/dropbear /var/log
+/usr/sbin/dropbear -R -p 22 -P /run/dropbear.pid && echo "UCERNVM-TEST-OS: sshd ready"
+"#;
+
+/// Applies a DHCP lease for busybox udhcpc.
+const UDHCPC_SCRIPT: &str = r#"#!/bin/sh
+case "$1" in
+bound|renew)
+  ip addr flush dev "$interface"
+  ip addr add "$ip/${mask:-24}" dev "$interface"
+  ip link set "$interface" up
+  for r in $router; do ip route add default via "$r"; break; done
+  ;;
+esac
+"#;
+
+/// Adds Debian's dropbear SSH server (from this machine, with the shared libraries `ldd`
+/// names) and the sshd step to a test OS tree made by [`build_busybox_os`]. Needs the Debian
+/// package dropbear-bin.
+pub fn add_dropbear(dest: &Path) -> io::Result<()> {
+    let dropbear = Path::new("/usr/sbin/dropbear");
+    if !dropbear.is_file() {
+        return Err(io::Error::new(
+            io::ErrorKind::NotFound,
+            "/usr/sbin/dropbear missing (Debian package dropbear-bin)",
+        ));
+    }
+    let ldd = Command::new("ldd").arg(dropbear).output()?;
+    let mut files = vec![dropbear.to_path_buf()];
+    for line in String::from_utf8_lossy(&ldd.stdout).lines() {
+        // "libz.so.1 => /lib/x86_64-linux-gnu/libz.so.1 (0x…)" or "/lib64/ld-linux-x86-64.so.2 (0x…)"
+        let path = match line.split_once("=>") {
+            Some((_, rest)) => rest.split_whitespace().next(),
+            None => line.split_whitespace().next(),
+        };
+        if let Some(p) = path.filter(|p| p.starts_with('/')) {
+            files.push(std::path::PathBuf::from(p));
+        }
+    }
+    for f in files {
+        let real = fs::canonicalize(&f)?;
+        let rel = f.strip_prefix("/").unwrap_or(&f);
+        let target = dest.join(rel);
+        if let Some(dir) = target.parent() {
+            // /lib64 and /lib may be symlinks in the OS tree (merged /usr); create real dirs.
+            fs::create_dir_all(dir)?;
+        }
+        if target.exists() || target.is_symlink() {
+            fs::remove_file(&target)?;
+        }
+        fs::copy(&real, &target)?;
+        fs::set_permissions(&target, fs::Permissions::from_mode(0o755))?;
+    }
+    write(dest, "etc/test-os/rc.d/50-sshd", SSHD_RC, 0o755)?;
+    write(dest, "etc/test-os/udhcpc.script", UDHCPC_SCRIPT, 0o755)?;
+    fs::create_dir_all(dest.join("home"))?;
+    Ok(())
+}
+
 fn write(dest: &Path, rel: &str, contents: &str, mode: u32) -> io::Result<()> {
     let path = dest.join(rel);
     fs::write(&path, contents)?;

@@ -11,8 +11,11 @@
 #   --cdn LIST          CDN hosts or NONE [NONE]
 #   --path DIR          cernvm_path [cvm4]
 #   --tag TAG           repository tag [HEAD4]
-#   --serial            serial-console variant (like the original's cloud images): the menu also
-#                       on ttyS0, `lastarg` replaced by console=ttyS0, no console=tty0
+#   --serial            serial-console variant (like the original's cloud images): `lastarg`
+#                       replaced by console=ttyS0, no console=tty0
+# The default variant shows the boot menu on the screen and on ttyS0 and boots the normal entry
+# with `console=tty0 console=ttyS0`: kernel and boot messages on both, /dev/console (and so the
+# login prompt) on the serial port, where cernvm-launch logs it and `console NAME` attaches.
 #   --output FILE       image file [build/ucernvm.<version>.<format>]
 
 kernel="" initrd="" modules="" cern_keys="" output="" serial=0
@@ -79,7 +82,7 @@ normal_params() {
     if [[ $serial -eq 1 ]]; then
         echo "$(common_params) quiet systemd.show_status=1 loglevel=3 console=ttyS0"
     else
-        echo "$(common_params) quiet systemd.show_status=1 loglevel=3 lastarg"
+        echo "$(common_params) quiet systemd.show_status=1 loglevel=3 console=tty0 console=ttyS0 lastarg"
     fi
 }
 
@@ -93,7 +96,7 @@ debug_params() {
 
 # syslinux/isolinux configuration: text menu (works on VGA and serial), normal entry default.
 syslinux_cfg() {
-    [[ $serial -eq 1 ]] && echo "SERIAL 0 115200"
+    echo "SERIAL 0 115200"
     cat <<CFG
 UI menu.c32
 PROMPT 0
@@ -116,7 +119,7 @@ CFG
 # GRUB legacy menu for PV-GRUB (spec §14.2): the normal parameters without consoleblank and lastarg.
 grub_menu_lst() {
     local params
-    params=$(normal_params | sed -e 's/ consoleblank=0//' -e 's/ lastarg$//')
+    params=$(normal_params | sed -e 's/ consoleblank=0//' -e 's/ console=tty0 console=ttyS0 lastarg$//' -e 's/ lastarg$//')
     cat <<CFG
 default 0
 timeout 3
