@@ -288,9 +288,17 @@ fn wait_resumed(paths: &MachinePaths) -> Result<(), VmError> {
                 paths.qemu_log.display()
             )));
         }
-        if let Ok(v) = qmp(paths).and_then(|mut q| Ok(q.execute("query-status", None)?)) {
-            if v["status"] == "running" {
-                return Ok(());
+        if let Ok(mut q) = qmp(paths) {
+            match q.execute("query-status", None)?["status"].as_str() {
+                Some("running") => return Ok(()),
+                // The state was saved from a stopped guest: loaded, now let it run.
+                Some("paused") | Some("postmigrate") | Some("restore-vm") => {
+                    let m = q.execute("query-migrate", None)?;
+                    if m["status"].as_str().is_none_or(|s| s == "completed") {
+                        q.execute("cont", None)?;
+                    }
+                }
+                _ => {}
             }
         }
         if start.elapsed() > Duration::from_secs(300) {

@@ -11,11 +11,18 @@ use crate::{inputs, HarnessError};
 /// The guest's view of the host's 127.0.0.1 in QEMU user networking.
 pub const GUEST_GATEWAY: &str = "10.0.2.2";
 
+/// `host:port` of `repo`'s server as the guest sees it.
+pub fn guest_server(repo: &OsRepository) -> String {
+    format!("{GUEST_GATEWAY}:{}", repo.port())
+}
+
 /// Builds a µCernVM ISO with `scripts/build-iso` from `image` (kernel and the initramfs with the
-/// repository key), whose boot menu points at `repo` at `tag` (the OS at the repository root).
+/// repository key), whose boot menu points at repository `fqrn` on `server` (`host:port` as
+/// the guest sees it) at `tag`, the OS at the repository root.
 pub fn build_iso(
     image: &BootImage,
-    repo: &OsRepository,
+    fqrn: &str,
+    server: &str,
     tag: &str,
     output: &Path,
 ) -> Result<PathBuf, HarnessError> {
@@ -25,8 +32,8 @@ pub fn build_iso(
         .arg(&image.kernel)
         .arg("--initrd")
         .arg(&image.initrd)
-        .args(["--repo", &repo.fqrn])
-        .args(["--server", &format!("{GUEST_GATEWAY}:{}", repo.port())])
+        .args(["--repo", fqrn])
+        .args(["--server", server])
         .args(["--path", "/", "--tag", tag, "--output"])
         .arg(output)
         .output()
@@ -48,15 +55,16 @@ pub fn build_iso(
 }
 
 /// MIME multipart user data (plain-text parts, so µCernVM's and amiconfig's line scans find
-/// their sections): a `text/ucernvm` part pointing µCernVM at `repo` (served on the host, seen
-/// by the guest through the user-network gateway) at `tag`, an amiconfig part creating `user`
-/// with `password`, and a `#cloud-config` part giving `user` the ssh public key.
+/// their sections): a `text/ucernvm` part pointing µCernVM at repository `fqrn` on `server`
+/// (`host:port` as the guest sees it) at `tag`, an amiconfig part creating `user` with
+/// `password`, and a `#cloud-config` part giving `user` the ssh public keys (one per line).
 pub fn cernvm_user_data(
-    repo: &OsRepository,
+    fqrn: &str,
+    server: &str,
     tag: &str,
     user: &str,
     password: &str,
-    ssh_public_key: &str,
+    ssh_public_keys: &str,
 ) -> String {
     let boundary = "==ucernvm-launch-user-data==";
     let part = |kind: &str, file: &str, body: &str| {
@@ -67,17 +75,20 @@ pub fn cernvm_user_data(
         )
     };
     let ucernvm = format!(
-        "[ucernvm-begin]\ncvmfs_server={GUEST_GATEWAY}:{port}\ncvmfs_branch={fqrn}\n\
-         cvmfs_tag={tag}\ncvmfs_http_proxy=DIRECT\n[ucernvm-end]\n",
-        port = repo.port(),
-        fqrn = repo.fqrn
+        "[ucernvm-begin]\ncvmfs_server={server}\ncvmfs_branch={fqrn}\n\
+         cvmfs_tag={tag}\ncvmfs_http_proxy=DIRECT\n[ucernvm-end]\n"
     );
     let amiconfig = format!(
         "[amiconfig]\nplugins=cernvm\n\n[cernvm]\nusers={user}:{user}:{password}\nshell=/bin/bash\n"
     );
+    let keys: String = ssh_public_keys
+        .lines()
+        .map(str::trim)
+        .filter(|k| !k.is_empty())
+        .map(|k| format!("      - {k}\n"))
+        .collect();
     let cloud = format!(
-        "#cloud-config\nusers:\n  - name: {user}\n    shell: /bin/bash\n    ssh_authorized_keys:\n      - {}\n",
-        ssh_public_key.trim()
+        "#cloud-config\nusers:\n  - name: {user}\n    shell: /bin/bash\n    ssh_authorized_keys:\n{keys}"
     );
     format!(
         "Content-Type: multipart/mixed; boundary=\"{boundary}\"\nMIME-Version: 1.0\n\n{}{}{}--{boundary}--\n",

@@ -137,3 +137,19 @@ pub fn write(dir: &Path, name: &str, text: &str) -> PathBuf {
     std::fs::write(&p, text).unwrap();
     p
 }
+
+/// Destroys the named machines when dropped, so a failing test leaves no QEMU running.
+pub struct Cleanup<'a> {
+    pub launcher: &'a Launcher,
+    pub names: Vec<&'static str>,
+}
+
+impl Drop for Cleanup<'_> {
+    fn drop(&mut self) {
+        for name in &self.names {
+            if self.launcher.machine_dir(name).exists() {
+                let _ = self.launcher.run(&["destroy", "--force", name]);
+            }
+        }
+    }
+}
