@@ -149,7 +149,7 @@ pub fn domain_xml(
     // cannot forward ports with the slirp backend).
     let _ = writeln!(
         x,
-        "  <qemu:commandline>\n    <qemu:arg value='-netdev'/>\n    <qemu:arg value='user,id=cernvmnet,hostfwd=tcp:127.0.0.1:{host_port}-:{}'/>\n    <qemu:arg value='-device'/>\n    <qemu:arg value='virtio-net-pci,netdev=cernvmnet'/>\n  </qemu:commandline>",
+        "  <qemu:commandline>\n    <qemu:arg value='-netdev'/>\n    <qemu:arg value='user,id=cernvmnet,hostfwd=tcp:127.0.0.1:{host_port}-:{}'/>\n    <qemu:arg value='-device'/>\n    <qemu:arg value='virtio-net-pci,netdev=cernvmnet,bus=pci.0,addr=0x1f'/>\n  </qemu:commandline>",
         params.api_port
     );
     let _ = writeln!(x, "</domain>");

@@ -10,53 +10,10 @@ use std::fs;
 use std::path::Path;
 use std::time::Duration;
 
-use common::{write, Launcher};
-use qemu_tests::launch::{build_iso, cernvm_user_data, generate_ssh_key, guest_server};
-use qemu_tests::scenario::{BootImage, OsRepository, OsSource};
-use qemu_tests::test_os::{add_dropbear, OS_SSHD_MARKER};
-use qemu_tests::{inputs, scenario};
+use common::{missing_boot_inputs, ssh, write, Launcher, TestCernvm};
+use qemu_tests::test_os::OS_SSHD_MARKER;
 
-const FQRN: &str = "launch-os.cernvm.test";
-const TAG: &str = "launch-1";
 const BOOT_TIMEOUT: Duration = Duration::from_secs(420);
-
-/// Everything a boot needs; the reason if something is missing.
-fn missing_inputs() -> Option<String> {
-    if !scenario::full_boot_inputs_ready() {
-        return Some("kernel, initramfs, cvmfs-publish or static busybox".into());
-    }
-    for (tool, package) in [
-        ("qemu-system-x86_64", "qemu-system-x86"),
-        ("xorriso", "xorriso"),
-        ("ssh", "openssh-client"),
-        ("ssh-keygen", "openssh-client"),
-    ] {
-        if cernvm_launch::vm::find_program(Path::new(tool)).is_none() {
-            return Some(format!("{tool} (Debian package {package})"));
-        }
-    }
-    if !Path::new("/usr/sbin/dropbear").is_file() {
-        return Some("/usr/sbin/dropbear (Debian package dropbear-bin)".into());
-    }
-    None
-}
-
-/// `ssh NAME -- args`, retried while the guest's sshd may still be starting.
-fn ssh(l: &Launcher, target: &str, args: &[&str]) -> common::Run {
-    let mut all = vec!["ssh", target, "--"];
-    all.extend_from_slice(args);
-    let mut last = None;
-    for _ in 0..10 {
-        let r = l.run(&all);
-        if r.code != 255 {
-            return r;
-        }
-        last = Some(r);
-        std::thread::sleep(Duration::from_secs(2));
-    }
-    let r = last.unwrap();
-    panic!("ssh {target} failed:\n{}", r.text());
-}
 
 fn uptime(l: &Launcher, name: &str) -> f64 {
     let r = ssh(l, name, &["cat", "/proc/uptime"]);
@@ -76,35 +33,14 @@ fn qemu_processes_of(dir: &Path) -> usize {
 
 #[test]
 fn create_boot_ssh_save_resume_destroy() {
-    if let Some(what) = missing_inputs() {
+    if let Some(what) = missing_boot_inputs() {
         require!(false, "the launcher boot test needs {what}");
     }
-    let work = tempfile::tempdir().unwrap();
-    let repo = OsRepository::create_from(
-        OsSource::Busybox(inputs::static_busybox().unwrap()),
-        FQRN,
-        "launch-r1",
-        Some(TAG),
-        add_dropbear,
-    )
-    .unwrap();
-    let image = BootImage::with_repository_key(&repo).unwrap();
-    let server = guest_server(&repo);
-    let iso = build_iso(
-        &image,
-        FQRN,
-        &server,
-        TAG,
-        &work.path().join("ucernvm-test.iso"),
-    )
-    .unwrap();
-    let key = work.path().join("id_test");
-    let public = generate_ssh_key(&key).unwrap();
-    let ud = write(
-        work.path(),
-        "ctx.txt",
-        &cernvm_user_data(FQRN, &server, TAG, "tester", "secret", &public),
-    );
+    let guest = TestCernvm::prepare();
+    let key = &guest.key;
+    let ud = &guest.user_data;
+    let work = &guest.work;
+    let iso = &guest.iso;
     let l = Launcher::new();
     let _cleanup = common::Cleanup {
         launcher: &l,

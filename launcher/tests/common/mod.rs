@@ -26,6 +26,8 @@ macro_rules! require {
 pub struct Launcher {
     pub home: tempfile::TempDir,
     pub env: Vec<(String, String)>,
+    /// Run the launcher as this unprivileged user id (through setpriv), with `binary`.
+    pub user: Option<(u32, PathBuf)>,
 }
 
 /// The result of one run.
@@ -69,7 +71,18 @@ impl Launcher {
         Launcher {
             home,
             env: Vec::new(),
+            user: None,
         }
+    }
+
+    /// The launcher as user `uid` (owner of the home directory), running a copy of the binary
+    /// that user can execute.
+    pub fn run_as(mut self, uid: u32) -> Self {
+        let bin = self.home.path().join("cernvm-launch");
+        std::fs::copy(env!("CARGO_BIN_EXE_cernvm-launch"), &bin).unwrap();
+        std::os::unix::fs::chown(self.home.path(), Some(uid), Some(uid)).unwrap();
+        self.user = Some((uid, bin));
+        self
     }
 
     pub fn env(mut self, k: &str, v: &str) -> Self {
@@ -78,7 +91,17 @@ impl Launcher {
     }
 
     pub fn command(&self, args: &[&str]) -> Command {
-        let mut c = Command::new(env!("CARGO_BIN_EXE_cernvm-launch"));
+        let mut c = match &self.user {
+            Some((uid, bin)) => {
+                let mut c = Command::new("setpriv");
+                c.arg(format!("--reuid={uid}"))
+                    .arg(format!("--regid={uid}"))
+                    .arg("--clear-groups")
+                    .arg(bin);
+                c
+            }
+            None => Command::new(env!("CARGO_BIN_EXE_cernvm-launch")),
+        };
         c.args(args)
             .env("HOME", self.home.path())
             .env_remove("CERNVM_ACCEL")
@@ -152,4 +175,104 @@ impl Drop for Cleanup<'_> {
             }
         }
     }
+}
+
+/// What the boot tests boot: the busybox test OS with dropbear published in a repository on
+/// 127.0.0.1, a µCernVM ISO (scripts/build-iso) trusting its key, an ssh key pair and user
+/// data pointing µCernVM at the repository and giving `tester` the key.
+pub struct TestCernvm {
+    pub repo: qemu_tests::scenario::OsRepository,
+    pub iso: PathBuf,
+    pub key: PathBuf,
+    pub user_data: PathBuf,
+    pub work: tempfile::TempDir,
+}
+
+pub const TEST_FQRN: &str = "launch-os.cernvm.test";
+pub const TEST_TAG: &str = "launch-1";
+
+impl TestCernvm {
+    pub fn prepare() -> Self {
+        use qemu_tests::launch::{build_iso, cernvm_user_data, generate_ssh_key, guest_server};
+        use qemu_tests::scenario::{BootImage, OsRepository, OsSource};
+        let work = tempfile::Builder::new()
+            .prefix("launch-work-")
+            .tempdir()
+            .unwrap();
+        std::fs::set_permissions(
+            work.path(),
+            std::os::unix::fs::PermissionsExt::from_mode(0o755),
+        )
+        .unwrap();
+        let repo = OsRepository::create_from(
+            OsSource::Busybox(qemu_tests::inputs::static_busybox().unwrap()),
+            TEST_FQRN,
+            "launch-r1",
+            Some(TEST_TAG),
+            qemu_tests::test_os::add_dropbear,
+        )
+        .unwrap();
+        let image = BootImage::with_repository_key(&repo).unwrap();
+        let server = guest_server(&repo);
+        let iso = build_iso(
+            &image,
+            TEST_FQRN,
+            &server,
+            TEST_TAG,
+            &work.path().join("ucernvm-test.iso"),
+        )
+        .unwrap();
+        let key = work.path().join("id_test");
+        let public = generate_ssh_key(&key).unwrap();
+        let user_data = write(
+            work.path(),
+            "ctx.txt",
+            &cernvm_user_data(TEST_FQRN, &server, TEST_TAG, "tester", "secret", &public),
+        );
+        TestCernvm {
+            repo,
+            iso,
+            key,
+            user_data,
+            work,
+        }
+    }
+}
+
+/// Everything a boot test needs; the reason if something is missing.
+pub fn missing_boot_inputs() -> Option<String> {
+    if !qemu_tests::scenario::full_boot_inputs_ready() {
+        return Some("kernel, initramfs, cvmfs-publish or static busybox".into());
+    }
+    for (tool, package) in [
+        ("qemu-system-x86_64", "qemu-system-x86"),
+        ("xorriso", "xorriso"),
+        ("ssh", "openssh-client"),
+        ("ssh-keygen", "openssh-client"),
+    ] {
+        if cernvm_launch::vm::find_program(Path::new(tool)).is_none() {
+            return Some(format!("{tool} (Debian package {package})"));
+        }
+    }
+    if !Path::new("/usr/sbin/dropbear").is_file() {
+        return Some("/usr/sbin/dropbear (Debian package dropbear-bin)".into());
+    }
+    None
+}
+
+/// `ssh TARGET -- args`, retried while the guest's sshd may still be starting.
+pub fn ssh(l: &Launcher, target: &str, args: &[&str]) -> Run {
+    let mut all = vec!["ssh", target, "--"];
+    all.extend_from_slice(args);
+    let mut last = None;
+    for _ in 0..10 {
+        let r = l.run(&all);
+        if r.code != 255 {
+            return r;
+        }
+        last = Some(r);
+        std::thread::sleep(std::time::Duration::from_secs(2));
+    }
+    let r = last.unwrap();
+    panic!("ssh {target} failed:\n{}", r.text());
 }
