@@ -31,6 +31,12 @@ BOOTSTRAP_NEEDS=(
   "dnsmasq dnsmasq-base"
   # CernVM-FS client benchmark: a real keep-alive HTTP server
   "nginx nginx-light"
+  # cernvm-launch: ssh into the machines; the test OS's sshd; the libvirt backend and its test
+  # (a libvirtd session daemon of an unprivileged user, started by the test through setpriv)
+  "ssh openssh-client" "ssh-keygen openssh-client" "/usr/sbin/dropbear dropbear-bin"
+  "libvirtd libvirt-daemon-system" "virsh libvirt-clients" "virt-xml-validate libvirt-clients"
+  "/usr/lib/x86_64-linux-gnu/libvirt/connection-driver/libvirt_driver_qemu.so libvirt-daemon-driver-qemu"
+  "xmllint libxml2-utils" "setpriv util-linux" "sha256sum coreutils"
 )
 
 DPKG_ADMINDIR=${DPKG_ADMINDIR:-/var/lib/dpkg}

@@ -5,22 +5,6 @@
 use std::path::{Path, PathBuf};
 use std::process::{Command, Output};
 
-/// Fails (with `UCERNVM_REQUIRE_ALL=1`, as in CI) or skips with a message when a prerequisite
-/// of a test is missing.
-#[macro_export]
-macro_rules! require {
-    ($cond:expr, $($msg:tt)+) => {
-        if !$cond {
-            let msg = format!($($msg)+);
-            if std::env::var_os("UCERNVM_REQUIRE_ALL").is_some_and(|v| v == "1") {
-                panic!("missing prerequisite: {msg}");
-            }
-            eprintln!("skipping: {msg}");
-            return;
-        }
-    };
-}
-
 /// A user of the launcher: a fresh home directory (so a fresh `~/.cernvm-launch.conf` and data
 /// directory) and the environment the binary runs with.
 pub struct Launcher {
