@@ -432,3 +432,65 @@ pub fn load_params(paths: &MachinePaths) -> Result<(ConfigMap, MachineParams), V
     })?;
     Ok((map, params))
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::qemu::Accel;
+
+    #[test]
+    fn machine_command_line() {
+        let dir = tempfile::tempdir().unwrap();
+        let paths = MachinePaths::new(dir.path(), "vm1").unwrap();
+        let share = fs::canonicalize(dir.path()).unwrap();
+        let mut map = ConfigMap::defaults();
+        map.set("name", "vm1");
+        map.set("isoPath", "/img/u.iso");
+        map.set("sharedFolder", share.to_str().unwrap());
+        let params = MachineParams::from_map(&map).unwrap();
+        let args: Vec<String> = qemu_command(&paths, &params, Accel::Tcg, 40022, true)
+            .unwrap()
+            .args()
+            .iter()
+            .map(|a| a.to_string_lossy().into_owned())
+            .collect();
+        let has = |pair: [&str; 2]| args.windows(2).any(|w| w == pair);
+        assert!(
+            has(["-netdev", "user,id=net0,hostfwd=tcp:127.0.0.1:40022-:22"]),
+            "{args:?}"
+        );
+        assert!(has([
+            "-drive",
+            "file=/img/u.iso,format=raw,media=cdrom,readonly=on"
+        ]));
+        assert!(has(["-boot", "order=d"]));
+        let ctx = format!(
+            "file={},format=raw,media=cdrom,readonly=on",
+            paths.context_iso.display()
+        );
+        assert!(has(["-drive", &ctx]), "{args:?}");
+        let virtfs = format!(
+            "local,path={},mount_tag=vm1_sf,security_model=none,id=share0",
+            share.display()
+        );
+        assert!(has(["-virtfs", &virtfs]), "{args:?}");
+        assert!(has(["-serial", "chardev:console"]));
+        assert!(has(["-vnc", "127.0.0.1:0,to=99"]));
+        let incoming = format!("exec:cat '{}'", paths.saved_state.display());
+        assert!(has(["-incoming", &incoming]), "{args:?}");
+        assert!(!args.iter().any(|a| a.contains("0.0.0.0")));
+    }
+
+    #[test]
+    fn context_is_rebuilt_when_the_user_data_changes() {
+        let dir = tempfile::tempdir().unwrap();
+        let paths = MachinePaths::new(dir.path(), "vm1").unwrap();
+        fs::create_dir(&paths.dir).unwrap();
+        fs::write(&paths.user_data, "one\n").unwrap();
+        assert!(refresh_context(&paths, "u").unwrap());
+        assert!(!refresh_context(&paths, "u").unwrap());
+        fs::write(&paths.user_data, "two\n").unwrap();
+        assert!(refresh_context(&paths, "u").unwrap());
+        assert!(!refresh_context(&paths, "u").unwrap());
+    }
+}

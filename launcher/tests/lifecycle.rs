@@ -121,8 +121,23 @@ fn create_boot_ssh_save_resume_destroy() {
     assert_eq!(qemu_processes_of(&l.machine_dir("one")), 0);
     assert!(l.ok(&["list", "one"]).stdout.contains("\tstate: saved\n"));
     assert_eq!(l.ok(&["list", "--running"]).stdout, "");
+    // The recorded port is taken meanwhile: start forwards another one.
+    let recorded: u16 = fs::read_to_string(l.machine_dir("one").join("runtime.conf"))
+        .unwrap()
+        .lines()
+        .find_map(|l| l.strip_prefix("hostPort="))
+        .unwrap()
+        .parse()
+        .unwrap();
+    let squatter = std::net::TcpListener::bind(("127.0.0.1", recorded)).unwrap();
     let r = l.ok(&["start", "one"]);
+    drop(squatter);
     assert!(r.stdout.contains("resumed one"), "{}", r.text());
+    assert!(
+        !r.stdout.contains(&format!("127.0.0.1:{recorded} ")),
+        "{}",
+        r.text()
+    );
     assert!(!l.machine_dir("one").join("saved-state").exists());
     let after = uptime(&l, "one");
     assert!(
@@ -136,6 +151,18 @@ fn create_boot_ssh_save_resume_destroy() {
     assert!(l.ok(&["list", "one"]).stdout.contains("\tstate: paused\n"));
     l.ok(&["start", "one"]);
     assert_eq!(ssh(&l, "one", &["true"]).code, 0);
+
+    // A QEMU that dies shows as stopped, not running.
+    let pid: i32 = fs::read_to_string(l.machine_dir("one").join("qemu.pid"))
+        .unwrap()
+        .trim()
+        .parse()
+        .unwrap();
+    // SAFETY: kill(2) on the QEMU this test started.
+    unsafe { libc::kill(pid, libc::SIGKILL) };
+    std::thread::sleep(Duration::from_millis(500));
+    assert!(l.ok(&["list", "one"]).stdout.contains("\tstate: stopped\n"));
+    assert_eq!(l.ok(&["list", "--running"]).stdout, "");
 
     // destroy removes exactly what create made
     l.ok(&["destroy", "--force", "one"]);
