@@ -180,6 +180,10 @@ fn create(home: &Home, args: CreateArgs) -> Result<()> {
     }
     let paths = MachinePaths::new(&home.run_dir(), &name)?;
     let lock = MachineLock::acquire(&paths)?;
+    if paths.dir.is_dir() && !paths.exists() {
+        // Left by a create that was killed: nobody else works on it while we hold the lock.
+        let _ = fs::remove_dir_all(&paths.dir);
+    }
     match fs::create_dir(&paths.dir) {
         Ok(()) => {}
         Err(e) if e.kind() == io::ErrorKind::AlreadyExists => {

@@ -431,3 +431,47 @@ fn qemu_tests_root() -> std::path::PathBuf {
         .unwrap()
         .to_path_buf()
 }
+
+#[test]
+fn concurrent_creates_of_one_name_make_one_machine() {
+    let l = Launcher::new();
+    let dir = l.home.path().to_path_buf();
+    let iso = fake_iso(&dir);
+    let ud = write(&dir, "ud.txt", "x\n");
+    l.ok(&["list"]);
+    let children: Vec<_> = (0..4)
+        .map(|_| {
+            l.command(&[
+                "create",
+                "--name",
+                "same",
+                "--no-start",
+                "--iso",
+                &iso,
+                ud.to_str().unwrap(),
+            ])
+            .stdout(std::process::Stdio::piped())
+            .stderr(std::process::Stdio::piped())
+            .spawn()
+            .unwrap()
+        })
+        .collect();
+    let runs: Vec<common::Run> = children
+        .into_iter()
+        .map(|c| c.wait_with_output().unwrap().into())
+        .collect();
+    let ok = runs.iter().filter(|r| r.code == 0).count();
+    assert_eq!(
+        ok,
+        1,
+        "{}",
+        runs.iter().map(|r| r.text()).collect::<Vec<_>>().join("\n")
+    );
+    for r in runs.iter().filter(|r| r.code != 0) {
+        assert_eq!(r.code, 4, "{}", r.text());
+        assert!(r.stderr.contains("already exists"), "{}", r.text());
+    }
+    assert_eq!(run_dir_entries(&l), ["same", "same.lock"]);
+    l.ok(&["destroy", "same"]);
+    assert_eq!(run_dir_entries(&l), Vec::<String>::new());
+}
