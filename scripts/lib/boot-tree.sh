@@ -13,8 +13,9 @@
 #   --tag TAG           repository tag [HEAD4]
 #   --serial            serial-console variant (like the original's cloud images): `lastarg`
 #                       replaced by console=ttyS0, no console=tty0
-# The default variant shows the boot menu on the screen and on ttyS0 and boots the normal entry
-# with `console=tty0 console=ttyS0`: kernel and boot messages on both, /dev/console (and so the
+# The default variant shows the boot menu on the screen and on ttyS0 and starts the normal entry's
+# parameters with `console=tty0 console=ttyS0` (the rest as the original's, ending in `lastarg`
+# for the cloud variants to replace): kernel and boot messages on both, /dev/console (and so the
 # login prompt) on the serial port, where cernvm-launch logs it and `console NAME` attaches.
 #   --output FILE       image file [build/ucernvm.<version>.<format>]
 
@@ -82,7 +83,7 @@ normal_params() {
     if [[ $serial -eq 1 ]]; then
         echo "$(common_params) quiet systemd.show_status=1 loglevel=3 console=ttyS0"
     else
-        echo "$(common_params) quiet systemd.show_status=1 loglevel=3 console=tty0 console=ttyS0 lastarg"
+        echo "console=tty0 console=ttyS0 $(common_params) quiet systemd.show_status=1 loglevel=3 lastarg"
     fi
 }
 
@@ -119,7 +120,7 @@ CFG
 # GRUB legacy menu for PV-GRUB (spec §14.2): the normal parameters without consoleblank and lastarg.
 grub_menu_lst() {
     local params
-    params=$(normal_params | sed -e 's/ consoleblank=0//' -e 's/ console=tty0 console=ttyS0 lastarg$//' -e 's/ lastarg$//')
+    params=$(normal_params | sed -e 's/^console=tty0 console=ttyS0 //' -e 's/ consoleblank=0//' -e 's/ lastarg$//')
     cat <<CFG
 default 0
 timeout 3
