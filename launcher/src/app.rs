@@ -3,7 +3,7 @@
 use std::fs;
 use std::io::{self, BufRead, IsTerminal, Write};
 use std::os::unix::process::CommandExt;
-use std::path::{Path, PathBuf};
+use std::path::Path;
 use std::time::Duration;
 
 use crate::cli::{exit, Command, CreateArgs, USAGE};
@@ -606,11 +606,6 @@ pub fn main_with_args(args: &[String]) -> u8 {
             f.code
         }
     }
-}
-
-/// For tests: the path a machine's files live in.
-pub fn machine_dir(home: &Home, name: &str) -> Option<PathBuf> {
-    MachinePaths::new(&home.run_dir(), name).ok().map(|p| p.dir)
 }
 
 #[cfg(test)]
