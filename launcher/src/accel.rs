@@ -138,7 +138,8 @@ pub fn choose(data_dir: &Path, qemu_binary: &Path, iso: &Path) -> Result<Choice,
             true,
             format!("kernel booted in {:.1} s", elapsed.as_secs_f64()),
         ),
-        ProbeOutcome::Fails { reason } => (false, reason.replace('\n', " ")),
+        // QEMU's own words, shortened to what fits a status line (its first error line).
+        ProbeOutcome::Fails { reason } => (false, short(&reason)),
     };
     let mut record = ConfigMap::new();
     record.set("key", key);
@@ -156,4 +157,25 @@ pub fn choose(data_dir: &Path, qemu_binary: &Path, iso: &Path) -> Result<Choice,
             reason: format!("KVM failed its probe ({detail})"),
         }
     })
+}
+
+/// The first line of `text`, at most 160 characters.
+fn short(text: &str) -> String {
+    let line = text.lines().next().unwrap_or("").trim();
+    match line.char_indices().nth(160) {
+        Some((i, _)) => format!("{}…", &line[..i]),
+        None => line.to_string(),
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn probe_details_fit_a_line() {
+        assert_eq!(short("a\nb"), "a");
+        let long = "x".repeat(300);
+        assert_eq!(short(&long).chars().count(), 161);
+    }
 }
