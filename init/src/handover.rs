@@ -14,7 +14,8 @@ use std::path::{Path, PathBuf};
 use nix::mount::{mount, umount2, MntFlags, MsFlags};
 use nix::sys::stat::{makedev, mknod, Mode, SFlag};
 
-use crate::boot::Boot;
+use crate::config::BootConfig;
+use crate::layout::Layout;
 use crate::{console, rescue};
 
 /// Name under which the init binary acts as the `reset_root_password` command.
@@ -248,17 +249,18 @@ fn cvmssh() {
     }
 }
 
-pub fn phase(boot: &mut Boot) -> Result<(), HandoverError> {
-    if boot.cmdline.cvmdebug {
+/// The hand-over: `cvmdebug` and `cvmssh` as `config` asks, then `switch_root` into
+/// `layout.root`. Returns only on failure.
+pub fn run(layout: &Layout, config: &BootConfig) -> Result<(), HandoverError> {
+    if config.debug_shell {
         console::info("Debug mode: the union is at /root, the scratch disk at /root/mnt/.rw; 'reset_root_password' sets root's password to 'password'; exit the shell to boot");
         rescue::enter("Debug mode");
     }
-    if boot.cmdline.cvmssh {
+    if config.ssh {
         cvmssh();
     }
-    let new_root = boot.layout.root.clone();
-    // The timeline was saved by the phase loop after the post phase (while a phase runs, the
-    // loop holds it).
+    let new_root = layout.root.clone();
+    // The timeline was saved by the sequencer after the post phase.
     for m in ["/sys", "/proc", "/dev/pts"] {
         if let Err(e) = umount2(m, MntFlags::MNT_DETACH) {
             log::warn!("cannot unmount {m}: {e}");

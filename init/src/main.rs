@@ -2,7 +2,7 @@
 
 use std::panic;
 
-use ucernvm_init::boot::{self, Boot, Layout};
+use ucernvm_init::boot::{self, Layout};
 use ucernvm_init::cmdline::KernelCmdline;
 use ucernvm_init::console::{self, KernelLogger};
 use ucernvm_init::post::{drtini, pinfiles};
@@ -55,11 +55,12 @@ fn main() {
         KernelCmdline::parse(&std::fs::read_to_string("/proc/cmdline").unwrap_or_default());
     log::info!("kernel command line: {cmdline:?}");
 
-    let mut boot = Boot::new(Layout::initramfs(), cmdline);
     // The original's panic(): message, rescue shell, then the boot goes on (spec §0.5).
-    boot::run(&mut boot, &mut |_phase, error| rescue::enter(error));
+    let timeline = boot::run(Layout::initramfs(), &cmdline, &mut |_phase, error| {
+        rescue::enter(error)
+    });
     // The hand-over phase does not return when it succeeds.
-    console::info(&boot.timeline.render());
+    console::info(&timeline.render());
     power_off();
 }
 

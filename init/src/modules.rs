@@ -12,7 +12,6 @@ use std::io::Read;
 use std::os::fd::AsRawFd;
 use std::path::{Path, PathBuf};
 
-use crate::boot::Boot;
 use crate::console;
 
 /// NIC drivers loaded on every boot, in the original's order (spec §2.1), followed by what a
@@ -376,9 +375,8 @@ pub fn probe_floppy(index: &ModuleIndex) {
 }
 
 /// Spec §2.1: the predefined modules, then `/etc/modules`; failures are logged and ignored.
-pub fn phase(boot: &mut Boot) -> Result<(), ModuleError> {
+pub fn load_predefined(root: &Path) -> Result<(), ModuleError> {
     console::begin("Loading predefined modules...");
-    let root = &boot.layout.initramfs;
     let index = match ModuleIndex::open(&modules_dir(root)) {
         Ok(i) => i,
         Err(e) => {

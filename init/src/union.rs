@@ -14,8 +14,9 @@ use std::path::{Path, PathBuf};
 use nix::mount::{mount, MsFlags};
 use nix::sys::stat::{mknod, Mode, SFlag};
 
-use crate::boot::{Boot, Layout};
 use crate::console;
+use crate::cvmfs_start::CvmfsMount;
+use crate::layout::Layout;
 
 /// overlayfs work directory on the scratch disk, beside (never inside) `persistent`.
 pub const WORK_DIR: &str = "overlay-work";
@@ -31,8 +32,6 @@ const AUFS_HOUSEKEEPING: [&str; 3] = [".wh..wh.aufs", ".wh..wh.plnk", ".wh..wh.o
 
 #[derive(Debug, thiserror::Error)]
 pub enum UnionError {
-    #[error("the CernVM-FS phase did not mount the repository")]
-    NoRepository,
     #[error("{what} {}: {source}", path.display())]
     Io {
         what: &'static str,
@@ -253,14 +252,12 @@ pub fn assemble(layout: &Layout, lower: &Path) -> Result<(), UnionError> {
     Ok(())
 }
 
-pub fn phase(boot: &mut Boot) -> Result<(), UnionError> {
-    let lower = boot
-        .cvmfs
-        .as_ref()
-        .ok_or(UnionError::NoRepository)?
-        .os_root();
+/// The union phase: the OS root of `cvmfs` under the scratch disk's upper layer on
+/// `layout.root`.
+pub fn mount_union(layout: &Layout, cvmfs: &CvmfsMount) -> Result<(), UnionError> {
+    let lower = cvmfs.os_root();
     console::begin("Mounting union file system...");
-    let r = assemble(&boot.layout, &lower);
+    let r = assemble(layout, &lower);
     if r.is_ok() {
         console::check();
     } else {

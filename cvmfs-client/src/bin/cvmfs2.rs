@@ -8,6 +8,7 @@
 //! mount leaves nothing mounted: the parent prints one line `cvmfs2: <fqrn>: <reason>` and exits
 //! 1. Unmounting ends the daemon.
 
+use cvmfs_config::keys::{CVMFS_QUOTA_LIMIT, CVMFS_TALK_SOCKET, CVMFS_TIMEOUT_DIRECT};
 use std::io::{Read, Write};
 use std::os::fd::{AsRawFd, OwnedFd};
 use std::path::{Path, PathBuf};
@@ -222,7 +223,7 @@ fn ctime_utc(unix: i64) -> String {
     const MONTHS: [&str; 12] = [
         "Jan", "Feb", "Mar", "Apr", "May", "Jun", "Jul", "Aug", "Sep", "Oct", "Nov", "Dec",
     ];
-    let (y, m, d, h) = cvmfs_client::whitelist::utc_fields(unix);
+    let (y, m, d, h) = cvmfs_config::calendar::utc_fields(unix);
     let secs = unix.rem_euclid(86_400);
     let weekday = DAYS[unix.div_euclid(86_400).rem_euclid(7) as usize];
     format!(
@@ -284,7 +285,7 @@ fn wpad_main(args: &[String]) -> ExitCode {
     }
     let env: std::collections::HashMap<String, String> = std::env::vars().collect();
     let timeout = env
-        .get("CVMFS_TIMEOUT_DIRECT")
+        .get(CVMFS_TIMEOUT_DIRECT)
         .and_then(|t| t.trim().parse().ok())
         .unwrap_or(cvmfs_client::mount::DEFAULT_TIMEOUT_DIRECT);
     let auto = cvmfs_client::pac::discovery::AutoProxy::from_environment(
@@ -362,7 +363,7 @@ fn run(args: Args) -> Result<(), String> {
     }
 
     let talk_socket = config
-        .get("CVMFS_TALK_SOCKET")
+        .get(CVMFS_TALK_SOCKET)
         .map(str::trim)
         .filter(|p| !p.is_empty())
         .map(PathBuf::from)
@@ -372,7 +373,7 @@ fn run(args: Args) -> Result<(), String> {
         talk_socket,
         parameters: config.dump(),
         quota_limit_text: config
-            .get("CVMFS_QUOTA_LIMIT")
+            .get(CVMFS_QUOTA_LIMIT)
             .map(str::trim)
             .unwrap_or("-1")
             .to_string(),

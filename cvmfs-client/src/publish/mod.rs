@@ -397,7 +397,7 @@ fn date_utc_text(unix: i64) -> String {
     const MONTHS: [&str; 12] = [
         "Jan", "Feb", "Mar", "Apr", "May", "Jun", "Jul", "Aug", "Sep", "Oct", "Nov", "Dec",
     ];
-    let [y, mo, d, h, mi, s] = crate::whitelist::utc_datetime(unix);
+    let [y, mo, d, h, mi, s] = cvmfs_config::calendar::utc_datetime(unix);
     format!(
         "{} {} {d:2} {h:02}:{mi:02}:{s:02} UTC {y}",
         DAYS[unix.div_euclid(86_400).rem_euclid(7) as usize],

@@ -38,7 +38,7 @@ pub struct RootEnv {
 }
 
 impl RootEnv {
-    pub fn system(layout: &crate::boot::Layout) -> Self {
+    pub fn system(layout: &crate::layout::Layout) -> Self {
         RootEnv {
             devices: DeviceEnv::system(&layout.initramfs),
             tools: Tools::new(layout.initramfs.join("var/log")),

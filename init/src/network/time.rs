@@ -5,7 +5,6 @@ use std::net::{SocketAddr, ToSocketAddrs, UdpSocket};
 use std::sync::mpsc;
 use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};
 
-use crate::boot::Boot;
 use crate::console;
 
 pub const NTP_SERVER: &str = "pool.ntp.org:123";
@@ -155,26 +154,42 @@ pub fn synchronise(server: &str) -> Result<SystemTime, SntpError> {
 #[derive(Debug)]
 pub struct TimeSync(std::thread::JoinHandle<Result<SystemTime, SntpError>>);
 
-pub fn phase(boot: &mut Boot) -> Result<(), std::convert::Infallible> {
-    boot.time_sync = Some(TimeSync(std::thread::spawn(|| synchronise(NTP_SERVER))));
-    Ok(())
+impl TimeSync {
+    /// Starts the query of [`NTP_SERVER`] in the background.
+    pub fn start() -> TimeSync {
+        TimeSync::spawn(|| synchronise(NTP_SERVER))
+    }
+
+    /// Runs `query` in the background in place of the real one (tests).
+    pub fn spawn(
+        query: impl FnOnce() -> Result<SystemTime, SntpError> + Send + 'static,
+    ) -> TimeSync {
+        TimeSync(std::thread::spawn(query))
+    }
+
+    /// Waits for the background query and reports it on the console; returns whether the
+    /// clock was set. A query thread that panicked is reported like a failed query.
+    pub fn finish(self) -> bool {
+        finish(self.0)
+    }
 }
 
-/// Waits for the background query started by [`phase`] and reports it on the console.
-pub fn finish(boot: &mut Boot) {
-    let Some(TimeSync(handle)) = boot.time_sync.take() else {
-        return;
-    };
+fn finish(handle: std::thread::JoinHandle<Result<SystemTime, SntpError>>) -> bool {
     console::begin("Setting time...");
     match handle.join() {
-        Ok(Ok(_)) => console::check(),
+        Ok(Ok(_)) => {
+            console::check();
+            true
+        }
         Ok(Err(e)) => {
             console::failed();
             log::warn!("time from {NTP_SERVER}: {e}");
+            false
         }
         Err(_) => {
             console::failed();
             log::warn!("time from {NTP_SERVER}: the query thread panicked");
+            false
         }
     }
 }

@@ -128,7 +128,7 @@ pub fn shutdown_main(verb: Option<&str>) -> ! {
         }
     }
     for socket in find_talk_sockets(&Path::new(OLDROOT).join("mnt/.rw/cache")) {
-        match cvmfs_client::talk::request(
+        match cvmfs_config::talk::request(
             &socket,
             "tear down to read-only",
             Duration::from_secs(30),

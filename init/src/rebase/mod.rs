@@ -10,17 +10,15 @@ use std::io::{self, Write};
 use std::os::unix::fs::PermissionsExt;
 use std::path::{Path, PathBuf};
 
-use crate::boot::Boot;
 use crate::console;
-use crate::cvmfs_start::CvmfsError;
+use crate::cvmfs_start::{CvmfsError, CvmfsMount};
+use crate::layout::Layout;
 
 /// The account files merged, in the original's order.
 pub const ACCOUNT_FILES: [&str; 4] = ["passwd", "group", "shadow", "gshadow"];
 
 #[derive(Debug, thiserror::Error)]
 pub enum RebaseError {
-    #[error("the CernVM-FS phase did not mount the repository")]
-    NoRepository,
     #[error("{what} {}: {source}", path.display())]
     Io {
         what: &'static str,
@@ -41,7 +39,7 @@ fn io_err<'a>(what: &'static str, path: &'a Path) -> impl FnOnce(io::Error) -> R
 
 /// The rebase id: UTC time in ISO 8601 with seconds, e.g. `2021-05-17T10:00:00+0000`.
 pub fn rebase_id(unix: i64) -> String {
-    let (y, m, d, h) = cvmfs_client::whitelist::utc_fields(unix);
+    let (y, m, d, h) = cvmfs_config::calendar::utc_fields(unix);
     let secs = unix.rem_euclid(86_400);
     format!(
         "{y:04}-{m:02}-{d:02}T{h:02}:{:02}:{:02}+0000",
@@ -152,12 +150,13 @@ pub fn rebase(
     })
 }
 
-pub fn phase(boot: &mut Boot) -> Result<(), RebaseError> {
-    let layout = boot.layout.clone();
-    let cvmfs = boot.cvmfs.as_mut().ok_or(RebaseError::NoRepository)?;
+/// The rebase phase: reconciles the upper layer with a newly pinned snapshot of `cvmfs` and
+/// mounts it again (which is why the mount is borrowed mutably). Returns the report, `None`
+/// when there was nothing to rebase (a pinned boot, or an empty upper layer).
+pub fn run(layout: &Layout, cvmfs: &mut CvmfsMount) -> Result<Option<Report>, RebaseError> {
     let upper = layout.root_rw.join(crate::union::UPPER_DIR);
     if !cvmfs.fresh || is_empty_dir(&upper) {
-        return Ok(());
+        return Ok(None);
     }
     let now = std::time::SystemTime::now()
         .duration_since(std::time::UNIX_EPOCH)
@@ -173,7 +172,7 @@ pub fn phase(boot: &mut Boot) -> Result<(), RebaseError> {
     )?;
     log::info!("rebase {id}: {:?}", report.conflicts);
     cvmfs.remount(&layout.initramfs.join("etc/resolv.conf"))?;
-    Ok(())
+    Ok(Some(report))
 }
 
 #[cfg(test)]
