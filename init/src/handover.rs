@@ -461,7 +461,7 @@ daemon:*:20785:0:99999:7:::
         std::fs::write(init.join("etc/cvmfs/x.conf"), "x").unwrap();
         std::fs::write(init.join("root/keep/os-file"), "keep").unwrap();
         std::os::unix::fs::symlink("/etc/passwd", init.join("link")).unwrap();
-        let mounted = unsafe { libc::geteuid() } == 0
+        let mounted = nix::unistd::geteuid().is_root()
             && mount(
                 Some("tmpfs"),
                 &init.join("sys"),
@@ -492,7 +492,7 @@ daemon:*:20785:0:99999:7:::
 
     #[test]
     fn console_and_null_nodes() {
-        if unsafe { libc::geteuid() } != 0 {
+        if !nix::unistd::geteuid().is_root() {
             eprintln!("SKIPPED: mknod needs root");
             return;
         }

@@ -214,10 +214,13 @@ pub fn port_probe(addrs: &[SocketAddr], timeout: Duration) -> u32 {
     for (i, a) in addrs.iter().enumerate().take(32) {
         let tx = tx.clone();
         let a = *a;
-        std::thread::spawn(move || {
-            let ok = TcpStream::connect_timeout(&a, timeout).is_ok();
-            let _ = tx.send((i, ok));
-        });
+        // A probe that cannot start or panics just never reports: that address failed.
+        let _ = std::thread::Builder::new()
+            .name("port-probe".into())
+            .spawn(move || {
+                let ok = TcpStream::connect_timeout(&a, timeout).is_ok();
+                let _ = tx.send((i, ok));
+            });
     }
     drop(tx);
     let deadline = Instant::now() + timeout;

@@ -18,6 +18,7 @@ pub mod http;
 pub mod layout;
 pub mod modules;
 pub mod network;
+pub mod panics;
 pub mod post;
 pub mod rebase;
 pub mod rescue;

@@ -359,11 +359,14 @@ pub fn probe_floppy(index: &ModuleIndex) {
         return;
     }
     let (tx, rx) = std::sync::mpsc::channel();
-    std::thread::spawn(move || {
-        let mut byte = [0u8; 1];
-        let ok = fs::File::open("/dev/fd0").and_then(|mut f| f.read_exact(&mut byte));
-        let _ = tx.send(ok.is_ok());
-    });
+    // A probe that cannot start or panics closes the channel: no readable medium.
+    let _ = std::thread::Builder::new()
+        .name("floppy-probe".into())
+        .spawn(move || {
+            let mut byte = [0u8; 1];
+            let ok = fs::File::open("/dev/fd0").and_then(|mut f| f.read_exact(&mut byte));
+            let _ = tx.send(ok.is_ok());
+        });
     let readable = rx
         .recv_timeout(std::time::Duration::from_secs(3))
         .unwrap_or(false);

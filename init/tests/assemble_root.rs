@@ -5,6 +5,8 @@
 //! user deleted, lets the new OS version replace modified OS files, keeps user-only files) and
 //! does not inject again. Needs root and /dev/fuse.
 
+#![allow(clippy::unwrap_used, clippy::expect_used)] // Test code: a panic is a failure with its place.
+
 mod mount_helpers;
 
 use std::io::Write;

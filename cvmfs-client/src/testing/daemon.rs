@@ -13,7 +13,7 @@ use sha2::Digest as _;
 /// Why tests that mount through the kernel cannot run here, if they cannot.
 pub fn fuse_skip_reason() -> Option<String> {
     // SAFETY: geteuid has no preconditions.
-    if unsafe { libc::geteuid() } != 0 {
+    if !nix::unistd::geteuid().is_root() {
         return Some("not running as root".into());
     }
     if !Path::new("/dev/fuse").exists() {

@@ -54,9 +54,9 @@ fn from_ntp(b: &[u8]) -> Option<SystemTime> {
 /// the round trip).
 pub fn query(server: SocketAddr, limit: Duration) -> Result<SystemTime, SntpError> {
     let bind: SocketAddr = if server.is_ipv4() {
-        "0.0.0.0:0".parse().expect("literal")
+        (std::net::Ipv4Addr::UNSPECIFIED, 0).into()
     } else {
-        "[::]:0".parse().expect("literal")
+        (std::net::Ipv6Addr::UNSPECIFIED, 0).into()
     };
     let sock = UdpSocket::bind(bind)?;
     let mut req = [0u8; 48];
@@ -117,13 +117,16 @@ pub fn query(server: SocketAddr, limit: Duration) -> Result<SystemTime, SntpErro
 pub fn resolve(name: &str, limit: Duration) -> Result<SocketAddr, SntpError> {
     let (tx, rx) = mpsc::channel();
     let owned = name.to_string();
-    std::thread::spawn(move || {
-        let r = owned
-            .to_socket_addrs()
-            .ok()
-            .and_then(|mut a| a.find(|a| a.is_ipv4()));
-        let _ = tx.send(r);
-    });
+    // A lookup thread that cannot start or panics closes the channel: a failed lookup.
+    let _ = std::thread::Builder::new()
+        .name("sntp-resolve".into())
+        .spawn(move || {
+            let r = owned
+                .to_socket_addrs()
+                .ok()
+                .and_then(|mut a| a.find(|a| a.is_ipv4()));
+            let _ = tx.send(r);
+        });
     match rx.recv_timeout(limit) {
         Ok(Some(a)) => Ok(a),
         _ => Err(SntpError::Resolve(name.to_string())),
@@ -152,7 +155,7 @@ pub fn synchronise(server: &str) -> Result<SystemTime, SntpError> {
 /// answer (at most [`TIME_LIMIT`] in all) right before CernVM-FS starts: an unreachable time
 /// server then costs nothing in the phases between (devices, context, disk).
 #[derive(Debug)]
-pub struct TimeSync(std::thread::JoinHandle<Result<SystemTime, SntpError>>);
+pub struct TimeSync(std::io::Result<std::thread::JoinHandle<Result<SystemTime, SntpError>>>);
 
 impl TimeSync {
     /// Starts the query of [`NTP_SERVER`] in the background.
@@ -164,7 +167,7 @@ impl TimeSync {
     pub fn spawn(
         query: impl FnOnce() -> Result<SystemTime, SntpError> + Send + 'static,
     ) -> TimeSync {
-        TimeSync(std::thread::spawn(query))
+        TimeSync(std::thread::Builder::new().name("sntp".into()).spawn(query))
     }
 
     /// Waits for the background query and reports it on the console; returns whether the
@@ -174,8 +177,16 @@ impl TimeSync {
     }
 }
 
-fn finish(handle: std::thread::JoinHandle<Result<SystemTime, SntpError>>) -> bool {
+fn finish(handle: std::io::Result<std::thread::JoinHandle<Result<SystemTime, SntpError>>>) -> bool {
     console::begin("Setting time...");
+    let handle = match handle {
+        Ok(h) => h,
+        Err(e) => {
+            console::failed();
+            log::warn!("time from {NTP_SERVER}: cannot start the query thread: {e}");
+            return false;
+        }
+    };
     match handle.join() {
         Ok(Ok(_)) => {
             console::check();

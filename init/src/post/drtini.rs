@@ -232,7 +232,7 @@ tmpfs /run/initramfs tmpfs rw 0 0
         let bin = t.path().join("init");
         std::fs::write(&bin, "binary").unwrap();
         assert!(!prepare(t.path(), &bin).unwrap());
-        if unsafe { libc::geteuid() } != 0 {
+        if !nix::unistd::geteuid().is_root() {
             return;
         }
         std::fs::create_dir_all(t.path().join("run")).unwrap();

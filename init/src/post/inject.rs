@@ -403,7 +403,7 @@ mod tests {
         assert_eq!(m.mode() & 0o7777, 0o640);
         assert_eq!(m.mtime(), 1_600_000_000);
         assert_eq!(m.nlink(), 2);
-        if unsafe { libc::geteuid() } == 0 {
+        if nix::unistd::geteuid().is_root() {
             assert_eq!((m.uid(), m.gid()), (1234, 2345));
             let tool = std::fs::metadata(root.join("usr/bin/tool")).unwrap();
             assert_eq!(tool.mode() & 0o7777, 0o4755, "set-uid kept after chown");
