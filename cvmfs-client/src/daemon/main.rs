@@ -8,7 +8,19 @@
 //! mount leaves nothing mounted: the parent prints one line `cvmfs2: <fqrn>: <reason>` and exits
 //! 1. Unmounting ends the daemon.
 
-use cvmfs_config::keys::{CVMFS_QUOTA_LIMIT, CVMFS_TALK_SOCKET, CVMFS_TIMEOUT_DIRECT};
+// The daemon serves the OS root: a panic there takes the whole OS with it. Test code may
+// unwrap (clippy.toml).
+#![deny(
+    clippy::unwrap_used,
+    clippy::expect_used,
+    clippy::indexing_slicing,
+    clippy::undocumented_unsafe_blocks
+)]
+
+mod fuse;
+mod passthrough;
+mod talk_server;
+
 use std::io::{Read, Write};
 use std::os::fd::{AsRawFd, OwnedFd};
 use std::path::{Path, PathBuf};
@@ -18,13 +30,14 @@ use std::time::{SystemTime, UNIX_EPOCH};
 
 use clap::Parser;
 use cvmfs_client::config::{Config, DEFAULT_CONFIG_ROOT};
-use cvmfs_client::fuse::CvmfsFs;
 use cvmfs_client::mount::{FuseOptions, MountSettings};
 use cvmfs_client::repository::{Repository, RepositoryOptions};
-use cvmfs_client::talk_server::{self, TalkContext};
+use cvmfs_config::keys::{CVMFS_QUOTA_LIMIT, CVMFS_TALK_SOCKET, CVMFS_TIMEOUT_DIRECT};
+use fuse::CvmfsFs;
 use fuser::{MountOption, SessionACL};
 use nix::sys::signal::{SigSet, Signal};
 use nix::unistd::ForkResult;
+use talk_server::TalkContext;
 
 /// FUSE worker threads (parallel reads must not serialise).
 const FUSE_THREADS: usize = 8;
@@ -225,10 +238,12 @@ fn ctime_utc(unix: i64) -> String {
     ];
     let (y, m, d, h) = cvmfs_config::calendar::utc_fields(unix);
     let secs = unix.rem_euclid(86_400);
-    let weekday = DAYS[unix.div_euclid(86_400).rem_euclid(7) as usize];
+    let weekday = DAYS
+        .get(unix.div_euclid(86_400).rem_euclid(7) as usize)
+        .unwrap_or(&"???");
     format!(
         "{weekday} {} {d:2} {h:02}:{:02}:{:02} {y}",
-        MONTHS[(m as usize).saturating_sub(1) % 12],
+        MONTHS.get((m as usize).saturating_sub(1)).unwrap_or(&"???"),
         (secs / 60) % 60,
         secs % 60
     )
@@ -255,7 +270,7 @@ fn one_line(fqrn: &str, msg: impl std::fmt::Display) -> String {
 fn main() -> ExitCode {
     let argv: Vec<String> = std::env::args().collect();
     if argv.get(1).map(String::as_str) == Some(WPAD_MODE) {
-        return wpad_main(&argv[2..]);
+        return wpad_main(argv.get(2..).unwrap_or_default());
     }
     let args = Args::parse();
     let fqrn = args.fqrn.clone();
