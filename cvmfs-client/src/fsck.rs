@@ -118,13 +118,9 @@ fn refuse_if_in_use(dir: &Path) -> Result<(), FsckError> {
         let Ok(f) = fs::File::open(e.path()) else {
             continue;
         };
-        // SAFETY: flock on a descriptor we own; released when `f` is closed.
-        let held = unsafe {
-            libc::flock(
-                std::os::fd::AsRawFd::as_raw_fd(&f),
-                libc::LOCK_SH | libc::LOCK_NB,
-            )
-        } != 0;
+        // A shared lock is refused while a daemon holds its exclusive one; ours is released
+        // when the file is closed.
+        let held = nix::fcntl::Flock::lock(f, nix::fcntl::FlockArg::LockSharedNonblock).is_err();
         if held {
             return Err(FsckError::InUse {
                 path: dir.to_path_buf(),

@@ -299,13 +299,9 @@ pub fn switch_root(new_root: &Path, args: &[OsString]) -> Result<(), HandoverErr
         .write(true)
         .open("/dev/console")
     {
-        use std::os::fd::AsRawFd;
-        for fd in 0..3 {
-            // SAFETY: dup2 onto the standard descriptors with a valid open descriptor.
-            unsafe {
-                libc::dup2(console.as_raw_fd(), fd);
-            }
-        }
+        let _ = nix::unistd::dup2_stdin(&console);
+        let _ = nix::unistd::dup2_stdout(&console);
+        let _ = nix::unistd::dup2_stderr(&console);
     }
     let prog = CString::new(NEW_INIT).map_err(|e| HandoverError::Exec(e.to_string()))?;
     let mut argv = vec![prog.clone()];

@@ -9,7 +9,6 @@
 use std::collections::{HashMap, HashSet};
 use std::fs;
 use std::io::Read;
-use std::os::fd::AsRawFd;
 use std::path::{Path, PathBuf};
 
 use crate::console;
@@ -209,39 +208,13 @@ fn compression_of(path: &Path) -> Compression {
 }
 
 fn finit_module(file: &fs::File, flags: libc::c_uint) -> std::io::Result<()> {
-    let params = c"";
-    // SAFETY: a valid open fd and a NUL-terminated parameter string.
-    let rc = unsafe {
-        libc::syscall(
-            libc::SYS_finit_module,
-            file.as_raw_fd(),
-            params.as_ptr(),
-            flags,
-        )
-    };
-    if rc == 0 {
-        Ok(())
-    } else {
-        Err(std::io::Error::last_os_error())
-    }
+    // `MODULE_INIT_COMPRESSED_FILE` has no name in nix; the kernel checks the bits.
+    let flags = nix::kmod::ModuleInitFlags::from_bits_retain(flags);
+    nix::kmod::finit_module(file, c"", flags).map_err(std::io::Error::from)
 }
 
 fn init_module(image: &[u8]) -> std::io::Result<()> {
-    let params = c"";
-    // SAFETY: the image buffer outlives the call; length matches.
-    let rc = unsafe {
-        libc::syscall(
-            libc::SYS_init_module,
-            image.as_ptr(),
-            image.len() as libc::c_ulong,
-            params.as_ptr(),
-        )
-    };
-    if rc == 0 {
-        Ok(())
-    } else {
-        Err(std::io::Error::last_os_error())
-    }
+    nix::kmod::init_module(image, c"").map_err(std::io::Error::from)
 }
 
 fn decompress(path: &Path, how: &Compression) -> Result<Vec<u8>, ModuleError> {
@@ -343,13 +316,9 @@ pub fn etc_modules(text: &str) -> Vec<String> {
 /// Unloads a module (`rmmod`), failing when it is in use.
 pub fn unload(name: &str) -> std::io::Result<()> {
     let c = std::ffi::CString::new(normalize(name)).map_err(std::io::Error::other)?;
-    // SAFETY: NUL-terminated module name; O_NONBLOCK makes a busy module an error, not a wait.
-    let rc = unsafe { libc::syscall(libc::SYS_delete_module, c.as_ptr(), libc::O_NONBLOCK) };
-    if rc == 0 {
-        Ok(())
-    } else {
-        Err(std::io::Error::last_os_error())
-    }
+    // O_NONBLOCK makes a busy module an error, not a wait.
+    nix::kmod::delete_module(&c, nix::kmod::DeleteModuleFlags::O_NONBLOCK)
+        .map_err(std::io::Error::from)
 }
 
 /// Spec §2.2: load `floppy`; unless one byte can be read from `/dev/fd0` (bounded: a drive

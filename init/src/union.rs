@@ -5,7 +5,6 @@
 //! Also here: the overlayfs whiteout conventions, and the one-time migration of an upper branch
 //! written by the original AUFS boot loader.
 
-use std::ffi::CString;
 use std::io::{self, Write};
 use std::os::unix::ffi::OsStrExt;
 use std::os::unix::fs::{FileTypeExt, MetadataExt, PermissionsExt};
@@ -66,43 +65,15 @@ pub fn make_whiteout(path: &Path) -> io::Result<()> {
     mknod(path, SFlag::S_IFCHR, Mode::empty(), 0).map_err(io::Error::from)
 }
 
-/// Sets an extended attribute (overlayfs' `trusted.*` markers).
+/// Sets an extended attribute of `path` itself, not of a symlink's target (overlayfs'
+/// `trusted.*` markers).
 pub fn set_xattr(path: &Path, name: &str, value: &[u8]) -> io::Result<()> {
-    let p = CString::new(path.as_os_str().as_bytes()).map_err(|_| io::ErrorKind::InvalidInput)?;
-    let n = CString::new(name).map_err(|_| io::ErrorKind::InvalidInput)?;
-    // SAFETY: valid C strings and a buffer of the given length.
-    let r = unsafe {
-        libc::lsetxattr(
-            p.as_ptr(),
-            n.as_ptr(),
-            value.as_ptr().cast(),
-            value.len(),
-            0,
-        )
-    };
-    if r == 0 {
-        Ok(())
-    } else {
-        Err(io::Error::last_os_error())
-    }
+    xattr::set(path, name, value)
 }
 
-/// Reads an extended attribute; `None` when it is not set.
+/// Reads an extended attribute of `path` itself; `None` when it is not set.
 pub fn get_xattr(path: &Path, name: &str) -> io::Result<Option<Vec<u8>>> {
-    let p = CString::new(path.as_os_str().as_bytes()).map_err(|_| io::ErrorKind::InvalidInput)?;
-    let n = CString::new(name).map_err(|_| io::ErrorKind::InvalidInput)?;
-    let mut buf = vec![0u8; 256];
-    // SAFETY: valid C strings and a buffer of the given length.
-    let r = unsafe { libc::lgetxattr(p.as_ptr(), n.as_ptr(), buf.as_mut_ptr().cast(), buf.len()) };
-    if r < 0 {
-        let e = io::Error::last_os_error();
-        return match e.raw_os_error() {
-            Some(libc::ENODATA) => Ok(None),
-            _ => Err(e),
-        };
-    }
-    buf.truncate(r as usize);
-    Ok(Some(buf))
+    xattr::get(path, name)
 }
 
 /// Converts the AUFS markers in an upper branch to overlayfs ones (§11.2): `.wh.X` becomes a

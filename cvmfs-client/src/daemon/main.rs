@@ -22,7 +22,7 @@ mod passthrough;
 mod talk_server;
 
 use std::io::{Read, Write};
-use std::os::fd::{AsRawFd, OwnedFd};
+use std::os::fd::OwnedFd;
 use std::path::{Path, PathBuf};
 use std::process::ExitCode;
 use std::sync::{Arc, Mutex, OnceLock};
@@ -494,16 +494,9 @@ fn serve(p: Prepared, mut pipe: Option<OwnedFd>) -> Result<(), String> {
     }
 
     if let Some(n) = p.fuse.nfiles {
-        let lim = libc::rlimit {
-            rlim_cur: n as libc::rlim_t,
-            rlim_max: n as libc::rlim_t,
-        };
-        // SAFETY: plain system call with a valid pointer.
-        if unsafe { libc::setrlimit(libc::RLIMIT_NOFILE, &lim) } != 0 {
-            log::warn!(
-                "cannot set the open file limit to {n} (CVMFS_NFILES): {}",
-                std::io::Error::last_os_error()
-            );
+        use nix::sys::resource::{setrlimit, Resource};
+        if let Err(e) = setrlimit(Resource::RLIMIT_NOFILE, n, n) {
+            log::warn!("cannot set the open file limit to {n} (CVMFS_NFILES): {e}");
         }
     }
 
@@ -647,12 +640,9 @@ fn detach_stdio() {
     else {
         return;
     };
-    for fd in 0..3 {
-        // SAFETY: dup2 onto the standard descriptors; `null` stays valid during the call.
-        unsafe {
-            libc::dup2(null.as_raw_fd(), fd);
-        }
-    }
+    let _ = nix::unistd::dup2_stdin(&null);
+    let _ = nix::unistd::dup2_stdout(&null);
+    let _ = nix::unistd::dup2_stderr(&null);
 }
 
 #[cfg(test)]

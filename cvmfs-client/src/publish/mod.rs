@@ -293,34 +293,25 @@ fn read_previous_manifest(
 }
 
 /// An exclusive lock held while publishing.
-struct Lock(std::fs::File);
+/// Held while publishing; the lock is released when it is dropped.
+struct Lock(#[allow(dead_code)] nix::fcntl::Flock<std::fs::File>);
 
 fn lock(path: &Path) -> Result<Lock, PublishError> {
-    use std::os::fd::AsRawFd;
     let f = std::fs::OpenOptions::new()
         .create(true)
         .truncate(false)
         .write(true)
         .open(path)
         .map_err(io_err(path))?;
-    // SAFETY: flock on a valid, open descriptor.
-    if unsafe { libc::flock(f.as_raw_fd(), libc::LOCK_EX | libc::LOCK_NB) } != 0 {
-        return Err(PublishError::Locked(
+    match nix::fcntl::Flock::lock(f, nix::fcntl::FlockArg::LockExclusiveNonblock) {
+        Ok(locked) => Ok(Lock(locked)),
+        Err(_) => Err(PublishError::Locked(
             path.parent()
                 .and_then(Path::parent)
                 .and_then(Path::parent)
                 .unwrap_or(path)
                 .to_path_buf(),
-        ));
-    }
-    Ok(Lock(f))
-}
-
-impl Drop for Lock {
-    fn drop(&mut self) {
-        use std::os::fd::AsRawFd;
-        // SAFETY: as above.
-        unsafe { libc::flock(self.0.as_raw_fd(), libc::LOCK_UN) };
+        )),
     }
 }
 
@@ -375,13 +366,8 @@ fn write_atomically(dir: &Path, name: &str, content: &[u8]) -> Result<(), Publis
 }
 
 fn sync_filesystem(dir: &Path) -> Result<(), PublishError> {
-    use std::os::fd::AsRawFd;
     let f = std::fs::File::open(dir).map_err(io_err(dir))?;
-    // SAFETY: syncfs on a valid, open descriptor.
-    if unsafe { libc::syncfs(f.as_raw_fd()) } != 0 {
-        return Err(io_err(dir)(std::io::Error::last_os_error()));
-    }
-    Ok(())
+    nix::unistd::syncfs(&f).map_err(|e| io_err(dir)(e.into()))
 }
 
 fn unix_now() -> i64 {

@@ -9,9 +9,7 @@ pub mod config;
 pub mod snapshot;
 pub mod squid;
 
-use std::ffi::CString;
 use std::io;
-use std::os::unix::ffi::OsStrExt;
 use std::path::{Path, PathBuf};
 use std::process::{Command, Stdio};
 use std::time::Duration;
@@ -324,17 +322,10 @@ fn dump_diagnostics(cache: &Path, config_file: &Path) {
 }
 
 fn raise_nofile_limit() {
-    let n = config::NFILES as libc::rlim_t;
-    let lim = libc::rlimit {
-        rlim_cur: n,
-        rlim_max: n,
-    };
-    // SAFETY: plain system call with a valid pointer.
-    if unsafe { libc::setrlimit(libc::RLIMIT_NOFILE, &lim) } != 0 {
-        log::warn!(
-            "cannot raise the open-file limit to {n}: {}",
-            io::Error::last_os_error()
-        );
+    use nix::sys::resource::{setrlimit, Resource};
+    let n = config::NFILES;
+    if let Err(e) = setrlimit(Resource::RLIMIT_NOFILE, n, n) {
+        log::warn!("cannot raise the open-file limit to {n}: {e}");
     }
 }
 
@@ -404,25 +395,10 @@ pub fn magic_xattr(path: &Path, name: &'static str) -> Result<String, CvmfsError
         path: path.to_path_buf(),
         source,
     };
-    let c_path = CString::new(path.as_os_str().as_bytes())
-        .map_err(|_| err(io::Error::from(io::ErrorKind::InvalidInput)))?;
-    let c_name =
-        CString::new(name).map_err(|_| err(io::Error::from(io::ErrorKind::InvalidInput)))?;
-    let mut buf = vec![0u8; 4096];
-    // SAFETY: valid C strings and a buffer of the given length.
-    let n = unsafe {
-        libc::getxattr(
-            c_path.as_ptr(),
-            c_name.as_ptr(),
-            buf.as_mut_ptr().cast(),
-            buf.len(),
-        )
-    };
-    if n < 0 {
-        return Err(err(io::Error::last_os_error()));
-    }
-    buf.truncate(n as usize);
-    Ok(String::from_utf8_lossy(&buf).trim().to_string())
+    let value = xattr::get_deref(path, name)
+        .map_err(err)?
+        .ok_or_else(|| err(io::Error::from_raw_os_error(libc::ENODATA)))?;
+    Ok(String::from_utf8_lossy(&value).trim().to_string())
 }
 
 /// `(root hash, revision)` of the repository mounted at `mountpoint`.
