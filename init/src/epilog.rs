@@ -3,6 +3,7 @@
 //! contextualization found on the boot that contextualized, from the saved µCernVM settings on
 //! later boots (which do not contextualize), so that they see the same user data.
 
+use path_error::{io_err, PathError};
 use std::io;
 use std::path::{Path, PathBuf};
 
@@ -17,20 +18,8 @@ pub use crate::context::sources::NO_SOURCE;
 
 #[derive(Debug, thiserror::Error)]
 pub enum EpilogError {
-    #[error("{what} {}: {source}", path.display())]
-    Io {
-        what: &'static str,
-        path: PathBuf,
-        source: io::Error,
-    },
-}
-
-fn io_err<'a>(what: &'static str, path: &'a Path) -> impl FnOnce(io::Error) -> EpilogError + 'a {
-    move |source| EpilogError::Io {
-        what,
-        path: path.to_path_buf(),
-        source,
-    }
+    #[error(transparent)]
+    Io(#[from] PathError),
 }
 
 /// What the contextualization phase knows beyond the files it left in the initramfs.
@@ -47,11 +36,11 @@ fn copy_if_present(from: &Path, to: &Path) -> Result<bool, EpilogError> {
     match std::fs::copy(from, to) {
         Ok(_) => Ok(true),
         Err(e) if e.kind() == io::ErrorKind::NotFound && !from.exists() => Ok(false),
-        Err(source) => Err(EpilogError::Io {
-            what: "cannot copy to",
-            path: to.to_path_buf(),
+        Err(source) => Err(EpilogError::Io(PathError::new(
+            "cannot copy to",
+            to.to_path_buf(),
             source,
-        }),
+        ))),
     }
 }
 
@@ -97,11 +86,7 @@ pub fn load(context_dir: &Path, settings: &mut ContextSettings) -> Result<(), Ep
             Ok(bytes) => settings.apply_ucontext_file(&String::from_utf8_lossy(&bytes)),
             Err(e) if e.kind() == io::ErrorKind::NotFound => {}
             Err(source) => {
-                return Err(EpilogError::Io {
-                    what: "cannot read",
-                    path,
-                    source,
-                })
+                return Err(EpilogError::Io(PathError::new("cannot read", path, source)))
             }
         }
     }

@@ -5,6 +5,7 @@
 //! (the `reset_root_password` command of the rescue shell), the device nodes of the new root,
 //! and the deletion of the initramfs contents, which never leaves the initramfs file system.
 
+use path_error::{io_err, PathError};
 use std::ffi::{CString, OsString};
 use std::io::{self, Read};
 use std::os::unix::ffi::OsStrExt;
@@ -28,12 +29,8 @@ pub const NEW_INIT: &str = "/sbin/init";
 
 #[derive(Debug, thiserror::Error)]
 pub enum HandoverError {
-    #[error("{what} {}: {source}", path.display())]
-    Io {
-        what: &'static str,
-        path: PathBuf,
-        source: io::Error,
-    },
+    #[error(transparent)]
+    Io(#[from] PathError),
     #[error("no line for root in {}", .0.display())]
     NoRootEntry(PathBuf),
     #[error("cannot compute the password hash: {0}")]
@@ -42,14 +39,6 @@ pub enum HandoverError {
     NotInitramfs,
     #[error("Unable to invoke init! {0}")]
     Exec(String),
-}
-
-fn io_err<'a>(what: &'static str, path: &'a Path) -> impl FnOnce(io::Error) -> HandoverError + 'a {
-    move |source| HandoverError::Io {
-        what,
-        path: path.to_path_buf(),
-        source,
-    }
 }
 
 /// SHA-512 crypt (`$6$`) of `password` with a random salt.
@@ -160,11 +149,7 @@ pub fn create_device_nodes(new_root: &Path) -> Result<(), HandoverError> {
             Mode::from_bits_truncate(mode),
             makedev(major, minor),
         )
-        .map_err(|e| HandoverError::Io {
-            what: "cannot create",
-            path: path.clone(),
-            source: e.into(),
-        })?;
+        .map_err(|e| HandoverError::Io(PathError::new("cannot create", path.clone(), e.into())))?;
         // mknod applies the umask.
         std::fs::set_permissions(&path, std::fs::Permissions::from_mode(mode))
             .map_err(io_err("cannot chmod", &path))?;

@@ -5,6 +5,7 @@
 //! Also here: the overlayfs whiteout conventions, and the one-time migration of an upper branch
 //! written by the original AUFS boot loader.
 
+use path_error::{io_err, PathError};
 use std::io::{self, Write};
 use std::os::unix::ffi::OsStrExt;
 use std::os::unix::fs::{FileTypeExt, MetadataExt, PermissionsExt};
@@ -31,12 +32,8 @@ const AUFS_HOUSEKEEPING: [&str; 3] = [".wh..wh.aufs", ".wh..wh.plnk", ".wh..wh.o
 
 #[derive(Debug, thiserror::Error)]
 pub enum UnionError {
-    #[error("{what} {}: {source}", path.display())]
-    Io {
-        what: &'static str,
-        path: PathBuf,
-        source: io::Error,
-    },
+    #[error(transparent)]
+    Io(#[from] PathError),
     #[error("Unable to mount the union filesystem! ({0})")]
     Mount(nix::Error),
     #[error("cannot move {} to {}: {source}", from.display(), to.display())]
@@ -45,14 +42,6 @@ pub enum UnionError {
         to: PathBuf,
         source: nix::Error,
     },
-}
-
-fn io_err<'a>(what: &'static str, path: &'a Path) -> impl FnOnce(io::Error) -> UnionError + 'a {
-    move |source| UnionError::Io {
-        what,
-        path: path.to_path_buf(),
-        source,
-    }
 }
 
 /// True for an overlayfs whiteout: a character device with device number 0:0.

@@ -9,6 +9,7 @@ pub mod config;
 pub mod snapshot;
 pub mod squid;
 
+use path_error::{io_err, PathError};
 use std::io;
 use std::path::{Path, PathBuf};
 use std::process::{Command, Stdio};
@@ -34,12 +35,8 @@ const TALK_TIMEOUT: Duration = Duration::from_secs(5);
 
 #[derive(Debug, thiserror::Error)]
 pub enum CvmfsError {
-    #[error("{what} {}: {source}", path.display())]
-    Io {
-        what: &'static str,
-        path: PathBuf,
-        source: io::Error,
-    },
+    #[error(transparent)]
+    Io(#[from] PathError),
     #[error(transparent)]
     Snapshot(#[from] snapshot::SnapshotError),
     #[error("Unable to mount cvmfs root filesystem! {0}")]
@@ -58,14 +55,6 @@ pub enum CvmfsError {
     NoOsRoot { path: PathBuf, source: io::Error },
     #[error("cvmfs_wait_on_squid: {0}")]
     Squid(String),
-}
-
-fn io_err<'a>(what: &'static str, path: &'a Path) -> impl FnOnce(io::Error) -> CvmfsError + 'a {
-    move |source| CvmfsError::Io {
-        what,
-        path: path.to_path_buf(),
-        source,
-    }
 }
 
 /// The running OS repository mount: what [`mount`] made.
@@ -180,10 +169,12 @@ fn mount_inner(
     // ROOT_SIZE_MB from the scratch-disk phase, else measured here.
     let root_size_mb = match scratch {
         Some(s) => s.root_size_mb,
-        None => crate::disk::fs::size_mib(&layout.root_rw).map_err(|e| CvmfsError::Io {
-            what: "cannot measure",
-            path: layout.root_rw.clone(),
-            source: io::Error::other(e.to_string()),
+        None => crate::disk::fs::size_mib(&layout.root_rw).map_err(|e| {
+            CvmfsError::Io(PathError::new(
+                "cannot measure",
+                layout.root_rw.clone(),
+                io::Error::other(e.to_string()),
+            ))
         })?,
     };
     let quota = config::quota_limit_mb(root_size_mb);
@@ -365,11 +356,11 @@ pub fn export_keys(from: &Path, to: &Path) -> Result<(), CvmfsError> {
         Ok(e) => e,
         Err(e) if e.kind() == io::ErrorKind::NotFound => return Ok(()),
         Err(source) => {
-            return Err(CvmfsError::Io {
-                what: "cannot list",
-                path: from.to_path_buf(),
+            return Err(CvmfsError::Io(PathError::new(
+                "cannot list",
+                from.to_path_buf(),
                 source,
-            })
+            )))
         }
     };
     for entry in entries {

@@ -6,7 +6,8 @@
 pub mod accounts;
 pub mod conflicts;
 
-use std::io::{self, Write};
+use path_error::{io_err, PathError};
+use std::io::Write;
 use std::os::unix::fs::PermissionsExt;
 use std::path::{Path, PathBuf};
 
@@ -19,22 +20,10 @@ pub const ACCOUNT_FILES: [&str; 4] = ["passwd", "group", "shadow", "gshadow"];
 
 #[derive(Debug, thiserror::Error)]
 pub enum RebaseError {
-    #[error("{what} {}: {source}", path.display())]
-    Io {
-        what: &'static str,
-        path: PathBuf,
-        source: io::Error,
-    },
+    #[error(transparent)]
+    Io(#[from] PathError),
     #[error(transparent)]
     Remount(#[from] CvmfsError),
-}
-
-fn io_err<'a>(what: &'static str, path: &'a Path) -> impl FnOnce(io::Error) -> RebaseError + 'a {
-    move |source| RebaseError::Io {
-        what,
-        path: path.to_path_buf(),
-        source,
-    }
 }
 
 /// The rebase id: UTC time in ISO 8601 with seconds, e.g. `2021-05-17T10:00:00+0000`.
@@ -82,11 +71,11 @@ pub fn rebase(
         }
         Err(e) => {
             console::failed();
-            return Err(RebaseError::Io {
-                what: "cannot rebase onto",
-                path: os_root.to_path_buf(),
-                source: e,
-            });
+            return Err(RebaseError::Io(PathError::new(
+                "cannot rebase onto",
+                os_root.to_path_buf(),
+                e,
+            )));
         }
     };
 
