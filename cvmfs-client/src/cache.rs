@@ -21,8 +21,8 @@ use crate::quota::{ObjectType, QuotaError, QuotaManager};
 /// Errors of the cache.
 #[derive(Debug, thiserror::Error)]
 pub enum CacheError {
-    #[error("cache directory {path}: {source}")]
-    Io { path: PathBuf, source: io::Error },
+    #[error("cache directory {path}: {cause}")]
+    Io { path: PathBuf, cause: io::Error },
     #[error(transparent)]
     Quota(#[from] QuotaError),
     #[error("the cache is read-only (torn down for shutdown)")]
@@ -35,7 +35,7 @@ impl CacheError {
     /// The errno that fits this failure best.
     pub fn errno(&self) -> i32 {
         match self {
-            CacheError::Io { source, .. } => source.raw_os_error().unwrap_or(libc::EIO),
+            CacheError::Io { cause: source, .. } => source.raw_os_error().unwrap_or(libc::EIO),
             CacheError::Quota(_) => libc::EIO,
             CacheError::ReadOnly => libc::EROFS,
             CacheError::InUse { .. } => libc::EBUSY,
@@ -107,7 +107,10 @@ impl Cache {
     pub fn open_with(dir: &Path, opts: &CacheOptions) -> Result<Cache, CacheError> {
         let io = |path: &Path| {
             let path = path.to_path_buf();
-            move |source| CacheError::Io { path, source }
+            move |source| CacheError::Io {
+                path,
+                cause: source,
+            }
         };
         fs::create_dir_all(dir).map_err(io(dir))?;
         let shown = dir;
@@ -314,7 +317,7 @@ impl Cache {
             .open(&path)
             .map_err(|source| CacheError::Io {
                 path: path.clone(),
-                source,
+                cause: source,
             })?;
         Ok(Transaction {
             file: Some(io::BufWriter::with_capacity(256 * 1024, file)),
@@ -340,7 +343,7 @@ impl Cache {
         let target = self.path(hash);
         let io = |source| CacheError::Io {
             path: txn.path.clone(),
-            source,
+            cause: source,
         };
         if let Some(w) = txn.file.take() {
             let f = w.into_inner().map_err(|e| io(e.into_error()))?;
@@ -404,7 +407,7 @@ fn lock_workspace(path: &Path) -> Result<Flock<File>, CacheError> {
         .open(path)
         .map_err(|source| CacheError::Io {
             path: path.to_path_buf(),
-            source,
+            cause: source,
         })?;
     let deadline = std::time::Instant::now() + LOCK_WAIT;
     loop {
@@ -418,7 +421,7 @@ fn lock_workspace(path: &Path) -> Result<Flock<File>, CacheError> {
         if e.raw_os_error() != Some(libc::EWOULDBLOCK) {
             return Err(CacheError::Io {
                 path: path.to_path_buf(),
-                source: e,
+                cause: e,
             });
         }
         if std::time::Instant::now() >= deadline {

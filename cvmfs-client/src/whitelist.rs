@@ -20,9 +20,16 @@ pub enum WhitelistError {
     #[error("PKCS#7 whitelists are not supported")]
     Pkcs7Unsupported,
     #[error("whitelist signature: {0}")]
-    Signature(#[from] SignatureError),
+    Signature(SignatureError),
     #[error("certificate {0} is not listed in the whitelist")]
     CertificateNotListed(String),
+}
+
+// The cause is in the message, so it is not also returned as the source.
+impl From<SignatureError> for WhitelistError {
+    fn from(e: SignatureError) -> Self {
+        WhitelistError::Signature(e)
+    }
 }
 
 /// A verified whitelist.

@@ -47,29 +47,29 @@ pub const PREDEFINED: &[&str] = &[
 /// Why a module could not be loaded.
 #[derive(Debug, thiserror::Error)]
 pub enum ModuleError {
-    #[error("cannot read the module index {path}: {source}")]
+    #[error("cannot read the module index {path}: {cause}")]
     Index {
         path: PathBuf,
-        source: std::io::Error,
+        cause: std::io::Error,
     },
     #[error("module {0} is neither in modules.dep nor built into the kernel")]
     Unknown(String),
     #[error("dependency cycle through module {0} in modules.dep")]
     Cycle(String),
-    #[error("cannot open module file {path}: {source}")]
+    #[error("cannot open module file {path}: {cause}")]
     Open {
         path: PathBuf,
-        source: std::io::Error,
+        cause: std::io::Error,
     },
-    #[error("cannot decompress module file {path}: {source}")]
+    #[error("cannot decompress module file {path}: {cause}")]
     Decompress {
         path: PathBuf,
-        source: std::io::Error,
+        cause: std::io::Error,
     },
-    #[error("the kernel refused module {path}: {source}")]
+    #[error("the kernel refused module {path}: {cause}")]
     Load {
         path: PathBuf,
-        source: std::io::Error,
+        cause: std::io::Error,
     },
 }
 
@@ -100,7 +100,7 @@ impl ModuleIndex {
         let dep_path = dir.join("modules.dep");
         let dep = fs::read_to_string(&dep_path).map_err(|source| ModuleError::Index {
             path: dep_path,
-            source,
+            cause: source,
         })?;
         let builtin = fs::read_to_string(dir.join("modules.builtin")).unwrap_or_default();
         Ok(Self::parse(dir, &dep, &builtin))
@@ -220,7 +220,7 @@ fn init_module(image: &[u8]) -> std::io::Result<()> {
 fn decompress(path: &Path, how: &Compression) -> Result<Vec<u8>, ModuleError> {
     let err = |source| ModuleError::Decompress {
         path: path.to_path_buf(),
-        source,
+        cause: source,
     };
     let file = fs::File::open(path).map_err(err)?;
     let mut out = Vec::new();
@@ -248,7 +248,7 @@ fn decompress(path: &Path, how: &Compression) -> Result<Vec<u8>, ModuleError> {
 pub fn load_file(path: &Path) -> Result<(), ModuleError> {
     let file = fs::File::open(path).map_err(|source| ModuleError::Open {
         path: path.to_path_buf(),
-        source,
+        cause: source,
     })?;
     let how = compression_of(path);
     let flags = match how {
@@ -266,7 +266,7 @@ pub fn load_file(path: &Path) -> Result<(), ModuleError> {
         Err(e) if e.raw_os_error() == Some(libc::EEXIST) => Ok(()),
         Err(source) => Err(ModuleError::Load {
             path: path.to_path_buf(),
-            source,
+            cause: source,
         }),
     }
 }

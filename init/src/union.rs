@@ -36,11 +36,11 @@ pub enum UnionError {
     Io(#[from] PathError),
     #[error("Unable to mount the union filesystem! ({0})")]
     Mount(nix::Error),
-    #[error("cannot move {} to {}: {source}", from.display(), to.display())]
+    #[error("cannot move {} to {}: {cause}", from.display(), to.display())]
     Move {
         from: PathBuf,
         to: PathBuf,
-        source: nix::Error,
+        cause: nix::Error,
     },
 }
 
@@ -206,7 +206,7 @@ pub fn assemble(layout: &Layout, lower: &Path) -> Result<(), UnionError> {
         .map_err(|source| UnionError::Move {
             from: from.clone(),
             to: to.clone(),
-            source,
+            cause: source,
         })?;
     }
     Ok(())

@@ -16,8 +16,8 @@ pub enum PackError {
     NonUtf8 { path: PathBuf },
     #[error("{path}: unsupported file type ({kind}); only directories, regular files, symlinks and device nodes can be packed")]
     Unsupported { path: PathBuf, kind: &'static str },
-    #[error("{path}: {source}")]
-    Archive { path: PathBuf, source: crate::Error },
+    #[error("{path}: {cause}")]
+    Archive { path: PathBuf, cause: crate::Error },
 }
 
 /// How ownership is recorded.
@@ -105,7 +105,7 @@ fn walk(
             .add(&archive_path, kind, meta)
             .map_err(|source| PackError::Archive {
                 path: path.clone(),
-                source,
+                cause: source,
             })?;
         if is_dir {
             walk(archive, &path, &archive_path, ownership)?;

@@ -45,7 +45,7 @@ pub enum PublishError {
     #[error(transparent)]
     History(#[from] history_writer::HistoryWriteError),
     #[error("reading the previous revision: {0}")]
-    PreviousCatalog(#[from] crate::catalog::CatalogError),
+    PreviousCatalog(crate::catalog::CatalogError),
     #[error("the repository's current manifest {path} is not acceptable: {reason}")]
     PreviousManifest { path: PathBuf, reason: String },
     #[error(transparent)]
@@ -54,6 +54,13 @@ pub enum PublishError {
     Locked(PathBuf),
     #[error("internal error: the data of {0} was not stored")]
     NotStored(PathBuf),
+}
+
+// The cause is in the message, so it is not also returned as the source.
+impl From<crate::catalog::CatalogError> for PublishError {
+    fn from(e: crate::catalog::CatalogError) -> Self {
+        PublishError::PreviousCatalog(e)
+    }
 }
 
 /// What to publish, where, how.

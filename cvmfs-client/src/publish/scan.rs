@@ -15,10 +15,10 @@ pub const NESTED_CATALOG_MARKER: &[u8] = b".cvmfscatalog";
 /// Errors while reading the source tree.
 #[derive(Debug, thiserror::Error)]
 pub enum ScanError {
-    #[error("cannot read {path}: {source}")]
+    #[error("cannot read {path}: {cause}")]
     Io {
         path: PathBuf,
-        source: std::io::Error,
+        cause: std::io::Error,
     },
     #[error("the source {0} is not a directory")]
     NotADirectory(PathBuf),
@@ -116,7 +116,7 @@ pub fn scan(root: &Path) -> Result<Node, ScanError> {
 fn lstat(path: &Path) -> Result<std::fs::Metadata, ScanError> {
     std::fs::symlink_metadata(path).map_err(|source| ScanError::Io {
         path: path.to_path_buf(),
-        source,
+        cause: source,
     })
 }
 
@@ -128,7 +128,7 @@ fn read_node(
 ) -> Result<Node, ScanError> {
     let io = |source_err| ScanError::Io {
         path: source.to_path_buf(),
-        source: source_err,
+        cause: source_err,
     };
     let stat = Stat {
         mode: meta.mode(),

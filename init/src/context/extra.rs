@@ -102,7 +102,14 @@ pub fn apply(extra: &ExtraContext, root: &Path, settings: &mut ContextSettings) 
 
 #[derive(Debug, thiserror::Error)]
 #[error("cannot store the extra context: {0}")]
-pub struct ExtraError(#[from] io::Error);
+pub struct ExtraError(io::Error);
+
+// The cause is in the message, so it is not also returned as the source.
+impl From<io::Error> for ExtraError {
+    fn from(e: io::Error) -> Self {
+        ExtraError(e)
+    }
+}
 
 /// Spec §5.8 (first boot only): finds the extra context, stores it in the initramfs `root`
 /// and applies its entries on top of `settings`.

@@ -43,16 +43,16 @@ pub enum CvmfsError {
     Mount(String),
     #[error("Unable to re-mount cvmfs root filesystem! {0}")]
     Remount(String),
-    #[error("cannot read the magic attribute {name} of {}: {source}", path.display())]
+    #[error("cannot read the magic attribute {name} of {}: {cause}", path.display())]
     Xattr {
         name: &'static str,
         path: PathBuf,
-        source: io::Error,
+        cause: io::Error,
     },
     #[error("the mounted snapshot {mounted} is not the pinned one {pinned}")]
     PinMismatch { pinned: String, mounted: String },
-    #[error("the OS root {} does not exist in the repository: {source}", path.display())]
-    NoOsRoot { path: PathBuf, source: io::Error },
+    #[error("the OS root {} does not exist in the repository: {cause}", path.display())]
+    NoOsRoot { path: PathBuf, cause: io::Error },
     #[error("cvmfs_wait_on_squid: {0}")]
     Squid(String),
 }
@@ -264,7 +264,7 @@ fn mount_inner(
     let os_root = mount.os_root();
     std::fs::read_dir(&os_root).map_err(|source| CvmfsError::NoOsRoot {
         path: os_root.clone(),
-        source,
+        cause: source,
     })?;
     Ok(mount)
 }
@@ -384,7 +384,7 @@ pub fn magic_xattr(path: &Path, name: &'static str) -> Result<String, CvmfsError
     let err = |source| CvmfsError::Xattr {
         name,
         path: path.to_path_buf(),
-        source,
+        cause: source,
     };
     let value = xattr::get_deref(path, name)
         .map_err(err)?

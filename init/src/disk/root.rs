@@ -65,7 +65,7 @@ pub enum Step {
 pub enum RootError {
     #[error(transparent)]
     Devices(#[from] DevicesError),
-    #[error("{0}")]
+    #[error(transparent)]
     Plan(#[from] PlanError),
     #[error("Unable to partition /dev/{0}: {1}")]
     Partition(String, TableError),

@@ -56,7 +56,7 @@ impl NetworkState {
 
 #[derive(Debug, thiserror::Error)]
 pub enum NetworkError {
-    #[error("{0}")]
+    #[error(transparent)]
     Netlink(#[from] netlink::NetlinkError),
     #[error("OpenNebula context: no ETH<n>_MAC matches the MAC of eth0")]
     NoEth0Context,

@@ -47,10 +47,10 @@ const RTN_UNICAST: u8 = 1;
 pub enum NetlinkError {
     #[error("netlink socket: {0}")]
     Socket(io::Error),
-    #[error("netlink {what}: {source}")]
+    #[error("netlink {what}: {cause}")]
     Request {
         what: &'static str,
-        source: io::Error,
+        cause: io::Error,
     },
     #[error("malformed netlink reply to {0}")]
     Malformed(&'static str),
@@ -196,7 +196,7 @@ impl Netlink {
         )
         .map_err(|e| NetlinkError::Request {
             what,
-            source: e.into(),
+            cause: e.into(),
         })?;
         Ok(seq)
     }
@@ -218,7 +218,7 @@ impl Netlink {
             )
             .map_err(|e| NetlinkError::Request {
                 what,
-                source: e.into(),
+                cause: e.into(),
             })?;
             let mut b = &buf[..n];
             while b.len() >= NLMSG_HDRLEN {
@@ -245,7 +245,7 @@ impl Netlink {
                         }
                         return Err(NetlinkError::Request {
                             what,
-                            source: io::Error::from_raw_os_error(-code),
+                            cause: io::Error::from_raw_os_error(-code),
                         });
                     }
                     _ => out.push((kind, payload.to_vec())),

@@ -20,9 +20,16 @@ pub enum SntpError {
     #[error("no time server answer within {0:?}")]
     Timeout(Duration),
     #[error("SNTP socket: {0}")]
-    Io(#[from] std::io::Error),
+    Io(std::io::Error),
     #[error("unusable SNTP answer: {0}")]
     BadAnswer(&'static str),
+}
+
+// The cause is in the message, so it is not also returned as the source.
+impl From<std::io::Error> for SntpError {
+    fn from(e: std::io::Error) -> Self {
+        SntpError::Io(e)
+    }
 }
 
 fn to_ntp(t: SystemTime) -> [u8; 8] {

@@ -79,12 +79,19 @@ impl Lease {
 
 #[derive(Debug, thiserror::Error)]
 pub enum DhcpError {
-    #[error("cannot open the DHCP socket on {iface}: {source}")]
-    Socket { iface: String, source: io::Error },
+    #[error("cannot open the DHCP socket on {iface}: {cause}")]
+    Socket { iface: String, cause: io::Error },
     #[error("no DHCP lease on {iface} after {attempts} discover attempts")]
     NoLease { iface: String, attempts: u32 },
     #[error("applying the lease: {0}")]
-    Netlink(#[from] NetlinkError),
+    Netlink(NetlinkError),
+}
+
+// The cause is in the message, so it is not also returned as the source.
+impl From<NetlinkError> for DhcpError {
+    fn from(e: NetlinkError) -> Self {
+        DhcpError::Netlink(e)
+    }
 }
 
 /// A UDP socket on port 68 bound to one interface, able to send and receive broadcasts while
@@ -176,7 +183,7 @@ pub fn obtain_lease(
 ) -> Result<Lease, DhcpError> {
     let sock = client_socket(iface).map_err(|source| DhcpError::Socket {
         iface: iface.to_string(),
-        source,
+        cause: source,
     })?;
     let server = SocketAddrV4::new(Ipv4Addr::BROADCAST, 67);
     log.push(format!("started, {iface}"));
