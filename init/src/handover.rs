@@ -474,7 +474,7 @@ daemon:*:20785:0:99999:7:::
     #[test]
     fn console_and_null_nodes() {
         if !nix::unistd::geteuid().is_root() {
-            eprintln!("SKIPPED: mknod needs root");
+            test_prereq::skip("mknod needs root");
             return;
         }
         let t = tempfile::tempdir().unwrap();

@@ -100,7 +100,7 @@ fn read_pin(layout: &Layout) -> String {
 #[test]
 fn first_boot_pins_later_boots_keep_the_pin_force_tag_moves_it() {
     if let Some(r) = skip_reason(true) {
-        eprintln!("SKIPPED: {r}");
+        test_prereq::skip(r);
         return;
     }
     let _serial = serial();
@@ -157,7 +157,7 @@ fn first_boot_pins_later_boots_keep_the_pin_force_tag_moves_it() {
 #[test]
 fn remount_keeps_the_recorded_snapshot() {
     if let Some(r) = skip_reason(true) {
-        eprintln!("SKIPPED: {r}");
+        test_prereq::skip(r);
         return;
     }
     let _serial = serial();
@@ -190,7 +190,7 @@ fn remount_keeps_the_recorded_snapshot() {
 #[test]
 fn missing_keys_fail_with_the_original_message() {
     if let Some(r) = skip_reason(true) {
-        eprintln!("SKIPPED: {r}");
+        test_prereq::skip(r);
         return;
     }
     let _serial = serial();
