@@ -24,7 +24,7 @@ const CHUNKS: &str = "65536,262144,1048576";
 
 fn is_root() -> bool {
     // SAFETY: geteuid has no preconditions.
-    unsafe { libc::geteuid() == 0 }
+    nix::unistd::geteuid().is_root()
 }
 
 fn cpath(p: &Path) -> CString {
