@@ -229,6 +229,31 @@ mod tests {
     }
 
     #[test]
+    fn first_boot_takes_the_contextualized_settings_once() {
+        let (_t, l) = layout();
+        let i = &l.initramfs;
+        // What the context phases left: the block's entries, then the extra context's.
+        std::fs::write(i.join("ucontext"), "_UCONTEXT_CERNVM_PATH=cvm4\n").unwrap();
+        std::fs::write(i.join("extra-ucontext"), "_UCONTEXT_CERNVM_PATH=cvm3\n").unwrap();
+        let mut settings = ContextSettings::default();
+        settings.apply("CERNVM_PATH", "cvm4");
+        settings.apply("CERNVM_PATH", "cvm3");
+        let context = Context {
+            found: Default::default(),
+            settings: settings.clone(),
+        };
+        let config = resolve(&l, &Default::default(), Some(&context)).unwrap();
+        assert_eq!(
+            config.user, settings,
+            "not applied a second time from the saved files"
+        );
+        assert_eq!(config.cvmfs.cernvm_path, "cvm3");
+        // The files are saved for the next boots, which read them.
+        let next = resolve(&l, &Default::default(), None).unwrap();
+        assert_eq!(next.user, settings);
+    }
+
+    #[test]
     fn user_data_without_a_known_source_says_none() {
         let (_t, l) = layout();
         std::fs::write(l.initramfs.join("user-data"), "x").unwrap();
