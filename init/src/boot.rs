@@ -22,25 +22,6 @@ use crate::{post, rebase, union};
 
 pub use crate::layout::Layout;
 
-/// The phase names, in boot order, as the timeline shows them (spec §0.4).
-pub const PHASES: [&str; 15] = [
-    "modules",
-    "network",
-    "time",
-    "devices",
-    "context",
-    "extra-context",
-    "root",
-    "resize",
-    "swap",
-    "context-epilog",
-    "cvmfs",
-    "rebase",
-    "union",
-    "post",
-    "handover",
-];
-
 /// A phase could not run because an earlier one did not make what it needs.
 #[derive(Debug, thiserror::Error)]
 pub enum MissingInput {
@@ -62,7 +43,9 @@ fn repository<M>(cvmfs: Option<M>) -> Result<M, MissingInput> {
     cvmfs.ok_or(MissingInput::NoRepository)
 }
 
-/// What the sequencer does when a phase fails.
+/// What the sequencer does when a phase fails. Every fallible phase of the original ends in
+/// its `panic` on failure; the phases whose problems are not fatal (network, time, swap,
+/// post-mount) report them themselves and run as [`Sequencer::infallible`].
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 enum OnError {
     /// Message and rescue shell; when the shell exits, the boot goes on (spec §0.5).
@@ -100,11 +83,13 @@ impl Sequencer<'_> {
         }
     }
 
-    /// A phase that cannot fail.
+    /// A phase that cannot fail (its problems are warnings it reports itself).
     fn infallible<T>(&mut self, name: &'static str, f: impl FnOnce() -> T) -> T {
-        match self.phase(name, OnError::Rescue, || Ok::<T, Infallible>(f())) {
-            Some(v) => v,
-            None => unreachable!("an infallible phase returned an error"),
+        let r = self.timeline.phase(name, || Ok::<T, Infallible>(f()));
+        post::save_timeline(&self.layout, &self.timeline);
+        match r {
+            Ok(v) => v,
+            Err(never) => match never {},
         }
     }
 }
