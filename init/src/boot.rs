@@ -202,3 +202,55 @@ pub fn run_with(
     });
     s.timeline
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn a_failed_phase_gets_the_rescue_policy_and_the_boot_goes_on() {
+        let t = tempfile::tempdir().unwrap();
+        let mut rescued = Vec::new();
+        let mut on_error = |phase: &str, message: &str| {
+            rescued.push(format!("{phase}: {message}"));
+        };
+        let mut s = Sequencer {
+            layout: Layout::under(t.path().to_path_buf()),
+            timeline: Timeline::new(),
+            on_error: &mut on_error,
+        };
+        let mount: Option<u32> = s.phase("cvmfs", OnError::Rescue, || {
+            Err::<u32, _>(std::io::Error::other("no server"))
+        });
+        assert_eq!(mount, None);
+        let next = s.phase("rebase", OnError::Rescue, || {
+            repository(mount)
+                .map(|_| ())
+                .map_err(Needs::<std::io::Error>::from)
+        });
+        assert_eq!(next, None);
+        let last = s.infallible("handover", || 7);
+        assert_eq!(last, 7);
+        let results: Vec<(String, bool)> = s
+            .timeline
+            .phases()
+            .iter()
+            .map(|p| (p.name.clone(), p.ok))
+            .collect();
+        assert_eq!(
+            results,
+            [
+                ("cvmfs".to_string(), false),
+                ("rebase".to_string(), false),
+                ("handover".to_string(), true)
+            ]
+        );
+        assert_eq!(
+            rescued,
+            [
+                "cvmfs: no server",
+                "rebase: the CernVM-FS phase did not mount the repository"
+            ]
+        );
+    }
+}
