@@ -313,7 +313,7 @@ fn quota_ops(base: &Path, on_tmpfs: bool) -> Result<(), String> {
 fn main() {
     let cvmfs2 = std::env::args_os().nth(1).map(PathBuf::from);
     // SAFETY: geteuid has no preconditions.
-    let root = unsafe { libc::geteuid() } == 0;
+    let root = nix::unistd::geteuid().is_root();
     match cvmfs2 {
         Some(p) if root && Path::new("/dev/fuse").exists() => {
             if let Err(e) = bench_mounts(p) {

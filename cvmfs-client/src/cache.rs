@@ -13,14 +13,16 @@ use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
 use std::sync::{Arc, Condvar, Mutex};
 use std::time::Duration;
 
+use nix::fcntl::{Flock, FlockArg};
+
 use crate::hash::ContentHash;
 use crate::quota::{ObjectType, QuotaError, QuotaManager};
 
 /// Errors of the cache.
 #[derive(Debug, thiserror::Error)]
 pub enum CacheError {
-    #[error("cache directory {path}: {source}")]
-    Io { path: PathBuf, source: io::Error },
+    #[error("cache directory {path}: {cause}")]
+    Io { path: PathBuf, cause: io::Error },
     #[error(transparent)]
     Quota(#[from] QuotaError),
     #[error("the cache is read-only (torn down for shutdown)")]
@@ -33,7 +35,7 @@ impl CacheError {
     /// The errno that fits this failure best.
     pub fn errno(&self) -> i32 {
         match self {
-            CacheError::Io { source, .. } => source.raw_os_error().unwrap_or(libc::EIO),
+            CacheError::Io { cause: source, .. } => source.raw_os_error().unwrap_or(libc::EIO),
             CacheError::Quota(_) => libc::EIO,
             CacheError::ReadOnly => libc::EROFS,
             CacheError::InUse { .. } => libc::EBUSY,
@@ -83,7 +85,7 @@ pub struct Cache {
     running_guard: Option<PathBuf>,
     in_flight: Arc<InFlight>,
     /// `lock.<fqrn>`, locked (flock) while the cache is in use; released by `close`.
-    lock: Mutex<Option<File>>,
+    lock: Mutex<Option<Flock<File>>>,
 }
 
 impl std::fmt::Debug for Cache {
@@ -105,7 +107,10 @@ impl Cache {
     pub fn open_with(dir: &Path, opts: &CacheOptions) -> Result<Cache, CacheError> {
         let io = |path: &Path| {
             let path = path.to_path_buf();
-            move |source| CacheError::Io { path, source }
+            move |source| CacheError::Io {
+                path,
+                cause: source,
+            }
         };
         fs::create_dir_all(dir).map_err(io(dir))?;
         let shown = dir;
@@ -312,7 +317,7 @@ impl Cache {
             .open(&path)
             .map_err(|source| CacheError::Io {
                 path: path.clone(),
-                source,
+                cause: source,
             })?;
         Ok(Transaction {
             file: Some(io::BufWriter::with_capacity(256 * 1024, file)),
@@ -338,7 +343,7 @@ impl Cache {
         let target = self.path(hash);
         let io = |source| CacheError::Io {
             path: txn.path.clone(),
-            source,
+            cause: source,
         };
         if let Some(w) = txn.file.take() {
             let f = w.into_inner().map_err(|e| io(e.into_error()))?;
@@ -374,53 +379,12 @@ pub fn record_digest(p: &Path, digest: &ContentHash) {
 
 /// The digest recorded by [`record_digest`] on cached object `p`, if any.
 pub fn recorded_digest(p: &Path) -> Option<ContentHash> {
-    let mut buf = [0u8; 128];
-    let n = xattr_get(p, DIGEST_XATTR, &mut buf).ok()?;
-    std::str::from_utf8(&buf[..n]).ok()?.parse().ok()
-}
-
-fn c_path(p: &Path) -> io::Result<std::ffi::CString> {
-    use std::os::unix::ffi::OsStrExt;
-    std::ffi::CString::new(p.as_os_str().as_bytes()).map_err(io::Error::other)
+    let value = xattr::get_deref(p, DIGEST_XATTR).ok()??;
+    std::str::from_utf8(&value).ok()?.parse().ok()
 }
 
 fn xattr_set(p: &Path, name: &str, value: &[u8]) -> io::Result<()> {
-    let path = c_path(p)?;
-    let name = std::ffi::CString::new(name).map_err(io::Error::other)?;
-    // SAFETY: valid C strings; `value` is readable for `value.len()` bytes.
-    let rc = unsafe {
-        libc::setxattr(
-            path.as_ptr(),
-            name.as_ptr(),
-            value.as_ptr().cast(),
-            value.len(),
-            0,
-        )
-    };
-    if rc == 0 {
-        Ok(())
-    } else {
-        Err(io::Error::last_os_error())
-    }
-}
-
-fn xattr_get(p: &Path, name: &str, buf: &mut [u8]) -> io::Result<usize> {
-    let path = c_path(p)?;
-    let name = std::ffi::CString::new(name).map_err(io::Error::other)?;
-    // SAFETY: valid C strings; `buf` is writable for `buf.len()` bytes.
-    let n = unsafe {
-        libc::getxattr(
-            path.as_ptr(),
-            name.as_ptr(),
-            buf.as_mut_ptr().cast(),
-            buf.len(),
-        )
-    };
-    if n < 0 {
-        Err(io::Error::last_os_error())
-    } else {
-        Ok(n as usize)
-    }
+    xattr::set_deref(p, name, value)
 }
 
 impl Drop for Cache {
@@ -435,33 +399,29 @@ const LOCK_WAIT: Duration = Duration::from_secs(5);
 const TEAR_DOWN_WAIT: Duration = Duration::from_secs(30);
 
 /// Takes the exclusive lock on `path`, waiting at most [`LOCK_WAIT`].
-fn lock_workspace(path: &Path) -> Result<File, CacheError> {
-    let f = OpenOptions::new()
+fn lock_workspace(path: &Path) -> Result<Flock<File>, CacheError> {
+    let mut f = OpenOptions::new()
         .create(true)
         .truncate(false)
         .write(true)
         .open(path)
         .map_err(|source| CacheError::Io {
             path: path.to_path_buf(),
-            source,
+            cause: source,
         })?;
     let deadline = std::time::Instant::now() + LOCK_WAIT;
     loop {
-        // SAFETY: flock on a descriptor we own.
-        let rc = unsafe {
-            libc::flock(
-                std::os::fd::AsRawFd::as_raw_fd(&f),
-                libc::LOCK_EX | libc::LOCK_NB,
-            )
+        let e = match Flock::lock(f, FlockArg::LockExclusiveNonblock) {
+            Ok(locked) => return Ok(locked),
+            Err((file, errno)) => {
+                f = file;
+                io::Error::from(errno)
+            }
         };
-        if rc == 0 {
-            return Ok(f);
-        }
-        let e = io::Error::last_os_error();
         if e.raw_os_error() != Some(libc::EWOULDBLOCK) {
             return Err(CacheError::Io {
                 path: path.to_path_buf(),
-                source: e,
+                cause: e,
             });
         }
         if std::time::Instant::now() >= deadline {

@@ -30,10 +30,10 @@ pub mod flags {
 /// Errors of catalog access.
 #[derive(Debug, thiserror::Error)]
 pub enum CatalogError {
-    #[error("catalog {catalog}: SQLite: {source}")]
+    #[error("catalog {catalog}: SQLite: {cause}")]
     Sql {
         catalog: String,
-        source: rusqlite::Error,
+        cause: rusqlite::Error,
     },
     #[error("catalog {catalog}: unsupported schema {schema} (this client reads 2.4 and 2.5)")]
     UnsupportedSchema { catalog: String, schema: f64 },
@@ -191,7 +191,7 @@ impl Catalog {
         let name = hash.to_string();
         let sql = |source| CatalogError::Sql {
             catalog: name.clone(),
-            source,
+            cause: source,
         };
         let uri = format!("file:{}?immutable=1", path.display());
         let conn = Connection::open_with_flags(
@@ -289,7 +289,7 @@ impl Catalog {
     fn err(&self, source: rusqlite::Error) -> CatalogError {
         CatalogError::Sql {
             catalog: self.hash.to_string(),
-            source,
+            cause: source,
         }
     }
 

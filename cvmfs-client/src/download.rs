@@ -45,8 +45,8 @@ pub enum DownloadError {
     Failed { url: String, reason: String },
     #[error("{url}: corrupt data: {reason}")]
     BadData { url: String, reason: String },
-    #[error("local I/O error while storing {url}: {source}")]
-    LocalIo { url: String, source: std::io::Error },
+    #[error("local I/O error while storing {url}: {cause}")]
+    LocalIo { url: String, cause: std::io::Error },
 }
 
 /// Result of consuming a response body; tells the download manager whether to try elsewhere.
@@ -293,7 +293,7 @@ impl DownloadManager {
                                 break 'proxies;
                             }
                             Err(Attempt::Local(source)) => {
-                                return Err(DownloadError::LocalIo { url, source })
+                                return Err(DownloadError::LocalIo { url, cause: source })
                             }
                             Err(Attempt::Host(reason)) => {
                                 log::info!("{url}: {reason}");

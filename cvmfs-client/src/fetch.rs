@@ -21,10 +21,10 @@ use crate::stock_zlib::StockDeflate;
 /// Errors of object retrieval.
 #[derive(Debug, thiserror::Error)]
 pub enum FetchError {
-    #[error("object {object}: {source}")]
+    #[error("object {object}: {cause}")]
     Download {
         object: String,
-        source: DownloadError,
+        cause: DownloadError,
     },
     #[error("object {object} is not in the cache and the repository is not reachable (offline)")]
     Offline { object: String },
@@ -385,7 +385,7 @@ impl ObjectStore {
                     self.mark_verified(spec.hash);
                     return Ok(p);
                 }
-                Err(DownloadError::LocalIo { source, .. }) if is_disk_full(&source) => {
+                Err(DownloadError::LocalIo { cause: source, .. }) if is_disk_full(&source) => {
                     self.network.report_online();
                     // Make room: half of what the cache holds now, least recently used first.
                     let freed = match self.cache.quota() {
@@ -408,19 +408,22 @@ impl ObjectStore {
                     }
                     retried = true;
                 }
-                Err(DownloadError::LocalIo { source, .. }) => {
+                Err(DownloadError::LocalIo { cause: source, .. }) => {
                     return Err(FetchError::Cache(CacheError::Io {
                         path: self.cache.dir().join("txn"),
-                        source,
+                        cause: source,
                     }))
                 }
                 Err(e @ DownloadError::Failed { .. }) => {
                     self.network.report_offline(&e);
-                    return Err(FetchError::Download { object, source: e });
+                    return Err(FetchError::Download { object, cause: e });
                 }
                 Err(source) => {
                     self.network.report_online();
-                    return Err(FetchError::Download { object, source });
+                    return Err(FetchError::Download {
+                        object,
+                        cause: source,
+                    });
                 }
             }
         }
@@ -434,7 +437,7 @@ impl ObjectStore {
         object: &str,
     ) -> Result<PathBuf, DownloadError> {
         let local = |e: CacheError| match e {
-            CacheError::Io { source, .. } => ConsumeError::Local(source),
+            CacheError::Io { cause: source, .. } => ConsumeError::Local(source),
             other => ConsumeError::Local(io::Error::other(other.to_string())),
         };
         let limit = spec.size.unwrap_or(MAX_UNSIZED_OBJECT);
@@ -550,8 +553,12 @@ impl ObjectStore {
     pub fn open_labeled(&self, spec: ObjectSpec, label: Label<'_>) -> Result<File, FetchError> {
         match self.get_object(spec, label)? {
             (_, Some(f)) => Ok(f),
-            (p, None) => File::open(&p)
-                .map_err(|source| FetchError::Cache(CacheError::Io { path: p, source })),
+            (p, None) => File::open(&p).map_err(|source| {
+                FetchError::Cache(CacheError::Io {
+                    path: p,
+                    cause: source,
+                })
+            }),
         }
     }
 }

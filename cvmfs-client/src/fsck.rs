@@ -28,8 +28,8 @@ pub struct FsckReport {
 pub enum FsckError {
     #[error("{path} is not a CernVM-FS cache directory (no 00..ff subdirectories)")]
     NotACache { path: PathBuf },
-    #[error("{path}: {source}")]
-    Io { path: PathBuf, source: io::Error },
+    #[error("{path}: {cause}")]
+    Io { path: PathBuf, cause: io::Error },
     #[error("{path} is in use by the cvmfs2 of {fqrn}; unmount it first")]
     InUse { path: PathBuf, fqrn: String },
     #[error(transparent)]
@@ -46,7 +46,10 @@ pub fn check(dir: &Path, repair: bool) -> Result<FsckReport, FsckError> {
     }
     let io_err = |path: &Path| {
         let path = path.to_path_buf();
-        move |source| FsckError::Io { path, source }
+        move |source| FsckError::Io {
+            path,
+            cause: source,
+        }
     };
     refuse_if_in_use(dir)?;
     let mut report = FsckReport::default();
@@ -118,13 +121,9 @@ fn refuse_if_in_use(dir: &Path) -> Result<(), FsckError> {
         let Ok(f) = fs::File::open(e.path()) else {
             continue;
         };
-        // SAFETY: flock on a descriptor we own; released when `f` is closed.
-        let held = unsafe {
-            libc::flock(
-                std::os::fd::AsRawFd::as_raw_fd(&f),
-                libc::LOCK_SH | libc::LOCK_NB,
-            )
-        } != 0;
+        // A shared lock is refused while a daemon holds its exclusive one; ours is released
+        // when the file is closed.
+        let held = nix::fcntl::Flock::lock(f, nix::fcntl::FlockArg::LockSharedNonblock).is_err();
         if held {
             return Err(FsckError::InUse {
                 path: dir.to_path_buf(),

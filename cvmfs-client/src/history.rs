@@ -10,11 +10,18 @@ use crate::hash::ContentHash;
 #[derive(Debug, thiserror::Error)]
 pub enum HistoryError {
     #[error("history database: SQLite: {0}")]
-    Sql(#[from] rusqlite::Error),
+    Sql(rusqlite::Error),
     #[error("history database has unsupported schema {0} (expected 1.0)")]
     Schema(String),
     #[error("tag {tag:?}: malformed root catalog hash {hash:?}")]
     BadHash { tag: String, hash: String },
+}
+
+// The cause is in the message, so it is not also returned as the source.
+impl From<rusqlite::Error> for HistoryError {
+    fn from(e: rusqlite::Error) -> Self {
+        HistoryError::Sql(e)
+    }
 }
 
 /// One named tag.

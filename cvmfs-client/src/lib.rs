@@ -3,19 +3,16 @@
 
 pub mod cache;
 pub mod catalog;
-pub mod config;
 pub mod dns;
 pub mod download;
 pub mod fetch;
 pub mod fsck;
-pub mod fuse;
 pub mod hash;
 pub mod history;
 pub mod manifest;
 pub mod mount;
 pub mod offline;
 pub mod pac;
-pub mod passthrough;
 pub mod prefetch;
 pub mod publish;
 pub mod quota;
@@ -23,8 +20,11 @@ pub mod repository;
 pub mod signature;
 mod stock_zlib;
 pub mod symlink;
-pub mod talk;
-pub mod talk_server;
+#[cfg(any(test, feature = "testing"))]
 pub mod testing;
 pub mod uid_map;
 pub mod whitelist;
+
+/// The configuration model and the control-socket client live in `cvmfs-config`, shared with
+/// the boot loader.
+pub use cvmfs_config::{shell as config, talk};

@@ -15,7 +15,14 @@ pub enum ManifestError {
     #[error("manifest root path hash is {0}, expected MD5 of the empty path")]
     RootPathMismatch(String),
     #[error("manifest signature block: {0}")]
-    Signature(#[from] SignatureError),
+    Signature(SignatureError),
+}
+
+// The cause is in the message, so it is not also returned as the source.
+impl From<SignatureError> for ManifestError {
+    fn from(e: SignatureError) -> Self {
+        ManifestError::Signature(e)
+    }
 }
 
 /// A parsed manifest.

@@ -4,6 +4,14 @@
 //!
 //! Parameters this client does not know are accepted silently.
 
+use cvmfs_config::keys::{
+    CVMFS_AUTO_UPDATE, CVMFS_CACHE_BASE, CVMFS_CACHE_DIR, CVMFS_CHECK_PERMISSIONS,
+    CVMFS_CLAIM_OWNERSHIP, CVMFS_FUSE_PASSTHROUGH, CVMFS_GID_MAP, CVMFS_HIDE_MAGIC_XATTRS,
+    CVMFS_HTTP_PROXY, CVMFS_KCACHE_TIMEOUT, CVMFS_KEYS_DIR, CVMFS_MAGIC_XATTRS_VISIBILITY,
+    CVMFS_MAX_TTL, CVMFS_NFILES, CVMFS_PUBLIC_KEY, CVMFS_QUOTA_LIMIT, CVMFS_REPOSITORY_TAG,
+    CVMFS_ROOT_HASH, CVMFS_SERVER_URL, CVMFS_SHARED_CACHE, CVMFS_SUID, CVMFS_TIMEOUT,
+    CVMFS_TIMEOUT_DIRECT, CVMFS_UID_MAP, CVMFS_USYSLOG, CVMFS_WORLD_READABLE,
+};
 use std::path::{Path, PathBuf};
 use std::time::Duration;
 
@@ -147,18 +155,18 @@ impl MountSettings {
                 _ => Err(MountError::Missing(key)),
             }
         };
-        let server_url = nonempty("CVMFS_SERVER_URL")?;
-        let proxy = nonempty("CVMFS_HTTP_PROXY")?;
-        let timeout = config.get_u64("CVMFS_TIMEOUT")?.unwrap_or(DEFAULT_TIMEOUT);
+        let server_url = nonempty(CVMFS_SERVER_URL)?;
+        let proxy = nonempty(CVMFS_HTTP_PROXY)?;
+        let timeout = config.get_u64(CVMFS_TIMEOUT)?.unwrap_or(DEFAULT_TIMEOUT);
         let timeout_direct = config
-            .get_u64("CVMFS_TIMEOUT_DIRECT")?
+            .get_u64(CVMFS_TIMEOUT_DIRECT)?
             .unwrap_or(DEFAULT_TIMEOUT_DIRECT);
 
         let root_hash =
-            match config.get("CVMFS_ROOT_HASH").map(str::trim) {
+            match config.get(CVMFS_ROOT_HASH).map(str::trim) {
                 Some(text) if !text.is_empty() => Some(text.parse::<ContentHash>().map_err(
                     |e| MountError::Invalid {
-                        key: "CVMFS_ROOT_HASH",
+                        key: CVMFS_ROOT_HASH,
                         value: text.to_string(),
                         problem: e.to_string(),
                     },
@@ -166,7 +174,7 @@ impl MountSettings {
                 _ => None,
             };
         let tag = config
-            .get("CVMFS_REPOSITORY_TAG")
+            .get(CVMFS_REPOSITORY_TAG)
             .map(str::trim)
             .filter(|t| !t.is_empty())
             .map(str::to_string);
@@ -181,13 +189,13 @@ impl MountSettings {
             }
         };
 
-        let mut magic_xattrs = match config.get_bool("CVMFS_HIDE_MAGIC_XATTRS")? {
+        let mut magic_xattrs = match config.get_bool(CVMFS_HIDE_MAGIC_XATTRS)? {
             Some(true) => MagicXattrVisibility::Never,
             Some(false) => MagicXattrVisibility::Always,
             None => MagicXattrVisibility::RootOnly,
         };
         if let Some(v) = config
-            .get("CVMFS_MAGIC_XATTRS_VISIBILITY")
+            .get(CVMFS_MAGIC_XATTRS_VISIBILITY)
             .map(str::trim)
             .filter(|v| !v.is_empty())
         {
@@ -197,7 +205,7 @@ impl MountSettings {
                 "always" => MagicXattrVisibility::Always,
                 _ => {
                     return Err(MountError::Invalid {
-                        key: "CVMFS_MAGIC_XATTRS_VISIBILITY",
+                        key: CVMFS_MAGIC_XATTRS_VISIBILITY,
                         value: v.to_string(),
                         problem: "expected rootonly, never or always".into(),
                     })
@@ -205,10 +213,10 @@ impl MountSettings {
             };
         }
 
-        let quota_limit_mb = match config.get("CVMFS_QUOTA_LIMIT").map(str::trim) {
+        let quota_limit_mb = match config.get(CVMFS_QUOTA_LIMIT).map(str::trim) {
             Some(text) if !text.is_empty() => {
                 let n: i64 = text.parse().map_err(|_| MountError::Invalid {
-                    key: "CVMFS_QUOTA_LIMIT",
+                    key: CVMFS_QUOTA_LIMIT,
                     value: text.to_string(),
                     problem: "not a number of megabytes".into(),
                 })?;
@@ -220,28 +228,28 @@ impl MountSettings {
         let fuse = FuseOptions {
             kcache_timeout: Duration::from_secs(
                 config
-                    .get_u64("CVMFS_KCACHE_TIMEOUT")?
+                    .get_u64(CVMFS_KCACHE_TIMEOUT)?
                     .unwrap_or(DEFAULT_KCACHE_TIMEOUT),
             ),
-            claim_ownership: config.get_bool("CVMFS_CLAIM_OWNERSHIP")?.unwrap_or(false),
-            uid_map: id_map("CVMFS_UID_MAP")?,
-            gid_map: id_map("CVMFS_GID_MAP")?,
-            check_permissions: config.get_bool("CVMFS_CHECK_PERMISSIONS")?.unwrap_or(false),
+            claim_ownership: config.get_bool(CVMFS_CLAIM_OWNERSHIP)?.unwrap_or(false),
+            uid_map: id_map(CVMFS_UID_MAP)?,
+            gid_map: id_map(CVMFS_GID_MAP)?,
+            check_permissions: config.get_bool(CVMFS_CHECK_PERMISSIONS)?.unwrap_or(false),
             magic_xattrs,
-            world_readable: config.get_bool("CVMFS_WORLD_READABLE")?.unwrap_or(false),
+            world_readable: config.get_bool(CVMFS_WORLD_READABLE)?.unwrap_or(false),
             quota_limit_mb,
-            suid: config.get_bool("CVMFS_SUID")?.unwrap_or(false),
-            nfiles: config.get_u64("CVMFS_NFILES")?,
-            max_ttl_minutes: config.get_u64("CVMFS_MAX_TTL")?.filter(|&m| m > 0),
-            auto_update: config.get_bool("CVMFS_AUTO_UPDATE")?.unwrap_or(true),
+            suid: config.get_bool(CVMFS_SUID)?.unwrap_or(false),
+            nfiles: config.get_u64(CVMFS_NFILES)?,
+            max_ttl_minutes: config.get_u64(CVMFS_MAX_TTL)?.filter(|&m| m > 0),
+            auto_update: config.get_bool(CVMFS_AUTO_UPDATE)?.unwrap_or(true),
             usyslog: config
-                .get("CVMFS_USYSLOG")
+                .get(CVMFS_USYSLOG)
                 .map(str::trim)
                 .filter(|p| !p.is_empty())
                 .map(PathBuf::from),
             timeout: Duration::from_secs(timeout),
             timeout_direct: Duration::from_secs(timeout_direct),
-            passthrough: config.get_bool("CVMFS_FUSE_PASSTHROUGH")?.unwrap_or(true),
+            passthrough: config.get_bool(CVMFS_FUSE_PASSTHROUGH)?.unwrap_or(true),
         };
 
         let repo = RepositoryOptions {
@@ -266,11 +274,11 @@ impl MountSettings {
 /// §4.5: `CVMFS_PUBLIC_KEY` (`:`-list), else `*.pub` directly in `CVMFS_KEYS_DIR` (a missing
 /// directory yields none), else `*.pub` in the default directory.
 fn public_keys(config: &Config, default_dir: &Path) -> Result<Vec<PathBuf>, MountError> {
-    let listed = config.get_list("CVMFS_PUBLIC_KEY", ':');
+    let listed = config.get_list(CVMFS_PUBLIC_KEY, ':');
     if !listed.is_empty() {
         return Ok(listed.into_iter().map(PathBuf::from).collect());
     }
-    let dir = match config.get("CVMFS_KEYS_DIR").map(str::trim) {
+    let dir = match config.get(CVMFS_KEYS_DIR).map(str::trim) {
         Some(d) if !d.is_empty() => PathBuf::from(d),
         _ => default_dir.to_path_buf(),
     };
@@ -300,18 +308,18 @@ fn public_keys(config: &Config, default_dir: &Path) -> Result<Vec<PathBuf>, Moun
 /// §9.1: `CVMFS_CACHE_DIR` verbatim, else `CVMFS_CACHE_BASE` + `/shared` or `/<fqrn>`.
 fn cache_dir(config: &Config) -> Result<PathBuf, MountError> {
     if let Some(d) = config
-        .get("CVMFS_CACHE_DIR")
+        .get(CVMFS_CACHE_DIR)
         .map(str::trim)
         .filter(|d| !d.is_empty())
     {
         return Ok(PathBuf::from(d));
     }
     let base = config
-        .get("CVMFS_CACHE_BASE")
+        .get(CVMFS_CACHE_BASE)
         .map(str::trim)
         .filter(|d| !d.is_empty())
         .unwrap_or(DEFAULT_CACHE_BASE);
-    let shared = config.get_bool("CVMFS_SHARED_CACHE")?.unwrap_or(false);
+    let shared = config.get_bool(CVMFS_SHARED_CACHE)?.unwrap_or(false);
     Ok(Path::new(base).join(if shared { "shared" } else { config.fqrn() }))
 }
 

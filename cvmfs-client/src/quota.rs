@@ -29,13 +29,13 @@ const SCHEMA: &str = "1.0";
 /// Errors of the quota database.
 #[derive(Debug, thiserror::Error)]
 pub enum QuotaError {
-    #[error("cache database {path}: {source}")]
+    #[error("cache database {path}: {cause}")]
     Db {
         path: PathBuf,
-        source: rusqlite::Error,
+        cause: rusqlite::Error,
     },
-    #[error("cache directory {path}: {source}")]
-    Io { path: PathBuf, source: io::Error },
+    #[error("cache directory {path}: {cause}")]
+    Io { path: PathBuf, cause: io::Error },
 }
 
 /// What an object is, for the `type` column.
@@ -118,7 +118,7 @@ impl QuotaManager {
         // Other damage shows when the database is read below, and leads to a rebuild.
         let db = open_db(&db_path, rebuild).map_err(|source| QuotaError::Db {
             path: db_path.clone(),
-            source,
+            cause: source,
         })?;
         let qm = QuotaManager {
             dir: dir.to_path_buf(),
@@ -192,7 +192,7 @@ impl QuotaManager {
     fn db_err(&self, source: rusqlite::Error) -> QuotaError {
         QuotaError::Db {
             path: self.db_path.clone(),
-            source,
+            cause: source,
         }
     }
 
@@ -210,7 +210,12 @@ impl QuotaManager {
             let entries = match fs::read_dir(&d) {
                 Ok(e) => e,
                 Err(e) if e.kind() == io::ErrorKind::NotFound => continue,
-                Err(source) => return Err(QuotaError::Io { path: d, source }),
+                Err(source) => {
+                    return Err(QuotaError::Io {
+                        path: d,
+                        cause: source,
+                    })
+                }
             };
             for e in entries.flatten() {
                 let name = e.file_name();

@@ -25,17 +25,14 @@ use crate::whitelist::{Whitelist, WhitelistError};
 /// repository and the object.
 #[derive(Debug, thiserror::Error)]
 pub enum RepoError {
-    #[error("{fqrn}: cannot load public key: {source}")]
-    Key {
-        fqrn: String,
-        source: SignatureError,
-    },
-    #[error("{fqrn}: download manager: {source}")]
-    Setup { fqrn: String, source: DownloadError },
-    #[error("{fqrn}: {source}")]
+    #[error("{fqrn}: cannot load public key: {cause}")]
+    Key { fqrn: String, cause: SignatureError },
+    #[error("{fqrn}: download manager: {cause}")]
+    Setup { fqrn: String, cause: DownloadError },
+    #[error("{fqrn}: {cause}")]
     ProxyDiscovery {
         fqrn: String,
-        source: crate::pac::discovery::DiscoveryError,
+        cause: crate::pac::discovery::DiscoveryError,
     },
     #[error("{fqrn}: manifest .cvmfspublished: {reason}")]
     Manifest { fqrn: String, reason: String },
@@ -65,11 +62,11 @@ pub enum RepoError {
         path: String,
         reason: String,
     },
-    #[error("{fqrn}: {path}: {source}")]
+    #[error("{fqrn}: {path}: {cause}")]
     Object {
         fqrn: String,
         path: String,
-        source: Box<FetchError>,
+        cause: Box<FetchError>,
     },
 }
 
@@ -78,7 +75,7 @@ impl RepoError {
     /// the tear-down to read-only, EIO otherwise.
     pub fn errno(&self) -> i32 {
         match self {
-            RepoError::Object { source, .. } => source.errno(),
+            RepoError::Object { cause: source, .. } => source.errno(),
             _ => libc::EIO,
         }
     }
@@ -201,12 +198,12 @@ impl Repository {
         )
         .map_err(|source| RepoError::ProxyDiscovery {
             fqrn: fqrn.clone(),
-            source,
+            cause: source,
         })?;
         let dl = DownloadManager::new(&opts.server_url, &proxy, opts.timeout, opts.timeout_direct)
             .map_err(|source| RepoError::Setup {
                 fqrn: fqrn.clone(),
-                source,
+                cause: source,
             })?;
         let store = ObjectStore::new(cache, Some(Arc::new(dl)));
         let mut fresh_manifest = false;
@@ -744,7 +741,7 @@ impl Repository {
         RepoError::Object {
             fqrn: self.fqrn.clone(),
             path: String::from_utf8_lossy(path).into_owned(),
-            source: Box::new(source),
+            cause: Box::new(source),
         }
     }
 
@@ -919,7 +916,7 @@ fn verify_manifest(
         .collect::<Result<_, _>>()
         .map_err(|source| RepoError::Key {
             fqrn: fqrn.clone(),
-            source,
+            cause: source,
         })?;
     let (manifest, letter): (Manifest, SignedLetter) =
         Manifest::parse_signed(mbuf, fqrn).map_err(|e: ManifestError| RepoError::Manifest {

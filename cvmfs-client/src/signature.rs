@@ -30,10 +30,10 @@ pub enum SignatureError {
     DigestMismatch { stated: String, actual: String },
     #[error("RSA signature does not verify with the {0}")]
     BadSignature(&'static str),
-    #[error("cannot read public key {path}: {source}")]
+    #[error("cannot read public key {path}: {cause}")]
     KeyRead {
         path: PathBuf,
-        source: std::io::Error,
+        cause: std::io::Error,
     },
     #[error("{path} is not a PEM RSA public key: {reason}")]
     KeyParse { path: PathBuf, reason: String },
@@ -117,7 +117,7 @@ impl fmt::Debug for NamedKey {
 pub fn load_public_key(path: &Path) -> Result<NamedKey, SignatureError> {
     let pem = std::fs::read_to_string(path).map_err(|source| SignatureError::KeyRead {
         path: path.to_path_buf(),
-        source,
+        cause: source,
     })?;
     let key = PublicKey::from_public_key_pem(pem.trim()).map_err(|e| SignatureError::KeyParse {
         path: path.to_path_buf(),

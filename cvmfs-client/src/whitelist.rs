@@ -1,6 +1,8 @@
 //! The repository whitelist `.cvmfswhitelist` (spec §4.1–4.3): which certificates may sign
 //! manifests of a repository, until when. Signed by the repository master key.
 
+use cvmfs_config::calendar::{timestamp_text, utc_fields};
+
 use crate::hash::{Algorithm, ContentHash};
 use crate::signature::{verify_whitelist_signature, NamedKey, SignatureError, SignedLetter};
 
@@ -18,9 +20,16 @@ pub enum WhitelistError {
     #[error("PKCS#7 whitelists are not supported")]
     Pkcs7Unsupported,
     #[error("whitelist signature: {0}")]
-    Signature(#[from] SignatureError),
+    Signature(SignatureError),
     #[error("certificate {0} is not listed in the whitelist")]
     CertificateNotListed(String),
+}
+
+// The cause is in the message, so it is not also returned as the source.
+impl From<SignatureError> for WhitelistError {
+    fn from(e: SignatureError) -> Self {
+        WhitelistError::Signature(e)
+    }
 }
 
 /// A verified whitelist.
@@ -143,12 +152,6 @@ pub fn whitelist_letter(
     t.into_bytes()
 }
 
-/// `YYYYMMDDhhmmss` of a Unix time in UTC.
-pub fn timestamp_text(unix: i64) -> String {
-    let [y, mo, d, h, mi, s] = utc_datetime(unix);
-    format!("{y:04}{mo:02}{d:02}{h:02}{mi:02}{s:02}")
-}
-
 /// `AB:CD:…` form of a fingerprint, as whitelists list it.
 pub fn fingerprint_text(h: &ContentHash) -> String {
     let hex = h.hex().to_ascii_uppercase();
@@ -181,36 +184,6 @@ fn parse_timestamp(s: &str) -> Option<[u32; 6]> {
     let valid =
         (1..=12).contains(&t[1]) && (1..=31).contains(&t[2]) && t[3] < 24 && t[4] < 60 && t[5] < 61;
     valid.then_some(t)
-}
-
-/// (year, month, day, hour) of a Unix time in UTC.
-pub fn utc_fields(unix: i64) -> (u32, u32, u32, u32) {
-    let [y, m, d, h, _, _] = utc_datetime(unix);
-    (y, m, d, h)
-}
-
-/// (year, month, day, hour, minute, second) of a Unix time in UTC.
-pub fn utc_datetime(unix: i64) -> [u32; 6] {
-    let days = unix.div_euclid(86_400);
-    let secs = unix.rem_euclid(86_400);
-    // Civil-from-days (proleptic Gregorian), after Howard Hinnant's public-domain algorithm.
-    let z = days + 719_468;
-    let era = z.div_euclid(146_097);
-    let doe = z.rem_euclid(146_097);
-    let yoe = (doe - doe / 1460 + doe / 36_524 - doe / 146_096) / 365;
-    let doy = doe - (365 * yoe + yoe / 4 - yoe / 100);
-    let mp = (5 * doy + 2) / 153;
-    let d = doy - (153 * mp + 2) / 5 + 1;
-    let m = if mp < 10 { mp + 3 } else { mp - 9 };
-    let y = yoe + era * 400 + i64::from(m <= 2);
-    [
-        y as u32,
-        m as u32,
-        d as u32,
-        (secs / 3600) as u32,
-        (secs / 60 % 60) as u32,
-        (secs % 60) as u32,
-    ]
 }
 
 #[cfg(test)]
@@ -283,13 +256,6 @@ mod tests {
             whitelist_letter(1_795_828_053, 2_111_188_053, "demo.cernvm.test", &[fp]),
             letter
         );
-    }
-
-    #[test]
-    fn utc_calendar() {
-        assert_eq!(utc_fields(0), (1970, 1, 1, 0));
-        assert_eq!(utc_fields(951_782_400), (2000, 2, 29, 0));
-        assert_eq!(utc_fields(1_795_828_053), (2026, 11, 28, 1));
     }
 
     #[test]

@@ -24,7 +24,7 @@ const CHUNKS: &str = "65536,262144,1048576";
 
 fn is_root() -> bool {
     // SAFETY: geteuid has no preconditions.
-    unsafe { libc::geteuid() == 0 }
+    nix::unistd::geteuid().is_root()
 }
 
 fn cpath(p: &Path) -> CString {
@@ -767,7 +767,7 @@ fn schemas_and_properties_are_the_real_servers() {
     });
     let expiry = &wl.lines().nth(1).unwrap()[1..];
     let in_30_days =
-        cvmfs_client::whitelist::timestamp_text(m.timestamp.unwrap() as i64 + 30 * 86_400);
+        cvmfs_config::calendar::timestamp_text(m.timestamp.unwrap() as i64 + 30 * 86_400);
     assert_eq!(expiry, in_30_days);
     assert!(repo.join(".cvmfs_last_snapshot").is_file());
 }

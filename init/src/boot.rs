@@ -1,141 +1,256 @@
-//! The boot sequence: one typed state that the phases fill in, and the phases in the order of
-//! the original's scriptlets (spec §0.4). Each phase lives in its own module; this file only
-//! orders them and records the timeline.
+//! The boot sequence (spec §0.4): the phases in the order of the original's scriptlets, each a
+//! function of what it needs that returns what it made. This file is the only one that sees
+//! the whole state of a boot; it records the timeline and decides, per phase, what a failure
+//! means: the rescue shell and then on (the original's `panic`, spec §0.5), or just on.
+//!
+//! Data flows one way: command line → network, devices → user data (first boot) → scratch
+//! disk → the one [`BootConfig`] (context epilog) → CernVM-FS → rebase → union → post-mount →
+//! hand-over.
 
-use std::path::PathBuf;
+use std::convert::Infallible;
+use std::fmt::Display;
+use std::path::Path;
 
 use crate::cmdline::KernelCmdline;
-use crate::settings::ContextSettings;
+use crate::config::BootConfig;
+use crate::context::sources::Context;
+use crate::disk::plan::PlanSettings;
+use crate::network::time::TimeSync;
 use crate::timeline::Timeline;
 use crate::{console, context, cvmfs_start, devices, disk, epilog, handover, modules, network};
 use crate::{post, rebase, union};
 
-/// Where things live during the boot (spec §0.3). Production uses [`Layout::initramfs`];
-/// tests point every path into a temporary directory.
-#[derive(Debug, Clone)]
-pub struct Layout {
-    /// The initramfs root (`/`): scratch files such as `user-data`, `ucontext`, `version`.
-    pub initramfs: PathBuf,
-    /// Mount point of the scratch disk (`/root.rw`).
-    pub root_rw: PathBuf,
-    /// Mount point of the OS repository (`/root.ro`).
-    pub root_ro: PathBuf,
-    /// Mount point of the union, the future `/` (`/root`).
-    pub root: PathBuf,
-}
+pub use crate::layout::Layout;
 
-impl Layout {
-    pub fn initramfs() -> Self {
-        Self::under(PathBuf::from("/"))
-    }
-
-    /// The same layout below `base` (for tests).
-    pub fn under(base: PathBuf) -> Self {
-        Layout {
-            root_rw: base.join("root.rw"),
-            root_ro: base.join("root.ro"),
-            root: base.join("root"),
-            initramfs: base,
-        }
-    }
-
-    /// `/root.rw/aux`
-    pub fn aux(&self) -> PathBuf {
-        self.root_rw.join("aux")
-    }
-
-    /// `/root.rw/context`
-    pub fn context_dir(&self) -> PathBuf {
-        self.root_rw.join("context")
-    }
-}
-
-/// The state of one boot, filled in phase by phase.
-#[derive(Debug)]
-pub struct Boot {
-    pub layout: Layout,
-    pub cmdline: KernelCmdline,
-    /// User-data settings: from contextualization on the first boot, from the saved
-    /// `context/ucontext` (+ `extra-ucontext`) on later boots (epilog).
-    pub settings: ContextSettings,
-    /// True when no scratch disk labelled `UROOT` was found (set by `devices`).
-    pub first_boot: bool,
-    pub network: Option<network::NetworkState>,
-    /// What contextualization found on the first boot (source, user data, entries).
-    pub context: Option<context::sources::Contextualized>,
-    pub devices: Option<devices::BlockDevices>,
-    pub scratch: Option<disk::ScratchDisk>,
-    pub cvmfs: Option<cvmfs_start::CvmfsMount>,
-    /// The time query running in the background until CernVM-FS starts (`network::time`).
-    pub time_sync: Option<network::time::TimeSync>,
-    pub timeline: Timeline,
-}
-
-impl Boot {
-    pub fn new(layout: Layout, cmdline: KernelCmdline) -> Self {
-        Boot {
-            layout,
-            cmdline,
-            settings: ContextSettings::default(),
-            first_boot: true,
-            network: None,
-            context: None,
-            devices: None,
-            scratch: None,
-            cvmfs: None,
-            time_sync: None,
-            timeline: Timeline::new(),
-        }
-    }
-}
-
-type PhaseFn = fn(&mut Boot) -> Result<(), String>;
-
-/// Wraps a phase function with a typed error into the uniform signature.
-macro_rules! phase {
-    ($f:path) => {
-        (|b: &mut Boot| $f(b).map_err(|e| e.to_string())) as PhaseFn
-    };
-}
-
-/// The phases in boot order, named as in the timeline (spec §0.4).
-pub fn phases() -> Vec<(&'static str, PhaseFn)> {
-    vec![
-        ("modules", phase!(modules::phase)),
-        ("network", phase!(network::phase)),
-        ("time", phase!(network::time::phase)),
-        ("devices", phase!(devices::phase)),
-        ("context", phase!(context::sources::phase)),
-        ("extra-context", phase!(context::extra::phase)),
-        ("root", phase!(disk::root_phase)),
-        ("resize", phase!(disk::resize_phase)),
-        ("swap", phase!(disk::swap_phase)),
-        ("context-epilog", phase!(epilog::phase)),
-        ("cvmfs", phase!(cvmfs_start::phase)),
-        ("rebase", phase!(rebase::phase)),
-        ("union", phase!(union::phase)),
-        ("post", phase!(post::phase)),
-        ("handover", phase!(handover::phase)),
-    ]
-}
-
-/// Runs every phase; on the first error, the original's `panic`: message, rescue shell, and
-/// when the shell exits the boot goes on with the next phase (spec §0.5).
-pub fn run(boot: &mut Boot, on_error: &mut dyn FnMut(&str, &str)) {
-    for (name, f) in phases() {
-        let mut timeline = std::mem::take(&mut boot.timeline);
-        let r = timeline.phase(name, || f(boot));
-        boot.timeline = timeline;
-        post::save_timeline(&boot.layout, &boot.timeline);
-        if let Err(e) = r {
-            console::error(&format!("{name}: {e}"));
-            on_error(name, &e);
-        }
-    }
-}
-
-/// Returned by a phase whose implementation has not landed yet; the boot stops in the rescue
-/// shell with this message instead of pretending the step happened.
+/// A phase could not run because an earlier one did not make what it needs.
 #[derive(Debug, thiserror::Error)]
-#[error("the {0} phase is not implemented yet")]
-pub struct NotImplemented(pub &'static str);
+pub enum MissingInput {
+    #[error("the CernVM-FS phase did not mount the repository")]
+    NoRepository,
+}
+
+/// The error of a phase that needs an earlier phase's output.
+#[derive(Debug, thiserror::Error)]
+pub enum Needs<E: std::error::Error + 'static> {
+    #[error(transparent)]
+    Missing(#[from] MissingInput),
+    #[error(transparent)]
+    Failed(E),
+}
+
+/// The repository mount, or why a phase that needs it cannot run.
+fn repository<M>(cvmfs: Option<M>) -> Result<M, MissingInput> {
+    cvmfs.ok_or(MissingInput::NoRepository)
+}
+
+/// What the sequencer does when a phase fails. Every fallible phase of the original ends in
+/// its `panic` on failure; the phases whose problems are not fatal (network, time, swap,
+/// post-mount) report them themselves and run as [`Sequencer::infallible`].
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+enum OnError {
+    /// Message and rescue shell; when the shell exits, the boot goes on (spec §0.5).
+    Rescue,
+}
+
+/// The sequencer's own state: where things are, the timeline, and what to do on a failure.
+struct Sequencer<'a> {
+    layout: Layout,
+    timeline: Timeline,
+    on_error: &'a mut dyn FnMut(&str, &str),
+}
+
+impl Sequencer<'_> {
+    /// Runs phase `name`, records it in the timeline (saved on the scratch disk once it can
+    /// be), and applies `policy` to a failure. Returns what the phase made.
+    fn phase<T, E: Display>(
+        &mut self,
+        name: &'static str,
+        policy: OnError,
+        f: impl FnOnce() -> Result<T, E>,
+    ) -> Option<T> {
+        let r = self.timeline.phase(name, f);
+        post::save_timeline(&self.layout, &self.timeline);
+        match r {
+            Ok(v) => Some(v),
+            Err(e) => {
+                let message = e.to_string();
+                console::error(&format!("{name}: {message}"));
+                match policy {
+                    OnError::Rescue => (self.on_error)(name, &message),
+                }
+                None
+            }
+        }
+    }
+
+    /// A phase that cannot fail (its problems are warnings it reports itself).
+    fn infallible<T>(&mut self, name: &'static str, f: impl FnOnce() -> T) -> T {
+        let r = self.timeline.phase(name, || Ok::<T, Infallible>(f()));
+        post::save_timeline(&self.layout, &self.timeline);
+        match r {
+            Ok(v) => v,
+            Err(never) => match never {},
+        }
+    }
+}
+
+/// Runs the boot with the `cvmfs2` of the initramfs; see [`run_with`].
+pub fn run(
+    layout: Layout,
+    cmdline: &KernelCmdline,
+    on_error: &mut dyn FnMut(&str, &str),
+) -> Timeline {
+    run_with(
+        layout,
+        cmdline,
+        Path::new(cvmfs_start::CVMFS2_BINARY),
+        on_error,
+    )
+}
+
+/// Runs every phase in order. `on_error(phase, message)` is the rescue shell in production;
+/// the boot goes on when it returns. The hand-over does not return when it succeeds; otherwise
+/// the timeline is returned for the caller to show.
+pub fn run_with(
+    layout: Layout,
+    cmdline: &KernelCmdline,
+    cvmfs2: &Path,
+    on_error: &mut dyn FnMut(&str, &str),
+) -> Timeline {
+    let mut s = Sequencer {
+        layout,
+        timeline: Timeline::new(),
+        on_error,
+    };
+    let initramfs = s.layout.initramfs.clone();
+    let layout = s.layout.clone();
+
+    s.phase("modules", OnError::Rescue, || {
+        modules::load_predefined(&initramfs)
+    });
+    let network = s.infallible("network", || network::up(&initramfs));
+    let time_sync = s.infallible("time", TimeSync::start);
+    // Without a device list, nothing shows an existing scratch disk: treat it as the first
+    // boot, as the original does.
+    let devices = s.phase("devices", OnError::Rescue, || devices::discover(&initramfs));
+    let first_boot = devices
+        .as_ref()
+        .is_none_or(devices::BlockDevices::first_boot);
+
+    // User data: looked for on the first boot only; later boots read what the epilog saved.
+    let mut context: Option<Context> = s.infallible("context", || {
+        first_boot.then(|| context::sources::contextualize(&initramfs, network.dhcp_server()))
+    });
+    s.phase("extra-context", OnError::Rescue, || {
+        match context.as_mut() {
+            Some(c) => context::extra::add(&initramfs, &mut c.settings),
+            None => Ok(()),
+        }
+    });
+
+    // The scratch disk follows the settings of this boot's user data (defaults on later
+    // boots: the saved ones are read after the disk is mounted).
+    let live = context.as_ref().map(|c| &c.settings);
+    let plan = PlanSettings {
+        resize_rootfs: live.is_none_or(|c| c.resize_rootfs),
+        use_boothd: live.is_some_and(|c| c.use_boothd),
+    };
+    let mut scratch = s
+        .phase("root", OnError::Rescue, || disk::prepare(&layout, plan))
+        .flatten()
+        .map(|(scratch, _devices)| scratch);
+    s.phase("resize", OnError::Rescue, || match scratch.as_mut() {
+        Some(scratch) => disk::grow(&layout, scratch),
+        None => {
+            log::warn!("resize: no scratch disk mounted");
+            Ok(())
+        }
+    });
+    s.infallible("swap", || {
+        if let Some(scratch) = scratch.as_mut() {
+            scratch.swap = disk::enable_swap(&layout);
+        }
+    });
+
+    // The one boot configuration. If the context cannot be saved, this boot still runs with
+    // what it has: the command line and the user data it found.
+    let config = s
+        .phase("context-epilog", OnError::Rescue, || {
+            epilog::resolve(&layout, cmdline, context.as_ref())
+        })
+        .unwrap_or_else(|| {
+            let user = context.map(|c| c.settings).unwrap_or_default();
+            BootConfig::resolve(cmdline, user, crate::config::cvmfs::coin_flip())
+        });
+
+    let mut cvmfs = s.phase("cvmfs", OnError::Rescue, || {
+        time_sync.finish();
+        cvmfs_start::mount(&config, &layout, scratch.as_ref(), cvmfs2)
+    });
+    s.phase("rebase", OnError::Rescue, || {
+        rebase::run(&layout, repository(cvmfs.as_mut())?).map_err(Needs::Failed)
+    });
+    s.phase("union", OnError::Rescue, || {
+        union::mount_union(&layout, repository(cvmfs.as_ref())?).map_err(Needs::Failed)
+    });
+    s.phase("post", OnError::Rescue, || {
+        post::run(&layout, &config, repository(cvmfs.as_ref())?, first_boot);
+        Ok::<(), MissingInput>(())
+    });
+    s.phase("handover", OnError::Rescue, || {
+        handover::run(&layout, &config)
+    });
+    s.timeline
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn a_failed_phase_gets_the_rescue_policy_and_the_boot_goes_on() {
+        let t = tempfile::tempdir().unwrap();
+        let mut rescued = Vec::new();
+        let mut on_error = |phase: &str, message: &str| {
+            rescued.push(format!("{phase}: {message}"));
+        };
+        let mut s = Sequencer {
+            layout: Layout::under(t.path().to_path_buf()),
+            timeline: Timeline::new(),
+            on_error: &mut on_error,
+        };
+        let mount: Option<u32> = s.phase("cvmfs", OnError::Rescue, || {
+            Err::<u32, _>(std::io::Error::other("no server"))
+        });
+        assert_eq!(mount, None);
+        let next = s.phase("rebase", OnError::Rescue, || {
+            repository(mount)
+                .map(|_| ())
+                .map_err(Needs::<std::io::Error>::from)
+        });
+        assert_eq!(next, None);
+        let last = s.infallible("handover", || 7);
+        assert_eq!(last, 7);
+        let results: Vec<(String, bool)> = s
+            .timeline
+            .phases()
+            .iter()
+            .map(|p| (p.name.clone(), p.ok))
+            .collect();
+        assert_eq!(
+            results,
+            [
+                ("cvmfs".to_string(), false),
+                ("rebase".to_string(), false),
+                ("handover".to_string(), true)
+            ]
+        );
+        assert_eq!(
+            rescued,
+            [
+                "cvmfs: no server",
+                "rebase: the CernVM-FS phase did not mount the repository"
+            ]
+        );
+    }
+}

@@ -20,7 +20,6 @@ use std::path::{Path, PathBuf};
 
 use nix::mount::{mount, umount, MsFlags};
 
-use crate::boot::Boot;
 use crate::disk::table;
 use probe::{Content, ExtKind, TableKind, LABEL_ROOT, LABEL_UNFINISHED};
 
@@ -102,7 +101,7 @@ impl BlockDevice {
     }
 }
 
-/// The result of discovery, kept in [`Boot`] (the original's `FIRST_EMPTY_DISK`,
+/// The result of discovery (the original's `FIRST_EMPTY_DISK`,
 /// `FIRST_EMPTY_PARTITION`, `BOOT_DISK`, `BOOT_PARTITION`, `ROOT_DEV`).
 #[derive(Debug, Clone, Default)]
 pub struct BlockDevices {
@@ -538,15 +537,20 @@ pub fn is_block_device(path: &Path) -> bool {
 
 /// The `devices` phase (spec §4): discovery; a `UROOT` partition means this is not the first
 /// boot.
-pub fn phase(boot: &mut Boot) -> Result<(), DevicesError> {
-    let env = DeviceEnv::system(&boot.layout.initramfs);
+pub fn discover(root: &Path) -> Result<BlockDevices, DevicesError> {
+    let env = DeviceEnv::system(root);
     let found = refresh(&env)?;
-    boot.first_boot = found.root_dev.is_none();
     if let Some(b) = &found.boot_disk {
         log::info!("boot disk {b}, boot partition {:?}", found.boot_partition);
     }
-    boot.devices = Some(found);
-    Ok(())
+    Ok(found)
+}
+
+impl BlockDevices {
+    /// No partition labelled `UROOT`: this boot makes the scratch disk (spec §4).
+    pub fn first_boot(&self) -> bool {
+        self.root_dev.is_none()
+    }
 }
 
 /// Whether a partition table kind is one we can add partitions to.

@@ -1,11 +1,16 @@
 //! Context epilog (spec §8): what contextualization left in the initramfs is saved to the
-//! scratch disk (`/root.rw/context`), and the saved µCernVM settings are loaded back, so that
-//! later boots (which do not contextualize) see the same user data.
+//! scratch disk (`/root.rw/context`), and the boot configuration is resolved: from the settings
+//! contextualization found on the boot that contextualized, from the saved µCernVM settings on
+//! later boots (which do not contextualize), so that they see the same user data.
 
+use path_error::{io_err, PathError};
 use std::io;
 use std::path::{Path, PathBuf};
 
-use crate::boot::{Boot, Layout};
+use crate::cmdline::KernelCmdline;
+use crate::config::{cvmfs::coin_flip, BootConfig};
+use crate::context::sources::Context;
+use crate::layout::Layout;
 use crate::settings::ContextSettings;
 
 /// `UCONTEXT_SRC` when no source delivered user data.
@@ -13,20 +18,8 @@ pub use crate::context::sources::NO_SOURCE;
 
 #[derive(Debug, thiserror::Error)]
 pub enum EpilogError {
-    #[error("{what} {}: {source}", path.display())]
-    Io {
-        what: &'static str,
-        path: PathBuf,
-        source: io::Error,
-    },
-}
-
-fn io_err<'a>(what: &'static str, path: &'a Path) -> impl FnOnce(io::Error) -> EpilogError + 'a {
-    move |source| EpilogError::Io {
-        what,
-        path: path.to_path_buf(),
-        source,
-    }
+    #[error(transparent)]
+    Io(#[from] PathError),
 }
 
 /// What the contextualization phase knows beyond the files it left in the initramfs.
@@ -43,11 +36,11 @@ fn copy_if_present(from: &Path, to: &Path) -> Result<bool, EpilogError> {
     match std::fs::copy(from, to) {
         Ok(_) => Ok(true),
         Err(e) if e.kind() == io::ErrorKind::NotFound && !from.exists() => Ok(false),
-        Err(source) => Err(EpilogError::Io {
-            what: "cannot copy to",
-            path: to.to_path_buf(),
+        Err(source) => Err(EpilogError::Io(PathError::new(
+            "cannot copy to",
+            to.to_path_buf(),
             source,
-        }),
+        ))),
     }
 }
 
@@ -93,29 +86,40 @@ pub fn load(context_dir: &Path, settings: &mut ContextSettings) -> Result<(), Ep
             Ok(bytes) => settings.apply_ucontext_file(&String::from_utf8_lossy(&bytes)),
             Err(e) if e.kind() == io::ErrorKind::NotFound => {}
             Err(source) => {
-                return Err(EpilogError::Io {
-                    what: "cannot read",
-                    path,
-                    source,
-                })
+                return Err(EpilogError::Io(PathError::new("cannot read", path, source)))
             }
         }
     }
     Ok(())
 }
 
-pub fn phase(boot: &mut Boot) -> Result<(), EpilogError> {
+/// Saves this boot's context and resolves the boot configuration. `context` is what
+/// contextualization found when it ran (first boot): its settings are used as they are, since
+/// the saved files hold the same entries; otherwise the saved settings are loaded.
+pub fn resolve(
+    layout: &Layout,
+    cmdline: &KernelCmdline,
+    context: Option<&Context>,
+) -> Result<BootConfig, EpilogError> {
     // The source name and the Azure medium are known to the contextualization phase only on
     // the boot that contextualized; on other boots nothing new is saved.
-    let origin = match &boot.context {
+    let origin = match context {
         Some(c) => ContextOrigin {
-            source: Some(c.source_name().to_string()),
-            azure_device: c.azure_device.as_ref().map(PathBuf::from),
+            source: Some(c.found.source_name().to_string()),
+            azure_device: c.found.azure_device.as_ref().map(PathBuf::from),
         },
         None => ContextOrigin::default(),
     };
-    persist(&boot.layout, &origin)?;
-    load(&boot.layout.context_dir(), &mut boot.settings)
+    persist(layout, &origin)?;
+    let user = match context {
+        Some(c) => c.settings.clone(),
+        None => {
+            let mut saved = ContextSettings::default();
+            load(&layout.context_dir(), &mut saved)?;
+            saved
+        }
+    };
+    Ok(BootConfig::resolve(cmdline, user, coin_flip()))
 }
 
 #[cfg(test)]
@@ -193,10 +197,9 @@ mod tests {
             "_UCONTEXT_CVMFS_BRANCH=demo.cernvm.test\n",
         )
         .unwrap();
-        let mut boot = Boot::new(l.clone(), Default::default());
-        phase(&mut boot).unwrap();
+        let config = resolve(&l, &Default::default(), None).unwrap();
         assert_eq!(
-            boot.settings.cvmfs_branch.as_deref(),
+            config.user.cvmfs_branch.as_deref(),
             Some("demo.cernvm.test")
         );
         assert_eq!(std::fs::read_to_string(c.join("user-data")).unwrap(), "old");
@@ -208,19 +211,46 @@ mod tests {
         use crate::context::sources::{Contextualized, Source};
         let (_t, l) = layout();
         std::fs::write(l.initramfs.join("user-data"), "x").unwrap();
-        let mut boot = Boot::new(l.clone(), Default::default());
-        boot.context = Some(Contextualized {
-            source: Some(Source::OpenNebula),
-            user_data: b"x".to_vec(),
-            entries: Vec::new(),
-            glidein: None,
-            azure_device: None,
-        });
-        phase(&mut boot).unwrap();
+        let context = Context {
+            found: Contextualized {
+                source: Some(Source::OpenNebula),
+                user_data: b"x".to_vec(),
+                entries: Vec::new(),
+                glidein: None,
+                azure_device: None,
+            },
+            settings: ContextSettings::default(),
+        };
+        resolve(&l, &Default::default(), Some(&context)).unwrap();
         assert_eq!(
             std::fs::read_to_string(l.context_dir().join("source")).unwrap(),
             format!("{}\n", Source::OpenNebula.name())
         );
+    }
+
+    #[test]
+    fn first_boot_takes_the_contextualized_settings_once() {
+        let (_t, l) = layout();
+        let i = &l.initramfs;
+        // What the context phases left: the block's entries, then the extra context's.
+        std::fs::write(i.join("ucontext"), "_UCONTEXT_CERNVM_PATH=cvm4\n").unwrap();
+        std::fs::write(i.join("extra-ucontext"), "_UCONTEXT_CERNVM_PATH=cvm3\n").unwrap();
+        let mut settings = ContextSettings::default();
+        settings.apply("CERNVM_PATH", "cvm4");
+        settings.apply("CERNVM_PATH", "cvm3");
+        let context = Context {
+            found: Default::default(),
+            settings: settings.clone(),
+        };
+        let config = resolve(&l, &Default::default(), Some(&context)).unwrap();
+        assert_eq!(
+            config.user, settings,
+            "not applied a second time from the saved files"
+        );
+        assert_eq!(config.cvmfs.cernvm_path, "cvm3");
+        // The files are saved for the next boots, which read them.
+        let next = resolve(&l, &Default::default(), None).unwrap();
+        assert_eq!(next.user, settings);
     }
 
     #[test]

@@ -5,6 +5,7 @@
 //! (the `reset_root_password` command of the rescue shell), the device nodes of the new root,
 //! and the deletion of the initramfs contents, which never leaves the initramfs file system.
 
+use path_error::{io_err, PathError};
 use std::ffi::{CString, OsString};
 use std::io::{self, Read};
 use std::os::unix::ffi::OsStrExt;
@@ -14,7 +15,8 @@ use std::path::{Path, PathBuf};
 use nix::mount::{mount, umount2, MntFlags, MsFlags};
 use nix::sys::stat::{makedev, mknod, Mode, SFlag};
 
-use crate::boot::Boot;
+use crate::config::BootConfig;
+use crate::layout::Layout;
 use crate::{console, rescue};
 
 /// Name under which the init binary acts as the `reset_root_password` command.
@@ -27,12 +29,8 @@ pub const NEW_INIT: &str = "/sbin/init";
 
 #[derive(Debug, thiserror::Error)]
 pub enum HandoverError {
-    #[error("{what} {}: {source}", path.display())]
-    Io {
-        what: &'static str,
-        path: PathBuf,
-        source: io::Error,
-    },
+    #[error(transparent)]
+    Io(#[from] PathError),
     #[error("no line for root in {}", .0.display())]
     NoRootEntry(PathBuf),
     #[error("cannot compute the password hash: {0}")]
@@ -41,14 +39,6 @@ pub enum HandoverError {
     NotInitramfs,
     #[error("Unable to invoke init! {0}")]
     Exec(String),
-}
-
-fn io_err<'a>(what: &'static str, path: &'a Path) -> impl FnOnce(io::Error) -> HandoverError + 'a {
-    move |source| HandoverError::Io {
-        what,
-        path: path.to_path_buf(),
-        source,
-    }
 }
 
 /// SHA-512 crypt (`$6$`) of `password` with a random salt.
@@ -159,11 +149,7 @@ pub fn create_device_nodes(new_root: &Path) -> Result<(), HandoverError> {
             Mode::from_bits_truncate(mode),
             makedev(major, minor),
         )
-        .map_err(|e| HandoverError::Io {
-            what: "cannot create",
-            path: path.clone(),
-            source: e.into(),
-        })?;
+        .map_err(|e| HandoverError::Io(PathError::new("cannot create", path.clone(), e.into())))?;
         // mknod applies the umask.
         std::fs::set_permissions(&path, std::fs::Permissions::from_mode(mode))
             .map_err(io_err("cannot chmod", &path))?;
@@ -248,17 +234,18 @@ fn cvmssh() {
     }
 }
 
-pub fn phase(boot: &mut Boot) -> Result<(), HandoverError> {
-    if boot.cmdline.cvmdebug {
+/// The hand-over: `cvmdebug` and `cvmssh` as `config` asks, then `switch_root` into
+/// `layout.root`. Returns only on failure.
+pub fn run(layout: &Layout, config: &BootConfig) -> Result<(), HandoverError> {
+    if config.debug_shell {
         console::info("Debug mode: the union is at /root, the scratch disk at /root/mnt/.rw; 'reset_root_password' sets root's password to 'password'; exit the shell to boot");
         rescue::enter("Debug mode");
     }
-    if boot.cmdline.cvmssh {
+    if config.ssh {
         cvmssh();
     }
-    let new_root = boot.layout.root.clone();
-    // The timeline was saved by the phase loop after the post phase (while a phase runs, the
-    // loop holds it).
+    let new_root = layout.root.clone();
+    // The timeline was saved by the sequencer after the post phase.
     for m in ["/sys", "/proc", "/dev/pts"] {
         if let Err(e) = umount2(m, MntFlags::MNT_DETACH) {
             log::warn!("cannot unmount {m}: {e}");
@@ -297,13 +284,9 @@ pub fn switch_root(new_root: &Path, args: &[OsString]) -> Result<(), HandoverErr
         .write(true)
         .open("/dev/console")
     {
-        use std::os::fd::AsRawFd;
-        for fd in 0..3 {
-            // SAFETY: dup2 onto the standard descriptors with a valid open descriptor.
-            unsafe {
-                libc::dup2(console.as_raw_fd(), fd);
-            }
-        }
+        let _ = nix::unistd::dup2_stdin(&console);
+        let _ = nix::unistd::dup2_stdout(&console);
+        let _ = nix::unistd::dup2_stderr(&console);
     }
     let prog = CString::new(NEW_INIT).map_err(|e| HandoverError::Exec(e.to_string()))?;
     let mut argv = vec![prog.clone()];
@@ -459,7 +442,7 @@ daemon:*:20785:0:99999:7:::
         std::fs::write(init.join("etc/cvmfs/x.conf"), "x").unwrap();
         std::fs::write(init.join("root/keep/os-file"), "keep").unwrap();
         std::os::unix::fs::symlink("/etc/passwd", init.join("link")).unwrap();
-        let mounted = unsafe { libc::geteuid() } == 0
+        let mounted = nix::unistd::geteuid().is_root()
             && mount(
                 Some("tmpfs"),
                 &init.join("sys"),
@@ -490,7 +473,7 @@ daemon:*:20785:0:99999:7:::
 
     #[test]
     fn console_and_null_nodes() {
-        if unsafe { libc::geteuid() } != 0 {
+        if !nix::unistd::geteuid().is_root() {
             test_prereq::skip("mknod needs root");
             return;
         }

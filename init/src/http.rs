@@ -30,12 +30,12 @@ pub const MAX_BODY: usize = 64 * 1024 * 1024;
 
 #[derive(Debug, thiserror::Error)]
 pub enum HttpError {
-    #[error("cannot connect to {addr}: {source}")]
-    Connect { addr: SocketAddr, source: io::Error },
+    #[error("cannot connect to {addr}: {cause}")]
+    Connect { addr: SocketAddr, cause: io::Error },
     #[error("no complete answer from {addr} within {secs:.1} s")]
     Timeout { addr: SocketAddr, secs: f64 },
-    #[error("reading from {addr}: {source}")]
-    Io { addr: SocketAddr, source: io::Error },
+    #[error("reading from {addr}: {cause}")]
+    Io { addr: SocketAddr, cause: io::Error },
     #[error("malformed HTTP answer from {addr}: {what}")]
     Malformed { addr: SocketAddr, what: String },
     #[error("HTTP {status} for {path} from {addr}")]
@@ -88,8 +88,11 @@ fn request(
         secs: limits.total.as_secs_f64(),
     };
     let connect = limits.connect.min(limits.total);
-    let mut stream = TcpStream::connect_timeout(&addr, connect)
-        .map_err(|source| HttpError::Connect { addr, source })?;
+    let mut stream =
+        TcpStream::connect_timeout(&addr, connect).map_err(|source| HttpError::Connect {
+            addr,
+            cause: source,
+        })?;
     // `SocketAddr`'s display brackets IPv6 addresses as the Host header needs them.
     let host = match (addr.port(), addr.ip()) {
         (80, std::net::IpAddr::V4(ip)) => ip.to_string(),
@@ -117,7 +120,10 @@ fn request(
         ) {
             timeout()
         } else {
-            HttpError::Io { addr, source }
+            HttpError::Io {
+                addr,
+                cause: source,
+            }
         }
     };
     stream.set_write_timeout(Some(left)).map_err(io_err)?;
@@ -214,10 +220,13 @@ pub fn port_probe(addrs: &[SocketAddr], timeout: Duration) -> u32 {
     for (i, a) in addrs.iter().enumerate().take(32) {
         let tx = tx.clone();
         let a = *a;
-        std::thread::spawn(move || {
-            let ok = TcpStream::connect_timeout(&a, timeout).is_ok();
-            let _ = tx.send((i, ok));
-        });
+        // A probe that cannot start or panics just never reports: that address failed.
+        let _ = std::thread::Builder::new()
+            .name("port-probe".into())
+            .spawn(move || {
+                let ok = TcpStream::connect_timeout(&a, timeout).is_ok();
+                let _ = tx.send((i, ok));
+            });
     }
     drop(tx);
     let deadline = Instant::now() + timeout;

@@ -5,6 +5,7 @@
 
 pub mod boot;
 pub mod cmdline;
+pub mod config;
 pub mod console;
 pub mod context;
 pub mod cvmfs_start;
@@ -14,8 +15,10 @@ pub mod early;
 pub mod epilog;
 pub mod handover;
 pub mod http;
+pub mod layout;
 pub mod modules;
 pub mod network;
+pub mod panics;
 pub mod post;
 pub mod rebase;
 pub mod rescue;

@@ -1,14 +1,14 @@
 //! `/init` of the µCernVM initramfs: PID 1 until `switch_root`.
 
-use std::panic;
-
-use ucernvm_init::boot::{self, Boot, Layout};
+use ucernvm_init::boot::{self, Layout};
 use ucernvm_init::cmdline::KernelCmdline;
 use ucernvm_init::console::{self, KernelLogger};
 use ucernvm_init::post::{drtini, pinfiles};
-use ucernvm_init::{early, handover, rescue};
+use ucernvm_init::{early, handover, panics, rescue};
 
 fn main() {
+    // Before anything else: no panic may leave PID 1 (here: `/shutdown` too) to the kernel.
+    panics::install_last_resort();
     // The background pinner started by the post-mount phase (spec §12.4) is this binary too.
     let args: Vec<std::ffi::OsString> = std::env::args_os().collect();
     if args.get(1).is_some_and(|a| a == pinfiles::PINNER_MODE) {
@@ -35,13 +35,12 @@ fn main() {
         eprintln!("init: this is the µCernVM boot loader; it runs only as PID 1 in the initramfs");
         std::process::exit(2);
     }
-    // A panic anywhere must end in the rescue console, never in "Attempted to kill init".
-    panic::set_hook(Box::new(|info| {
-        let msg = format!("internal error in the boot loader: {info}");
-        log::error!("{msg}");
-        rescue::enter(&msg);
+    // A panic of the boot itself ends in the rescue console, never in "Attempted to kill
+    // init"; a helper thread's panic is logged and reported to the phase that waits for it.
+    panics::install_boot_hook(|msg| {
+        rescue::enter(msg);
         power_off();
-    }));
+    });
 
     let logger = KernelLogger::install(false);
     early::setup();
@@ -55,11 +54,12 @@ fn main() {
         KernelCmdline::parse(&std::fs::read_to_string("/proc/cmdline").unwrap_or_default());
     log::info!("kernel command line: {cmdline:?}");
 
-    let mut boot = Boot::new(Layout::initramfs(), cmdline);
     // The original's panic(): message, rescue shell, then the boot goes on (spec §0.5).
-    boot::run(&mut boot, &mut |_phase, error| rescue::enter(error));
+    let timeline = boot::run(Layout::initramfs(), &cmdline, &mut |_phase, error| {
+        rescue::enter(error)
+    });
     // The hand-over phase does not return when it succeeds.
-    console::info(&boot.timeline.render());
+    console::info(&timeline.render());
     power_off();
 }
 

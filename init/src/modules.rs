@@ -9,10 +9,8 @@
 use std::collections::{HashMap, HashSet};
 use std::fs;
 use std::io::Read;
-use std::os::fd::AsRawFd;
 use std::path::{Path, PathBuf};
 
-use crate::boot::Boot;
 use crate::console;
 
 /// NIC drivers loaded on every boot, in the original's order (spec §2.1), followed by what a
@@ -49,29 +47,29 @@ pub const PREDEFINED: &[&str] = &[
 /// Why a module could not be loaded.
 #[derive(Debug, thiserror::Error)]
 pub enum ModuleError {
-    #[error("cannot read the module index {path}: {source}")]
+    #[error("cannot read the module index {path}: {cause}")]
     Index {
         path: PathBuf,
-        source: std::io::Error,
+        cause: std::io::Error,
     },
     #[error("module {0} is neither in modules.dep nor built into the kernel")]
     Unknown(String),
     #[error("dependency cycle through module {0} in modules.dep")]
     Cycle(String),
-    #[error("cannot open module file {path}: {source}")]
+    #[error("cannot open module file {path}: {cause}")]
     Open {
         path: PathBuf,
-        source: std::io::Error,
+        cause: std::io::Error,
     },
-    #[error("cannot decompress module file {path}: {source}")]
+    #[error("cannot decompress module file {path}: {cause}")]
     Decompress {
         path: PathBuf,
-        source: std::io::Error,
+        cause: std::io::Error,
     },
-    #[error("the kernel refused module {path}: {source}")]
+    #[error("the kernel refused module {path}: {cause}")]
     Load {
         path: PathBuf,
-        source: std::io::Error,
+        cause: std::io::Error,
     },
 }
 
@@ -102,7 +100,7 @@ impl ModuleIndex {
         let dep_path = dir.join("modules.dep");
         let dep = fs::read_to_string(&dep_path).map_err(|source| ModuleError::Index {
             path: dep_path,
-            source,
+            cause: source,
         })?;
         let builtin = fs::read_to_string(dir.join("modules.builtin")).unwrap_or_default();
         Ok(Self::parse(dir, &dep, &builtin))
@@ -210,45 +208,19 @@ fn compression_of(path: &Path) -> Compression {
 }
 
 fn finit_module(file: &fs::File, flags: libc::c_uint) -> std::io::Result<()> {
-    let params = c"";
-    // SAFETY: a valid open fd and a NUL-terminated parameter string.
-    let rc = unsafe {
-        libc::syscall(
-            libc::SYS_finit_module,
-            file.as_raw_fd(),
-            params.as_ptr(),
-            flags,
-        )
-    };
-    if rc == 0 {
-        Ok(())
-    } else {
-        Err(std::io::Error::last_os_error())
-    }
+    // `MODULE_INIT_COMPRESSED_FILE` has no name in nix; the kernel checks the bits.
+    let flags = nix::kmod::ModuleInitFlags::from_bits_retain(flags);
+    nix::kmod::finit_module(file, c"", flags).map_err(std::io::Error::from)
 }
 
 fn init_module(image: &[u8]) -> std::io::Result<()> {
-    let params = c"";
-    // SAFETY: the image buffer outlives the call; length matches.
-    let rc = unsafe {
-        libc::syscall(
-            libc::SYS_init_module,
-            image.as_ptr(),
-            image.len() as libc::c_ulong,
-            params.as_ptr(),
-        )
-    };
-    if rc == 0 {
-        Ok(())
-    } else {
-        Err(std::io::Error::last_os_error())
-    }
+    nix::kmod::init_module(image, c"").map_err(std::io::Error::from)
 }
 
 fn decompress(path: &Path, how: &Compression) -> Result<Vec<u8>, ModuleError> {
     let err = |source| ModuleError::Decompress {
         path: path.to_path_buf(),
-        source,
+        cause: source,
     };
     let file = fs::File::open(path).map_err(err)?;
     let mut out = Vec::new();
@@ -276,7 +248,7 @@ fn decompress(path: &Path, how: &Compression) -> Result<Vec<u8>, ModuleError> {
 pub fn load_file(path: &Path) -> Result<(), ModuleError> {
     let file = fs::File::open(path).map_err(|source| ModuleError::Open {
         path: path.to_path_buf(),
-        source,
+        cause: source,
     })?;
     let how = compression_of(path);
     let flags = match how {
@@ -294,7 +266,7 @@ pub fn load_file(path: &Path) -> Result<(), ModuleError> {
         Err(e) if e.raw_os_error() == Some(libc::EEXIST) => Ok(()),
         Err(source) => Err(ModuleError::Load {
             path: path.to_path_buf(),
-            source,
+            cause: source,
         }),
     }
 }
@@ -344,13 +316,9 @@ pub fn etc_modules(text: &str) -> Vec<String> {
 /// Unloads a module (`rmmod`), failing when it is in use.
 pub fn unload(name: &str) -> std::io::Result<()> {
     let c = std::ffi::CString::new(normalize(name)).map_err(std::io::Error::other)?;
-    // SAFETY: NUL-terminated module name; O_NONBLOCK makes a busy module an error, not a wait.
-    let rc = unsafe { libc::syscall(libc::SYS_delete_module, c.as_ptr(), libc::O_NONBLOCK) };
-    if rc == 0 {
-        Ok(())
-    } else {
-        Err(std::io::Error::last_os_error())
-    }
+    // O_NONBLOCK makes a busy module an error, not a wait.
+    nix::kmod::delete_module(&c, nix::kmod::DeleteModuleFlags::O_NONBLOCK)
+        .map_err(std::io::Error::from)
 }
 
 /// Spec §2.2: load `floppy`; unless one byte can be read from `/dev/fd0` (bounded: a drive
@@ -360,11 +328,14 @@ pub fn probe_floppy(index: &ModuleIndex) {
         return;
     }
     let (tx, rx) = std::sync::mpsc::channel();
-    std::thread::spawn(move || {
-        let mut byte = [0u8; 1];
-        let ok = fs::File::open("/dev/fd0").and_then(|mut f| f.read_exact(&mut byte));
-        let _ = tx.send(ok.is_ok());
-    });
+    // A probe that cannot start or panics closes the channel: no readable medium.
+    let _ = std::thread::Builder::new()
+        .name("floppy-probe".into())
+        .spawn(move || {
+            let mut byte = [0u8; 1];
+            let ok = fs::File::open("/dev/fd0").and_then(|mut f| f.read_exact(&mut byte));
+            let _ = tx.send(ok.is_ok());
+        });
     let readable = rx
         .recv_timeout(std::time::Duration::from_secs(3))
         .unwrap_or(false);
@@ -376,9 +347,8 @@ pub fn probe_floppy(index: &ModuleIndex) {
 }
 
 /// Spec §2.1: the predefined modules, then `/etc/modules`; failures are logged and ignored.
-pub fn phase(boot: &mut Boot) -> Result<(), ModuleError> {
+pub fn load_predefined(root: &Path) -> Result<(), ModuleError> {
     console::begin("Loading predefined modules...");
-    let root = &boot.layout.initramfs;
     let index = match ModuleIndex::open(&modules_dir(root)) {
         Ok(i) => i,
         Err(e) => {

@@ -4,6 +4,7 @@
 //! The raw entries stay available in `extra` so that keys we do not interpret still reach
 //! the OS through `context/ucontext`.
 
+use cvmfs_config::keys::{CVMFS_HTTP_PROXY, CVMFS_PAC_URLS};
 use std::collections::BTreeMap;
 
 use crate::context::ContextEntry;
@@ -103,8 +104,8 @@ impl ContextSettings {
         match key {
             "RESIZE_ROOTFS" => self.resize_rootfs = !is_off(v),
             "USE_BOOTHD" => self.use_boothd = is_on(v),
-            "CVMFS_HTTP_PROXY" => self.cvmfs_http_proxy = non_empty(v),
-            "CVMFS_PAC_URLS" => self.cvmfs_pac_urls = non_empty(v),
+            CVMFS_HTTP_PROXY => self.cvmfs_http_proxy = non_empty(v),
+            CVMFS_PAC_URLS => self.cvmfs_pac_urls = non_empty(v),
             "CVMFS_SERVER" => self.cvmfs_server = list(v),
             "CVMFS_CDN" => self.cvmfs_cdn = list(v),
             "CVMFS_BRANCH" => self.cvmfs_branch = non_empty(v),

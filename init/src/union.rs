@@ -5,7 +5,7 @@
 //! Also here: the overlayfs whiteout conventions, and the one-time migration of an upper branch
 //! written by the original AUFS boot loader.
 
-use std::ffi::CString;
+use path_error::{io_err, PathError};
 use std::io::{self, Write};
 use std::os::unix::ffi::OsStrExt;
 use std::os::unix::fs::{FileTypeExt, MetadataExt, PermissionsExt};
@@ -14,8 +14,9 @@ use std::path::{Path, PathBuf};
 use nix::mount::{mount, MsFlags};
 use nix::sys::stat::{mknod, Mode, SFlag};
 
-use crate::boot::{Boot, Layout};
 use crate::console;
+use crate::cvmfs_start::CvmfsMount;
+use crate::layout::Layout;
 
 /// overlayfs work directory on the scratch disk, beside (never inside) `persistent`.
 pub const WORK_DIR: &str = "overlay-work";
@@ -31,30 +32,16 @@ const AUFS_HOUSEKEEPING: [&str; 3] = [".wh..wh.aufs", ".wh..wh.plnk", ".wh..wh.o
 
 #[derive(Debug, thiserror::Error)]
 pub enum UnionError {
-    #[error("the CernVM-FS phase did not mount the repository")]
-    NoRepository,
-    #[error("{what} {}: {source}", path.display())]
-    Io {
-        what: &'static str,
-        path: PathBuf,
-        source: io::Error,
-    },
+    #[error(transparent)]
+    Io(#[from] PathError),
     #[error("Unable to mount the union filesystem! ({0})")]
     Mount(nix::Error),
-    #[error("cannot move {} to {}: {source}", from.display(), to.display())]
+    #[error("cannot move {} to {}: {cause}", from.display(), to.display())]
     Move {
         from: PathBuf,
         to: PathBuf,
-        source: nix::Error,
+        cause: nix::Error,
     },
-}
-
-fn io_err<'a>(what: &'static str, path: &'a Path) -> impl FnOnce(io::Error) -> UnionError + 'a {
-    move |source| UnionError::Io {
-        what,
-        path: path.to_path_buf(),
-        source,
-    }
 }
 
 /// True for an overlayfs whiteout: a character device with device number 0:0.
@@ -67,43 +54,15 @@ pub fn make_whiteout(path: &Path) -> io::Result<()> {
     mknod(path, SFlag::S_IFCHR, Mode::empty(), 0).map_err(io::Error::from)
 }
 
-/// Sets an extended attribute (overlayfs' `trusted.*` markers).
+/// Sets an extended attribute of `path` itself, not of a symlink's target (overlayfs'
+/// `trusted.*` markers).
 pub fn set_xattr(path: &Path, name: &str, value: &[u8]) -> io::Result<()> {
-    let p = CString::new(path.as_os_str().as_bytes()).map_err(|_| io::ErrorKind::InvalidInput)?;
-    let n = CString::new(name).map_err(|_| io::ErrorKind::InvalidInput)?;
-    // SAFETY: valid C strings and a buffer of the given length.
-    let r = unsafe {
-        libc::lsetxattr(
-            p.as_ptr(),
-            n.as_ptr(),
-            value.as_ptr().cast(),
-            value.len(),
-            0,
-        )
-    };
-    if r == 0 {
-        Ok(())
-    } else {
-        Err(io::Error::last_os_error())
-    }
+    xattr::set(path, name, value)
 }
 
-/// Reads an extended attribute; `None` when it is not set.
+/// Reads an extended attribute of `path` itself; `None` when it is not set.
 pub fn get_xattr(path: &Path, name: &str) -> io::Result<Option<Vec<u8>>> {
-    let p = CString::new(path.as_os_str().as_bytes()).map_err(|_| io::ErrorKind::InvalidInput)?;
-    let n = CString::new(name).map_err(|_| io::ErrorKind::InvalidInput)?;
-    let mut buf = vec![0u8; 256];
-    // SAFETY: valid C strings and a buffer of the given length.
-    let r = unsafe { libc::lgetxattr(p.as_ptr(), n.as_ptr(), buf.as_mut_ptr().cast(), buf.len()) };
-    if r < 0 {
-        let e = io::Error::last_os_error();
-        return match e.raw_os_error() {
-            Some(libc::ENODATA) => Ok(None),
-            _ => Err(e),
-        };
-    }
-    buf.truncate(r as usize);
-    Ok(Some(buf))
+    xattr::get(path, name)
 }
 
 /// Converts the AUFS markers in an upper branch to overlayfs ones (§11.2): `.wh.X` becomes a
@@ -247,20 +206,18 @@ pub fn assemble(layout: &Layout, lower: &Path) -> Result<(), UnionError> {
         .map_err(|source| UnionError::Move {
             from: from.clone(),
             to: to.clone(),
-            source,
+            cause: source,
         })?;
     }
     Ok(())
 }
 
-pub fn phase(boot: &mut Boot) -> Result<(), UnionError> {
-    let lower = boot
-        .cvmfs
-        .as_ref()
-        .ok_or(UnionError::NoRepository)?
-        .os_root();
+/// The union phase: the OS root of `cvmfs` under the scratch disk's upper layer on
+/// `layout.root`.
+pub fn mount_union(layout: &Layout, cvmfs: &CvmfsMount) -> Result<(), UnionError> {
+    let lower = cvmfs.os_root();
     console::begin("Mounting union file system...");
-    let r = assemble(&boot.layout, &lower);
+    let r = assemble(layout, &lower);
     if r.is_ok() {
         console::check();
     } else {

@@ -5,6 +5,8 @@
 //! user deleted, lets the new OS version replace modified OS files, keeps user-only files) and
 //! does not inject again. Needs root and /dev/fuse.
 
+#![allow(clippy::unwrap_used, clippy::expect_used)] // Test code: a panic is a failure with its place.
+
 mod mount_helpers;
 
 use std::io::Write;
@@ -15,8 +17,9 @@ use base64::Engine as _;
 use cvmfs_client::testing::{fixture_dir, StaticHttpServer};
 use mount_helpers::{cvmfs2_binary, is_mounted, skip_reason, UnmountOnDrop};
 use nix::mount::{mount, umount2, MntFlags, MsFlags};
-use ucernvm_init::boot::{Boot, Layout};
+use ucernvm_init::boot::Layout;
 use ucernvm_init::cmdline::KernelCmdline;
+use ucernvm_init::cvmfs_start::CvmfsMount;
 use ucernvm_init::{cvmfs_start, epilog, post, rebase, union};
 
 const FQRN: &str = "demo.cernvm.test";
@@ -41,10 +44,8 @@ fn inject_value() -> String {
     base64::engine::general_purpose::STANDARD.encode(gz.finish().unwrap())
 }
 
-/// One boot through the phases this crate's issue covers.
-fn boot(layout: &Layout, cmdline: &str, bin: &Path, first: bool) -> Boot {
-    let mut boot = Boot::new(layout.clone(), KernelCmdline::parse(cmdline));
-    boot.first_boot = first;
+/// One boot through the phases this crate's issue covers; returns the repository mount.
+fn boot(layout: &Layout, cmdline: &str, bin: &Path, first: bool) -> CvmfsMount {
     if first {
         std::fs::write(
             layout.initramfs.join("ucontext"),
@@ -55,12 +56,12 @@ fn boot(layout: &Layout, cmdline: &str, bin: &Path, first: bool) -> Boot {
         )
         .unwrap();
     }
-    epilog::phase(&mut boot).unwrap();
-    cvmfs_start::start(&mut boot, bin).unwrap();
-    rebase::phase(&mut boot).unwrap();
-    union::phase(&mut boot).unwrap();
-    post::phase(&mut boot).unwrap();
-    boot
+    let config = epilog::resolve(layout, &KernelCmdline::parse(cmdline), None).unwrap();
+    let mut cvmfs = cvmfs_start::mount(&config, layout, None, bin).unwrap();
+    rebase::run(layout, &mut cvmfs).unwrap();
+    union::mount_union(layout, &cvmfs).unwrap();
+    post::run(layout, &config, &cvmfs, first);
+    cvmfs
 }
 
 /// Takes the assembled root apart again, as a shutdown would; the scratch disk is moved back
@@ -147,10 +148,7 @@ fn two_boots_pin_inject_once_and_rebase_to_a_forced_tag() {
 
     // Boot 1: pins v1, injects, the user works in the OS.
     let b = boot(&layout, &cmdline, &bin, true);
-    assert_eq!(
-        b.cvmfs.as_ref().unwrap().snapshot.root_hash,
-        expected_root("v1")
-    );
+    assert_eq!(b.snapshot.root_hash, expected_root("v1"));
     assert!(is_mounted(&root));
     assert_eq!(
         std::fs::read_to_string(root.join("etc/injected.conf")).unwrap(),
@@ -178,7 +176,7 @@ fn two_boots_pin_inject_once_and_rebase_to_a_forced_tag() {
     // Boot 2: the user data still asks for v1, but the force tag moves the OS to v2.
     std::fs::write(layout.aux().join("cvmfs_force_tag"), "v2").unwrap();
     let b = boot(&layout, &cmdline, &bin, false);
-    let cvmfs = b.cvmfs.as_ref().unwrap();
+    let cvmfs = &b;
     assert!(cvmfs.fresh);
     assert_eq!(cvmfs.snapshot.root_hash, expected_root("v2"));
     let v2_inner = std::fs::read_to_string(root.join("mnt/.ro/nested/inner/inner.txt")).unwrap();

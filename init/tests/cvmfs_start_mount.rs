@@ -2,6 +2,8 @@
 //! configuration the phase writes, the snapshot is read from the mount's magic attributes and
 //! pinned; later boots keep the pin, `cvmfs_force_tag` moves it. Needs root and /dev/fuse.
 
+#![allow(clippy::unwrap_used, clippy::expect_used)] // Test code: a panic is a failure with its place.
+
 mod mount_helpers;
 
 use std::path::Path;
@@ -9,9 +11,11 @@ use std::time::{Duration, Instant};
 
 use cvmfs_client::testing::{fixture_dir, StaticHttpServer};
 use mount_helpers::{cvmfs2_binary, is_mounted, skip_reason, UnmountOnDrop};
-use ucernvm_init::boot::{Boot, Layout};
+use ucernvm_init::boot::Layout;
 use ucernvm_init::cmdline::KernelCmdline;
+use ucernvm_init::config::BootConfig;
 use ucernvm_init::cvmfs_start::{self, snapshot, CvmfsError};
+use ucernvm_init::settings::ContextSettings;
 
 const FQRN: &str = "demo.cernvm.test";
 
@@ -58,13 +62,13 @@ fn boot_once(
     user_tag: Option<&str>,
     bin: &Path,
 ) -> Result<cvmfs_start::CvmfsMount, CvmfsError> {
-    let mut boot = Boot::new(layout.clone(), KernelCmdline::parse(cmdline));
+    let mut user = ContextSettings::default();
     if let Some(t) = user_tag {
-        boot.settings.apply("CVMFS_TAG", t);
+        user.apply("CVMFS_TAG", t);
     }
+    let config = BootConfig::resolve(&KernelCmdline::parse(cmdline), user, true);
     let _guard = UnmountOnDrop(vec![layout.root_ro.clone()]);
-    cvmfs_start::start(&mut boot, bin)?;
-    let mount = boot.cvmfs.take().expect("phase keeps the mount");
+    let mount = cvmfs_start::mount(&config, layout, None, bin)?;
     assert!(is_mounted(&layout.root_ro));
     let pids = cvmfs_start::daemon_pids(bin);
     assert!(!pids.is_empty(), "no cvmfs2 process found");
@@ -165,10 +169,9 @@ fn remount_keeps_the_recorded_snapshot() {
         "cvmfs_repos={FQRN} cvmfs_url={}/cvmfs/@fqrn@ cvmfs_proxy=DIRECT",
         server.url()
     );
-    let mut boot = Boot::new(layout.clone(), KernelCmdline::parse(&cmdline));
+    let config = BootConfig::resolve(&KernelCmdline::parse(&cmdline), Default::default(), true);
     let _guard = UnmountOnDrop(vec![layout.root_ro.clone()]);
-    cvmfs_start::start(&mut boot, &bin).unwrap();
-    let mut m = boot.cvmfs.take().unwrap();
+    let mut m = cvmfs_start::mount(&config, &layout, None, &bin).unwrap();
     assert_eq!(m.snapshot.root_hash, expected_root("v2"));
     assert_eq!(m.snapshot.tag, "");
     m.remount(&layout.initramfs.join("etc/resolv.conf"))
@@ -200,9 +203,9 @@ fn missing_keys_fail_with_the_original_message() {
         "cvmfs_repos={FQRN} cvmfs_url={}/cvmfs/@fqrn@ cvmfs_proxy=DIRECT",
         server.url()
     );
-    let mut boot = Boot::new(layout.clone(), KernelCmdline::parse(&cmdline));
+    let config = BootConfig::resolve(&KernelCmdline::parse(&cmdline), Default::default(), true);
     let _guard = UnmountOnDrop(vec![layout.root_ro.clone()]);
-    let e = cvmfs_start::start(&mut boot, &bin).unwrap_err();
+    let e = cvmfs_start::mount(&config, &layout, None, &bin).unwrap_err();
     let msg = e.to_string();
     assert!(
         msg.starts_with("Unable to mount cvmfs root filesystem!"),

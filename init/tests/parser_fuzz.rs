@@ -3,6 +3,8 @@
 //! the small seed corpus in `tests/fuzz-corpus/` must never panic and must keep each parser's
 //! invariants.
 
+#![allow(clippy::unwrap_used, clippy::expect_used)] // Test code: a panic is a failure with its place.
+
 use std::path::Path;
 
 use proptest::prelude::*;

@@ -2,6 +2,8 @@
 //! working directory (the cache), pins each listed path over the control socket, logs to
 //! `pin.log` and leaves the `pinned` sentinel.
 
+#![allow(clippy::unwrap_used, clippy::expect_used)] // Test code: a panic is a failure with its place.
+
 use std::io::{Read, Write};
 use std::os::unix::net::UnixListener;
 use std::process::Command;

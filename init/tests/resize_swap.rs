@@ -1,5 +1,7 @@
 //! Resize on request (spec §6.6) and the swap file (§6.7) on real loop devices.
 
+#![allow(clippy::unwrap_used, clippy::expect_used)] // Test code: a panic is a failure with its place.
+
 mod common;
 
 use std::fs;

@@ -2,6 +2,8 @@
 //! disk), formatting, mounting, the first-boot layout, later boots, power cuts between any two
 //! steps, and the refusals that keep data safe.
 
+#![allow(clippy::unwrap_used, clippy::expect_used)] // Test code: a panic is a failure with its place.
+
 mod common;
 
 use std::fs;

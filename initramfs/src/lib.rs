@@ -56,7 +56,14 @@ pub enum Error {
     #[error("too many entries for the 32-bit inode field of a newc header")]
     TooManyEntries,
     #[error("cannot write the archive: {0}")]
-    Io(#[from] io::Error),
+    Io(io::Error),
+}
+
+// The cause is in the message, so it is not also returned as the source.
+impl From<io::Error> for Error {
+    fn from(e: io::Error) -> Self {
+        Error::Io(e)
+    }
 }
 
 /// Owner and permission bits of an entry.

@@ -1,7 +1,7 @@
 //! Packing a directory tree of the build host into an [`Archive`].
 
+use path_error::{io_err, PathError};
 use std::fs;
-use std::io;
 use std::os::unix::fs::{FileTypeExt, MetadataExt};
 use std::path::{Path, PathBuf};
 
@@ -10,14 +10,14 @@ use crate::{Archive, EntryKind, Metadata};
 /// Errors while reading a directory tree.
 #[derive(Debug, thiserror::Error)]
 pub enum PackError {
-    #[error("{path}: {source}")]
-    Io { path: PathBuf, source: io::Error },
+    #[error(transparent)]
+    Io(#[from] PathError),
     #[error("{path}: file name is not valid UTF-8")]
     NonUtf8 { path: PathBuf },
     #[error("{path}: unsupported file type ({kind}); only directories, regular files, symlinks and device nodes can be packed")]
     Unsupported { path: PathBuf, kind: &'static str },
-    #[error("{path}: {source}")]
-    Archive { path: PathBuf, source: crate::Error },
+    #[error("{path}: {cause}")]
+    Archive { path: PathBuf, cause: crate::Error },
 }
 
 /// How ownership is recorded.
@@ -45,13 +45,6 @@ pub fn add_tree(archive: &mut Archive, root: &Path, ownership: Ownership) -> Res
     walk(archive, root, "", ownership)
 }
 
-fn io_err(path: &Path) -> impl FnOnce(io::Error) -> PackError + '_ {
-    move |source| PackError::Io {
-        path: path.to_path_buf(),
-        source,
-    }
-}
-
 fn walk(
     archive: &mut Archive,
     dir: &Path,
@@ -59,8 +52,8 @@ fn walk(
     ownership: Ownership,
 ) -> Result<(), PackError> {
     let mut children = Vec::new();
-    for entry in fs::read_dir(dir).map_err(io_err(dir))? {
-        let entry = entry.map_err(io_err(dir))?;
+    for entry in fs::read_dir(dir).map_err(io_err("", dir))? {
+        let entry = entry.map_err(io_err("", dir))?;
         children.push(entry.path());
     }
     children.sort();
@@ -74,7 +67,7 @@ fn walk(
         } else {
             format!("{prefix}/{name}")
         };
-        let md = fs::symlink_metadata(&path).map_err(io_err(&path))?;
+        let md = fs::symlink_metadata(&path).map_err(io_err("", &path))?;
         let (uid, gid) = match ownership {
             Ownership::Root => (0, 0),
             Ownership::Preserve => (md.uid(), md.gid()),
@@ -88,9 +81,9 @@ fn walk(
         let kind = if ft.is_dir() {
             EntryKind::Directory
         } else if ft.is_file() {
-            EntryKind::File(fs::read(&path).map_err(io_err(&path))?)
+            EntryKind::File(fs::read(&path).map_err(io_err("", &path))?)
         } else if ft.is_symlink() {
-            let target = fs::read_link(&path).map_err(io_err(&path))?;
+            let target = fs::read_link(&path).map_err(io_err("", &path))?;
             let target = target
                 .to_str()
                 .ok_or_else(|| PackError::NonUtf8 { path: path.clone() })?
@@ -112,7 +105,7 @@ fn walk(
             .add(&archive_path, kind, meta)
             .map_err(|source| PackError::Archive {
                 path: path.clone(),
-                source,
+                cause: source,
             })?;
         if is_dir {
             walk(archive, &path, &archive_path, ownership)?;

@@ -3,6 +3,7 @@
 //! (directly, through the client's download manager) and evaluated. The result is saved in the
 //! cache workspace and used again when discovery fails later.
 
+use cvmfs_config::keys::CVMFS_PAC_URLS;
 use std::io::Read;
 use std::path::{Path, PathBuf};
 use std::sync::Arc;
@@ -51,7 +52,7 @@ impl AutoProxy {
         timeout_direct: Duration,
     ) -> AutoProxy {
         AutoProxy {
-            pac_urls: env.get("CVMFS_PAC_URLS").cloned().unwrap_or_default(),
+            pac_urls: env.get(CVMFS_PAC_URLS).cloned().unwrap_or_default(),
             http_proxy: env
                 .get("http_proxy")
                 .cloned()
@@ -184,12 +185,7 @@ pub fn resolve_description(
     (groups.join(";"), discovered)
 }
 
-/// Whether a `;`-group of the description is exactly `auto`. (The reference client starts
-/// discovery for any `auto` substring, e.g. in a proxy named `autoproxy`; only to replace
-/// nothing. We do not.)
-pub fn has_auto_group(description: &str) -> bool {
-    description.split(';').any(|g| g.trim() == "auto")
-}
+pub use cvmfs_config::proxy::has_auto_group;
 
 /// Where the last discovered proxy list of a repository is kept.
 pub fn saved_list_path(workspace: &Path, fqrn: &str) -> PathBuf {

@@ -37,10 +37,10 @@ CREATE TABLE properties (key TEXT, value TEXT, CONSTRAINT pk_properties PRIMARY 
 
 /// Errors of catalog writing.
 #[derive(Debug, thiserror::Error)]
-#[error("writing catalog {catalog}: SQLite: {source}")]
+#[error("writing catalog {catalog}: SQLite: {cause}")]
 pub struct CatalogWriteError {
     pub catalog: String,
-    pub source: rusqlite::Error,
+    pub cause: rusqlite::Error,
 }
 
 /// The `statistics` counters of one catalog: its own entries (`self_*`) and those of all
@@ -152,7 +152,7 @@ impl CatalogWriter {
     pub fn create(path: &Path, name: &str) -> Result<CatalogWriter, CatalogWriteError> {
         let err = |source| CatalogWriteError {
             catalog: name.to_string(),
-            source,
+            cause: source,
         };
         let conn = Connection::open(path).map_err(err)?;
         conn.execute_batch(&format!(
@@ -171,7 +171,7 @@ impl CatalogWriter {
     fn err(&self, source: rusqlite::Error) -> CatalogWriteError {
         CatalogWriteError {
             catalog: self.name.clone(),
-            source,
+            cause: source,
         }
     }
 
@@ -322,7 +322,7 @@ impl CatalogWriter {
         let counters = self.counters;
         self.conn.close().map_err(|(_, e)| CatalogWriteError {
             catalog: self.name.clone(),
-            source: e,
+            cause: e,
         })?;
         Ok(counters)
     }
@@ -333,7 +333,7 @@ impl CatalogWriter {
 pub fn same_content(a: &Path, b: &Path) -> Result<bool, CatalogWriteError> {
     let err = |source| CatalogWriteError {
         catalog: a.display().to_string(),
-        source,
+        cause: source,
     };
     let conn =
         Connection::open_with_flags(a, rusqlite::OpenFlags::SQLITE_OPEN_READ_ONLY).map_err(err)?;

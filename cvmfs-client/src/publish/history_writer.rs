@@ -29,11 +29,18 @@ INSERT INTO branches (branch, parent, initial_revision) VALUES ('', NULL, 0);
 #[derive(Debug, thiserror::Error)]
 pub enum HistoryWriteError {
     #[error("history database: SQLite: {0}")]
-    Sql(#[from] rusqlite::Error),
+    Sql(rusqlite::Error),
     #[error("tag name {0:?} is reserved for the automatic tags")]
     ReservedTag(String),
     #[error("tag name must not be empty")]
     EmptyTag,
+}
+
+// The cause is in the message, so it is not also returned as the source.
+impl From<rusqlite::Error> for HistoryWriteError {
+    fn from(e: rusqlite::Error) -> Self {
+        HistoryWriteError::Sql(e)
+    }
 }
 
 /// One revision to record.

@@ -21,10 +21,10 @@ use crate::signature::{assemble_signed, Certificate, SignatureError};
 /// Errors of key handling and signing.
 #[derive(Debug, thiserror::Error)]
 pub enum KeyError {
-    #[error("cannot access {path}: {source}")]
+    #[error("cannot access {path}: {cause}")]
     Io {
         path: PathBuf,
-        source: std::io::Error,
+        cause: std::io::Error,
     },
     #[error("{path} is not a PEM RSA private key (PKCS#8 or PKCS#1)")]
     BadPrivateKey { path: PathBuf },
@@ -38,10 +38,10 @@ pub enum KeyError {
     },
     #[error("cannot run openssl (needed to create missing keys): {0}")]
     NoOpenssl(std::io::Error),
-    #[error("certificate {path}: {source}")]
+    #[error("certificate {path}: {cause}")]
     Certificate {
         path: PathBuf,
-        source: SignatureError,
+        cause: SignatureError,
     },
     #[error("the certificate {path} does not belong to the private key {key}")]
     CertificateKeyMismatch { path: PathBuf, key: PathBuf },
@@ -95,7 +95,7 @@ impl RepositoryKeys {
     pub fn load_or_create(dir: &Path, fqrn: &str) -> Result<RepositoryKeys, KeyError> {
         std::fs::create_dir_all(dir).map_err(|source| KeyError::Io {
             path: dir.to_path_buf(),
-            source,
+            cause: source,
         })?;
         let p = KeyPaths::new(dir, fqrn);
         match (p.master_private.exists(), p.master_public.exists()) {
@@ -150,7 +150,7 @@ impl RepositoryKeys {
         let certificate =
             Certificate::from_pem(&certificate_pem).map_err(|source| KeyError::Certificate {
                 path: p.certificate.clone(),
-                source,
+                cause: source,
             })?;
         if certificate.key != *certificate_key.as_ref() {
             return Err(KeyError::CertificateKeyMismatch {
@@ -199,7 +199,7 @@ impl RepositoryKeys {
 fn read(path: &Path) -> Result<Vec<u8>, KeyError> {
     std::fs::read(path).map_err(|source| KeyError::Io {
         path: path.to_path_buf(),
-        source,
+        cause: source,
     })
 }
 
@@ -238,7 +238,7 @@ fn openssl(args: &[&std::ffi::OsStr]) -> Result<(), KeyError> {
 fn create_private_key(path: &Path) -> Result<(), KeyError> {
     let io = |source| KeyError::Io {
         path: path.to_path_buf(),
-        source,
+        cause: source,
     };
     std::fs::OpenOptions::new()
         .write(true)

@@ -15,6 +15,7 @@ pub mod objects;
 pub mod scan;
 mod tree;
 
+use path_error::{io_err, PathError};
 use std::path::{Path, PathBuf};
 use std::sync::atomic::Ordering;
 
@@ -44,24 +45,21 @@ pub enum PublishError {
     #[error(transparent)]
     History(#[from] history_writer::HistoryWriteError),
     #[error("reading the previous revision: {0}")]
-    PreviousCatalog(#[from] crate::catalog::CatalogError),
+    PreviousCatalog(crate::catalog::CatalogError),
     #[error("the repository's current manifest {path} is not acceptable: {reason}")]
     PreviousManifest { path: PathBuf, reason: String },
-    #[error("{path}: {source}")]
-    Io {
-        path: PathBuf,
-        source: std::io::Error,
-    },
+    #[error(transparent)]
+    Io(#[from] PathError),
     #[error("another publish into {0} is running")]
     Locked(PathBuf),
     #[error("internal error: the data of {0} was not stored")]
     NotStored(PathBuf),
 }
 
-pub(crate) fn io_err(path: &Path) -> impl FnOnce(std::io::Error) -> PublishError + '_ {
-    move |source| PublishError::Io {
-        path: path.to_path_buf(),
-        source,
+// The cause is in the message, so it is not also returned as the source.
+impl From<crate::catalog::CatalogError> for PublishError {
+    fn from(e: crate::catalog::CatalogError) -> Self {
+        PublishError::PreviousCatalog(e)
     }
 }
 
@@ -129,7 +127,7 @@ pub fn publish(opts: &PublishOptions) -> Result<PublishReport, PublishError> {
     if let Some(t) = &opts.tag {
         history_writer::check_tag_name(t)?;
     }
-    std::fs::create_dir_all(&opts.repo).map_err(io_err(&opts.repo))?;
+    std::fs::create_dir_all(&opts.repo).map_err(io_err("", &opts.repo))?;
     let store = objects::ObjectStore::open(&opts.repo)?;
     let _lock = lock(&opts.repo.join("data/txn/.publish.lock"))?;
     remove_leftovers(&opts.repo.join("data/txn"))?;
@@ -170,7 +168,7 @@ pub fn publish(opts: &PublishOptions) -> Result<PublishReport, PublishError> {
     let history_path = work.path.join("history.db");
     if let Some(h) = previous.as_ref().and_then(|m| m.history) {
         let bytes = store.get(&h, Suffix::History)?;
-        std::fs::write(&history_path, bytes).map_err(io_err(&history_path))?;
+        std::fs::write(&history_path, bytes).map_err(io_err("", &history_path))?;
     }
     history_writer::record_revision(
         &history_path,
@@ -184,7 +182,7 @@ pub fn publish(opts: &PublishOptions) -> Result<PublishReport, PublishError> {
         },
         opts.tag.as_deref(),
     )?;
-    let history_bytes = std::fs::read(&history_path).map_err(io_err(&history_path))?;
+    let history_bytes = std::fs::read(&history_path).map_err(io_err("", &history_path))?;
     let history = store.put(&history_bytes, Suffix::History, Compression::Zlib)?;
     let certificate = store.put(
         &keys.certificate_pem,
@@ -274,7 +272,7 @@ fn read_previous_manifest(
     let buf = match std::fs::read(&path) {
         Ok(b) => b,
         Err(e) if e.kind() == std::io::ErrorKind::NotFound => return Ok(None),
-        Err(e) => return Err(io_err(&path)(e)),
+        Err(e) => return Err(io_err("", &path)(e).into()),
     };
     let bad = |reason: String| PublishError::PreviousManifest {
         path: path.clone(),
@@ -293,52 +291,43 @@ fn read_previous_manifest(
 }
 
 /// An exclusive lock held while publishing.
-struct Lock(std::fs::File);
+/// Held while publishing; the lock is released when it is dropped.
+struct Lock(#[allow(dead_code)] nix::fcntl::Flock<std::fs::File>);
 
 fn lock(path: &Path) -> Result<Lock, PublishError> {
-    use std::os::fd::AsRawFd;
     let f = std::fs::OpenOptions::new()
         .create(true)
         .truncate(false)
         .write(true)
         .open(path)
-        .map_err(io_err(path))?;
-    // SAFETY: flock on a valid, open descriptor.
-    if unsafe { libc::flock(f.as_raw_fd(), libc::LOCK_EX | libc::LOCK_NB) } != 0 {
-        return Err(PublishError::Locked(
+        .map_err(io_err("", path))?;
+    match nix::fcntl::Flock::lock(f, nix::fcntl::FlockArg::LockExclusiveNonblock) {
+        Ok(locked) => Ok(Lock(locked)),
+        Err(_) => Err(PublishError::Locked(
             path.parent()
                 .and_then(Path::parent)
                 .and_then(Path::parent)
                 .unwrap_or(path)
                 .to_path_buf(),
-        ));
-    }
-    Ok(Lock(f))
-}
-
-impl Drop for Lock {
-    fn drop(&mut self) {
-        use std::os::fd::AsRawFd;
-        // SAFETY: as above.
-        unsafe { libc::flock(self.0.as_raw_fd(), libc::LOCK_UN) };
+        )),
     }
 }
 
 /// Removes what an interrupted publish left in `data/txn` (we hold the lock, so nothing in
 /// there is in use).
 fn remove_leftovers(txn: &Path) -> Result<(), PublishError> {
-    for e in std::fs::read_dir(txn).map_err(io_err(txn))? {
-        let e = e.map_err(io_err(txn))?;
+    for e in std::fs::read_dir(txn).map_err(io_err("", txn))? {
+        let e = e.map_err(io_err("", txn))?;
         if e.file_name() == ".publish.lock" {
             continue;
         }
         let p = e.path();
-        let r = if e.file_type().map_err(io_err(&p))?.is_dir() {
+        let r = if e.file_type().map_err(io_err("", &p))?.is_dir() {
             std::fs::remove_dir_all(&p)
         } else {
             std::fs::remove_file(&p)
         };
-        r.map_err(io_err(&p))?;
+        r.map_err(io_err("", &p))?;
         log::info!("removed {} (left by an interrupted publish)", p.display());
     }
     Ok(())
@@ -352,9 +341,9 @@ struct WorkDir {
 impl WorkDir {
     fn create(path: &Path) -> Result<WorkDir, PublishError> {
         if path.exists() {
-            std::fs::remove_dir_all(path).map_err(io_err(path))?;
+            std::fs::remove_dir_all(path).map_err(io_err("", path))?;
         }
-        std::fs::create_dir_all(path).map_err(io_err(path))?;
+        std::fs::create_dir_all(path).map_err(io_err("", path))?;
         Ok(WorkDir {
             path: path.to_path_buf(),
         })
@@ -370,17 +359,14 @@ impl Drop for WorkDir {
 fn write_atomically(dir: &Path, name: &str, content: &[u8]) -> Result<(), PublishError> {
     let tmp = dir.join(format!("data/txn/{name}.{}", std::process::id()));
     let target = dir.join(name);
-    std::fs::write(&tmp, content).map_err(io_err(&tmp))?;
-    std::fs::rename(&tmp, &target).map_err(io_err(&target))
+    std::fs::write(&tmp, content).map_err(io_err("", &tmp))?;
+    std::fs::rename(&tmp, &target).map_err(io_err("", &target))?;
+    Ok(())
 }
 
 fn sync_filesystem(dir: &Path) -> Result<(), PublishError> {
-    use std::os::fd::AsRawFd;
-    let f = std::fs::File::open(dir).map_err(io_err(dir))?;
-    // SAFETY: syncfs on a valid, open descriptor.
-    if unsafe { libc::syncfs(f.as_raw_fd()) } != 0 {
-        return Err(io_err(dir)(std::io::Error::last_os_error()));
-    }
+    let f = std::fs::File::open(dir).map_err(io_err("", dir))?;
+    nix::unistd::syncfs(&f).map_err(|e| io_err("", dir)(e.into()))?;
     Ok(())
 }
 
@@ -397,7 +383,7 @@ fn date_utc_text(unix: i64) -> String {
     const MONTHS: [&str; 12] = [
         "Jan", "Feb", "Mar", "Apr", "May", "Jun", "Jul", "Aug", "Sep", "Oct", "Nov", "Dec",
     ];
-    let [y, mo, d, h, mi, s] = crate::whitelist::utc_datetime(unix);
+    let [y, mo, d, h, mi, s] = cvmfs_config::calendar::utc_datetime(unix);
     format!(
         "{} {} {d:2} {h:02}:{mi:02}:{s:02} UTC {y}",
         DAYS[unix.div_euclid(86_400).rem_euclid(7) as usize],

@@ -6,6 +6,7 @@
 //! place, so a reader never sees a partial object; an object that already exists is not
 //! written again (deduplication).
 
+use path_error::{io_err, PathError};
 use std::fs::File;
 use std::io::{Read, Write};
 use std::path::{Path, PathBuf};
@@ -21,20 +22,10 @@ use crate::hash::{Algorithm, ContentHash, Suffix};
 /// Errors of object storage.
 #[derive(Debug, thiserror::Error)]
 pub enum ObjectError {
-    #[error("{path}: {source}")]
-    Io {
-        path: PathBuf,
-        source: std::io::Error,
-    },
+    #[error(transparent)]
+    Io(#[from] PathError),
     #[error("stored object {path} is corrupt: {reason}")]
     Corrupt { path: PathBuf, reason: String },
-}
-
-fn io_err(path: &Path) -> impl FnOnce(std::io::Error) -> ObjectError + '_ {
-    move |source| ObjectError::Io {
-        path: path.to_path_buf(),
-        source,
-    }
 }
 
 /// What was written, for reports and deduplication tests.
@@ -78,10 +69,10 @@ impl ObjectStore {
         let data = repo.join("data");
         for i in 0..=255u8 {
             let d = data.join(format!("{i:02x}"));
-            std::fs::create_dir_all(&d).map_err(io_err(&d))?;
+            std::fs::create_dir_all(&d).map_err(io_err("", &d))?;
         }
         let txn = data.join("txn");
-        std::fs::create_dir_all(&txn).map_err(io_err(&txn))?;
+        std::fs::create_dir_all(&txn).map_err(io_err("", &txn))?;
         Ok(ObjectStore {
             repo: repo.to_path_buf(),
             txn,
@@ -110,7 +101,7 @@ impl ObjectStore {
                 );
                 z.write_all(content)
                     .and_then(|_| z.finish())
-                    .map_err(io_err(&self.txn))?
+                    .map_err(io_err("", &self.txn))?
             }
             Compression::None => content.to_vec(),
         };
@@ -152,7 +143,7 @@ impl ObjectStore {
             }
             Err(e) => {
                 let _ = std::fs::remove_file(&tmp);
-                return Err(ObjectError::Io { path, source: e });
+                return Err(ObjectError::Io(PathError::new("", path, e)));
             }
         }
         self.counters
@@ -178,7 +169,7 @@ impl ObjectStore {
         compression: Compression,
     ) -> Result<Vec<u8>, ObjectError> {
         let path = self.path(hash, suffix);
-        let file = File::open(&path).map_err(io_err(&path))?;
+        let file = File::open(&path).map_err(io_err("", &path))?;
         let mut out = Vec::new();
         let verifying = VerifyingReader::new(file, *hash);
         let r = match compression {
@@ -210,8 +201,8 @@ impl ObjectStore {
         sizes: ChunkSizes,
         compression: Compression,
     ) -> Result<bool, ObjectError> {
-        let mut file = File::open(path).map_err(io_err(path))?;
-        let len = file.metadata().map_err(io_err(path))?.len();
+        let mut file = File::open(path).map_err(io_err("", path))?;
+        let len = file.metadata().map_err(io_err("", path))?.len();
         if len != previous.size() {
             return Ok(false);
         }
@@ -241,7 +232,7 @@ impl ObjectStore {
                 cuts.extend(c.feed(&buf));
             }
         }
-        let at_end = file.read(&mut [0u8; 1]).map_err(io_err(path))? == 0;
+        let at_end = file.read(&mut [0u8; 1]).map_err(io_err("", path))? == 0;
         Ok(at_end && cuts == expected_cuts)
     }
 
@@ -253,11 +244,11 @@ impl ObjectStore {
         sizes: ChunkSizes,
         compression: Compression,
     ) -> Result<FileContent, ObjectError> {
-        let mut file = File::open(path).map_err(io_err(path))?;
-        let len = file.metadata().map_err(io_err(path))?.len();
+        let mut file = File::open(path).map_err(io_err("", path))?;
+        let len = file.metadata().map_err(io_err("", path))?.len();
         if !sizes.may_chunk(len) {
             let mut buf = Vec::with_capacity(len as usize);
-            file.read_to_end(&mut buf).map_err(io_err(path))?;
+            file.read_to_end(&mut buf).map_err(io_err("", path))?;
             let hash = self.put(&buf, Suffix::None, compression)?;
             return Ok(FileContent::Whole {
                 hash,
@@ -272,7 +263,7 @@ impl ObjectStore {
         let mut block = vec![0u8; 1 << 20];
         let mut offset = 0u64;
         loop {
-            let n = file.read(&mut block).map_err(io_err(path))?;
+            let n = file.read(&mut block).map_err(io_err("", path))?;
             if n == 0 {
                 break;
             }

@@ -2,7 +2,7 @@
 //! attributes, in a deterministic order (names sorted byte-wise), and which directories are
 //! nested-catalog roots (they hold a `.cvmfscatalog` marker).
 
-use std::ffi::{CString, OsStr};
+use std::ffi::OsStr;
 use std::os::unix::ffi::OsStrExt;
 use std::os::unix::fs::MetadataExt;
 use std::path::{Path, PathBuf};
@@ -15,10 +15,10 @@ pub const NESTED_CATALOG_MARKER: &[u8] = b".cvmfscatalog";
 /// Errors while reading the source tree.
 #[derive(Debug, thiserror::Error)]
 pub enum ScanError {
-    #[error("cannot read {path}: {source}")]
+    #[error("cannot read {path}: {cause}")]
     Io {
         path: PathBuf,
-        source: std::io::Error,
+        cause: std::io::Error,
     },
     #[error("the source {0} is not a directory")]
     NotADirectory(PathBuf),
@@ -116,7 +116,7 @@ pub fn scan(root: &Path) -> Result<Node, ScanError> {
 fn lstat(path: &Path) -> Result<std::fs::Metadata, ScanError> {
     std::fs::symlink_metadata(path).map_err(|source| ScanError::Io {
         path: path.to_path_buf(),
-        source,
+        cause: source,
     })
 }
 
@@ -128,7 +128,7 @@ fn read_node(
 ) -> Result<Node, ScanError> {
     let io = |source_err| ScanError::Io {
         path: source.to_path_buf(),
-        source: source_err,
+        cause: source_err,
     };
     let stat = Stat {
         mode: meta.mode(),
@@ -197,54 +197,20 @@ fn read_node(
 /// Extended attributes of `path` (not following symlinks). Like the real server, attributes
 /// whose key or value is longer than the catalog blob can hold are skipped (with a warning).
 pub fn read_xattrs(path: &Path) -> std::io::Result<Xattrs> {
-    let c = CString::new(path.as_os_str().as_bytes())
-        .map_err(|_| std::io::Error::new(std::io::ErrorKind::InvalidInput, "NUL in path"))?;
-    let mut list = vec![0u8; 1024];
-    let n = loop {
-        // SAFETY: `list` is a valid writable buffer of the given length; `c` is NUL-terminated.
-        let n = unsafe { libc::llistxattr(c.as_ptr(), list.as_mut_ptr().cast(), list.len()) };
-        if n >= 0 {
-            break n as usize;
-        }
-        let e = std::io::Error::last_os_error();
-        match e.raw_os_error() {
-            Some(libc::ERANGE) if list.len() < 1 << 20 => list.resize(list.len() * 4, 0),
-            Some(libc::ENOTSUP) => return Ok(Vec::new()),
-            _ => return Err(e),
-        }
+    use std::os::unix::ffi::OsStrExt;
+    let keys = match xattr::list(path) {
+        Ok(keys) => keys,
+        Err(e) if e.raw_os_error() == Some(libc::ENOTSUP) => return Ok(Vec::new()),
+        Err(e) => return Err(e),
     };
     let mut out = Vec::new();
-    for key in list[..n].split(|&b| b == 0).filter(|k| !k.is_empty()) {
-        let Ok(ckey) = CString::new(key) else {
+    for key in keys {
+        let key = key.as_bytes();
+        // Removed since listed: nothing to publish.
+        let Some(value) = xattr::get(path, std::ffi::OsStr::from_bytes(key))? else {
             continue;
         };
-        let mut value = vec![0u8; XATTR_MAX_LEN + 1];
-        // SAFETY: as above; `value` is a valid buffer of the given length.
-        let len = unsafe {
-            libc::lgetxattr(
-                c.as_ptr(),
-                ckey.as_ptr(),
-                value.as_mut_ptr().cast(),
-                value.len(),
-            )
-        };
-        if len < 0 {
-            let e = std::io::Error::last_os_error();
-            if e.raw_os_error() == Some(libc::ERANGE) {
-                log::warn!(
-                    "{}: extended attribute {} is longer than {XATTR_MAX_LEN} bytes; not published",
-                    path.display(),
-                    String::from_utf8_lossy(key)
-                );
-                continue;
-            }
-            if e.raw_os_error() == Some(libc::ENODATA) {
-                continue;
-            }
-            return Err(e);
-        }
-        let len = len as usize;
-        if len > XATTR_MAX_LEN || key.len() > XATTR_MAX_LEN {
+        if value.len() > XATTR_MAX_LEN || key.len() > XATTR_MAX_LEN {
             log::warn!(
                 "{}: extended attribute {} is too long; not published",
                 path.display(),
@@ -252,7 +218,6 @@ pub fn read_xattrs(path: &Path) -> std::io::Result<Xattrs> {
             );
             continue;
         }
-        value.truncate(len);
         out.push((key.to_vec(), value));
     }
     out.sort();

@@ -10,9 +10,10 @@ use std::sync::Mutex;
 use super::catalog_writer::{CatalogCounters, CatalogProperties, CatalogWriter, Row};
 use super::objects::{FileContent, ObjectStore};
 use super::scan::{Kind, Node};
-use super::{io_err, PublishError, PublishOptions};
+use super::{PublishError, PublishOptions};
 use crate::catalog::{flags, is_path_prefix, serialize_xattr_blob, Catalog, Compression};
 use crate::hash::{Algorithm, ContentHash, Suffix};
+use path_error::io_err;
 
 /// A catalog of the previous revision.
 struct PreviousCatalog {
@@ -87,7 +88,7 @@ impl<'a> TreeBuilder<'a> {
         while let Some((mountpoint, hash)) = pending.pop() {
             let file = self.work_file("previous");
             let bytes = self.store.get(&hash, Suffix::Catalog)?;
-            std::fs::write(&file, bytes).map_err(io_err(&file))?;
+            std::fs::write(&file, bytes).map_err(io_err("", &file))?;
             let cat = Catalog::open(&file, hash, &mountpoint)?;
             for n in &cat.nested {
                 pending.push((n.path.clone(), n.hash));
@@ -263,7 +264,7 @@ impl<'a> TreeBuilder<'a> {
                 // Unchanged: the previous catalog object stays (as the real server leaves
                 // catalogs without changes alone).
                 let size = std::fs::metadata(&old_file)
-                    .map_err(io_err(&old_file))?
+                    .map_err(io_err("", &old_file))?
                     .len();
                 let _ = std::fs::remove_file(&file);
                 self.catalogs_reused += 1;
@@ -282,7 +283,7 @@ impl<'a> TreeBuilder<'a> {
         file: &Path,
         counters: CatalogCounters,
     ) -> Result<Built, PublishError> {
-        let bytes = std::fs::read(file).map_err(io_err(file))?;
+        let bytes = std::fs::read(file).map_err(io_err("", file))?;
         let hash = self.store.put(&bytes, Suffix::Catalog, Compression::Zlib)?;
         let _ = std::fs::remove_file(file);
         self.catalogs_written += 1;

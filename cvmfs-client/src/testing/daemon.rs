@@ -1,7 +1,6 @@
 //! The `cvmfs2` daemon on a kernel FUSE mount, for integration tests: starting it, finding its
 //! pid, unmounting and making sure no daemon or mount outlives a failing test.
 
-use std::ffi::CString;
 use std::io::{self, Read};
 use std::os::unix::ffi::OsStrExt;
 use std::path::{Path, PathBuf};
@@ -13,7 +12,7 @@ use sha2::Digest as _;
 /// Why tests that mount through the kernel cannot run here, if they cannot.
 pub fn fuse_skip_reason() -> Option<String> {
     // SAFETY: geteuid has no preconditions.
-    if unsafe { libc::geteuid() } != 0 {
+    if !nix::unistd::geteuid().is_root() {
         return Some("not running as root".into());
     }
     if !Path::new("/dev/fuse").exists() {
@@ -74,30 +73,9 @@ pub fn process_ended(pid: i32) -> bool {
     }
 }
 
-/// `lgetxattr` of any size (the length is asked first).
+/// `lgetxattr` of any size; a missing attribute is `ENODATA`, as the system call says.
 pub fn lgetxattr(p: &Path, name: &str) -> io::Result<Vec<u8>> {
-    let path = CString::new(p.as_os_str().as_bytes()).map_err(io::Error::other)?;
-    let name = CString::new(name).map_err(io::Error::other)?;
-    // SAFETY: valid C strings; a null buffer with size 0 asks for the length.
-    let n = unsafe { libc::lgetxattr(path.as_ptr(), name.as_ptr(), std::ptr::null_mut(), 0) };
-    if n < 0 {
-        return Err(io::Error::last_os_error());
-    }
-    let mut buf = vec![0u8; n as usize];
-    // SAFETY: `buf` has room for `buf.len()` bytes.
-    let m = unsafe {
-        libc::lgetxattr(
-            path.as_ptr(),
-            name.as_ptr(),
-            buf.as_mut_ptr().cast(),
-            buf.len(),
-        )
-    };
-    if m < 0 {
-        return Err(io::Error::last_os_error());
-    }
-    buf.truncate(m as usize);
-    Ok(buf)
+    xattr::get(p, name)?.ok_or_else(|| io::Error::from_raw_os_error(libc::ENODATA))
 }
 
 /// Hex SHA-256 of a file's contents (what the fixture's `expected/*.json` lists).

@@ -15,7 +15,6 @@ use std::path::Path;
 use super::media::Media;
 use super::user_data::MAX_DECOMPRESSED;
 use super::{mime, write_ucontext, ContextEntry};
-use crate::boot::Boot;
 use crate::console;
 use crate::settings::ContextSettings;
 
@@ -103,14 +102,19 @@ pub fn apply(extra: &ExtraContext, root: &Path, settings: &mut ContextSettings) 
 
 #[derive(Debug, thiserror::Error)]
 #[error("cannot store the extra context: {0}")]
-pub struct ExtraError(#[from] io::Error);
+pub struct ExtraError(io::Error);
 
-pub fn phase(boot: &mut Boot) -> Result<(), ExtraError> {
-    if !boot.first_boot {
-        return Ok(());
+// The cause is in the message, so it is not also returned as the source.
+impl From<io::Error> for ExtraError {
+    fn from(e: io::Error) -> Self {
+        ExtraError(e)
     }
+}
+
+/// Spec §5.8 (first boot only): finds the extra context, stores it in the initramfs `root`
+/// and applies its entries on top of `settings`.
+pub fn add(root: &Path, settings: &mut ContextSettings) -> Result<(), ExtraError> {
     console::begin("Looking for extra context...");
-    let root = boot.layout.initramfs.clone();
     let extra = find(&Media::system(root.join("tmp")));
     let shown = if extra.sources.is_empty() {
         "(none)".to_string()
@@ -118,7 +122,7 @@ pub fn phase(boot: &mut Boot) -> Result<(), ExtraError> {
         extra.sources.join(" ")
     };
     console::result(&shown);
-    apply(&extra, &root, &mut boot.settings)?;
+    apply(&extra, root, settings)?;
     Ok(())
 }
 

@@ -51,16 +51,16 @@ impl FsType {
 
 #[derive(Debug, thiserror::Error)]
 pub enum MediaError {
-    #[error("cannot create mount point {path}: {source}")]
+    #[error("cannot create mount point {path}: {cause}")]
     MountPoint {
         path: PathBuf,
-        source: std::io::Error,
+        cause: std::io::Error,
     },
-    #[error("cannot mount {device} ({fstype}) read-only: {source}")]
+    #[error("cannot mount {device} ({fstype}) read-only: {cause}")]
     Mount {
         device: PathBuf,
         fstype: &'static str,
-        source: nix::Error,
+        cause: nix::Error,
     },
 }
 
@@ -141,7 +141,7 @@ pub fn mount_ro(device: &Path, fstype: FsType, scratch: &Path) -> Result<Mounted
     let dir = scratch.join(format!("ucvm-media-{}-{name}", std::process::id()));
     fs::create_dir_all(&dir).map_err(|source| MediaError::MountPoint {
         path: dir.clone(),
-        source,
+        cause: source,
     })?;
     let flags = MsFlags::MS_RDONLY | MsFlags::MS_NOSUID | MsFlags::MS_NODEV | MsFlags::MS_NOEXEC;
     if let Err(source) = mount(
@@ -155,7 +155,7 @@ pub fn mount_ro(device: &Path, fstype: FsType, scratch: &Path) -> Result<Mounted
         return Err(MediaError::Mount {
             device: device.to_path_buf(),
             fstype: fstype.mount_name(),
-            source,
+            cause: source,
         });
     }
     Ok(Mounted { dir })

@@ -3,6 +3,7 @@
 //! CloudStack). The first source that has user data wins; its data is gunzipped, saved as
 //! `/user-data`, its µCernVM block parsed into `/ucontext` and into the typed settings.
 
+use cvmfs_config::keys::{CVMFS_HTTP_PROXY, CVMFS_PAC_URLS};
 use std::fmt;
 use std::fs;
 use std::io::Read;
@@ -16,7 +17,6 @@ use super::glidein::{self, GlideinContext};
 use super::media::{FsType, Media};
 use super::user_data::{decode_user_data, MAX_DECOMPRESSED};
 use super::{mime, write_ucontext, ContextEntry};
-use crate::boot::Boot;
 use crate::console;
 use crate::http::{self, Timeouts};
 use crate::network::opennebula::parse_context_sh;
@@ -430,7 +430,7 @@ pub fn find_metadata(ep: &MetadataEndpoints, trace: &mut Trace) -> Option<Found>
     None
 }
 
-/// The outcome of contextualization, kept in [`Boot`] for the epilog.
+/// What contextualization found (for the epilog).
 #[derive(Debug, Clone, Default)]
 pub struct Contextualized {
     pub source: Option<Source>,
@@ -477,10 +477,7 @@ pub fn process(
         trace.note("glideinWMS autodetect disabled by configuration");
     } else if let Some(g) = glidein::detect(&data) {
         trace.note("glideinWMS user data detected");
-        for (key, value) in [
-            ("CVMFS_HTTP_PROXY", &g.proxy),
-            ("CVMFS_PAC_URLS", &g.pac_urls),
-        ] {
+        for (key, value) in [(CVMFS_HTTP_PROXY, &g.proxy), (CVMFS_PAC_URLS, &g.pac_urls)] {
             if let Some(v) = value {
                 ucontext.extend_from_slice(format!("_UCONTEXT_{key}={v}\n").as_bytes());
                 settings.apply(key, v);
@@ -513,39 +510,40 @@ pub fn find(media: &Media, endpoints: &MetadataEndpoints, trace: &mut Trace) -> 
     find_local(media, trace).or_else(|| find_metadata(endpoints, trace))
 }
 
-/// The DHCP server remembered by the network phase (`/var/lib/dhcp-server`).
-fn remembered_dhcp_server(boot: &Boot) -> Option<Ipv4Addr> {
-    boot.network
-        .as_ref()
-        .and_then(|n| n.dhcp_server())
-        .or_else(|| {
-            fs::read_to_string(boot.layout.initramfs.join("var/lib/dhcp-server"))
-                .ok()
-                .and_then(|s| s.trim().parse().ok())
-        })
+/// The DHCP server of the lease, else the one remembered in `/var/lib/dhcp-server`.
+fn remembered_dhcp_server(root: &Path, lease_server: Option<Ipv4Addr>) -> Option<Ipv4Addr> {
+    lease_server.or_else(|| {
+        fs::read_to_string(root.join("var/lib/dhcp-server"))
+            .ok()
+            .and_then(|s| s.trim().parse().ok())
+    })
 }
 
-/// First boot only (spec §5.1).
-pub fn phase(boot: &mut Boot) -> Result<(), std::convert::Infallible> {
-    if !boot.first_boot {
-        return Ok(());
-    }
+/// The outcome of the context phase: what was found, and the settings it holds (the extra
+/// context phase adds its own).
+#[derive(Debug, Clone, Default)]
+pub struct Context {
+    pub found: Contextualized,
+    pub settings: ContextSettings,
+}
+
+/// Spec §5.1 (first boot only): looks for user data on local media and metadata services
+/// (CloudStack's at `dhcp_server`, the DHCP server of the network phase's lease), and leaves
+/// what it found in the initramfs `root`.
+pub fn contextualize(root: &Path, dhcp_server: Option<Ipv4Addr>) -> Context {
     console::begin("Contextualizing VM...");
-    let root = boot.layout.initramfs.clone();
     let mut trace = Trace::default();
     let media = Media::system(root.join("tmp"));
-    let endpoints = MetadataEndpoints::cloud(remembered_dhcp_server(boot));
+    let endpoints = MetadataEndpoints::cloud(remembered_dhcp_server(root, dhcp_server));
     let found = find(&media, &endpoints, &mut trace);
-    let (ctx, settings) = process(found, &root, &mut trace);
+    let (found, settings) = process(found, root, &mut trace);
     let log_dir = root.join("var/log");
     let _ = fs::create_dir_all(&log_dir);
     if let Err(e) = fs::write(log_dir.join("context.log"), trace.0.join("\n") + "\n") {
         log::warn!("cannot write /var/log/context.log: {e}");
     }
-    console::result(ctx.source_name());
-    boot.settings = settings;
-    boot.context = Some(ctx);
-    Ok(())
+    console::result(found.source_name());
+    Context { found, settings }
 }
 
 #[cfg(test)]

@@ -1,11 +1,13 @@
 //! The client configuration file the boot loader writes, `/etc/cvmfs/config.d/<repo>.conf`
 //! (spec §9.4), and the cache quota derived from the scratch disk size (§9.6).
 
-use std::fmt::Write as _;
 use std::path::PathBuf;
 
-use super::params::{quoted, CvmfsParams};
+use cvmfs_config::keys::*;
+use cvmfs_config::ConfigFile;
+
 use super::snapshot::Selection;
+use crate::config::cvmfs::{unquote, CvmfsParams};
 
 /// `CVMFS_NFILES`, and the open-file limit the boot loader raises itself to.
 pub const NFILES: u64 = 65536;
@@ -32,60 +34,62 @@ pub fn quota_limit_mb(root_size_mb: u64) -> u64 {
     }
 }
 
-/// The configuration text, one `KEY=value` per line in the original's order.
+/// The configuration, one parameter per line in the original's order.
+pub fn config_file(
+    params: &CvmfsParams,
+    paths: &ConfigPaths,
+    quota_mb: u64,
+    selection: &Selection,
+) -> ConfigFile {
+    let cache = paths.cache.display();
+    let mut c = ConfigFile::new(&params.repository);
+    c.set(CVMFS_CACHE_BASE, &cache);
+    c.set(CVMFS_NFILES, NFILES);
+    c.set(CVMFS_RELOAD_SOCKETS, &cache);
+    c.set(CVMFS_QUOTA_LIMIT, quota_mb);
+    c.set_quoted(CVMFS_SERVER_URL, unquote(&params.server_url_value()));
+    c.set_quoted(CVMFS_HTTP_PROXY, unquote(&params.proxy));
+    c.set_quoted(CVMFS_PAC_URLS, unquote(&params.pac_urls));
+    c.set(CVMFS_KEYS_DIR, paths.keys_dir.display());
+    c.set(CVMFS_CHECK_PERMISSIONS, "yes");
+    c.set(CVMFS_IGNORE_SIGNATURE, "no");
+    c.set(CVMFS_AUTO_UPDATE, "no");
+    c.set(CVMFS_NFS_SOURCE, "no");
+    c.set(CVMFS_PROXY_RESET_AFTER, 86400);
+    c.set(CVMFS_MAX_RETRIES, 0);
+    c.set(CVMFS_TIMEOUT, 5);
+    c.set(CVMFS_TIMEOUT_DIRECT, 5);
+    c.set(CVMFS_USE_GEOAPI, "yes");
+    c.set(CVMFS_MAX_IPADDR_PER_PROXY, 2);
+    c.set(CVMFS_BACKOFF_INIT, 2);
+    c.set(CVMFS_BACKOFF_MAX, 12);
+    c.set(CVMFS_USYSLOG, paths.cache.join("usyslog").display());
+    c.set(CVMFS_UID_MAP, paths.uid_map.display());
+    c.set(CVMFS_GID_MAP, paths.gid_map.display());
+    c.set(CVMFS_HIDE_MAGIC_XATTRS, "yes");
+    c.set(CVMFS_SYSTEMD_NOKILL, "yes");
+    // Not in the original. Our client's FUSE passthrough (Linux 6.9+) stacks the mount one
+    // file-system level higher; with the union on top, an overlay inside the OS (containers)
+    // would exceed the kernel's stacking limit.
+    c.set(CVMFS_FUSE_PASSTHROUGH, "no");
+    let (root_hash, tag) = selection.config_values();
+    if let Some(tag) = tag {
+        c.set(CVMFS_REPOSITORY_TAG, tag);
+    }
+    if let Some(hash) = root_hash {
+        c.set(CVMFS_ROOT_HASH, hash);
+    }
+    c
+}
+
+/// The configuration text (see [`config_file`]).
 pub fn render(
     params: &CvmfsParams,
     paths: &ConfigPaths,
     quota_mb: u64,
     selection: &Selection,
 ) -> String {
-    let cache = paths.cache.display();
-    let mut lines: Vec<(&str, String)> = vec![
-        ("CVMFS_CACHE_BASE", cache.to_string()),
-        ("CVMFS_NFILES", NFILES.to_string()),
-        ("CVMFS_RELOAD_SOCKETS", cache.to_string()),
-        ("CVMFS_QUOTA_LIMIT", quota_mb.to_string()),
-        ("CVMFS_SERVER_URL", params.server_url_value()),
-        ("CVMFS_HTTP_PROXY", quoted(&params.proxy)),
-        ("CVMFS_PAC_URLS", quoted(&params.pac_urls)),
-        ("CVMFS_KEYS_DIR", paths.keys_dir.display().to_string()),
-        ("CVMFS_CHECK_PERMISSIONS", "yes".into()),
-        ("CVMFS_IGNORE_SIGNATURE", "no".into()),
-        ("CVMFS_AUTO_UPDATE", "no".into()),
-        ("CVMFS_NFS_SOURCE", "no".into()),
-        ("CVMFS_PROXY_RESET_AFTER", "86400".into()),
-        ("CVMFS_MAX_RETRIES", "0".into()),
-        ("CVMFS_TIMEOUT", "5".into()),
-        ("CVMFS_TIMEOUT_DIRECT", "5".into()),
-        ("CVMFS_USE_GEOAPI", "yes".into()),
-        ("CVMFS_MAX_IPADDR_PER_PROXY", "2".into()),
-        ("CVMFS_BACKOFF_INIT", "2".into()),
-        ("CVMFS_BACKOFF_MAX", "12".into()),
-        (
-            "CVMFS_USYSLOG",
-            paths.cache.join("usyslog").display().to_string(),
-        ),
-        ("CVMFS_UID_MAP", paths.uid_map.display().to_string()),
-        ("CVMFS_GID_MAP", paths.gid_map.display().to_string()),
-        ("CVMFS_HIDE_MAGIC_XATTRS", "yes".into()),
-        ("CVMFS_SYSTEMD_NOKILL", "yes".into()),
-        // Not in the original. Our client's FUSE passthrough (Linux 6.9+) stacks the mount one
-        // file-system level higher; with the union on top, an overlay inside the OS (containers)
-        // would exceed the kernel's stacking limit.
-        ("CVMFS_FUSE_PASSTHROUGH", "no".into()),
-    ];
-    let (root_hash, tag) = selection.config_values();
-    if let Some(tag) = tag {
-        lines.push(("CVMFS_REPOSITORY_TAG", tag.to_string()));
-    }
-    if let Some(hash) = root_hash {
-        lines.push(("CVMFS_ROOT_HASH", hash.to_string()));
-    }
-    let mut out = String::new();
-    for (k, v) in lines {
-        let _ = writeln!(out, "{k}={v}");
-    }
-    out
+    config_file(params, paths, quota_mb, selection).render()
 }
 
 #[cfg(test)]
@@ -94,7 +98,7 @@ mod tests {
     use super::*;
     use crate::cmdline::KernelCmdline;
     use crate::settings::ContextSettings;
-    use cvmfs_client::config::Config;
+    use cvmfs_config::Config;
 
     fn paths() -> ConfigPaths {
         ConfigPaths {

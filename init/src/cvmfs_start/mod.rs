@@ -6,21 +6,24 @@
 //! so it is not a thread of PID 1 and survives `switch_root`.
 
 pub mod config;
-pub mod params;
 pub mod snapshot;
 pub mod squid;
 
-use std::ffi::CString;
+use path_error::{io_err, PathError};
 use std::io;
-use std::os::unix::ffi::OsStrExt;
 use std::path::{Path, PathBuf};
 use std::process::{Command, Stdio};
 use std::time::Duration;
 
-use crate::boot::Boot;
+use crate::config::{BootConfig, CvmfsParams};
 use crate::console;
+use crate::disk::ScratchDisk;
+use crate::layout::Layout;
 use config::ConfigPaths;
-use params::CvmfsParams;
+use cvmfs_config::keys::{
+    CVMFS_HTTP_PROXY, CVMFS_PAC_URLS, CVMFS_ROOT_HASH, CVMFS_SERVER_URL, CVMFS_TIMEOUT_DIRECT,
+};
+use cvmfs_config::ConfigFile;
 use snapshot::{Selection, Snapshot};
 
 /// Our CernVM-FS client in the initramfs (the original's path).
@@ -32,41 +35,29 @@ const TALK_TIMEOUT: Duration = Duration::from_secs(5);
 
 #[derive(Debug, thiserror::Error)]
 pub enum CvmfsError {
-    #[error("{what} {}: {source}", path.display())]
-    Io {
-        what: &'static str,
-        path: PathBuf,
-        source: io::Error,
-    },
+    #[error(transparent)]
+    Io(#[from] PathError),
     #[error(transparent)]
     Snapshot(#[from] snapshot::SnapshotError),
     #[error("Unable to mount cvmfs root filesystem! {0}")]
     Mount(String),
     #[error("Unable to re-mount cvmfs root filesystem! {0}")]
     Remount(String),
-    #[error("cannot read the magic attribute {name} of {}: {source}", path.display())]
+    #[error("cannot read the magic attribute {name} of {}: {cause}", path.display())]
     Xattr {
         name: &'static str,
         path: PathBuf,
-        source: io::Error,
+        cause: io::Error,
     },
     #[error("the mounted snapshot {mounted} is not the pinned one {pinned}")]
     PinMismatch { pinned: String, mounted: String },
-    #[error("the OS root {} does not exist in the repository: {source}", path.display())]
-    NoOsRoot { path: PathBuf, source: io::Error },
+    #[error("the OS root {} does not exist in the repository: {cause}", path.display())]
+    NoOsRoot { path: PathBuf, cause: io::Error },
     #[error("cvmfs_wait_on_squid: {0}")]
     Squid(String),
 }
 
-fn io_err<'a>(what: &'static str, path: &'a Path) -> impl FnOnce(io::Error) -> CvmfsError + 'a {
-    move |source| CvmfsError::Io {
-        what,
-        path: path.to_path_buf(),
-        source,
-    }
-}
-
-/// The running OS repository mount, kept in [`Boot`].
+/// The running OS repository mount: what [`mount`] made.
 #[derive(Debug, Clone)]
 pub struct CvmfsMount {
     pub params: CvmfsParams,
@@ -74,6 +65,8 @@ pub struct CvmfsMount {
     pub binary: PathBuf,
     /// `/etc/cvmfs/config.d/<repo>.conf`.
     pub config_file: PathBuf,
+    /// What `config_file` holds.
+    pub config: ConfigFile,
     /// `/root.rw/cache` (`CVMFS_CACHE_BASE`).
     pub cache: PathBuf,
     /// `/root.ro`.
@@ -97,18 +90,16 @@ impl CvmfsMount {
 
     /// The control socket `<cache>/<repo>/cvmfs_io.<repo>`.
     pub fn talk_socket(&self) -> PathBuf {
-        cvmfs_client::talk::socket_path(&self.cache, &self.params.repository)
+        cvmfs_config::talk::socket_path(&self.cache, &self.params.repository)
     }
 
     /// Unmounts and mounts the recorded snapshot again (§10.4), so that new uid/gid maps take
     /// effect. The recorded root hash is written into the configuration first, so that a tag
     /// that moved meanwhile cannot give another revision than the one rebased against.
     pub fn remount(&mut self, resolv_conf: &Path) -> Result<(), CvmfsError> {
-        let text = std::fs::read_to_string(&self.config_file)
-            .map_err(io_err("cannot read", &self.config_file))?;
-        if !text.contains("\nCVMFS_ROOT_HASH=") {
-            let text = format!("{text}CVMFS_ROOT_HASH={}\n", self.snapshot.root_hash);
-            std::fs::write(&self.config_file, text)
+        if !self.config.contains(CVMFS_ROOT_HASH) {
+            self.config.set(CVMFS_ROOT_HASH, &self.snapshot.root_hash);
+            std::fs::write(&self.config_file, self.config.render())
                 .map_err(io_err("cannot write", &self.config_file))?;
         }
         unmount(&self.mountpoint).map_err(CvmfsError::Remount)?;
@@ -131,28 +122,31 @@ impl CvmfsMount {
     }
 }
 
-pub fn phase(boot: &mut Boot) -> Result<(), CvmfsError> {
-    start(boot, Path::new(CVMFS2_BINARY))
-}
-
-/// The phase with an explicit `cvmfs2` executable (tests use the one cargo built).
-pub fn start(boot: &mut Boot, binary: &Path) -> Result<(), CvmfsError> {
-    crate::network::time::finish(boot);
+/// Spec §9: configures and mounts the OS repository of `config` on `layout.root_ro` with the
+/// `cvmfs2` executable `binary` ([`CVMFS2_BINARY`] in the initramfs). `scratch` gives the cache
+/// quota; without it the size of `layout.root_rw` is measured.
+pub fn mount(
+    config: &BootConfig,
+    layout: &Layout,
+    scratch: Option<&ScratchDisk>,
+    binary: &Path,
+) -> Result<CvmfsMount, CvmfsError> {
     console::begin("Starting CernVM File System...");
-    let r = start_inner(boot, binary);
+    let r = mount_inner(config, layout, scratch, binary);
     match &r {
-        Ok(()) => {
-            let repo = boot.cvmfs.as_ref().map(|c| c.params.repository.as_str());
-            console::result(&format!("connected to {}", repo.unwrap_or_default()));
-        }
+        Ok(m) => console::result(&format!("connected to {}", m.params.repository)),
         Err(_) => console::failed(),
     }
     r
 }
 
-fn start_inner(boot: &mut Boot, binary: &Path) -> Result<(), CvmfsError> {
-    let layout = &boot.layout;
-    let params = CvmfsParams::resolve(&boot.cmdline, &boot.settings, params::coin_flip());
+fn mount_inner(
+    config: &BootConfig,
+    layout: &Layout,
+    scratch: Option<&ScratchDisk>,
+    binary: &Path,
+) -> Result<CvmfsMount, CvmfsError> {
+    let params = config.cvmfs.clone();
     let repo = params.repository.clone();
     let aux = layout.aux();
     std::fs::create_dir_all(&aux).map_err(io_err("cannot create", &aux))?;
@@ -173,38 +167,38 @@ fn start_inner(boot: &mut Boot, binary: &Path) -> Result<(), CvmfsError> {
         }
     }
     // ROOT_SIZE_MB from the scratch-disk phase, else measured here.
-    let root_size_mb = match &boot.scratch {
+    let root_size_mb = match scratch {
         Some(s) => s.root_size_mb,
-        None => crate::disk::fs::size_mib(&layout.root_rw).map_err(|e| CvmfsError::Io {
-            what: "cannot measure",
-            path: layout.root_rw.clone(),
-            source: io::Error::other(e.to_string()),
+        None => crate::disk::fs::size_mib(&layout.root_rw).map_err(|e| {
+            CvmfsError::Io(PathError::new(
+                "cannot measure",
+                layout.root_rw.clone(),
+                io::Error::other(e.to_string()),
+            ))
         })?,
     };
     let quota = config::quota_limit_mb(root_size_mb);
     let conf_dir = layout.initramfs.join("etc/cvmfs/config.d");
     std::fs::create_dir_all(&conf_dir).map_err(io_err("cannot create", &conf_dir))?;
     let config_file = conf_dir.join(format!("{repo}.conf"));
-    std::fs::write(
-        &config_file,
-        config::render(&params, &paths, quota, &selection),
-    )
-    .map_err(io_err("cannot write", &config_file))?;
+    let config = config::config_file(&params, &paths, quota, &selection);
+    std::fs::write(&config_file, config.render()).map_err(io_err("cannot write", &config_file))?;
     raise_nofile_limit();
 
     if let Some(seconds) = params.wait_on_squid {
-        let cfg = cvmfs_client::config::Config::load(&repo, Some(&config_file), &conf_dir)
-            .map_err(|e| CvmfsError::Squid(e.to_string()))?;
-        let urls = cfg.get_list("CVMFS_SERVER_URL", ';');
-        // What `cvmfs2 __wpad__` needs to resolve `auto` as the mount will.
-        let env = cfg.environment();
-        let discovery_env: Vec<(&str, String)> =
-            ["CVMFS_PAC_URLS", "http_proxy", "CVMFS_TIMEOUT_DIRECT"]
-                .into_iter()
-                .filter_map(|k| env.get(k).map(|v| (k, v.clone())))
-                .collect();
+        let urls = config.get_list(CVMFS_SERVER_URL, ';');
+        // What `cvmfs2 __wpad__` needs to resolve `auto` as the mount will (`http_proxy` comes
+        // from the environment, as the daemon sees it).
+        let discovery_env: Vec<(&str, String)> = [
+            (CVMFS_PAC_URLS, config.get(CVMFS_PAC_URLS)),
+            ("http_proxy", std::env::var("http_proxy").ok()),
+            (CVMFS_TIMEOUT_DIRECT, config.get(CVMFS_TIMEOUT_DIRECT)),
+        ]
+        .into_iter()
+        .filter_map(|(k, v)| v.map(|v| (k, v)))
+        .collect();
         let description = squid::resolve_auto(
-            cfg.get("CVMFS_HTTP_PROXY").unwrap_or_default(),
+            &config.get(CVMFS_HTTP_PROXY).unwrap_or_default(),
             &urls.join(";"),
             &discovery_env,
             binary,
@@ -222,7 +216,7 @@ fn start_inner(boot: &mut Boot, binary: &Path) -> Result<(), CvmfsError> {
     }
     let resolv_conf = layout.initramfs.join("etc/resolv.conf");
     set_nameserver(
-        &cvmfs_client::talk::socket_path(&cache, &repo),
+        &cvmfs_config::talk::socket_path(&cache, &repo),
         &resolv_conf,
     );
     export_keys(&paths.keys_dir, &aux.join("keys").join(&repo))?;
@@ -259,6 +253,7 @@ fn start_inner(boot: &mut Boot, binary: &Path) -> Result<(), CvmfsError> {
         params,
         binary: binary.to_path_buf(),
         config_file,
+        config,
         cache,
         mountpoint,
         fresh: selection.is_fresh(),
@@ -269,10 +264,9 @@ fn start_inner(boot: &mut Boot, binary: &Path) -> Result<(), CvmfsError> {
     let os_root = mount.os_root();
     std::fs::read_dir(&os_root).map_err(|source| CvmfsError::NoOsRoot {
         path: os_root.clone(),
-        source,
+        cause: source,
     })?;
-    boot.cvmfs = Some(mount);
-    Ok(())
+    Ok(mount)
 }
 
 /// Runs `cvmfs2 -o config=…,allow_other,cvmfs_suid <repo> <mountpoint>`; it returns once the
@@ -319,17 +313,10 @@ fn dump_diagnostics(cache: &Path, config_file: &Path) {
 }
 
 fn raise_nofile_limit() {
-    let n = config::NFILES as libc::rlim_t;
-    let lim = libc::rlimit {
-        rlim_cur: n,
-        rlim_max: n,
-    };
-    // SAFETY: plain system call with a valid pointer.
-    if unsafe { libc::setrlimit(libc::RLIMIT_NOFILE, &lim) } != 0 {
-        log::warn!(
-            "cannot raise the open-file limit to {n}: {}",
-            io::Error::last_os_error()
-        );
+    use nix::sys::resource::{setrlimit, Resource};
+    let n = config::NFILES;
+    if let Err(e) = setrlimit(Resource::RLIMIT_NOFILE, n, n) {
+        log::warn!("cannot raise the open-file limit to {n}: {e}");
     }
 }
 
@@ -354,7 +341,7 @@ pub fn set_nameserver(socket: &Path, resolv_conf: &Path) {
         );
         return;
     };
-    match cvmfs_client::talk::request(socket, &format!("nameserver set {ns}"), TALK_TIMEOUT) {
+    match cvmfs_config::talk::request(socket, &format!("nameserver set {ns}"), TALK_TIMEOUT) {
         Ok(reply) if reply.starts_with("OK") => log::info!("CernVM-FS: name server {ns}"),
         Ok(reply) => log::warn!("CernVM-FS refused 'nameserver set {ns}': {}", reply.trim()),
         Err(e) => log::warn!("cannot set the CernVM-FS name server: {e}"),
@@ -369,11 +356,11 @@ pub fn export_keys(from: &Path, to: &Path) -> Result<(), CvmfsError> {
         Ok(e) => e,
         Err(e) if e.kind() == io::ErrorKind::NotFound => return Ok(()),
         Err(source) => {
-            return Err(CvmfsError::Io {
-                what: "cannot list",
-                path: from.to_path_buf(),
+            return Err(CvmfsError::Io(PathError::new(
+                "cannot list",
+                from.to_path_buf(),
                 source,
-            })
+            )))
         }
     };
     for entry in entries {
@@ -397,27 +384,12 @@ pub fn magic_xattr(path: &Path, name: &'static str) -> Result<String, CvmfsError
     let err = |source| CvmfsError::Xattr {
         name,
         path: path.to_path_buf(),
-        source,
+        cause: source,
     };
-    let c_path = CString::new(path.as_os_str().as_bytes())
-        .map_err(|_| err(io::Error::from(io::ErrorKind::InvalidInput)))?;
-    let c_name =
-        CString::new(name).map_err(|_| err(io::Error::from(io::ErrorKind::InvalidInput)))?;
-    let mut buf = vec![0u8; 4096];
-    // SAFETY: valid C strings and a buffer of the given length.
-    let n = unsafe {
-        libc::getxattr(
-            c_path.as_ptr(),
-            c_name.as_ptr(),
-            buf.as_mut_ptr().cast(),
-            buf.len(),
-        )
-    };
-    if n < 0 {
-        return Err(err(io::Error::last_os_error()));
-    }
-    buf.truncate(n as usize);
-    Ok(String::from_utf8_lossy(&buf).trim().to_string())
+    let value = xattr::get_deref(path, name)
+        .map_err(err)?
+        .ok_or_else(|| err(io::Error::from_raw_os_error(libc::ENODATA)))?;
+    Ok(String::from_utf8_lossy(&value).trim().to_string())
 }
 
 /// `(root hash, revision)` of the repository mounted at `mountpoint`.
@@ -497,6 +469,7 @@ mod tests {
                 &Default::default(),
                 true,
             ),
+            config: ConfigFile::new("cernvm-devel.cern.ch"),
             binary: CVMFS2_BINARY.into(),
             config_file: "/etc/cvmfs/config.d/x.conf".into(),
             cache: "/root.rw/cache".into(),

@@ -47,10 +47,10 @@ impl Selection {
 
 #[derive(Debug, thiserror::Error)]
 pub enum SnapshotError {
-    #[error("cannot read {}: {source}", path.display())]
-    Read { path: PathBuf, source: io::Error },
-    #[error("cannot write {}: {source}", path.display())]
-    Write { path: PathBuf, source: io::Error },
+    #[error("cannot read {}: {cause}", path.display())]
+    Read { path: PathBuf, cause: io::Error },
+    #[error("cannot write {}: {cause}", path.display())]
+    Write { path: PathBuf, cause: io::Error },
     #[error("{} has no root catalog hash on its first line", path.display())]
     NoHash { path: PathBuf },
     #[error("{} holds an invalid root catalog hash {hash:?}", path.display())]
@@ -63,7 +63,7 @@ fn read_optional(path: &Path) -> Result<Option<String>, SnapshotError> {
         Err(e) if e.kind() == io::ErrorKind::NotFound => Ok(None),
         Err(source) => Err(SnapshotError::Read {
             path: path.to_path_buf(),
-            source,
+            cause: source,
         }),
     }
 }
@@ -115,7 +115,7 @@ pub fn record(aux: &Path, snapshot: &Snapshot) -> Result<(), SnapshotError> {
     let tmp = aux.join(format!(".{SNAPSHOT_FILE}.new"));
     let err = |source| SnapshotError::Write {
         path: file.clone(),
-        source,
+        cause: source,
     };
     std::fs::write(&tmp, format!("{}\n{}\n", snapshot.root_hash, snapshot.tag)).map_err(err)?;
     std::fs::rename(&tmp, &file).map_err(err)

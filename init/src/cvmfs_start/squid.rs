@@ -13,7 +13,7 @@ use std::path::Path;
 use std::process::{Command, Stdio};
 use std::time::{Duration, Instant};
 
-use cvmfs_client::pac::discovery::has_auto_group;
+use cvmfs_config::proxy::has_auto_group;
 
 /// One element of the flattened proxy list.
 #[derive(Debug, Clone, PartialEq, Eq)]

@@ -136,11 +136,7 @@ pub fn set_label(mountpoint: &Path, label: &str) -> Result<(), FsError> {
 
 /// `syncfs(2)` on the file system holding `f`.
 pub fn sync_fs(f: &File) -> std::io::Result<()> {
-    // SAFETY: plain syscall on an open descriptor.
-    if unsafe { libc::syncfs(f.as_raw_fd()) } < 0 {
-        return Err(std::io::Error::last_os_error());
-    }
-    Ok(())
+    nix::unistd::syncfs(f).map_err(std::io::Error::from)
 }
 
 /// Size of the mounted file system in MiB (the original's `ROOT_SIZE_MB` from `df`), used for

@@ -17,16 +17,16 @@ pub const SPACER_BYTES: u64 = 50 << 20;
 pub const INODE_SPACERS: u32 = 127;
 
 #[derive(Debug, thiserror::Error)]
-#[error("cannot set up {path} on the scratch disk: {source}")]
+#[error("cannot set up {path} on the scratch disk: {cause}")]
 pub struct LayoutError {
     pub path: std::path::PathBuf,
-    pub source: std::io::Error,
+    pub cause: std::io::Error,
 }
 
 fn ctx<T>(path: &Path, r: std::io::Result<T>) -> Result<T, LayoutError> {
     r.map_err(|source| LayoutError {
         path: path.to_path_buf(),
-        source,
+        cause: source,
     })
 }
 

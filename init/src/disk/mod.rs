@@ -13,11 +13,12 @@ pub mod tools;
 
 use std::path::PathBuf;
 
-use crate::boot::Boot;
+use crate::devices::BlockDevices;
+use crate::layout::Layout;
 use plan::PlanSettings;
 use root::{RootEnv, RootError, RootOutcome};
 
-/// The mounted scratch file system, kept in [`Boot`].
+/// The mounted scratch file system: what [`prepare`] made.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct ScratchDisk {
     /// `/dev/<partition>`
@@ -34,38 +35,36 @@ pub struct ScratchDisk {
     pub swap: Option<PathBuf>,
 }
 
-/// `10root`: the scratch file system mounted on `/root.rw`.
-pub fn root_phase(boot: &mut Boot) -> Result<(), RootError> {
-    let env = RootEnv::system(&boot.layout);
-    let settings = PlanSettings {
-        resize_rootfs: boot.settings.resize_rootfs,
-        use_boothd: boot.settings.use_boothd,
-    };
+/// `10root`: the scratch file system mounted on `/root.rw`, and the block devices as they are
+/// afterwards; `None` when the preparation stopped early (a test hook only).
+pub fn prepare(
+    layout: &Layout,
+    settings: PlanSettings,
+) -> Result<Option<(ScratchDisk, BlockDevices)>, RootError> {
+    let env = RootEnv::system(layout);
     match root::prepare(&env, settings, None)? {
         RootOutcome::Ready(scratch, devs) => {
             log::info!("scratch disk: {scratch:?}");
-            boot.scratch = Some(scratch);
-            boot.devices = Some(*devs);
+            Ok(Some((scratch, *devs)))
         }
-        RootOutcome::Stopped(step) => log::warn!("root phase stopped after {step:?}"),
+        RootOutcome::Stopped(step) => {
+            log::warn!("root phase stopped after {step:?}");
+            Ok(None)
+        }
     }
-    Ok(())
 }
 
-/// `11resize`: grows the scratch partition when `aux/resize` asks for it (spec §6.6).
-pub fn resize_phase(boot: &mut Boot) -> Result<(), resize::ResizeError> {
-    let Some(scratch) = boot.scratch.as_mut() else {
-        log::warn!("resize: no scratch disk mounted");
-        return Ok(());
-    };
-    let env = RootEnv::system(&boot.layout);
+/// `11resize`: grows the scratch partition when `aux/resize` asks for it (spec §6.6); `scratch`
+/// then tells the new size.
+pub fn grow(layout: &Layout, scratch: &mut ScratchDisk) -> Result<(), resize::ResizeError> {
+    let env = RootEnv::system(layout);
     let outcome = resize::resize(&env, scratch, None)?;
     log::info!("resize: {outcome:?}");
     Ok(())
 }
 
 /// The user data as saved: `/user-data` on a first boot, `context/user-data` later.
-fn saved_user_data(layout: &crate::boot::Layout) -> Option<Vec<u8>> {
+fn saved_user_data(layout: &Layout) -> Option<Vec<u8>> {
     [
         layout.initramfs.join("user-data"),
         layout.context_dir().join("user-data"),
@@ -76,12 +75,9 @@ fn saved_user_data(layout: &crate::boot::Layout) -> Option<Vec<u8>> {
 
 /// The swap file (spec §6.7, done here for every OS): enables `/mnt/.rw/swapfile`, creating it
 /// first when the amiconfig `[cernvm] swap_size` asks for one. Problems are warnings: a
-/// machine without swap still boots.
-pub fn swap_phase(boot: &mut Boot) -> Result<(), std::convert::Infallible> {
-    let Some(scratch) = boot.scratch.as_mut() else {
-        return Ok(());
-    };
-    let size = saved_user_data(&boot.layout)
+/// machine without swap still boots. Returns the swap file in use.
+pub fn enable_swap(layout: &Layout) -> Option<PathBuf> {
+    let size = saved_user_data(layout)
         .and_then(|u| swap::swap_size_setting(&u))
         .and_then(|s| match swap::parse_size(&s) {
             Ok(size) => Some(size),
@@ -91,9 +87,11 @@ pub fn swap_phase(boot: &mut Boot) -> Result<(), std::convert::Infallible> {
             }
         });
     let cores = std::thread::available_parallelism().map_or(1, |n| n.get() as u64);
-    match swap::ensure_swap(&boot.layout.root_rw, size, cores) {
-        Ok(path) => scratch.swap = path,
-        Err(e) => crate::console::warn(&format!("no swap: {e}")),
+    match swap::ensure_swap(&layout.root_rw, size, cores) {
+        Ok(path) => path,
+        Err(e) => {
+            crate::console::warn(&format!("no swap: {e}"));
+            None
+        }
     }
-    Ok(())
 }

@@ -61,9 +61,9 @@ pub enum ResizeError {
 /// Why the partition could not grow (reported, not fatal).
 #[derive(Debug, thiserror::Error)]
 enum GrowError {
-    #[error("{0}")]
+    #[error(transparent)]
     Table(#[from] TableError),
-    #[error("{0}")]
+    #[error(transparent)]
     Fs(#[from] FsError),
     #[error("disk /dev/{0} not found")]
     NoDisk(String),

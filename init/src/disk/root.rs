@@ -38,7 +38,7 @@ pub struct RootEnv {
 }
 
 impl RootEnv {
-    pub fn system(layout: &crate::boot::Layout) -> Self {
+    pub fn system(layout: &crate::layout::Layout) -> Self {
         RootEnv {
             devices: DeviceEnv::system(&layout.initramfs),
             tools: Tools::new(layout.initramfs.join("var/log")),
@@ -65,7 +65,7 @@ pub enum Step {
 pub enum RootError {
     #[error(transparent)]
     Devices(#[from] DevicesError),
-    #[error("{0}")]
+    #[error(transparent)]
     Plan(#[from] PlanError),
     #[error("Unable to partition /dev/{0}: {1}")]
     Partition(String, TableError),

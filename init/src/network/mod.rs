@@ -7,7 +7,6 @@ use std::fs;
 use std::net::Ipv4Addr;
 use std::path::Path;
 
-use crate::boot::Boot;
 use crate::console;
 use crate::context::media::{FsType, Media};
 
@@ -37,7 +36,7 @@ pub enum NetworkMethod {
     Unconfigured,
 }
 
-/// Result of this phase, kept in [`Boot`].
+/// What the network phase made.
 #[derive(Debug, Default)]
 pub struct NetworkState {
     pub method: NetworkMethod,
@@ -57,7 +56,7 @@ impl NetworkState {
 
 #[derive(Debug, thiserror::Error)]
 pub enum NetworkError {
-    #[error("{0}")]
+    #[error(transparent)]
     Netlink(#[from] netlink::NetlinkError),
     #[error("OpenNebula context: no ETH<n>_MAC matches the MAC of eth0")]
     NoEth0Context,
@@ -271,25 +270,25 @@ pub fn network_report(root: &Path) -> String {
     s
 }
 
-pub fn phase(boot: &mut Boot) -> Result<(), NetworkError> {
+/// Spec §3: configures the network of the initramfs `root`. A failure is reported and leaves
+/// the network unconfigured (the boot goes on: local repositories and media need none).
+pub fn up(root: &Path) -> NetworkState {
     console::begin("Starting networking...");
-    let root = boot.layout.initramfs.clone();
     let media = Media::system(root.join("tmp"));
-    let state = match configure(&root, &media, &DhcpConfig::default()) {
+    let state = match configure(root, &media, &DhcpConfig::default()) {
         Ok(s) => s,
         Err(e) => {
             log::warn!("network: {e}");
             NetworkState::default()
         }
     };
-    write_log(&root, "network.log", &network_report(&root));
+    write_log(root, "network.log", &network_report(root));
     match &state.method {
         NetworkMethod::Static(_) => console::result("(using static network settings) check"),
         NetworkMethod::Dhcp(_) => console::check(),
         NetworkMethod::Unconfigured => console::failed(),
     }
-    boot.network = Some(state);
-    Ok(())
+    state
 }
 
 #[cfg(test)]

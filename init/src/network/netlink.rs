@@ -3,7 +3,7 @@
 
 use std::io;
 use std::net::Ipv4Addr;
-use std::os::fd::{AsRawFd, FromRawFd, OwnedFd};
+use std::os::fd::{AsRawFd, OwnedFd};
 
 const NLMSG_HDRLEN: usize = 16;
 const NLMSG_ERROR: u16 = 2;
@@ -47,10 +47,10 @@ const RTN_UNICAST: u8 = 1;
 pub enum NetlinkError {
     #[error("netlink socket: {0}")]
     Socket(io::Error),
-    #[error("netlink {what}: {source}")]
+    #[error("netlink {what}: {cause}")]
     Request {
         what: &'static str,
-        source: io::Error,
+        cause: io::Error,
     },
     #[error("malformed netlink reply to {0}")]
     Malformed(&'static str),
@@ -167,19 +167,14 @@ pub struct Netlink {
 
 impl Netlink {
     pub fn open() -> Result<Self, NetlinkError> {
-        // SAFETY: plain socket(2) call; the result is checked.
-        let fd = unsafe {
-            libc::socket(
-                libc::AF_NETLINK,
-                libc::SOCK_RAW | libc::SOCK_CLOEXEC,
-                libc::NETLINK_ROUTE,
-            )
-        };
-        if fd < 0 {
-            return Err(NetlinkError::Socket(io::Error::last_os_error()));
-        }
-        // SAFETY: fd is a fresh descriptor we own.
-        let fd = unsafe { OwnedFd::from_raw_fd(fd) };
+        use nix::sys::socket::{socket, AddressFamily, SockFlag, SockProtocol, SockType};
+        let fd = socket(
+            AddressFamily::Netlink,
+            SockType::Raw,
+            SockFlag::SOCK_CLOEXEC,
+            SockProtocol::NetlinkRoute,
+        )
+        .map_err(|e| NetlinkError::Socket(e.into()))?;
         // The kernel answers at once; the timeout only guards against a bug hanging PID 1.
         let tv = nix::sys::time::TimeVal::new(5, 0);
         nix::sys::socket::setsockopt(&fd, nix::sys::socket::sockopt::ReceiveTimeout, &tv)
@@ -191,25 +186,18 @@ impl Netlink {
         self.seq += 1;
         let seq = self.seq;
         let buf = msg.finish(seq);
-        // SAFETY: sockaddr_nl zeroed = the kernel; buffer valid for its length.
-        let rc = unsafe {
-            let mut sa: libc::sockaddr_nl = std::mem::zeroed();
-            sa.nl_family = libc::AF_NETLINK as libc::sa_family_t;
-            libc::sendto(
-                self.fd.as_raw_fd(),
-                buf.as_ptr() as *const libc::c_void,
-                buf.len(),
-                0,
-                &sa as *const _ as *const libc::sockaddr,
-                std::mem::size_of::<libc::sockaddr_nl>() as libc::socklen_t,
-            )
-        };
-        if rc < 0 {
-            return Err(NetlinkError::Request {
-                what,
-                source: io::Error::last_os_error(),
-            });
-        }
+        // Port 0, no groups: the kernel.
+        let kernel = nix::sys::socket::NetlinkAddr::new(0, 0);
+        nix::sys::socket::sendto(
+            self.fd.as_raw_fd(),
+            &buf,
+            &kernel,
+            nix::sys::socket::MsgFlags::empty(),
+        )
+        .map_err(|e| NetlinkError::Request {
+            what,
+            cause: e.into(),
+        })?;
         Ok(seq)
     }
 
@@ -223,22 +211,16 @@ impl Netlink {
         let mut out = Vec::new();
         let mut buf = vec![0u8; 64 * 1024];
         loop {
-            // SAFETY: buffer valid for its length.
-            let n = unsafe {
-                libc::recv(
-                    self.fd.as_raw_fd(),
-                    buf.as_mut_ptr() as *mut libc::c_void,
-                    buf.len(),
-                    0,
-                )
-            };
-            if n < 0 {
-                return Err(NetlinkError::Request {
-                    what,
-                    source: io::Error::last_os_error(),
-                });
-            }
-            let mut b = &buf[..n as usize];
+            let n = nix::sys::socket::recv(
+                self.fd.as_raw_fd(),
+                &mut buf,
+                nix::sys::socket::MsgFlags::empty(),
+            )
+            .map_err(|e| NetlinkError::Request {
+                what,
+                cause: e.into(),
+            })?;
+            let mut b = &buf[..n];
             while b.len() >= NLMSG_HDRLEN {
                 let len = u32::from_ne_bytes([b[0], b[1], b[2], b[3]]) as usize;
                 let kind = u16::from_ne_bytes([b[4], b[5]]);
@@ -263,7 +245,7 @@ impl Netlink {
                         }
                         return Err(NetlinkError::Request {
                             what,
-                            source: io::Error::from_raw_os_error(-code),
+                            cause: io::Error::from_raw_os_error(-code),
                         });
                     }
                     _ => out.push((kind, payload.to_vec())),

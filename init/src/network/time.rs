@@ -5,7 +5,6 @@ use std::net::{SocketAddr, ToSocketAddrs, UdpSocket};
 use std::sync::mpsc;
 use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};
 
-use crate::boot::Boot;
 use crate::console;
 
 pub const NTP_SERVER: &str = "pool.ntp.org:123";
@@ -21,9 +20,16 @@ pub enum SntpError {
     #[error("no time server answer within {0:?}")]
     Timeout(Duration),
     #[error("SNTP socket: {0}")]
-    Io(#[from] std::io::Error),
+    Io(std::io::Error),
     #[error("unusable SNTP answer: {0}")]
     BadAnswer(&'static str),
+}
+
+// The cause is in the message, so it is not also returned as the source.
+impl From<std::io::Error> for SntpError {
+    fn from(e: std::io::Error) -> Self {
+        SntpError::Io(e)
+    }
 }
 
 fn to_ntp(t: SystemTime) -> [u8; 8] {
@@ -55,9 +61,9 @@ fn from_ntp(b: &[u8]) -> Option<SystemTime> {
 /// the round trip).
 pub fn query(server: SocketAddr, limit: Duration) -> Result<SystemTime, SntpError> {
     let bind: SocketAddr = if server.is_ipv4() {
-        "0.0.0.0:0".parse().expect("literal")
+        (std::net::Ipv4Addr::UNSPECIFIED, 0).into()
     } else {
-        "[::]:0".parse().expect("literal")
+        (std::net::Ipv6Addr::UNSPECIFIED, 0).into()
     };
     let sock = UdpSocket::bind(bind)?;
     let mut req = [0u8; 48];
@@ -118,13 +124,16 @@ pub fn query(server: SocketAddr, limit: Duration) -> Result<SystemTime, SntpErro
 pub fn resolve(name: &str, limit: Duration) -> Result<SocketAddr, SntpError> {
     let (tx, rx) = mpsc::channel();
     let owned = name.to_string();
-    std::thread::spawn(move || {
-        let r = owned
-            .to_socket_addrs()
-            .ok()
-            .and_then(|mut a| a.find(|a| a.is_ipv4()));
-        let _ = tx.send(r);
-    });
+    // A lookup thread that cannot start or panics closes the channel: a failed lookup.
+    let _ = std::thread::Builder::new()
+        .name("sntp-resolve".into())
+        .spawn(move || {
+            let r = owned
+                .to_socket_addrs()
+                .ok()
+                .and_then(|mut a| a.find(|a| a.is_ipv4()));
+            let _ = tx.send(r);
+        });
     match rx.recv_timeout(limit) {
         Ok(Some(a)) => Ok(a),
         _ => Err(SntpError::Resolve(name.to_string())),
@@ -153,28 +162,52 @@ pub fn synchronise(server: &str) -> Result<SystemTime, SntpError> {
 /// answer (at most [`TIME_LIMIT`] in all) right before CernVM-FS starts: an unreachable time
 /// server then costs nothing in the phases between (devices, context, disk).
 #[derive(Debug)]
-pub struct TimeSync(std::thread::JoinHandle<Result<SystemTime, SntpError>>);
+pub struct TimeSync(std::io::Result<std::thread::JoinHandle<Result<SystemTime, SntpError>>>);
 
-pub fn phase(boot: &mut Boot) -> Result<(), std::convert::Infallible> {
-    boot.time_sync = Some(TimeSync(std::thread::spawn(|| synchronise(NTP_SERVER))));
-    Ok(())
+impl TimeSync {
+    /// Starts the query of [`NTP_SERVER`] in the background.
+    pub fn start() -> TimeSync {
+        TimeSync::spawn(|| synchronise(NTP_SERVER))
+    }
+
+    /// Runs `query` in the background in place of the real one (tests).
+    pub fn spawn(
+        query: impl FnOnce() -> Result<SystemTime, SntpError> + Send + 'static,
+    ) -> TimeSync {
+        TimeSync(std::thread::Builder::new().name("sntp".into()).spawn(query))
+    }
+
+    /// Waits for the background query and reports it on the console; returns whether the
+    /// clock was set. A query thread that panicked is reported like a failed query.
+    pub fn finish(self) -> bool {
+        finish(self.0)
+    }
 }
 
-/// Waits for the background query started by [`phase`] and reports it on the console.
-pub fn finish(boot: &mut Boot) {
-    let Some(TimeSync(handle)) = boot.time_sync.take() else {
-        return;
-    };
+fn finish(handle: std::io::Result<std::thread::JoinHandle<Result<SystemTime, SntpError>>>) -> bool {
     console::begin("Setting time...");
+    let handle = match handle {
+        Ok(h) => h,
+        Err(e) => {
+            console::failed();
+            log::warn!("time from {NTP_SERVER}: cannot start the query thread: {e}");
+            return false;
+        }
+    };
     match handle.join() {
-        Ok(Ok(_)) => console::check(),
+        Ok(Ok(_)) => {
+            console::check();
+            true
+        }
         Ok(Err(e)) => {
             console::failed();
             log::warn!("time from {NTP_SERVER}: {e}");
+            false
         }
         Err(_) => {
             console::failed();
             log::warn!("time from {NTP_SERVER}: the query thread panicked");
+            false
         }
     }
 }

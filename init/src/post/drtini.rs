@@ -128,7 +128,7 @@ pub fn shutdown_main(verb: Option<&str>) -> ! {
         }
     }
     for socket in find_talk_sockets(&Path::new(OLDROOT).join("mnt/.rw/cache")) {
-        match cvmfs_client::talk::request(
+        match cvmfs_config::talk::request(
             &socket,
             "tear down to read-only",
             Duration::from_secs(30),
@@ -232,7 +232,7 @@ tmpfs /run/initramfs tmpfs rw 0 0
         let bin = t.path().join("init");
         std::fs::write(&bin, "binary").unwrap();
         assert!(!prepare(t.path(), &bin).unwrap());
-        if unsafe { libc::geteuid() } != 0 {
+        if !nix::unistd::geteuid().is_root() {
             test_prereq::skip("preparing the shutdown tree needs root");
             return;
         }

@@ -23,15 +23,22 @@ pub const MARKER: &str = "injected";
 #[derive(Debug, thiserror::Error)]
 pub enum InjectError {
     #[error("cernvm_inject is not valid base64: {0}")]
-    Base64(#[from] base64::DecodeError),
+    Base64(base64::DecodeError),
     #[error("cernvm_inject is not a readable gzip'd tar archive: {0}")]
     Archive(io::Error),
     #[error("refused archive entry {path:?}: {reason}")]
     Refused { path: String, reason: &'static str },
-    #[error("cannot extract {path:?}: {source}")]
-    Extract { path: String, source: io::Error },
-    #[error("cannot write the marker {}: {source}", path.display())]
-    Marker { path: PathBuf, source: io::Error },
+    #[error("cannot extract {path:?}: {cause}")]
+    Extract { path: String, cause: io::Error },
+    #[error("cannot write the marker {}: {cause}", path.display())]
+    Marker { path: PathBuf, cause: io::Error },
+}
+
+// The cause is in the message, so it is not also returned as the source.
+impl From<base64::DecodeError> for InjectError {
+    fn from(e: base64::DecodeError) -> Self {
+        InjectError::Base64(e)
+    }
 }
 
 /// Result of [`inject`].
@@ -57,7 +64,7 @@ pub fn inject(root: &Path, context_dir: &Path, b64: &str) -> Result<Outcome, Inj
         .and_then(|()| std::fs::write(&marker, ""))
         .map_err(|source| InjectError::Marker {
             path: marker.clone(),
-            source,
+            cause: source,
         })?;
     Ok(Outcome::Extracted(listed))
 }
@@ -217,7 +224,7 @@ fn extract(root: &Path, tar_bytes: &[u8], plan: &[Planned]) -> Result<Vec<String
         let shown = p.rel.display().to_string();
         let err = |source| InjectError::Extract {
             path: shown.clone(),
-            source,
+            cause: source,
         };
         let parent = resolve_parent(root, &p.rel).map_err(err)?;
         let name = p.rel.file_name().unwrap_or_default();
@@ -403,7 +410,7 @@ mod tests {
         assert_eq!(m.mode() & 0o7777, 0o640);
         assert_eq!(m.mtime(), 1_600_000_000);
         assert_eq!(m.nlink(), 2);
-        if unsafe { libc::geteuid() } == 0 {
+        if nix::unistd::geteuid().is_root() {
             assert_eq!((m.uid(), m.gid()), (1234, 2345));
             let tool = std::fs::metadata(root.join("usr/bin/tool")).unwrap();
             assert_eq!(tool.mode() & 0o7777, 0o4755, "set-uid kept after chown");

@@ -13,9 +13,10 @@ pub mod pinfiles;
 
 use std::path::{Path, PathBuf};
 
-use crate::boot::{Boot, Layout};
+use crate::config::BootConfig;
 use crate::console;
-use crate::cvmfs_start;
+use crate::cvmfs_start::{self, CvmfsMount};
+use crate::layout::Layout;
 use crate::timeline::Timeline;
 
 /// The scratch disk as seen after the union phase moved it.
@@ -34,12 +35,6 @@ pub fn save_timeline(layout: &Layout, timeline: &Timeline) {
     }
 }
 
-#[derive(Debug, thiserror::Error)]
-pub enum PostError {
-    #[error("the CernVM-FS phase did not mount the repository")]
-    NoRepository,
-}
-
 fn warn_on<T, E: std::fmt::Display>(what: &str, r: Result<T, E>) -> Option<T> {
     match r {
         Ok(v) => Some(v),
@@ -50,14 +45,14 @@ fn warn_on<T, E: std::fmt::Display>(what: &str, r: Result<T, E>) -> Option<T> {
     }
 }
 
-pub fn phase(boot: &mut Boot) -> Result<(), PostError> {
-    let cvmfs = boot.cvmfs.as_ref().ok_or(PostError::NoRepository)?;
-    let layout = &boot.layout;
+/// The post-mount phase on the assembled root `layout.root`; `first_boot` tells whether this
+/// boot contextualized (for `UCONTEXT_SRC`).
+pub fn run(layout: &Layout, config: &BootConfig, cvmfs: &CvmfsMount, first_boot: bool) {
     let root = layout.root.as_path();
     let rw = moved_rw(layout);
 
     // §12.1
-    if let Some(b64) = &boot.settings.cernvm_inject {
+    if let Some(b64) = &config.user.cernvm_inject {
         let context = rw.join("context");
         if !context.join(inject::MARKER).exists() {
             console::info("Injecting files...");
@@ -137,18 +132,23 @@ pub fn phase(boot: &mut Boot) -> Result<(), PostError> {
             inject::extract_tar_gz(root, &gz),
         );
     }
-    let env = hook_environment(boot, &rw);
+    let env = hook_environment(layout, config, cvmfs, first_boot, &rw);
     warn_on(
         "the OS bootstrap hook",
         hotfixes::run_bootstrap_hook(Path::new(crate::rescue::SHELL), root, &env),
     );
-    Ok(())
 }
 
 /// Variables the OS hook expects: `UCONTEXT_SRC`, the boot's paths, repository, and every
 /// `_UCONTEXT_*` value.
-fn hook_environment(boot: &Boot, rw: &Path) -> Vec<(String, String)> {
-    let src = if boot.first_boot {
+fn hook_environment(
+    layout: &Layout,
+    config: &BootConfig,
+    cvmfs: &CvmfsMount,
+    first_boot: bool,
+    rw: &Path,
+) -> Vec<(String, String)> {
+    let src = if first_boot {
         std::fs::read_to_string(rw.join("context/source"))
             .map(|s| s.trim().to_string())
             .unwrap_or_else(|_| crate::epilog::NO_SOURCE.to_string())
@@ -160,14 +160,12 @@ fn hook_environment(boot: &Boot, rw: &Path) -> Vec<(String, String)> {
         ("ROOT_RW".to_string(), rw.display().to_string()),
         (
             "ROOT_RO".to_string(),
-            boot.layout.root.join("mnt/.ro").display().to_string(),
+            layout.root.join("mnt/.ro").display().to_string(),
         ),
+        ("CVMFS_REPOS".into(), cvmfs.params.repository.clone()),
+        ("CERNVM_PATH".into(), cvmfs.params.cernvm_path.clone()),
     ];
-    if let Some(c) = &boot.cvmfs {
-        env.push(("CVMFS_REPOS".into(), c.params.repository.clone()));
-        env.push(("CERNVM_PATH".into(), c.params.cernvm_path.clone()));
-    }
-    for (k, v) in &boot.settings.extra {
+    for (k, v) in &config.user.extra {
         env.push((format!("_UCONTEXT_{k}"), v.clone()));
     }
     env

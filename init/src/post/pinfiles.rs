@@ -9,7 +9,7 @@ use std::path::{Path, PathBuf};
 use std::process::{Command, Stdio};
 use std::time::Duration;
 
-use cvmfs_client::talk::{self, TalkError};
+use cvmfs_config::talk::{self, TalkError};
 
 /// The OS's list of files to pin, at the root of the union.
 pub const PINFILES_LIST: &str = ".ucernvm_pinfiles";

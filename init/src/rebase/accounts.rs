@@ -29,8 +29,8 @@ pub enum MergeError {
         what: &'static str,
         value: String,
     },
-    #[error("{} : {source}", path.display())]
-    Io { path: PathBuf, source: io::Error },
+    #[error("{} : {cause}", path.display())]
+    Io { path: PathBuf, cause: io::Error },
 }
 
 /// One database: its lines split into fields.
@@ -269,7 +269,7 @@ fn read_optional(path: &Path) -> Result<Option<String>, MergeError> {
                 .map(Some)
                 .map_err(|source| MergeError::Io {
                     path: path.to_path_buf(),
-                    source,
+                    cause: source,
                 })
         }
         _ => Ok(None),
@@ -279,14 +279,14 @@ fn read_optional(path: &Path) -> Result<Option<String>, MergeError> {
 fn read_required(path: &Path) -> Result<String, MergeError> {
     std::fs::read_to_string(path).map_err(|source| MergeError::Io {
         path: path.to_path_buf(),
-        source,
+        cause: source,
     })
 }
 
 fn write(path: &Path, text: &str) -> Result<(), MergeError> {
     std::fs::write(path, text).map_err(|source| MergeError::Io {
         path: path.to_path_buf(),
-        source,
+        cause: source,
     })
 }
 

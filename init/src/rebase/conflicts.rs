@@ -226,7 +226,7 @@ mod tests {
 
     #[test]
     fn overlay_whiteouts_are_restored_before_the_modified_check() {
-        if unsafe { libc::geteuid() } != 0 {
+        if !nix::unistd::geteuid().is_root() {
             test_prereq::skip("mknod needs root");
             return;
         }

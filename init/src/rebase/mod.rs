@@ -6,42 +6,29 @@
 pub mod accounts;
 pub mod conflicts;
 
-use std::io::{self, Write};
+use path_error::{io_err, PathError};
+use std::io::Write;
 use std::os::unix::fs::PermissionsExt;
 use std::path::{Path, PathBuf};
 
-use crate::boot::Boot;
 use crate::console;
-use crate::cvmfs_start::CvmfsError;
+use crate::cvmfs_start::{CvmfsError, CvmfsMount};
+use crate::layout::Layout;
 
 /// The account files merged, in the original's order.
 pub const ACCOUNT_FILES: [&str; 4] = ["passwd", "group", "shadow", "gshadow"];
 
 #[derive(Debug, thiserror::Error)]
 pub enum RebaseError {
-    #[error("the CernVM-FS phase did not mount the repository")]
-    NoRepository,
-    #[error("{what} {}: {source}", path.display())]
-    Io {
-        what: &'static str,
-        path: PathBuf,
-        source: io::Error,
-    },
+    #[error(transparent)]
+    Io(#[from] PathError),
     #[error(transparent)]
     Remount(#[from] CvmfsError),
 }
 
-fn io_err<'a>(what: &'static str, path: &'a Path) -> impl FnOnce(io::Error) -> RebaseError + 'a {
-    move |source| RebaseError::Io {
-        what,
-        path: path.to_path_buf(),
-        source,
-    }
-}
-
 /// The rebase id: UTC time in ISO 8601 with seconds, e.g. `2021-05-17T10:00:00+0000`.
 pub fn rebase_id(unix: i64) -> String {
-    let (y, m, d, h) = cvmfs_client::whitelist::utc_fields(unix);
+    let (y, m, d, h) = cvmfs_config::calendar::utc_fields(unix);
     let secs = unix.rem_euclid(86_400);
     format!(
         "{y:04}-{m:02}-{d:02}T{h:02}:{:02}:{:02}+0000",
@@ -84,11 +71,11 @@ pub fn rebase(
         }
         Err(e) => {
             console::failed();
-            return Err(RebaseError::Io {
-                what: "cannot rebase onto",
-                path: os_root.to_path_buf(),
-                source: e,
-            });
+            return Err(RebaseError::Io(PathError::new(
+                "cannot rebase onto",
+                os_root.to_path_buf(),
+                e,
+            )));
         }
     };
 
@@ -152,12 +139,13 @@ pub fn rebase(
     })
 }
 
-pub fn phase(boot: &mut Boot) -> Result<(), RebaseError> {
-    let layout = boot.layout.clone();
-    let cvmfs = boot.cvmfs.as_mut().ok_or(RebaseError::NoRepository)?;
+/// The rebase phase: reconciles the upper layer with a newly pinned snapshot of `cvmfs` and
+/// mounts it again (which is why the mount is borrowed mutably). Returns the report, `None`
+/// when there was nothing to rebase (a pinned boot, or an empty upper layer).
+pub fn run(layout: &Layout, cvmfs: &mut CvmfsMount) -> Result<Option<Report>, RebaseError> {
     let upper = layout.root_rw.join(crate::union::UPPER_DIR);
     if !cvmfs.fresh || is_empty_dir(&upper) {
-        return Ok(());
+        return Ok(None);
     }
     let now = std::time::SystemTime::now()
         .duration_since(std::time::UNIX_EPOCH)
@@ -173,7 +161,7 @@ pub fn phase(boot: &mut Boot) -> Result<(), RebaseError> {
     )?;
     log::info!("rebase {id}: {:?}", report.conflicts);
     cvmfs.remount(&layout.initramfs.join("etc/resolv.conf"))?;
-    Ok(())
+    Ok(Some(report))
 }
 
 #[cfg(test)]

@@ -10,7 +10,7 @@ pub use cvmfs_client::testing::is_mounted;
 /// Why tests that mount things cannot run here, if they cannot.
 pub fn skip_reason(need_fuse: bool) -> Option<String> {
     // SAFETY: geteuid has no preconditions.
-    if unsafe { libc::geteuid() } != 0 {
+    if !nix::unistd::geteuid().is_root() {
         return Some("not running as root".into());
     }
     if need_fuse && !Path::new("/dev/fuse").exists() {

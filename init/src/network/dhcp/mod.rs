@@ -6,7 +6,6 @@ pub mod packet;
 
 use std::io;
 use std::net::{Ipv4Addr, SocketAddrV4, UdpSocket};
-use std::os::fd::FromRawFd;
 use std::path::Path;
 use std::time::{Duration, Instant};
 
@@ -80,74 +79,40 @@ impl Lease {
 
 #[derive(Debug, thiserror::Error)]
 pub enum DhcpError {
-    #[error("cannot open the DHCP socket on {iface}: {source}")]
-    Socket { iface: String, source: io::Error },
+    #[error("cannot open the DHCP socket on {iface}: {cause}")]
+    Socket { iface: String, cause: io::Error },
     #[error("no DHCP lease on {iface} after {attempts} discover attempts")]
     NoLease { iface: String, attempts: u32 },
     #[error("applying the lease: {0}")]
-    Netlink(#[from] NetlinkError),
+    Netlink(NetlinkError),
 }
 
-fn setsockopt_int(fd: i32, level: i32, name: i32, value: i32) -> io::Result<()> {
-    // SAFETY: valid fd, pointer to an int of the declared size.
-    let rc = unsafe {
-        libc::setsockopt(
-            fd,
-            level,
-            name,
-            &value as *const i32 as *const libc::c_void,
-            std::mem::size_of::<i32>() as libc::socklen_t,
-        )
-    };
-    if rc < 0 {
-        Err(io::Error::last_os_error())
-    } else {
-        Ok(())
+// The cause is in the message, so it is not also returned as the source.
+impl From<NetlinkError> for DhcpError {
+    fn from(e: NetlinkError) -> Self {
+        DhcpError::Netlink(e)
     }
 }
 
 /// A UDP socket on port 68 bound to one interface, able to send and receive broadcasts while
 /// the interface has no address yet.
 fn client_socket(iface: &str) -> io::Result<UdpSocket> {
-    // SAFETY: plain socket(2); checked below and owned by the UdpSocket.
-    let fd = unsafe { libc::socket(libc::AF_INET, libc::SOCK_DGRAM | libc::SOCK_CLOEXEC, 0) };
-    if fd < 0 {
-        return Err(io::Error::last_os_error());
-    }
-    // SAFETY: fd is fresh and owned from here on.
-    let sock = unsafe { UdpSocket::from_raw_fd(fd) };
-    setsockopt_int(fd, libc::SOL_SOCKET, libc::SO_REUSEADDR, 1)?;
-    setsockopt_int(fd, libc::SOL_SOCKET, libc::SO_BROADCAST, 1)?;
-    let name = std::ffi::CString::new(iface).map_err(io::Error::other)?;
-    // SAFETY: valid fd and NUL-terminated interface name of the given length.
-    let rc = unsafe {
-        libc::setsockopt(
-            fd,
-            libc::SOL_SOCKET,
-            libc::SO_BINDTODEVICE,
-            name.as_ptr() as *const libc::c_void,
-            name.as_bytes_with_nul().len() as libc::socklen_t,
-        )
-    };
-    if rc < 0 {
-        return Err(io::Error::last_os_error());
-    }
-    let addr = SocketAddrV4::new(Ipv4Addr::UNSPECIFIED, 68);
-    // SAFETY: sockaddr_in built from a valid address.
-    let rc = unsafe {
-        let mut sa: libc::sockaddr_in = std::mem::zeroed();
-        sa.sin_family = libc::AF_INET as libc::sa_family_t;
-        sa.sin_port = addr.port().to_be();
-        libc::bind(
-            fd,
-            &sa as *const _ as *const libc::sockaddr,
-            std::mem::size_of::<libc::sockaddr_in>() as libc::socklen_t,
-        )
-    };
-    if rc < 0 {
-        return Err(io::Error::last_os_error());
-    }
-    Ok(sock)
+    use nix::sys::socket::{bind, setsockopt, socket, sockopt, AddressFamily, SockFlag};
+    use nix::sys::socket::{SockType, SockaddrIn};
+    let fd = socket(
+        AddressFamily::Inet,
+        SockType::Datagram,
+        SockFlag::SOCK_CLOEXEC,
+        None,
+    )?;
+    setsockopt(&fd, sockopt::ReuseAddr, &true)?;
+    setsockopt(&fd, sockopt::Broadcast, &true)?;
+    setsockopt(&fd, sockopt::BindToDevice, &std::ffi::OsString::from(iface))?;
+    bind(
+        std::os::fd::AsRawFd::as_raw_fd(&fd),
+        &SockaddrIn::from(SocketAddrV4::new(Ipv4Addr::UNSPECIFIED, 68)),
+    )?;
+    Ok(UdpSocket::from(fd))
 }
 
 fn random_xid() -> u32 {
@@ -218,7 +183,7 @@ pub fn obtain_lease(
 ) -> Result<Lease, DhcpError> {
     let sock = client_socket(iface).map_err(|source| DhcpError::Socket {
         iface: iface.to_string(),
-        source,
+        cause: source,
     })?;
     let server = SocketAddrV4::new(Ipv4Addr::BROADCAST, 67);
     log.push(format!("started, {iface}"));

@@ -19,11 +19,11 @@ use fuser::{
     Request,
 };
 
-use crate::catalog::{Compression, DirEntry};
-use crate::mount::{FuseOptions, MagicXattrVisibility};
 use crate::passthrough::BackingFiles;
-use crate::prefetch::Prefetcher;
-use crate::repository::{Attached, Found, OpenFile, RepoError, Repository};
+use cvmfs_client::catalog::{Compression, DirEntry};
+use cvmfs_client::mount::{FuseOptions, MagicXattrVisibility};
+use cvmfs_client::prefetch::Prefetcher;
+use cvmfs_client::repository::{Attached, Found, OpenFile, RepoError, Repository};
 
 /// The kernel's root inode.
 pub const ROOT_INO: u64 = 1;
@@ -140,11 +140,6 @@ impl CvmfsFs {
             last_ioerr: AtomicU64::new(0),
             backing: BackingFiles::default(),
         }
-    }
-
-    /// The repository served.
-    pub fn repository(&self) -> &Arc<Repository> {
-        &self.repo
     }
 
     fn ttl(&self) -> Duration {
@@ -961,7 +956,7 @@ fn reply_sized(reply: ReplyXattr, size: u32, value: &[u8]) {
 /// The parent of a repository path (`""` for top-level entries and the root).
 fn parent_of(path: &[u8]) -> &[u8] {
     match path.iter().rposition(|&b| b == b'/') {
-        Some(i) => &path[..i],
+        Some(i) => path.get(..i).unwrap_or_default(),
         None => b"",
     }
 }

@@ -13,8 +13,8 @@ use std::path::{Path, PathBuf};
 use std::sync::Arc;
 use std::time::Duration;
 
-use crate::dns::parse_nameserver;
-use crate::repository::{RemountOutcome, Repository};
+use cvmfs_client::dns::parse_nameserver;
+use cvmfs_client::repository::{RemountOutcome, Repository};
 
 /// The commands this server knows (documentation and `help`).
 pub const COMMANDS: &[&str] = &[
@@ -104,7 +104,7 @@ fn serve_one(mut stream: UnixStream, ctx: &TalkContext) -> io::Result<()> {
     stream.set_write_timeout(Some(CLIENT_TIMEOUT))?;
     let mut buf = [0u8; MAX_COMMAND];
     let n = stream.read(&mut buf)?;
-    let mut cmd = &buf[..n];
+    let mut cmd = buf.get(..n).unwrap_or_default();
     if let [rest @ .., 0] = cmd {
         cmd = rest;
     }

@@ -99,6 +99,7 @@ impl<B> BackingFiles<B> {
     }
 
     /// Handles with a backing id.
+    #[cfg(test)]
     pub fn open_handles(&self) -> usize {
         self.ids
             .lock()

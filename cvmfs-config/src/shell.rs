@@ -9,6 +9,7 @@
 //! substitution, unquoted `|`, `&`, `<`, `>`, `(`, `)`, unterminated quotes) are errors naming
 //! the file and line. After parsing, every value is template expanded (`@fqrn@`, `@org@`).
 
+use crate::keys::{CVMFS_CONFIG_REPOSITORY, CVMFS_FQRN, CVMFS_MOUNT_DIR};
 use std::collections::HashMap;
 use std::fmt;
 use std::path::{Path, PathBuf};
@@ -20,7 +21,7 @@ pub const DEFAULT_CONFIG_ROOT: &str = "/etc/cvmfs";
 pub const DEFAULT_MOUNT_DIR: &str = "/cvmfs";
 
 /// The one parameter that may not change after the `default.d` files have been read.
-const PROTECTED_PARAMETERS: &[&str] = &["CVMFS_CONFIG_REPOSITORY"];
+const PROTECTED_PARAMETERS: &[&str] = &[CVMFS_CONFIG_REPOSITORY];
 
 /// Where a parameter value was defined.
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -202,7 +203,7 @@ impl Config {
 
     /// `<mount dir>/<config repository>/etc/cvmfs` if a usable config repository is set.
     fn config_repository_root(&self) -> Option<PathBuf> {
-        let repo = self.get("CVMFS_CONFIG_REPOSITORY")?;
+        let repo = self.get(CVMFS_CONFIG_REPOSITORY)?;
         if repo.is_empty() || repo == self.fqrn {
             return None;
         }
@@ -210,7 +211,7 @@ impl Config {
             log::warn!("ignoring invalid CVMFS_CONFIG_REPOSITORY {repo:?}");
             return None;
         }
-        let mount_dir = self.get("CVMFS_MOUNT_DIR").unwrap_or(DEFAULT_MOUNT_DIR);
+        let mount_dir = self.get(CVMFS_MOUNT_DIR).unwrap_or(DEFAULT_MOUNT_DIR);
         Some(Path::new(mount_dir).join(repo).join("etc").join("cvmfs"))
     }
 
@@ -574,7 +575,7 @@ impl Loader<'_> {
         if let Some(v) = self.config.get(name) {
             return Some(v.to_string());
         }
-        if name == "CVMFS_FQRN" {
+        if name == CVMFS_FQRN {
             return Some(self.config.fqrn.clone());
         }
         (self.env)(name)

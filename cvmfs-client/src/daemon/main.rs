@@ -8,8 +8,21 @@
 //! mount leaves nothing mounted: the parent prints one line `cvmfs2: <fqrn>: <reason>` and exits
 //! 1. Unmounting ends the daemon.
 
+// The daemon serves the OS root: a panic there takes the whole OS with it. Test code may
+// unwrap (clippy.toml).
+#![deny(
+    clippy::unwrap_used,
+    clippy::expect_used,
+    clippy::indexing_slicing,
+    clippy::undocumented_unsafe_blocks
+)]
+
+mod fuse;
+mod passthrough;
+mod talk_server;
+
 use std::io::{Read, Write};
-use std::os::fd::{AsRawFd, OwnedFd};
+use std::os::fd::OwnedFd;
 use std::path::{Path, PathBuf};
 use std::process::ExitCode;
 use std::sync::{Arc, Mutex, OnceLock};
@@ -17,13 +30,14 @@ use std::time::{SystemTime, UNIX_EPOCH};
 
 use clap::Parser;
 use cvmfs_client::config::{Config, DEFAULT_CONFIG_ROOT};
-use cvmfs_client::fuse::CvmfsFs;
 use cvmfs_client::mount::{FuseOptions, MountSettings};
 use cvmfs_client::repository::{Repository, RepositoryOptions};
-use cvmfs_client::talk_server::{self, TalkContext};
+use cvmfs_config::keys::{CVMFS_QUOTA_LIMIT, CVMFS_TALK_SOCKET, CVMFS_TIMEOUT_DIRECT};
+use fuse::CvmfsFs;
 use fuser::{MountOption, SessionACL};
 use nix::sys::signal::{SigSet, Signal};
 use nix::unistd::ForkResult;
+use talk_server::TalkContext;
 
 /// FUSE worker threads (parallel reads must not serialise).
 const FUSE_THREADS: usize = 8;
@@ -222,12 +236,14 @@ fn ctime_utc(unix: i64) -> String {
     const MONTHS: [&str; 12] = [
         "Jan", "Feb", "Mar", "Apr", "May", "Jun", "Jul", "Aug", "Sep", "Oct", "Nov", "Dec",
     ];
-    let (y, m, d, h) = cvmfs_client::whitelist::utc_fields(unix);
+    let (y, m, d, h) = cvmfs_config::calendar::utc_fields(unix);
     let secs = unix.rem_euclid(86_400);
-    let weekday = DAYS[unix.div_euclid(86_400).rem_euclid(7) as usize];
+    let weekday = DAYS
+        .get(unix.div_euclid(86_400).rem_euclid(7) as usize)
+        .unwrap_or(&"???");
     format!(
         "{weekday} {} {d:2} {h:02}:{:02}:{:02} {y}",
-        MONTHS[(m as usize).saturating_sub(1) % 12],
+        MONTHS.get((m as usize).saturating_sub(1)).unwrap_or(&"???"),
         (secs / 60) % 60,
         secs % 60
     )
@@ -254,7 +270,7 @@ fn one_line(fqrn: &str, msg: impl std::fmt::Display) -> String {
 fn main() -> ExitCode {
     let argv: Vec<String> = std::env::args().collect();
     if argv.get(1).map(String::as_str) == Some(WPAD_MODE) {
-        return wpad_main(&argv[2..]);
+        return wpad_main(argv.get(2..).unwrap_or_default());
     }
     let args = Args::parse();
     let fqrn = args.fqrn.clone();
@@ -284,7 +300,7 @@ fn wpad_main(args: &[String]) -> ExitCode {
     }
     let env: std::collections::HashMap<String, String> = std::env::vars().collect();
     let timeout = env
-        .get("CVMFS_TIMEOUT_DIRECT")
+        .get(CVMFS_TIMEOUT_DIRECT)
         .and_then(|t| t.trim().parse().ok())
         .unwrap_or(cvmfs_client::mount::DEFAULT_TIMEOUT_DIRECT);
     let auto = cvmfs_client::pac::discovery::AutoProxy::from_environment(
@@ -362,7 +378,7 @@ fn run(args: Args) -> Result<(), String> {
     }
 
     let talk_socket = config
-        .get("CVMFS_TALK_SOCKET")
+        .get(CVMFS_TALK_SOCKET)
         .map(str::trim)
         .filter(|p| !p.is_empty())
         .map(PathBuf::from)
@@ -372,7 +388,7 @@ fn run(args: Args) -> Result<(), String> {
         talk_socket,
         parameters: config.dump(),
         quota_limit_text: config
-            .get("CVMFS_QUOTA_LIMIT")
+            .get(CVMFS_QUOTA_LIMIT)
             .map(str::trim)
             .unwrap_or("-1")
             .to_string(),
@@ -478,16 +494,9 @@ fn serve(p: Prepared, mut pipe: Option<OwnedFd>) -> Result<(), String> {
     }
 
     if let Some(n) = p.fuse.nfiles {
-        let lim = libc::rlimit {
-            rlim_cur: n as libc::rlim_t,
-            rlim_max: n as libc::rlim_t,
-        };
-        // SAFETY: plain system call with a valid pointer.
-        if unsafe { libc::setrlimit(libc::RLIMIT_NOFILE, &lim) } != 0 {
-            log::warn!(
-                "cannot set the open file limit to {n} (CVMFS_NFILES): {}",
-                std::io::Error::last_os_error()
-            );
+        use nix::sys::resource::{setrlimit, Resource};
+        if let Err(e) = setrlimit(Resource::RLIMIT_NOFILE, n, n) {
+            log::warn!("cannot set the open file limit to {n} (CVMFS_NFILES): {e}");
         }
     }
 
@@ -631,12 +640,9 @@ fn detach_stdio() {
     else {
         return;
     };
-    for fd in 0..3 {
-        // SAFETY: dup2 onto the standard descriptors; `null` stays valid during the call.
-        unsafe {
-            libc::dup2(null.as_raw_fd(), fd);
-        }
-    }
+    let _ = nix::unistd::dup2_stdin(&null);
+    let _ = nix::unistd::dup2_stdout(&null);
+    let _ = nix::unistd::dup2_stderr(&null);
 }
 
 #[cfg(test)]

@@ -17,10 +17,10 @@ pub fn socket_path(cache_base: &Path, fqrn: &str) -> PathBuf {
 
 #[derive(Debug, thiserror::Error)]
 pub enum TalkError {
-    #[error("cannot connect to the control socket {path}: {source}")]
-    Connect { path: PathBuf, source: io::Error },
-    #[error("control socket {path}: {source}")]
-    Io { path: PathBuf, source: io::Error },
+    #[error("cannot connect to the control socket {path}: {cause}")]
+    Connect { path: PathBuf, cause: io::Error },
+    #[error("control socket {path}: {cause}")]
+    Io { path: PathBuf, cause: io::Error },
 }
 
 /// Sends `command` (no trailing newline, as the reference clients do) and returns the reply.
@@ -28,11 +28,11 @@ pub enum TalkError {
 pub fn request(socket: &Path, command: &str, timeout: Duration) -> Result<String, TalkError> {
     let io_err = |source| TalkError::Io {
         path: socket.to_path_buf(),
-        source,
+        cause: source,
     };
     let mut stream = UnixStream::connect(socket).map_err(|source| TalkError::Connect {
         path: socket.to_path_buf(),
-        source,
+        cause: source,
     })?;
     stream.set_read_timeout(Some(timeout)).map_err(io_err)?;
     stream.set_write_timeout(Some(timeout)).map_err(io_err)?;
