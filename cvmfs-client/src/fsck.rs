@@ -163,7 +163,7 @@ mod tests {
     #[test]
     fn fixture_objects_verify_and_damage_is_found_and_repaired() {
         if !fixture_dir().join("srv").is_dir() {
-            eprintln!("SKIPPED: fixture missing");
+            test_prereq::skip("fixture missing");
             return;
         }
         let d = tempfile::tempdir().unwrap();

@@ -3,7 +3,7 @@
 //! `cvmfs_talk`), crash recovery after `kill -9` in the middle of a download, corrupt objects and
 //! databases, offline mounts from the cache, and a cache file system that fills up.
 //!
-//! Needs root and `/dev/fuse`; otherwise the tests print why they are skipped and pass.
+//! Needs root and `/dev/fuse`; otherwise the tests print why they are skipped (a failure under `UCERNVM_REQUIRE_ALL=1`, as in `scripts/test`).
 
 use std::fs::File;
 use std::io::{Read, Write};
@@ -519,7 +519,7 @@ fn full_cache_file_system_cleans_up_and_never_corrupts_the_cache() {
     // 10 MB of disk under a 1000 MB quota: the disk fills long before the quota does. The
     // 11 MB chunk can never fit; everything else must, after cleanups.
     let Some(_fs) = SmallFs::mount(&env.cache_base, "10m") else {
-        eprintln!("SKIPPED: cannot mount a tmpfs");
+        test_prereq::skip("cannot mount a tmpfs");
         return;
     };
     env.configure(&srv.url(), "v1", 1000, "");
@@ -608,11 +608,11 @@ fn the_cache_file_system_can_be_moved_under_a_running_daemon() {
     let srv = server();
     let env = Env::new();
     let Some(_private) = PrivateDir::make(env.tmp.path()) else {
-        eprintln!("SKIPPED: cannot make a private bind mount");
+        test_prereq::skip("cannot make a private bind mount");
         return;
     };
     let Some(disk) = SmallFs::mount(&env.cache_base, "200m") else {
-        eprintln!("SKIPPED: cannot mount a tmpfs");
+        test_prereq::skip("cannot mount a tmpfs");
         return;
     };
     env.configure(&srv.url(), "v1", 1000, "");

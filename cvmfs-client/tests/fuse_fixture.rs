@@ -2,7 +2,7 @@
 //! server: every entry of `expected/v1.json` and `expected/v2.json` is compared through the
 //! kernel (lstat, readlink, read, listxattr/getxattr), plus unaligned reads of the chunked file.
 //!
-//! Needs root and `/dev/fuse`; otherwise the tests print why they are skipped and pass.
+//! Needs root and `/dev/fuse`; otherwise the tests print why they are skipped (a failure under `UCERNVM_REQUIRE_ALL=1`, as in `scripts/test`).
 
 use std::collections::{BTreeMap, BTreeSet, HashMap};
 use std::ffi::CString;

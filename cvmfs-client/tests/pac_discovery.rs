@@ -3,7 +3,7 @@
 //! the real squid the PAC answer names (proved by squid's access log); unreachable and
 //! unusable PAC files fall back to the next URL, the saved proxy list, or the rest of the list.
 //!
-//! Needs root, `/dev/fuse` and squid; otherwise the tests print why they are skipped and pass.
+//! Needs root, `/dev/fuse` and squid; otherwise the tests print why they are skipped (a failure under `UCERNVM_REQUIRE_ALL=1`, as in `scripts/test`).
 
 use std::path::{Path, PathBuf};
 use std::process::Command;

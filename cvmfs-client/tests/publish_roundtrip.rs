@@ -568,7 +568,7 @@ fn round_trip_through_library_and_fuse() {
     drop(repo);
 
     if let Some(reason) = fuse::skip_reason() {
-        eprintln!("FUSE part SKIPPED: {reason}");
+        test_prereq::skip(reason);
         return;
     }
     let mounted = fuse::Mounted::start(&site, &server, None);
@@ -941,7 +941,7 @@ fn two_revisions_with_tags() {
     );
 
     if let Some(reason) = fuse::skip_reason() {
-        eprintln!("FUSE part SKIPPED: {reason}");
+        test_prereq::skip(reason);
         return;
     }
     drop((r1, r2, trunk));
@@ -1046,7 +1046,7 @@ fn rows(db: &rusqlite::Connection, query: &str) -> Vec<String> {
 #[test]
 fn fixture_tree_republished_gives_the_real_servers_catalogs() {
     if !is_root() {
-        eprintln!("SKIPPED: needs root (owners of the fixture entries)");
+        test_prereq::skip("needs root (owners of the fixture entries)");
         return;
     }
     let site = Site::new();

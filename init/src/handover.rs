@@ -491,7 +491,7 @@ daemon:*:20785:0:99999:7:::
     #[test]
     fn console_and_null_nodes() {
         if unsafe { libc::geteuid() } != 0 {
-            eprintln!("SKIPPED: mknod needs root");
+            test_prereq::skip("mknod needs root");
             return;
         }
         let t = tempfile::tempdir().unwrap();

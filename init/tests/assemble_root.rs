@@ -91,7 +91,7 @@ fn shutdown(layout: &Layout, bin: &Path) {
 #[test]
 fn two_boots_pin_inject_once_and_rebase_to_a_forced_tag() {
     if let Some(r) = skip_reason(true) {
-        eprintln!("SKIPPED: {r}");
+        test_prereq::skip(r);
         return;
     }
     let bin = cvmfs2_binary();

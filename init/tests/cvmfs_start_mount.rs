@@ -96,7 +96,7 @@ fn read_pin(layout: &Layout) -> String {
 #[test]
 fn first_boot_pins_later_boots_keep_the_pin_force_tag_moves_it() {
     if let Some(r) = skip_reason(true) {
-        eprintln!("SKIPPED: {r}");
+        test_prereq::skip(r);
         return;
     }
     let _serial = serial();
@@ -153,7 +153,7 @@ fn first_boot_pins_later_boots_keep_the_pin_force_tag_moves_it() {
 #[test]
 fn remount_keeps_the_recorded_snapshot() {
     if let Some(r) = skip_reason(true) {
-        eprintln!("SKIPPED: {r}");
+        test_prereq::skip(r);
         return;
     }
     let _serial = serial();
@@ -187,7 +187,7 @@ fn remount_keeps_the_recorded_snapshot() {
 #[test]
 fn missing_keys_fail_with_the_original_message() {
     if let Some(r) = skip_reason(true) {
-        eprintln!("SKIPPED: {r}");
+        test_prereq::skip(r);
         return;
     }
     let _serial = serial();

@@ -27,7 +27,7 @@ fn tmpfs(at: &Path) {
 #[test]
 fn overlay_union_with_moved_branches_and_aufs_migration() {
     if let Some(r) = skip_reason(false) {
-        eprintln!("SKIPPED: {r}");
+        test_prereq::skip(r);
         return;
     }
     let tmp = tempfile::tempdir().unwrap();

@@ -22,7 +22,7 @@ fn workspace() -> PathBuf {
 fn real_inputs(static_dir: &Path) -> Option<Vec<String>> {
     let ws = workspace();
     let missing = |what: &str| {
-        eprintln!("skipping: {what}");
+        test_prereq::skip(what);
         None
     };
     if !static_dir.join("init").is_file() || !static_dir.join("cvmfs2").is_file() {

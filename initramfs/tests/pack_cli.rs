@@ -172,7 +172,7 @@ fn two_builds_are_byte_identical() {
 #[test]
 fn archive_is_readable_by_zstd_and_cpio() {
     if !have("cpio") || !have("zstd") {
-        eprintln!("skipping: cpio or zstd not installed");
+        test_prereq::skip("cpio or zstd not installed");
         return;
     }
     let tmp = tempfile::tempdir().unwrap();

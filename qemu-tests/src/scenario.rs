@@ -376,7 +376,7 @@ pub fn full_boot_inputs_ready() -> bool {
     .map(|(what, _)| what)
     .collect();
     if !missing.is_empty() {
-        eprintln!("skipping: missing {}", missing.join(", "));
+        test_prereq::skip(format_args!("missing {}", missing.join(", ")));
     }
     missing.is_empty()
 }

@@ -129,7 +129,7 @@ mod tests {
     #[test]
     fn builds_a_tree_whose_init_runs_under_the_same_busybox() {
         let Some(busybox) = crate::inputs::static_busybox() else {
-            eprintln!("skipping: no static busybox");
+            test_prereq::skip("no static busybox");
             return;
         };
         let dir = tempfile::tempdir().unwrap();

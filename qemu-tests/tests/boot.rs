@@ -12,8 +12,8 @@ const MARKER: &str = "UCERNVM-TEST: init is running";
 fn kernel_or_skip() -> Option<std::path::PathBuf> {
     let kernel = inputs::kernel();
     if kernel.is_none() {
-        eprintln!(
-            "skipping: no kernel (run kernel-config/fetch-debian-kernel or set UCERNVM_TEST_KERNEL)"
+        test_prereq::skip(
+            "no kernel (run kernel-config/fetch-debian-kernel or set UCERNVM_TEST_KERNEL)",
         );
     }
     kernel
@@ -40,7 +40,7 @@ fn tcg_probe_sees_the_kernel_banner() {
 fn echo_guest(dir: &std::path::Path) -> Option<QemuCommand> {
     let kernel = kernel_or_skip()?;
     let Some(busybox) = inputs::static_busybox() else {
-        eprintln!("skipping: no statically linked busybox (set UCERNVM_TEST_BUSYBOX)");
+        test_prereq::skip("no statically linked busybox (set UCERNVM_TEST_BUSYBOX)");
         return None;
     };
     let mut archive = Archive::new();

@@ -28,7 +28,7 @@ fn build_initrd(kernel: &Path, out: &Path) -> Option<()> {
     let ws = workspace_root();
     let static_dir = ws.join("target/x86_64-unknown-linux-musl/release");
     if !static_dir.join("init").is_file() || !static_dir.join("cvmfs2").is_file() {
-        eprintln!("skipping: no static init/cvmfs2 (run scripts/build-static)");
+        test_prereq::skip("no static init/cvmfs2 (run scripts/build-static)");
         return None;
     }
     let release = kernel.file_name()?.to_str()?.strip_prefix("vmlinuz-")?;
@@ -157,7 +157,7 @@ fn extract(iso: &Path, path: &str, to: &Path) -> String {
 #[test]
 fn iso_and_hdd_images_signed_and_unsigned_boot_to_our_init() {
     let Some(kernel) = inputs::kernel() else {
-        eprintln!("skipping: no kernel (run kernel-config/fetch-debian-kernel)");
+        test_prereq::skip("no kernel (run kernel-config/fetch-debian-kernel)");
         return;
     };
     let tmp = tempfile::tempdir().unwrap();

@@ -53,7 +53,7 @@ fn inputs_or_skip() -> Option<Inputs> {
             init,
         }),
         other => {
-            eprintln!("skipping: need kernel, static busybox and static init (scripts/build-static); have {other:?}");
+            test_prereq::skip(format_args!("need kernel, static busybox and static init (scripts/build-static); have {other:?}"));
             None
         }
     }

@@ -110,17 +110,20 @@ pub fn copy_tree(from: &std::path::Path, to: &std::path::Path) -> std::io::Resul
     Ok(())
 }
 
-/// Returns from the calling test, with a `SKIPPED:` line saying why, when the real-server
-/// fixture cannot be mounted through the kernel here ([`fixture_mount_skip_reason`]).
+/// Returns from the calling test when the real-server fixture cannot be mounted through the
+/// kernel here ([`fixture_mount_skip_reason`]): a `SKIPPED:` line saying why, or a failure
+/// under `UCERNVM_REQUIRE_ALL=1` ([`skip`]).
 #[macro_export]
 macro_rules! skip_unless_fixture_mount {
     () => {
         if let Some(reason) = $crate::testing::fixture_mount_skip_reason() {
-            eprintln!("SKIPPED: {reason}");
+            $crate::testing::skip(reason);
             return;
         }
     };
 }
+
+pub use test_prereq::skip;
 
 mod daemon;
 pub use daemon::{

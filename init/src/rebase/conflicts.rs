@@ -227,7 +227,7 @@ mod tests {
     #[test]
     fn overlay_whiteouts_are_restored_before_the_modified_check() {
         if unsafe { libc::geteuid() } != 0 {
-            eprintln!("SKIPPED: mknod needs root");
+            test_prereq::skip("mknod needs root");
             return;
         }
         let t = tempfile::tempdir().unwrap();

@@ -22,7 +22,7 @@ pub fn need_root() -> bool {
     if nix::unistd::geteuid().is_root() {
         return true;
     }
-    eprintln!("skipped: needs root (loop devices, mounts)");
+    test_prereq::skip("needs root (loop devices, mounts)");
     false
 }
 
