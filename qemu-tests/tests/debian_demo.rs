@@ -28,6 +28,20 @@ const DEBIAN_TIMEOUT: Duration = Duration::from_secs(1200);
 
 const FQRN: &str = "debian-os.cernvm.test";
 
+/// The host tools the Debian tests run besides the usual boot inputs; skips (or fails under
+/// `UCERNVM_REQUIRE_ALL`) naming the first one missing.
+fn host_tools_ready() -> bool {
+    for tool in ["debootstrap", "ssh", "ssh-keygen"] {
+        let found = std::env::var_os("PATH")
+            .is_some_and(|p| std::env::split_paths(&p).any(|d| d.join(tool).is_file()));
+        if !found {
+            test_prereq::skip(format_args!("{tool} (scripts/bootstrap installs it)"));
+            return false;
+        }
+    }
+    true
+}
+
 /// The Debian OS tarball, built (or found in the cache) by `scripts/build-debian-os`.
 fn debian_os() -> PathBuf {
     let script = inputs::workspace_root().join("scripts/build-debian-os");
@@ -77,7 +91,7 @@ fn ssh_ok(guest: &Guest, port: u16, user: &str, key: &Path, command: &str) -> St
 
 #[test]
 fn systemd_os_from_user_data_to_a_clean_shutdown() {
-    if !scenario::full_boot_inputs_ready() {
+    if !scenario::full_boot_inputs_ready() || !host_tools_ready() {
         return;
     }
     let repo = OsRepository::create_from(
@@ -252,7 +266,7 @@ fn systemd_os_from_user_data_to_a_clean_shutdown() {
 #[test]
 #[ignore = "needs deb.debian.org once and minutes under TCG: cargo test -p qemu-tests --test debian_demo -- --ignored"]
 fn debug_mode_opens_roots_password_in_debians_shadow() {
-    if !scenario::full_boot_inputs_ready() {
+    if !scenario::full_boot_inputs_ready() || !host_tools_ready() {
         return;
     }
     let repo = OsRepository::create_from(
