@@ -398,17 +398,21 @@ const LOCK_WAIT: Duration = Duration::from_secs(5);
 /// How long the tear-down to read-only waits for downloads in flight.
 const TEAR_DOWN_WAIT: Duration = Duration::from_secs(30);
 
-/// Takes the exclusive lock on `path`, waiting at most [`LOCK_WAIT`].
+/// Takes the exclusive lock on `path`, waiting at most [`LOCK_WAIT`]. The lock is held on a
+/// read-only descriptor: a descriptor open for writing for the daemon's life would keep the
+/// cache's file system from being remounted read-only at shutdown (spec §12.3).
 fn lock_workspace(path: &Path) -> Result<Flock<File>, CacheError> {
-    let mut f = OpenOptions::new()
+    let io_err = |cause| CacheError::Io {
+        path: path.to_path_buf(),
+        cause,
+    };
+    OpenOptions::new()
         .create(true)
         .truncate(false)
         .write(true)
         .open(path)
-        .map_err(|source| CacheError::Io {
-            path: path.to_path_buf(),
-            cause: source,
-        })?;
+        .map_err(io_err)?;
+    let mut f = File::open(path).map_err(io_err)?;
     let deadline = std::time::Instant::now() + LOCK_WAIT;
     loop {
         let e = match Flock::lock(f, FlockArg::LockExclusiveNonblock) {
@@ -545,7 +549,32 @@ mod tests {
         drop(c);
         assert!(!d.path().join("running.x.test").exists());
         // The lock went with the first user.
-        Cache::open_with(d.path(), &opts).unwrap();
+        let c = Cache::open_with(d.path(), &opts).unwrap();
+        // After the tear-down nothing of the cache is open for writing (a remount read-only
+        // of its file system at shutdown would fail with EBUSY).
+        c.tear_down_to_read_only();
+        let mut writable = Vec::new();
+        for fd in fs::read_dir("/proc/self/fd").unwrap().flatten() {
+            let Ok(target) = fs::read_link(fd.path()) else {
+                continue;
+            };
+            let info = fs::read_to_string(format!(
+                "/proc/self/fdinfo/{}",
+                fd.file_name().to_string_lossy()
+            ))
+            .unwrap_or_default();
+            let flags = info
+                .lines()
+                .find_map(|l| l.strip_prefix("flags:"))
+                .and_then(|f| u32::from_str_radix(f.trim(), 8).ok())
+                .unwrap_or(0);
+            if target.starts_with(d.path())
+                && flags & libc::O_ACCMODE as u32 != libc::O_RDONLY as u32
+            {
+                writable.push(target);
+            }
+        }
+        assert_eq!(writable, Vec::<PathBuf>::new());
     }
 
     #[test]

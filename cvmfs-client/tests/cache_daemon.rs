@@ -677,3 +677,33 @@ fn the_cache_file_system_can_be_moved_under_a_running_daemon() {
     );
     assert!(!env.log().contains("cannot"), "{}", env.log());
 }
+
+/// The first byte of `argv[0]` of process `pid`.
+fn argv0_first_byte(pid: &str) -> u8 {
+    std::fs::read(format!("/proc/{}/cmdline", pid.trim()))
+        .expect("cmdline of the daemon")
+        .first()
+        .copied()
+        .unwrap_or(0)
+}
+
+#[test]
+fn systemd_nokill_marks_the_daemon_with_an_at() {
+    skip_unless_fixture_mount!();
+    let srv = server();
+    let env = Env::new();
+    env.configure(&srv.url(), "v1", 100, "CVMFS_SYSTEMD_NOKILL=yes\n");
+    let daemon = env.mount().expect("mount");
+    let pid = env.talk("pid");
+    assert_eq!(argv0_first_byte(&pid), b'@', "daemon {pid}");
+    // The mark does not disturb the daemon: it serves files and answers the DHCP hook.
+    assert!(env.mnt.join("README.txt").is_file());
+    assert_eq!(env.talk("nameserver set 10.0.2.3"), "OK\n");
+    drop(daemon);
+
+    let env = Env::new();
+    env.configure(&srv.url(), "v1", 100, "CVMFS_SYSTEMD_NOKILL=no\n");
+    let _daemon = env.mount().expect("mount");
+    let pid = env.talk("pid");
+    assert_ne!(argv0_first_byte(&pid), b'@', "daemon {pid}");
+}

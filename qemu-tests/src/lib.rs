@@ -339,6 +339,7 @@ pub mod media;
 pub mod metadata;
 pub mod relay;
 pub mod scenario;
+pub mod ssh;
 pub mod test_os;
 
 /// Locating test inputs produced by the build scripts.

@@ -256,6 +256,16 @@ impl BootImage {
             .ok_or_else(|| missing("no kernel (kernel-config/fetch-debian-kernel)"))?;
         let base = inputs::initrd()
             .ok_or_else(|| missing("no µCernVM initramfs (scripts/build-initrd)"))?;
+        Self::for_kernel(repo, kernel, &base)
+    }
+
+    /// Like [`BootImage::with_repository_key`], for another kernel and the µCernVM initramfs
+    /// built for its modules.
+    pub fn for_kernel(
+        repo: &OsRepository,
+        kernel: PathBuf,
+        base: &Path,
+    ) -> Result<Self, HarnessError> {
         let dir = tempfile::Builder::new()
             .prefix("boot-image-")
             .tempdir()
@@ -273,7 +283,7 @@ impl BootImage {
             .and_then(|a| a.add_dir(&format!("etc/cvmfs/keys/{fqrn}"), 0o755))
             .and_then(|a| a.add_file(&format!("etc/cvmfs/keys/{fqrn}/{fqrn}.pub"), key, 0o644))
             .map_err(cpio_err)?;
-        let mut initrd = fs::read(&base).map_err(io_err("cannot read the initramfs"))?;
+        let mut initrd = fs::read(base).map_err(io_err("cannot read the initramfs"))?;
         // Archives are concatenated on 4-byte boundaries.
         while initrd.len() % 4 != 0 {
             initrd.push(0);
@@ -300,6 +310,8 @@ pub struct BootSpec<'a> {
     pub net: Option<UserNet>,
     pub cdroms: Vec<PathBuf>,
     pub memory_mib: u32,
+    /// More QEMU arguments (e.g. a `-virtfs` shared folder).
+    pub qemu_args: Vec<String>,
 }
 
 impl<'a> BootSpec<'a> {
@@ -313,6 +325,7 @@ impl<'a> BootSpec<'a> {
             net: None,
             cdroms: Vec::new(),
             memory_mib: 1024,
+            qemu_args: Vec::new(),
         }
     }
 }
@@ -345,6 +358,9 @@ pub fn boot(spec: BootSpec<'_>) -> Result<Guest, HarnessError> {
         .no_reboot(true);
     for cd in spec.cdroms {
         cmd = cmd.cdrom(cd);
+    }
+    for a in spec.qemu_args {
+        cmd = cmd.arg(a);
     }
     Guest::spawn(cmd)
 }

@@ -269,3 +269,82 @@ fn debug_mode_resets_the_root_password_for_a_console_login() {
     wait(&mut guest, "LOGGED-IN-42", BOOT_TIMEOUT);
     guest.kill();
 }
+
+/// What systemd-shutdown's final killing spree does (`killall.c`): SIGKILL to every process
+/// but PID 1, kernel threads and root processes whose `argv[0]` starts with `@`. A process
+/// started before it must die; the `@` processes must live, and `/` must still serve a file
+/// nobody has read yet (only a living `cvmfs2` can fetch it).
+const KILLING_SPREE: &str = r#"#!/bin/sh
+sleep 1000 &
+victim=$!
+spared=""
+for d in /proc/[0-9]*; do
+  pid=${d#/proc/}
+  [ "$pid" = 1 ] || [ "$pid" = $$ ] && continue
+  first=$(head -c 1 "$d/cmdline" 2>/dev/null)
+  [ -n "$first" ] || continue
+  uid=$(awk '/^Uid:/ { print $2 }' "$d/status" 2>/dev/null)
+  if [ "$first" = "@" ] && [ "$uid" = 0 ]; then
+    spared="$spared $(tr '\0' ' ' < "$d/cmdline" | cut -d' ' -f1)"
+    continue
+  fi
+  kill -9 "$pid" 2>/dev/null
+done
+sleep 1
+echo "UCERNVM-TEST-OS: spared:$spared"
+# A killed child stays a zombie (state Z) until this shell reaps it.
+case "$(cut -d' ' -f3 "/proc/$victim/stat" 2>/dev/null)" in
+  ""|Z) echo "UCERNVM-TEST-OS: victim killed" ;;
+  *) echo "UCERNVM-TEST-OS: victim alive" ;;
+esac
+echo "UCERNVM-TEST-OS: unread file $(md5sum /etc/test-os/unread | cut -d' ' -f1)"
+"#;
+
+#[test]
+fn the_at_processes_survive_a_kill_of_everything_else() {
+    if !scenario::full_boot_inputs_ready() {
+        return;
+    }
+    let _one = ONE_GUEST.lock().unwrap_or_else(|e| e.into_inner());
+    // 1 MiB that no boot step reads, with its digest computed here.
+    let unread: Vec<u8> = (0..1u32 << 20)
+        .map(|i| (i.wrapping_mul(2_654_435_761) >> 13) as u8)
+        .collect();
+    let digest = {
+        let dir = tempfile::tempdir().unwrap();
+        let p = dir.path().join("unread");
+        fs::write(&p, &unread).unwrap();
+        let out = Command::new("md5sum").arg(&p).output().unwrap();
+        String::from_utf8_lossy(&out.stdout)
+            .split_whitespace()
+            .next()
+            .unwrap()
+            .to_string()
+    };
+    let repo = OsRepository::create_customized(FQRN, "r1", Some("r1"), |os| {
+        fs::write(os.join("etc/test-os/unread"), &unread)?;
+        add_rc_script(os, "90-killing-spree", KILLING_SPREE)
+    })
+    .unwrap();
+    let machine = Machine::new(&repo);
+    let mut guest = machine.boot(&repo, "", Vec::new());
+    wait(&mut guest, "UCERNVM-TEST-OS: victim", BOOT_TIMEOUT);
+    wait(&mut guest, "UCERNVM-TEST-OS: unread file", BOOT_TIMEOUT);
+    wait(&mut guest, OS_LOGIN_MARKER, BOOT_TIMEOUT);
+    let log = guest.console().contents();
+    guest.kill();
+    let spared = log
+        .lines()
+        .find_map(|l| l.split("UCERNVM-TEST-OS: spared:").nth(1))
+        .unwrap_or_default();
+    // CVMFS_SYSTEMD_NOKILL=yes (written by the boot loader) marks the daemon.
+    assert!(
+        spared.contains("@usr/bin/cvmfs2"),
+        "spared: {spared:?}\n{log}"
+    );
+    assert!(log.contains("UCERNVM-TEST-OS: victim killed"), "{log}");
+    assert!(
+        log.contains(&format!("UCERNVM-TEST-OS: unread file {digest}")),
+        "/ did not serve the unread file after the kill:\n{log}"
+    );
+}

@@ -25,8 +25,10 @@ BOOTSTRAP_NEEDS=(
   # CernVM-FS client tests
   "fusermount3 fuse3" "getfattr attr" "openssl openssl" "python3 python3" "squid squid"
   "socat socat" "curl curl" "ip iproute2" "/etc/ssl/certs/ca-certificates.crt ca-certificates"
-  # publisher benchmark and the Debian demo OS
-  "debootstrap debootstrap"
+  # publisher benchmark and the Debian demo OS; logins into it (debian_demo, bench-boot)
+  "debootstrap debootstrap" "ssh openssh-client" "ssh-keygen openssh-client"
+  # accounts test of os-context (useradd --prefix on a scratch /etc)
+  "useradd passwd" "groupadd passwd" "usermod passwd"
   # network and contextualization tests (DHCP server in a network namespace)
   "dnsmasq dnsmasq-base"
   # CernVM-FS client benchmark: a real keep-alive HTTP server

@@ -316,6 +316,33 @@ fn wpad_main(args: &[String]) -> ExitCode {
     ExitCode::SUCCESS
 }
 
+/// `CVMFS_SYSTEMD_NOKILL=yes` (spec §12.2): `@` as the first character of `argv[0]`, which
+/// systemd's final killing spree at shutdown skips, so that a daemon serving the root file
+/// system outlives the OS's processes. Like the reference client, the process's own argument
+/// memory is changed (through `/proc/self/mem` at `arg_start` of `/proc/self/stat`); before
+/// the fork, so the daemon inherits it.
+fn mark_systemd_nokill() -> std::io::Result<()> {
+    use std::os::unix::fs::FileExt;
+    let stat = std::fs::read_to_string("/proc/self/stat")?;
+    // Fields after the command name in parentheses; `arg_start` is field 48 of the line.
+    let after_comm = stat.rsplit_once(')').map_or("", |(_, rest)| rest);
+    let arg_start: u64 = after_comm
+        .split_whitespace()
+        .nth(48 - 3)
+        .and_then(|f| f.parse().ok())
+        .ok_or_else(|| std::io::Error::other("no arg_start in /proc/self/stat"))?;
+    let mem = std::fs::OpenOptions::new()
+        .read(true)
+        .write(true)
+        .open("/proc/self/mem")?;
+    let mut first = [0u8; 1];
+    mem.read_exact_at(&mut first, arg_start)?;
+    if first[0] != b'@' {
+        mem.write_all_at(b"@", arg_start)?;
+    }
+    Ok(())
+}
+
 /// Everything that is decided before the process forks.
 struct Prepared {
     fqrn: String,
@@ -367,6 +394,9 @@ fn run(args: Args) -> Result<(), String> {
     }
     let (repo, fuse) =
         MountSettings::from_config(&config, epoch_now()).map_err(|e| e.to_string())?;
+    if config.get_bool("CVMFS_SYSTEMD_NOKILL").ok().flatten() == Some(true) {
+        mark_systemd_nokill().map_err(|e| format!("CVMFS_SYSTEMD_NOKILL: {e}"))?;
+    }
     if let Some(file) = &fuse.usyslog {
         let _ = USYSLOG.set((file.clone(), args.fqrn.clone()));
     }

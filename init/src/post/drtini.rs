@@ -119,10 +119,41 @@ pub fn action(verb: Option<&str>) -> (Action, bool) {
     }
 }
 
+/// systemd-shutdown starts us with its /dev/null for stdio, and `/proc` and `/dev` are there
+/// only if it could bind them into `/run/initramfs`: mount what is missing and write to the
+/// console.
+fn api_mounts_and_console() {
+    for (dir, probe, fstype) in [
+        ("/proc", "/proc/mounts", "proc"),
+        ("/dev", "/dev/console", "devtmpfs"),
+    ] {
+        if !Path::new(probe).exists() {
+            let _ = std::fs::create_dir_all(dir);
+            let _ = mount(
+                Some(fstype),
+                dir,
+                Some(fstype),
+                MsFlags::empty(),
+                None::<&str>,
+            );
+        }
+    }
+    if let Ok(console) = std::fs::OpenOptions::new().write(true).open("/dev/console") {
+        let _ = nix::unistd::dup2_stdout(&console);
+        let _ = nix::unistd::dup2_stderr(&console);
+    }
+}
+
 /// The shutdown program (`/shutdown <verb>` in `/run/initramfs`). Does not return.
 pub fn shutdown_main(verb: Option<&str>) -> ! {
+    api_mounts_and_console();
     let mounts = std::fs::read_to_string("/proc/mounts").unwrap_or_default();
-    for m in mounts_to_unmount(&mounts) {
+    let points = mounts_to_unmount(&mounts);
+    eprintln!(
+        "drtini: unmounting {} file systems below {OLDROOT}",
+        points.len()
+    );
+    for m in points {
         if umount2(m.as_str(), MntFlags::empty()).is_err() {
             let _ = umount2(m.as_str(), MntFlags::MNT_DETACH);
         }
@@ -133,24 +164,24 @@ pub fn shutdown_main(verb: Option<&str>) -> ! {
             "tear down to read-only",
             Duration::from_secs(30),
         ) {
-            Ok(r) => eprintln!("shutdown: {}: {}", socket.display(), r.trim()),
-            Err(e) => eprintln!("shutdown: {e}"),
+            Ok(r) => eprintln!("drtini: {}: {}", socket.display(), r.trim()),
+            Err(e) => eprintln!("drtini: {e}"),
         }
     }
-    let remount_ro = |p: &str| {
-        if let Err(e) = mount(
-            None::<&str>,
-            p,
-            None::<&str>,
-            MsFlags::MS_REMOUNT | MsFlags::MS_RDONLY,
-            None::<&str>,
-        ) {
-            eprintln!("shutdown: cannot remount {p} read-only: {e}");
-        }
+    let remount_ro = |p: &str| match mount(
+        None::<&str>,
+        p,
+        None::<&str>,
+        MsFlags::MS_REMOUNT | MsFlags::MS_RDONLY,
+        None::<&str>,
+    ) {
+        Ok(()) => eprintln!("drtini: {p} read-only"),
+        Err(e) => eprintln!("drtini: cannot remount {p} read-only: {e}"),
     };
     remount_ro(OLDROOT);
     remount_ro("/oldroot/mnt/.rw");
     nix::unistd::sync();
+    eprintln!("drtini: {}", verb.unwrap_or("reboot"));
     use nix::sys::reboot::{reboot, RebootMode};
     let (act, known) = action(verb);
     if !known {

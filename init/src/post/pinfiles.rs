@@ -5,6 +5,7 @@
 //! directory, the cache, which moves from `/root.rw/cache` to `/mnt/.rw/cache`.
 
 use std::io::{self, Write};
+use std::os::unix::process::CommandExt;
 use std::path::{Path, PathBuf};
 use std::process::{Command, Stdio};
 use std::time::Duration;
@@ -109,7 +110,9 @@ pub fn start(
     std::fs::write(dev_pinfiles, text)?;
     let _ = std::fs::remove_file(cache.join(SENTINEL));
     let socket: PathBuf = Path::new(repo).join(format!("cvmfs_io.{repo}"));
+    // `@` first in argv[0]: systemd's final killing spree leaves the pinner alone (§12.2).
     let child = Command::new(init_binary)
+        .arg0(format!("@{}", init_binary.display()))
         .arg(PINNER_MODE)
         .arg(dev_pinfiles)
         .arg(socket)

@@ -39,6 +39,10 @@ struct Args {
     /// Save every boot's console log in this directory (`<run>-<boot>.log`).
     #[arg(long)]
     console_dir: Option<PathBuf>,
+    /// Benchmark the systemd demo OS (`.tar.zst` made by scripts/build-debian-os) instead of
+    /// the busybox test OS: boot to `login:` and to a successful ssh command.
+    #[arg(long)]
+    debian_os: Option<PathBuf>,
 }
 
 impl Args {
@@ -150,6 +154,9 @@ fn main() -> Result<()> {
     let kernel = inputs::kernel().context("no kernel (kernel-config/fetch-debian-kernel)")?;
     let busybox = inputs::static_busybox().context("no static busybox")?;
     let work = tempfile::Builder::new().prefix("bench-boot-").tempdir()?;
+    if let Some(tarball) = &args.debian_os {
+        return debian::bench(&args, tarball, &kernel, &busybox, work.path());
+    }
 
     // Floor: the same OS tree on a local ext4 disk.
     let tree = work.path().join("os");
@@ -240,4 +247,256 @@ fn main() -> Result<()> {
     println!("\nboot timeline of the last first boot (saved by the init):\n{first_timeline}");
     println!("boot timeline of the last warm boot:\n{warm_timeline}");
     Ok(())
+}
+
+/// The systemd demo OS: QEMU start → `login:` on the serial console, and → the first
+/// successful `ssh … true` (what a user waits for), for the floor (the same OS tree on a local
+/// ext4 disk behind the busybox initramfs), µCernVM's first boot and its warm boot after a clean
+/// `systemctl poweroff`; with the bytes each µCernVM boot downloaded.
+mod debian {
+    use super::*;
+    use cernvm_launch::qemu::UserNet;
+    use qemu_tests::media::context_iso;
+    use qemu_tests::scenario::OsSource;
+    use qemu_tests::ssh::{self, SshKey};
+
+    const FQRN: &str = "bench-debian.cernvm.test";
+    const LOGIN: &str = "cernvm-demo login: ";
+    const TIMEOUT: Duration = Duration::from_secs(1200);
+
+    struct Timed {
+        login: Duration,
+        ssh: Duration,
+    }
+
+    /// Waits for the login prompt, then for ssh to work; returns both times from `start`.
+    fn time_boot(
+        guest: &mut Guest,
+        start: Instant,
+        port: u16,
+        user: &str,
+        key: &Path,
+    ) -> Result<Timed> {
+        guest
+            .wait_for(LOGIN, TIMEOUT)
+            .map_err(|e| anyhow::anyhow!("{e}"))?;
+        let login = start.elapsed();
+        loop {
+            if ssh::run(port, user, key, "true")?.status.success() {
+                break;
+            }
+            if start.elapsed() > TIMEOUT {
+                bail!("no ssh login as {user} within {TIMEOUT:?}");
+            }
+            std::thread::sleep(Duration::from_millis(500));
+        }
+        Ok(Timed {
+            login,
+            ssh: start.elapsed(),
+        })
+    }
+
+    fn unpack(tarball: &Path, dest: &Path) -> Result<()> {
+        fs::create_dir_all(dest)?;
+        let st = Command::new("tar")
+            .args([
+                "--zstd",
+                "--numeric-owner",
+                "--same-owner",
+                "-p",
+                "--xattrs",
+            ])
+            .args(["--xattrs-include=*", "-x", "-f"])
+            .arg(tarball)
+            .arg("-C")
+            .arg(dest)
+            .status()?;
+        if !st.success() {
+            bail!("cannot unpack {}", tarball.display());
+        }
+        Ok(())
+    }
+
+    pub fn bench(
+        args: &Args,
+        tarball: &Path,
+        kernel: &Path,
+        busybox: &Path,
+        work: &Path,
+    ) -> Result<()> {
+        let key = SshKey::generate("bench@host")?;
+        let port = ssh::free_port();
+        let net = || UserNet {
+            hostfwd: vec![ssh::hostfwd(port)],
+            ..UserNet::default()
+        };
+
+        // Floor: the same tree on a local ext4 disk; root logs in with the key.
+        let tree = work.join("floor-os");
+        unpack(tarball, &tree)?;
+        let ssh_dir = tree.join("root/.ssh");
+        fs::create_dir_all(&ssh_dir)?;
+        fs::write(ssh_dir.join("authorized_keys"), format!("{}\n", key.public))?;
+        fs::set_permissions(&ssh_dir, fs::Permissions::from_mode(0o700))?;
+        fs::set_permissions(
+            ssh_dir.join("authorized_keys"),
+            fs::Permissions::from_mode(0o600),
+        )?;
+        // The kernel's modules (virtio_net for sshd), as µCernVM posts them to the OS.
+        let modules = modules_dir(kernel)?;
+        let dest = tree.join("lib/modules");
+        fs::create_dir_all(&dest)?;
+        if !Command::new("cp")
+            .arg("-a")
+            .arg(&modules)
+            .arg(&dest)
+            .status()?
+            .success()
+        {
+            bail!("cannot copy {} into the floor OS", modules.display());
+        }
+        let floor_disk = work.join("floor.img");
+        let st = Command::new("mke2fs")
+            .args(["-q", "-F", "-t", "ext4", "-d"])
+            .arg(&tree)
+            .arg(&floor_disk)
+            .arg("1024M")
+            .status()?;
+        if !st.success() {
+            bail!("mke2fs of the floor disk failed");
+        }
+        let floor_initrd = work.join("floor-initrd.img");
+        floor_initramfs(kernel, busybox, &floor_initrd)?;
+
+        // µCernVM: the OS streamed; a cloud-config user with the key on a config drive.
+        let repo = OsRepository::create_from(
+            OsSource::Tarball(tarball.to_path_buf()),
+            FQRN,
+            "bench",
+            Some("r1"),
+            |_| Ok(()),
+        )?;
+        let image = BootImage::with_repository_key(&repo)?;
+        let relay = CountingRelay::start(repo.port())?;
+        let iso = work.join("config-2.iso");
+        let user_data = format!(
+            "#cloud-config\nusers:\n  - name: bench\n    sudo: ALL=(ALL) NOPASSWD:ALL\n    \
+             ssh_authorized_keys: [\"{}\"]\n",
+            key.public
+        );
+        context_iso(
+            &iso,
+            "config-2",
+            &[("openstack/latest/user_data", user_data.as_bytes())],
+        )?;
+        let cmdline = format!(
+            "cvmfs_url=http://10.0.2.2:{}/cvmfs/{FQRN} cvmfs_repos={FQRN} cvmfs_proxy=DIRECT",
+            relay.port()
+        );
+
+        let (mut floor, mut first, mut warm) = (Vec::new(), Vec::new(), Vec::new());
+        let (mut first_bytes, mut warm_bytes) = (Vec::new(), Vec::new());
+        for run in 0..args.runs {
+            eprintln!("run {}/{}", run + 1, args.runs);
+            let cmd = QemuCommand::new()
+                .accel(Accel::Tcg)
+                .memory_mib(1024)
+                .kernel(
+                    kernel,
+                    Some(floor_initrd.clone()),
+                    Some("console=ttyS0 panic=-1".into()),
+                )
+                .disk_with_format(&floor_disk, DiskFormat::Raw)
+                .user_net(net())
+                .no_reboot(true);
+            let start = Instant::now();
+            let mut guest = Guest::spawn(cmd)?;
+            floor.push(time_boot(&mut guest, start, port, "root", &key.private)?);
+            let _ = ssh::run(port, "root", &key.private, "systemctl poweroff");
+            let _ = guest.wait_exit(TIMEOUT);
+            args.save_console(run, "floor", &guest.console().contents())?;
+            drop(guest);
+
+            let disk = work.join(format!("scratch-{run}.qcow2"));
+            blank_qcow2(&disk, 4096)?;
+            let spec = |cdroms: Vec<PathBuf>| BootSpec {
+                net: Some(net()),
+                cdroms,
+                ..BootSpec::new(&image, &disk, cmdline.clone())
+            };
+            for (name, times, bytes, cdroms) in [
+                ("first", &mut first, &mut first_bytes, vec![iso.clone()]),
+                ("warm", &mut warm, &mut warm_bytes, Vec::new()),
+            ] {
+                let before = relay.bytes_to_client();
+                let start = Instant::now();
+                let mut guest = scenario::boot(spec(cdroms))?;
+                times.push(time_boot(&mut guest, start, port, "bench", &key.private)?);
+                bytes.push(relay.bytes_to_client() - before);
+                // A clean shutdown through drtini, so the warm boot finds a clean disk.
+                let _ = ssh::run(port, "bench", &key.private, "sudo -n systemctl poweroff");
+                if guest.wait_exit(TIMEOUT).is_err() {
+                    bail!("the {name} boot did not power off");
+                }
+                args.save_console(run, name, &guest.console().contents())?;
+            }
+        }
+        let med = |v: &[Timed], f: fn(&Timed) -> Duration| median(v.iter().map(f).collect());
+        let med_bytes = |mut v: Vec<u64>| {
+            v.sort();
+            v[v.len() / 2]
+        };
+        let (fl, fs_) = (med(&floor, |t| t.login), med(&floor, |t| t.ssh));
+        println!(
+            "# bench-boot --debian-os: QEMU (TCG) start → `login:` and → first successful ssh, \
+             median of {} runs",
+            args.runs
+        );
+        if args.markdown {
+            println!("| boot | login: s | × floor | ssh s | × floor | downloaded MB |\n|---|---|---|---|---|---|");
+        }
+        let rows = [
+            (
+                "floor: busybox initramfs, OS on a local ext4 disk",
+                &floor,
+                None,
+            ),
+            (
+                "µCernVM first boot (blank disk, OS streamed)",
+                &first,
+                Some(med_bytes(first_bytes)),
+            ),
+            (
+                "µCernVM warm boot (after poweroff, cache warm)",
+                &warm,
+                Some(med_bytes(warm_bytes)),
+            ),
+        ];
+        for (name, v, bytes) in rows {
+            let (l, s) = (med(v, |t| t.login), med(v, |t| t.ssh));
+            let mb = bytes.map_or("-".to_string(), |b| format!("{:.1}", b as f64 / 1e6));
+            let (rl, rs) = (
+                l.as_secs_f64() / fl.as_secs_f64(),
+                s.as_secs_f64() / fs_.as_secs_f64(),
+            );
+            if args.markdown {
+                println!(
+                    "| {name} | {:.1} | {rl:.2}× | {:.1} | {rs:.2}× | {mb} |",
+                    l.as_secs_f64(),
+                    s.as_secs_f64()
+                );
+            } else {
+                println!(
+                    "{name:<50} login {:>6.1} s {rl:>5.2}×  ssh {:>6.1} s {rs:>5.2}×  {mb:>6} MB",
+                    l.as_secs_f64(),
+                    s.as_secs_f64()
+                );
+            }
+        }
+        println!(
+            "the whole repository is {:.1} MB",
+            repo.published_bytes() as f64 / 1e6
+        );
+        Ok(())
+    }
 }
