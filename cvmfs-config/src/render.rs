@@ -71,13 +71,7 @@ impl ConfigFile {
     /// A list value split at `sep`, items trimmed, empty items dropped (unset → empty).
     pub fn get_list(&self, key: &str, sep: char) -> Vec<String> {
         self.get(key)
-            .map(|v| {
-                v.split(sep)
-                    .map(str::trim)
-                    .filter(|s| !s.is_empty())
-                    .map(str::to_string)
-                    .collect()
-            })
+            .map(|v| crate::shell::split_list(&v, sep))
             .unwrap_or_default()
     }
 

@@ -32,6 +32,16 @@ pub enum Source {
     Explicit,
 }
 
+/// `value` split at `sep`, items trimmed, empty items dropped: how list-valued keys are read.
+pub(crate) fn split_list(value: &str, sep: char) -> Vec<String> {
+    value
+        .split(sep)
+        .map(str::trim)
+        .filter(|s| !s.is_empty())
+        .map(str::to_string)
+        .collect()
+}
+
 impl Source {
     /// The file of a file source.
     pub fn path(&self) -> Option<&Path> {
@@ -296,13 +306,7 @@ impl Config {
     /// A list parameter split at `sep`, items trimmed, empty items dropped (unset → empty).
     pub fn get_list(&self, key: &str, sep: char) -> Vec<String> {
         self.get(key)
-            .map(|v| {
-                v.split(sep)
-                    .map(str::trim)
-                    .filter(|s| !s.is_empty())
-                    .map(str::to_string)
-                    .collect()
-            })
+            .map(|v| split_list(v, sep))
             .unwrap_or_default()
     }
 
