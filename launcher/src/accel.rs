@@ -107,17 +107,7 @@ pub fn choose(data_dir: &Path, qemu_binary: &Path, iso: &Path) -> Result<Choice,
     if recorded.get("key") == Some(key.as_str()) {
         let works = recorded.get("works") == Some("yes");
         let detail = recorded.get("detail").unwrap_or("").to_string();
-        return Ok(if works {
-            Choice {
-                accel: Accel::Kvm,
-                reason: format!("KVM passed its probe ({detail})"),
-            }
-        } else {
-            Choice {
-                accel: Accel::Tcg,
-                reason: format!("KVM failed its probe on this machine ({detail})"),
-            }
-        });
+        return Ok(Choice::after_probe(works, &detail));
     }
     eprintln!(
         "cernvm-launch: probing whether KVM works here (at most {} s, once per machine and QEMU version)",
@@ -146,17 +136,24 @@ pub fn choose(data_dir: &Path, qemu_binary: &Path, iso: &Path) -> Result<Choice,
     record.set("works", if works { "yes" } else { "no" });
     record.set("detail", detail.clone());
     let _ = fs::write(&path, record.to_string());
-    Ok(if works {
-        Choice {
-            accel: Accel::Kvm,
-            reason: format!("KVM passed its probe ({detail})"),
+    Ok(Choice::after_probe(works, &detail))
+}
+
+impl Choice {
+    /// KVM if the probe (now or remembered) booted the kernel, else TCG; `detail` says why.
+    fn after_probe(works: bool, detail: &str) -> Choice {
+        if works {
+            Choice {
+                accel: Accel::Kvm,
+                reason: format!("KVM passed its probe ({detail})"),
+            }
+        } else {
+            Choice {
+                accel: Accel::Tcg,
+                reason: format!("KVM failed its probe ({detail})"),
+            }
         }
-    } else {
-        Choice {
-            accel: Accel::Tcg,
-            reason: format!("KVM failed its probe ({detail})"),
-        }
-    })
+    }
 }
 
 /// The first line of `text`, at most 160 characters.

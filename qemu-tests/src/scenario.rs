@@ -211,7 +211,7 @@ impl OsRepository {
 
 /// Unpacks a `.tar.zst` OS tree into `dest` as root would (numeric owners, modes, extended
 /// attributes). GNU tar strips a leading `/` and skips member names with `..` by default.
-fn unpack_tarball(tarball: &Path, dest: &Path) -> Result<(), HarnessError> {
+pub fn unpack_tarball(tarball: &Path, dest: &Path) -> Result<(), HarnessError> {
     fs::create_dir_all(dest).map_err(io_err("cannot create the OS tree directory"))?;
     let out = Command::new("tar")
         .args([

@@ -296,27 +296,6 @@ mod debian {
         })
     }
 
-    fn unpack(tarball: &Path, dest: &Path) -> Result<()> {
-        fs::create_dir_all(dest)?;
-        let st = Command::new("tar")
-            .args([
-                "--zstd",
-                "--numeric-owner",
-                "--same-owner",
-                "-p",
-                "--xattrs",
-            ])
-            .args(["--xattrs-include=*", "-x", "-f"])
-            .arg(tarball)
-            .arg("-C")
-            .arg(dest)
-            .status()?;
-        if !st.success() {
-            bail!("cannot unpack {}", tarball.display());
-        }
-        Ok(())
-    }
-
     pub fn bench(
         args: &Args,
         tarball: &Path,
@@ -333,7 +312,7 @@ mod debian {
 
         // Floor: the same tree on a local ext4 disk; root logs in with the key.
         let tree = work.join("floor-os");
-        unpack(tarball, &tree)?;
+        qemu_tests::scenario::unpack_tarball(tarball, &tree)?;
         let ssh_dir = tree.join("root/.ssh");
         fs::create_dir_all(&ssh_dir)?;
         fs::write(ssh_dir.join("authorized_keys"), format!("{}\n", key.public))?;
