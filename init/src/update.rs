@@ -313,27 +313,28 @@ pub fn check_bzimage(data: &[u8]) -> Result<(), String> {
     Ok(())
 }
 
-/// An initramfs the kernel can unpack: a cpio archive or a compressed one, and an xz stream
-/// that is complete (its footer magic `YZ` at the end, before any zero padding).
+/// An initramfs the kernel can unpack: a cpio archive or a compressed one. One that starts
+/// as an xz stream or a cpio archive must also end as one of them (the xz stream footer `YZ`
+/// or the cpio `TRAILER!!!` entry, before any zero padding; archives may be concatenated, as
+/// a microcode archive or added files are): a truncated copy does not.
 pub fn check_initrd(data: &[u8]) -> Result<(), String> {
     const XZ: &[u8] = &[0xfd, b'7', b'z', b'X', b'Z', 0];
-    const KNOWN: &[&[u8]] = &[
-        b"070701",
-        b"070702",
-        &[0x1f, 0x8b],
-        &[0x28, 0xb5, 0x2f, 0xfd],
-        XZ,
-    ];
+    const CPIO: &[&[u8]] = &[b"070701", b"070702"];
+    const OTHERS: &[&[u8]] = &[&[0x1f, 0x8b], &[0x28, 0xb5, 0x2f, 0xfd]];
     if data.is_empty() {
         return Err("empty".into());
     }
-    if !KNOWN.iter().any(|m| data.starts_with(m)) {
+    let xz_or_cpio = data.starts_with(XZ) || CPIO.iter().any(|m| data.starts_with(m));
+    if !xz_or_cpio && !OTHERS.iter().any(|m| data.starts_with(m)) {
         return Err("neither a cpio archive nor gzip/xz/zstd compressed".into());
     }
-    if data.starts_with(XZ) {
+    if xz_or_cpio {
         let end = data.iter().rposition(|&b| b != 0).map_or(0, |i| i + 1);
-        if data.get(..end).is_none_or(|d| !d.ends_with(b"YZ")) {
-            return Err("truncated xz stream (no stream footer at the end)".into());
+        let content = data.get(..end).unwrap_or_default();
+        if !content.ends_with(b"YZ") && !content.ends_with(b"TRAILER!!!") {
+            return Err(
+                "truncated (it ends neither in an xz stream footer nor in a cpio trailer)".into(),
+            );
         }
     }
     Ok(())
@@ -600,7 +601,7 @@ mod tests {
                 APPLY,
                 Some(bzimage(2, 1056)),
                 Some(xz_initrd()[..8].to_vec()),
-                "truncated xz stream",
+                "initrd.b: truncated (it ends neither",
             ),
             (
                 "no version",
@@ -629,6 +630,19 @@ mod tests {
             }
             assert!(t.path().join("apply").exists());
         }
+    }
+
+    #[test]
+    fn concatenated_initramfs_archives_are_complete() {
+        let mut d = xz_initrd();
+        d.extend_from_slice(b"070701");
+        d.extend_from_slice(&[b'0'; 104]);
+        d.extend_from_slice(b"TRAILER!!!\0\0\0\0");
+        assert_eq!(check_initrd(&d), Ok(()));
+        let cut = d.len() - 20;
+        assert!(check_initrd(&d[..cut]).is_err());
+        assert_eq!(check_initrd(&[0x1f, 0x8b, 8, 0]), Ok(()));
+        assert!(check_initrd(b"hello").is_err());
     }
 
     struct Refuse;
