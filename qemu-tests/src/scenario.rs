@@ -309,7 +309,7 @@ impl BootImage {
     pub fn with_files(self, files: &[(&str, &[u8])]) -> Result<Self, HarnessError> {
         let cpio_err = |e: ucernvm_initramfs::Error| HarnessError::Io {
             what: format!("cannot build the extra archive: {e}"),
-            source: std::io::Error::other("cpio"),
+            cause: std::io::Error::other("cpio"),
         };
         let mut extra = Archive::new();
         for (path, data) in files {
