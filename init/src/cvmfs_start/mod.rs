@@ -56,7 +56,8 @@ pub enum CvmfsError {
     #[error("cvmfs_wait_on_squid: {0}")]
     Squid(String),
     #[error(
-        "no public key for repository {repository} in {}: this image carries keys for {shipped} \
+        "Unable to mount cvmfs root filesystem! No public key for repository {repository} in {}: \
+         this image carries keys for {shipped} \
          (choose one of them with cvmfs_branch, or add the key to the image)",
         dir.display()
     )]
@@ -505,9 +506,9 @@ mod tests {
         assert_eq!(
             err.to_string(),
             format!(
-                "no public key for repository my-os.example.org in {}: this image carries keys \
-                 for cernvm-prod.cern.ch (choose one of them with cvmfs_branch, or add the key \
-                 to the image)",
+                "Unable to mount cvmfs root filesystem! No public key for repository \
+                 my-os.example.org in {}: this image carries keys for cernvm-prod.cern.ch \
+                 (choose one of them with cvmfs_branch, or add the key to the image)",
                 keys.join("my-os.example.org").display()
             )
         );
