@@ -10,7 +10,8 @@
 #                       devel, sl7, slc4, slc5, aarch64, ...): repository, path, tag, servers
 #                       and CDN [prod, as the original's default image cernvm4-micro]
 #   --repo NAME         OS repository [the branch's]
-#   --server LIST       Stratum-1 servers, comma-separated [the branch's]
+#   --server LIST       Stratum-1 servers, comma-separated [the branch's]; switches the CDN off
+#                       (as cvmfs_server in user data does), a later --cdn on again
 #   --cdn LIST          CDN hosts or NONE [the branch's]
 #   --path DIR          cernvm_path [the branch's]
 #   --tag TAG           repository tag [the branch's]
@@ -52,7 +53,7 @@ parse_boot_option() {
     --cern-keys) cern_keys=${2:?$1 needs a value} ;;
     --branch) apply_branch "${2:?$1 needs a value}" ;;
     --repo) repo=${2:?$1 needs a value} ;;
-    --server) server=${2:?$1 needs a value} ;;
+    --server) server=${2:?$1 needs a value} cdn=NONE ;;
     --cdn) cdn=${2:?$1 needs a value} ;;
     --path) cernvm_path=${2:?$1 needs a value} ;;
     --tag) tag=${2:?$1 needs a value} ;;
