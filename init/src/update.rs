@@ -51,10 +51,26 @@ pub enum UpdateError {
          the pack's version= does not match its initramfs; not starting it again"
     )]
     VersionMismatch { promised: String, running: String },
-    #[error("the kernel refused the update's kernel and initramfs (kexec_file_load): {0}")]
+    #[error(
+        "the kernel refused the update's kernel and initramfs (kexec_file_load): {cause}{hint}",
+        cause = .0,
+        hint = load_hint(.0)
+    )]
     Load(io::Error),
     #[error("kexec into the update failed: {0}")]
     Exec(io::Error),
+}
+
+/// What a refusal of `kexec_file_load` usually means.
+fn load_hint(e: &io::Error) -> &'static str {
+    match e.raw_os_error() {
+        Some(libc::ENOSYS) => " (this kernel is built without CONFIG_KEXEC_FILE)",
+        Some(libc::EKEYREJECTED) | Some(libc::EPERM) => {
+            " (the kernel only loads signed kernels: lockdown or CONFIG_KEXEC_SIG_FORCE)"
+        }
+        Some(libc::ENOEXEC) => " (not a kernel image this kernel can load)",
+        _ => "",
+    }
 }
 
 /// The `apply` file of an update pack.
@@ -630,6 +646,15 @@ mod tests {
             }
             assert!(t.path().join("apply").exists());
         }
+    }
+
+    #[test]
+    fn a_refused_load_says_why() {
+        let e = UpdateError::Load(io::Error::from_raw_os_error(libc::ENOSYS)).to_string();
+        assert!(
+            e.ends_with("(this kernel is built without CONFIG_KEXEC_FILE)"),
+            "{e}"
+        );
     }
 
     #[test]
