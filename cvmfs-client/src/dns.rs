@@ -14,9 +14,34 @@ use std::time::Duration;
 const QUERY_TIMEOUT: Duration = Duration::from_secs(2);
 const QUERY_ATTEMPTS: usize = 2;
 
-/// The name server in use, shared by all HTTP clients of a download manager.
-#[derive(Debug, Default, Clone)]
-pub struct Nameserver(Arc<RwLock<Option<SocketAddr>>>);
+/// The name server in use, shared by all HTTP clients of a download manager, and the hosts
+/// file as it was when the client started (µCernVM deletes the initramfs, and its
+/// `/etc/hosts`, at hand-over, while the daemon keeps running).
+#[derive(Debug, Clone)]
+pub struct Nameserver(Arc<RwLock<Option<SocketAddr>>>, Arc<Vec<(String, IpAddr)>>);
+
+impl Default for Nameserver {
+    fn default() -> Self {
+        let hosts = std::fs::read_to_string(HOSTS_FILE).unwrap_or_default();
+        Nameserver(Arc::default(), Arc::new(parse_hosts(&hosts)))
+    }
+}
+
+/// The system's hosts file.
+const HOSTS_FILE: &str = "/etc/hosts";
+
+/// (name, address) of each name of a hosts file, in file order.
+fn parse_hosts(text: &str) -> Vec<(String, IpAddr)> {
+    text.lines()
+        .map(|l| l.split('#').next().unwrap_or_default())
+        .filter_map(|l| {
+            let mut words = l.split_whitespace();
+            let ip = words.next()?.parse::<IpAddr>().ok()?;
+            Some(words.map(move |n| (n.to_ascii_lowercase(), ip)))
+        })
+        .flatten()
+        .collect()
+}
 
 /// `<ip>` or `<ip>:<port>` / `[<ipv6>]:<port>`; port 53 by default.
 pub fn parse_nameserver(text: &str) -> Option<SocketAddr> {
@@ -41,7 +66,16 @@ impl Nameserver {
         if let Ok(ip) = host.parse::<IpAddr>() {
             return Ok(vec![SocketAddr::new(ip, 0)]);
         }
+        // As the real client: the hosts file first, also with a name server set at run time.
+        let wanted = host.trim_end_matches('.').to_ascii_lowercase();
+        let listed: Vec<SocketAddr> = self
+            .1
+            .iter()
+            .filter(|(name, ip)| *name == wanted && ip.is_ipv4())
+            .map(|(_, ip)| SocketAddr::new(*ip, 0))
+            .collect();
         match self.get() {
+            Some(_) if !listed.is_empty() => Ok(listed),
             Some(server) => Ok(query_a(server, host)?
                 .into_iter()
                 .map(|ip| SocketAddr::new(IpAddr::V4(ip), 0))
@@ -295,5 +329,24 @@ pub(crate) mod tests {
         );
         assert_eq!(parse_nameserver("::1"), Some("[::1]:53".parse().unwrap()));
         assert_eq!(parse_nameserver("not an address"), None);
+    }
+
+    /// The hosts file wins over a name server set at run time, as in the real client.
+    #[test]
+    fn hosts_file_entries_are_found_with_a_name_server_set() {
+        let ns = Nameserver(
+            Arc::default(),
+            Arc::new(parse_hosts(
+                "127.0.0.1 localhost\n10.0.2.100 s1cern-cvmfs.openhtc.io Other.Example # c\n::1 v6\n",
+            )),
+        );
+        // A name server that does not answer: only the hosts file can resolve.
+        ns.set(Some("127.0.0.1:9".parse().unwrap()));
+        assert_eq!(
+            ns.resolve("S1CERN-cvmfs.openhtc.io.").unwrap(),
+            vec![SocketAddr::new("10.0.2.100".parse().unwrap(), 0)]
+        );
+        assert_eq!(ns.resolve("other.example").unwrap().len(), 1);
+        assert!(ns.resolve("not-listed.example").is_err());
     }
 }

@@ -18,7 +18,7 @@ use crate::disk::plan::PlanSettings;
 use crate::network::time::TimeSync;
 use crate::timeline::Timeline;
 use crate::{console, context, cvmfs_start, devices, disk, epilog, handover, modules, network};
-use crate::{post, rebase, union};
+use crate::{post, rebase, union, update};
 
 pub use crate::layout::Layout;
 
@@ -169,6 +169,17 @@ pub fn run_with(
     s.infallible("swap", || {
         if let Some(scratch) = scratch.as_mut() {
             scratch.swap = disk::enable_swap(&layout);
+        }
+    });
+    // A boot loader update on the scratch disk starts here (and this boot ends); otherwise
+    // the running version is recorded for the OS (spec §7.2).
+    s.infallible("kexec", || {
+        if scratch.is_some() {
+            update::run(
+                &layout,
+                &update::Running::of(&initramfs),
+                &*update::verifier(&initramfs),
+            );
         }
     });
 

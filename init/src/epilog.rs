@@ -119,7 +119,14 @@ pub fn resolve(
             saved
         }
     };
-    Ok(BootConfig::resolve(cmdline, user, coin_flip()))
+    let config = BootConfig::resolve(cmdline, user, coin_flip());
+    if let Some(e) = &config.cvmfs.unknown_branch {
+        crate::console::error(&format!(
+            "{e}: booting {} from the image's settings",
+            config.cvmfs.repository
+        ));
+    }
+    Ok(config)
 }
 
 #[cfg(test)]

@@ -200,14 +200,25 @@ fn root_is_initramfs() -> bool {
         .is_ok_and(|s| s.filesystem_type() == RAMFS_MAGIC || s.filesystem_type() == TMPFS_MAGIC)
 }
 
+/// What `cvmssh` says on an image without dropbear.
+pub const NO_SSH_SERVER: &str = "cvmssh: this image has no SSH server: dropbear with its \
+libraries (about 0.8 MB compressed) does not fit the 20 MiB image budget with the default \
+kernel. Debug access is the rescue shell on the console (cvmdebug) instead";
+
 /// `cvmssh`: dropbear in the foreground on the initramfs, blocking until it ends (§13).
-fn cvmssh() {
+/// Without dropbear: the message and, unless `cvmdebug` just offered one, the rescue shell on
+/// the console, so the boot still stops for debugging as the user asked.
+fn cvmssh(shell_offered: bool) {
     let dropbear = ["/usr/sbin/dropbear", "/sbin/dropbear", "/bin/dropbear"]
         .into_iter()
         .map(Path::new)
         .find(|p| p.is_file());
     let Some(dropbear) = dropbear else {
-        console::warn("cvmssh: there is no dropbear in this initramfs");
+        if shell_offered {
+            console::warn(NO_SSH_SERVER);
+        } else {
+            rescue::enter(NO_SSH_SERVER);
+        }
         return;
     };
     let _ = std::fs::create_dir_all("/etc/dropbear");
@@ -242,7 +253,7 @@ pub fn run(layout: &Layout, config: &BootConfig) -> Result<(), HandoverError> {
         rescue::enter("Debug mode");
     }
     if config.ssh {
-        cvmssh();
+        cvmssh(config.debug_shell);
     }
     let new_root = layout.root.clone();
     // The timeline was saved by the sequencer after the post phase.

@@ -16,7 +16,10 @@ use crate::console;
 /// NIC drivers loaded on every boot, in the original's order (spec §2.1), followed by what a
 /// distribution kernel may have as modules where the CernVM kernel has them built in.
 pub const PREDEFINED: &[&str] = &[
+    // Intel's SR-IOV VF driver (EC2 enhanced networking): `i40evf` until Linux 4.16, `iavf`
+    // since; a kernel has one of the two, the other is skipped as unknown.
     "i40evf",
+    "iavf",
     "ixgbevf",
     "igbvf",
     "e100",

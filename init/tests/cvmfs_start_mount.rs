@@ -208,7 +208,9 @@ fn missing_keys_fail_with_the_original_message() {
     let e = cvmfs_start::mount(&config, &layout, None, &bin).unwrap_err();
     let msg = e.to_string();
     assert!(
-        msg.starts_with("Unable to mount cvmfs root filesystem!"),
+        msg.starts_with(&format!(
+            "Unable to mount cvmfs root filesystem! No public key for repository {FQRN}"
+        )),
         "{msg}"
     );
     assert!(!is_mounted(&layout.root_ro));

@@ -114,7 +114,9 @@ fn source_of(directive: &Directive) -> Option<&str> {
         | Directive::Exec { source, .. }
         | Directive::Busybox { source }
         | Directive::Key { source, .. } => Some(source),
-        Directive::Keys { dir } | Directive::Modules { dir, .. } => Some(dir),
+        Directive::Keys { dir }
+        | Directive::KeySet { dir, .. }
+        | Directive::Modules { dir, .. } => Some(dir),
         _ => None,
     }
 }
@@ -305,6 +307,31 @@ impl<'m> Builder<'m> {
         Ok(())
     }
 
+    /// Every `<dir>/*.pub` for each of `repositories` (one domain's keys, spec §9.9).
+    fn add_key_set(
+        &mut self,
+        component: usize,
+        dir: &Path,
+        repositories: &[String],
+    ) -> Result<(), ItemError> {
+        let keys: Vec<PathBuf> = Self::sorted_dir(dir)?
+            .into_iter()
+            .filter(|k| k.extension().is_some_and(|e| e == "pub") && k.is_file())
+            .collect();
+        if keys.is_empty() {
+            return Err(ItemError::Io {
+                path: dir.to_path_buf(),
+                error: io::Error::new(io::ErrorKind::NotFound, "no *.pub key in the directory"),
+            });
+        }
+        for repository in repositories {
+            for key in &keys {
+                self.add_key(component, repository, key)?;
+            }
+        }
+        Ok(())
+    }
+
     fn apply(&mut self, component: usize, item: &Item) -> Result<(), ItemError> {
         let directive = match &item.directive {
             Ok(d) => d,
@@ -368,6 +395,9 @@ impl<'m> Builder<'m> {
                 self.add_key(component, repository, Path::new(source))?
             }
             Directive::Keys { dir } => self.add_keys(component, Path::new(dir))?,
+            Directive::KeySet { dir, repositories } => {
+                self.add_key_set(component, Path::new(dir), repositories)?
+            }
         }
         Ok(())
     }

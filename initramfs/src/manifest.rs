@@ -19,6 +19,8 @@
 //!                                        <dir> (lib/modules/<release>), with dependencies
 //! key      <repository> <source>         CernVM-FS public key, etc/cvmfs/keys/<repository>/
 //! keys     <dir>                         every <dir>/<repository>/*.pub, as `key`
+//! keyset   <dir> <repository...>         every <dir>/*.pub (a domain's keys, e.g. cern.ch), as
+//!                                        `key` for each repository
 //! ```
 //!
 //! Paths in the archive are relative (`etc/passwd`); modes are octal. `${name}` is replaced by a
@@ -81,6 +83,10 @@ pub enum Directive {
     },
     Keys {
         dir: String,
+    },
+    KeySet {
+        dir: String,
+        repositories: Vec<String>,
     },
 }
 
@@ -232,12 +238,22 @@ fn parse_directive(keyword: &str, args: Vec<String>, rest: &str) -> Result<Direc
             expect_args(&args, 1, "keys <dir>")?;
             Directive::Keys { dir: a(0) }
         }
+        "keyset" => {
+            if args.len() < 2 {
+                return Err("usage: keyset <dir> <repository...>".into());
+            }
+            Directive::KeySet {
+                dir: a(0),
+                repositories: args[1..].to_vec(),
+            }
+        }
         other => return Err(format!("unknown directive {other:?}")),
     })
 }
 
 const KEYWORDS: &[&str] = &[
     "dir", "file", "exec", "symlink", "chardev", "text", "busybox", "modules", "key", "keys",
+    "keyset",
 ];
 
 /// The text after the first `n` whitespace-separated words of `line`.

@@ -165,6 +165,15 @@ fn real_manifest_builds_reproducibly_and_the_tools_run() {
     assert!(root
         .join("etc/cvmfs/keys/demo.cernvm.test/demo.cernvm.test.pub")
         .is_file());
+    for key in ["cern-it1", "cern-it4", "cern-it5"] {
+        let shipped = root.join(format!(
+            "etc/cvmfs/keys/cernvm-prod.cern.ch/{key}.cern.ch.pub"
+        ));
+        assert_eq!(
+            fs::read(&shipped).unwrap(),
+            fs::read(ws_keys().join(format!("{key}.cern.ch.pub"))).unwrap()
+        );
+    }
     assert!(root.join("etc/cernvm/ca-bundle.crt").is_file());
     assert_eq!(
         fs::read_link(root.join("bin/sh")).unwrap(),
@@ -329,5 +338,91 @@ fn bad_manifests_fail_with_the_line_and_nothing_is_written() {
     assert!(
         stderr.contains("line 4 skipped: /nonexistent/x does not exist"),
         "{stderr}"
+    );
+}
+
+/// The cern.ch keys in the repository (copied from the client packages' /etc/cvmfs/keys/cern.ch).
+fn ws_keys() -> PathBuf {
+    workspace().join("initramfs/keys/cern.ch")
+}
+
+/// SHA-1 of each shipped cern.ch key's DER encoding, as the real client packages' keys have
+/// them (openssl decodes the PEM): a changed or swapped key file fails here.
+#[test]
+fn cern_keys_have_the_published_fingerprints() {
+    let expected = [
+        (
+            "cern-it1.cern.ch.pub",
+            "b904026c8a578ebf779988f38293e8fcb824b726",
+        ),
+        (
+            "cern-it4.cern.ch.pub",
+            "d8c56fd4a33ddf96c92f069ecc10ce24f9c0eab1",
+        ),
+        (
+            "cern-it5.cern.ch.pub",
+            "573bd06c969a758a0c13999f66d7005e63762ab6",
+        ),
+    ];
+    let mut shipped: Vec<String> = fs::read_dir(ws_keys())
+        .unwrap()
+        .map(|e| e.unwrap().file_name().to_string_lossy().into_owned())
+        .collect();
+    shipped.sort();
+    assert_eq!(shipped, expected.map(|(f, _)| f.to_string()));
+    for (file, sha1) in expected {
+        let out = Command::new("sh")
+            .arg("-c")
+            .arg("openssl pkey -pubin -in \"$1\" -outform DER | openssl dgst -sha1 -r")
+            .arg("sh")
+            .arg(ws_keys().join(file))
+            .output()
+            .unwrap();
+        check_success("openssl", &out);
+        let text = String::from_utf8_lossy(&out.stdout);
+        assert_eq!(text.split_whitespace().next(), Some(sha1), "{file}");
+    }
+}
+
+/// The manifest's key-set line puts every cern.ch key into each listed repository's
+/// directory, where CVMFS_KEYS_DIR points (spec §9.9); a key set without keys is an error.
+#[test]
+fn the_cern_key_set_lands_in_every_repository_directory() {
+    let tmp = tempfile::tempdir().unwrap();
+    let real = fs::read_to_string(workspace().join("initramfs/ucernvm.manifest")).unwrap();
+    let keyset = real
+        .lines()
+        .find(|l| l.starts_with("keyset "))
+        .unwrap()
+        .replace(
+            "${manifest_dir}",
+            &workspace().join("initramfs").display().to_string(),
+        );
+    let repos: Vec<&str> = keyset.split_whitespace().skip(2).collect();
+    assert_eq!(repos.len(), 7, "{keyset}");
+    let out = small_build(tmp.path(), &format!("component keys\n{keyset}\n"), &[]);
+    check_success("build", &out);
+    let root = tmp.path().join("root");
+    unpack(&tmp.path().join("out.img"), &root);
+    for repo in repos {
+        for key in ["cern-it1", "cern-it4", "cern-it5"] {
+            assert!(
+                root.join(format!("etc/cvmfs/keys/{repo}/{key}.cern.ch.pub"))
+                    .is_file(),
+                "{repo}/{key}"
+            );
+        }
+    }
+    let empty = tmp.path().join("empty");
+    fs::create_dir_all(&empty).unwrap();
+    let out = small_build(
+        tmp.path(),
+        &format!("component keys\nkeyset {} r.example\n", empty.display()),
+        &[],
+    );
+    assert!(!out.status.success());
+    assert!(
+        String::from_utf8_lossy(&out.stderr).contains("no *.pub key in the directory"),
+        "{out:?}"
     );
 }

@@ -302,6 +302,31 @@ impl BootImage {
     }
 }
 
+impl BootImage {
+    /// Adds files to the initramfs (a further archive; the kernel unpacks archives in order,
+    /// so a file here replaces one of the same path, e.g. `etc/hosts`). Parent directories
+    /// must exist in the initramfs.
+    pub fn with_files(self, files: &[(&str, &[u8])]) -> Result<Self, HarnessError> {
+        let cpio_err = |e: ucernvm_initramfs::Error| HarnessError::Io {
+            what: format!("cannot build the extra archive: {e}"),
+            cause: std::io::Error::other("cpio"),
+        };
+        let mut extra = Archive::new();
+        for (path, data) in files {
+            extra
+                .add_file(path, data.to_vec(), 0o644)
+                .map_err(cpio_err)?;
+        }
+        let mut initrd = fs::read(&self.initrd).map_err(io_err("cannot read the initramfs"))?;
+        while initrd.len() % 4 != 0 {
+            initrd.push(0);
+        }
+        initrd.extend(extra.to_bytes().map_err(cpio_err)?);
+        fs::write(&self.initrd, initrd).map_err(io_err("cannot write the initramfs"))?;
+        Ok(self)
+    }
+}
+
 /// How to boot one CernVM.
 pub struct BootSpec<'a> {
     pub image: &'a BootImage,

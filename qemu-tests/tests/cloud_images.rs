@@ -230,7 +230,10 @@ fn every_format_carries_the_hdd_with_its_command_line_checksum_and_signature() {
     assert!(
         line.ends_with(
             " consoleblank=0 log_buf_len=4M cernvm_path=cvm4 cvmfs_repos=cernvm-prod.cern.ch \
-             cvmfs_server=hepvm.cern.ch cvmfs_cdn=NONE cvmfs_repository_tag=HEAD4 \
+             cvmfs_server=cvmfs-stratum-one.cern.ch,cvmfs-s1fnal.opensciencegrid.org,\
+             cvmfs-s1bnl.opensciencegrid.org,grid-cvmfs-one.desy.de \
+             cvmfs_cdn=s1cern-cvmfs.openhtc.io,s1ral-cvmfs.openhtc.io;s1bnl-cvmfs.openhtc.io;\
+             s1fnal-cvmfs.openhtc.io;s1unl-cvmfs.openhtc.io cvmfs_repository_tag=HEAD4 \
              systemd.show_status=1 console=ttyS0 earlyprintk=ttyS0 rootdelay=300 numa=off"
         ),
         "{line}"

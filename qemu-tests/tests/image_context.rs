@@ -95,9 +95,19 @@ fn extra_user_data_added_to_a_signed_image_is_applied_at_boot() {
     for expected in [
         format!("version:      cernvm-prod.cern.ch at HEAD4, uCernVM {VERSION}\n"),
         "repository:   cernvm-prod.cern.ch at HEAD4 (path cvm4)\n".to_string(),
-        "servers:      hepvm.cern.ch (CDN NONE)\n".to_string(),
+        // The default branch, prod: its Stratum-1s and CDN (the original's string).
+        "servers:      cvmfs-stratum-one.cern.ch,cvmfs-s1fnal.opensciencegrid.org,\
+         cvmfs-s1bnl.opensciencegrid.org,grid-cvmfs-one.desy.de (CDN s1cern-cvmfs.openhtc.io,\
+         s1ral-cvmfs.openhtc.io;s1bnl-cvmfs.openhtc.io;s1fnal-cvmfs.openhtc.io;\
+         s1unl-cvmfs.openhtc.io)\n"
+            .to_string(),
         "console:      ttyS0\n".to_string(),
-        "keys:         demo.cernvm.test/demo.cernvm.test.pub\n".to_string(),
+        // The cern.ch keys for every branch repository (archive order), the demo key last.
+        "keys:         cernvm-aarch64.cern.ch/cern-it1.cern.ch.pub ".to_string(),
+        " cernvm-prod.cern.ch/cern-it1.cern.ch.pub cernvm-prod.cern.ch/cern-it4.cern.ch.pub \
+         cernvm-prod.cern.ch/cern-it5.cern.ch.pub cernvm-sl7.cern.ch/"
+            .to_string(),
+        " demo.cernvm.test/demo.cernvm.test.pub\n".to_string(),
         format!("signature:    present ({{\"ucernvm-version\": \"{VERSION}\""),
         "verified:     yes".to_string(),
     ] {

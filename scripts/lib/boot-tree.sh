@@ -6,11 +6,16 @@
 #   --initrd FILE       initramfs [built by scripts/build-initrd for that kernel]
 #   --modules DIR       lib/modules/<release> for scripts/build-initrd [of the default kernel]
 #   --cern-keys DIR     passed to scripts/build-initrd
-#   --repo NAME         OS repository [cernvm-prod.cern.ch]
-#   --server LIST       Stratum-1 servers, comma-separated [hepvm.cern.ch]
-#   --cdn LIST          CDN hosts or NONE [NONE]
-#   --path DIR          cernvm_path [cvm4]
-#   --tag TAG           repository tag [HEAD4]
+#   --branch NAME       the preset of spec §9.2 (init/src/config/branches.table: prod, testing,
+#                       devel, sl7, slc4, slc5, aarch64, ...): repository, path, tag, servers
+#                       and CDN [prod, as the original's default image cernvm4-micro]
+#   --repo NAME         OS repository [the branch's]
+#   --server LIST       Stratum-1 servers, comma-separated [the branch's]; switches the CDN off
+#                       (as cvmfs_server in user data does), a later --cdn on again
+#   --cdn LIST          CDN hosts or NONE [the branch's]
+#   --path DIR          cernvm_path [the branch's]
+#   --tag TAG           repository tag [the branch's]
+#   (later options override earlier ones: `--branch sl7 --tag HEAD` changes the tag only)
 #   --serial            serial-console variant (like the original's cloud images): `lastarg`
 #                       replaced by console=ttyS0, no console=tty0
 # The default variant shows the boot menu on the screen and on ttyS0 and starts the normal entry's
@@ -20,10 +25,23 @@
 #   --output FILE       image file [build/ucernvm.<version>.<format>]
 
 kernel="" initrd="" modules="" cern_keys="" output="" serial=0
-repo=cernvm-prod.cern.ch server=hepvm.cern.ch cdn=NONE cernvm_path=cvm4 tag=HEAD4
 
 die() { echo "${0##*/}: error: $*" >&2; exit 1; }
 log() { echo "${0##*/}: $*" >&2; }
+
+branch_table="$(cd "$(dirname "${BASH_SOURCE[0]}")/../.." && pwd)/init/src/config/branches.table"
+
+# Sets repo, cernvm_path, tag, server and cdn from the preset of branch $1 (the same table the
+# init reads for `cvmfs_branch`).
+apply_branch() {
+    local line
+    line=$(awk -v b="$1" '!/^#/ && NF == 6 { n = split($1, names, ","); for (i = 1; i <= n; i++) if (names[i] == b) { print; exit } }' "$branch_table")
+    if [[ -z "$line" ]]; then
+        die "--branch $1: no such branch (known: $(awk '!/^#/ && NF == 6 { printf "%s%s", sep, $1; sep = "," }' "$branch_table" | tr ',' ' '))"
+    fi
+    read -r _ repo cernvm_path tag server cdn <<<"$line"
+}
+apply_branch prod
 
 # Consumes one option from "$@"; sets `shift_by` to the number of words used (0: unknown).
 parse_boot_option() {
@@ -33,8 +51,9 @@ parse_boot_option() {
     --initrd) initrd=${2:?$1 needs a value} ;;
     --modules) modules=${2:?$1 needs a value} ;;
     --cern-keys) cern_keys=${2:?$1 needs a value} ;;
+    --branch) apply_branch "${2:?$1 needs a value}" ;;
     --repo) repo=${2:?$1 needs a value} ;;
-    --server) server=${2:?$1 needs a value} ;;
+    --server) server=${2:?$1 needs a value} cdn=NONE ;;
     --cdn) cdn=${2:?$1 needs a value} ;;
     --path) cernvm_path=${2:?$1 needs a value} ;;
     --tag) tag=${2:?$1 needs a value} ;;
@@ -50,7 +69,7 @@ check_boot_values() {
     local name value
     for name in repo server cdn cernvm_path tag; do
         value=${!name}
-        [[ "$value" =~ ^[A-Za-z0-9._,:/@+-]+$ ]] || die "--${name/cernvm_/} $value: only letters, digits and ._,:/@+- are allowed"
+        [[ "$value" =~ ^[A-Za-z0-9._,\;:/@+-]+$ ]] || die "--${name/cernvm_/} $value: only letters, digits and ._,;:/@+- are allowed"
     done
 }
 

@@ -1,6 +1,7 @@
 //! Which repository, servers, proxies and tag this boot uses: built-in defaults, then the kernel
 //! command line, then the user data (spec §9.1), and the server URL built from them (§9.2).
 
+use super::branch::{self, BranchChoice, UnknownBranch};
 use crate::cmdline::KernelCmdline;
 use crate::settings::ContextSettings;
 
@@ -40,6 +41,9 @@ pub struct CvmfsParams {
     pub cernvm_path: String,
     /// `cvmfs_wait_on_squid`: seconds per probe.
     pub wait_on_squid: Option<u64>,
+    /// A `cvmfs_branch` of the user data that names neither a preset nor a repository: ignored,
+    /// and the epilog says so.
+    pub unknown_branch: Option<UnknownBranch>,
 }
 
 /// Splits a host list. The original splits at `,` only, which breaks the shipped CDN string that
@@ -107,6 +111,7 @@ impl CvmfsParams {
             tag: None,
             cernvm_path: String::new(),
             wait_on_squid: None,
+            unknown_branch: None,
         };
         // Kernel command line.
         if let Some(s) = &cmdline.cvmfs_server {
@@ -129,8 +134,18 @@ impl CvmfsParams {
         if let Some(path) = &cmdline.cernvm_path {
             p.cernvm_path = path.clone();
         }
-        // User data: a proxy or a server list switches the CDN off; `cvmfs_cdn` comes after
-        // both and may switch it on again.
+        // User data. A branch preset is the base the other user-data keys refine: it sets
+        // repository, path, tag, servers and CDN as an image built for that branch would.
+        let branch = ctx.cvmfs_branch.as_deref().map(branch::choose);
+        if let Some(BranchChoice::Preset(b)) = &branch {
+            p.repository = b.repository.clone();
+            p.cernvm_path = b.path.clone();
+            p.tag = Some(b.tag.clone());
+            p.servers = split_hosts(&[&b.servers]);
+            p.cdn = cdn_hosts(&[&b.cdn]);
+        }
+        // A proxy or a server list switches the CDN off; `cvmfs_cdn` comes after both and may
+        // switch it on again.
         if let Some(proxy) = &ctx.cvmfs_http_proxy {
             p.proxy = proxy.clone();
             p.cdn.clear();
@@ -142,8 +157,10 @@ impl CvmfsParams {
         if let Some(c) = &ctx.cvmfs_cdn {
             p.cdn = cdn_hosts(c);
         }
-        if let Some(b) = &ctx.cvmfs_branch {
-            p.repository = b.clone();
+        match branch {
+            Some(BranchChoice::Repository(r)) => p.repository = r,
+            Some(BranchChoice::Unknown(e)) => p.unknown_branch = Some(e),
+            Some(BranchChoice::Preset(_)) | None => {}
         }
         if let Some(t) = &ctx.cvmfs_tag {
             p.tag = Some(t.clone());

@@ -6,6 +6,7 @@
 //! then the user data (`ucontext`, then `extra-ucontext`); the details per CernVM-FS parameter
 //! are in [`CvmfsParams::resolve`].
 
+pub mod branch;
 pub mod cvmfs;
 
 use crate::cmdline::KernelCmdline;

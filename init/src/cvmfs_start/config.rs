@@ -100,6 +100,14 @@ mod tests {
     use crate::settings::ContextSettings;
     use cvmfs_config::Config;
 
+    fn settings(pairs: &[(&str, &str)]) -> ContextSettings {
+        let mut s = ContextSettings::default();
+        for (k, v) in pairs {
+            s.apply(k, v);
+        }
+        s
+    }
+
     fn paths() -> ConfigPaths {
         ConfigPaths {
             cache: "/root.rw/cache".into(),
@@ -310,5 +318,145 @@ CVMFS_FUSE_PASSTHROUGH=no
             assert_eq!(c.get("CVMFS_ROOT_HASH"), *hash, "row {i}");
             assert_eq!(c.get("CVMFS_QUOTA_LIMIT"), Some("2000"), "row {i}");
         }
+    }
+
+    /// The branch presets of spec §9.2, written out here from the spec's table (not read from
+    /// `branches.table`): (branch, repository, path, tag, server URL hosts).
+    const SPEC_BRANCHES: &[(&str, &str, &str, &str, &[&str])] = &[
+        ("prod", "cernvm-prod.cern.ch", "cvm4", "HEAD4", PROD_CDN),
+        ("v4prod", "cernvm-prod.cern.ch", "cvm4", "HEAD4", PROD_CDN),
+        ("v3prod", "cernvm-prod.cern.ch", "cvm3", "HEAD", PROD_CDN),
+        (
+            "boinc-ia32",
+            "cernvm-prod.cern.ch",
+            "boinc-i686",
+            "HEAD",
+            PROD_CDN,
+        ),
+        ("testing", "cernvm-testing.cern.ch", "cvm4", "HEAD4", HEPVM),
+        (
+            "v4testing",
+            "cernvm-testing.cern.ch",
+            "cvm4",
+            "HEAD4",
+            HEPVM,
+        ),
+        ("v3testing", "cernvm-testing.cern.ch", "cvm3", "HEAD", HEPVM),
+        ("devel", "cernvm-devel.cern.ch", "cvm3", "HEAD", HEPVM),
+        ("sl7", "cernvm-sl7.cern.ch", "cvm4", "HEAD4", HEPVM),
+        ("slc4", "cernvm-slc4.cern.ch", "cvm3", "HEAD", HEPVM),
+        ("slc5", "cernvm-slc5.cern.ch", "cvm3", "HEAD", HEPVM),
+        (
+            "aarch64",
+            "cernvm-aarch64.cern.ch",
+            "cvm4-aarch64",
+            "HEAD",
+            HEPVM,
+        ),
+    ];
+    /// The prod CDN replaces the Stratum-1 list; its `,`/`;` mix gives one URL per host.
+    const PROD_CDN: &[&str] = &[
+        "s1cern-cvmfs.openhtc.io",
+        "s1ral-cvmfs.openhtc.io",
+        "s1bnl-cvmfs.openhtc.io",
+        "s1fnal-cvmfs.openhtc.io",
+        "s1unl-cvmfs.openhtc.io",
+    ];
+    const HEPVM: &[&str] = &["hepvm.cern.ch"];
+
+    /// The configuration our client reads for a branch, chosen in the user data
+    /// (`cvmfs_branch=<name>`) and through the kernel command line an image built for that
+    /// branch carries (scripts/lib/boot-tree.sh `--branch`), against the spec's table.
+    #[test]
+    fn every_branch_renders_the_configuration_of_the_spec_table() {
+        let dir = tempfile::tempdir().unwrap();
+        let script =
+            std::path::Path::new(env!("CARGO_MANIFEST_DIR")).join("../scripts/lib/boot-tree.sh");
+        for (name, repo, path, tag, hosts) in SPEC_BRANCHES {
+            let image_cmdline = std::process::Command::new("bash")
+                .arg("-c")
+                .arg(format!(
+                    ". {} && parse_boot_option --branch {name} && common_params",
+                    script.display()
+                ))
+                .output()
+                .unwrap();
+            assert!(image_cmdline.status.success(), "{name}: {image_cmdline:?}");
+            let image_cmdline = String::from_utf8(image_cmdline.stdout).unwrap();
+            let routes = [
+                (
+                    "user data",
+                    KernelCmdline::default(),
+                    settings(&[("CVMFS_BRANCH", name)]),
+                ),
+                (
+                    "image",
+                    KernelCmdline::parse(&image_cmdline),
+                    ContextSettings::default(),
+                ),
+            ];
+            for (route, cmdline, user) in routes {
+                let p = CvmfsParams::resolve(&cmdline, &user, true);
+                assert_eq!(p.unknown_branch, None);
+                assert_eq!(p.os_subdir(), *path, "{name} ({route})");
+                let sel = super::super::snapshot::select(dir.path(), p.tag.as_deref()).unwrap();
+                let file = dir.path().join(format!("{repo}.conf"));
+                let mut paths = paths();
+                paths.keys_dir = format!("/etc/cvmfs/keys/{repo}").into();
+                std::fs::write(&file, render(&p, &paths, 2000, &sel)).unwrap();
+                let c = Config::load(repo, Some(&file), dir.path()).unwrap();
+                let urls: Vec<String> = hosts
+                    .iter()
+                    .map(|h| format!("http://{h}/cvmfs/{repo}"))
+                    .collect();
+                assert_eq!(
+                    c.get(CVMFS_SERVER_URL),
+                    Some(urls.join(";").as_str()),
+                    "{name} ({route})"
+                );
+                assert_eq!(c.get(CVMFS_REPOSITORY_TAG), Some(*tag), "{name} ({route})");
+                assert_eq!(
+                    c.get(CVMFS_KEYS_DIR),
+                    Some(format!("/etc/cvmfs/keys/{repo}").as_str())
+                );
+                assert_eq!(c.get(CVMFS_USE_GEOAPI), Some("yes"), "{name} ({route})");
+                assert_eq!(
+                    c.get(CVMFS_HTTP_PROXY),
+                    Some("auto;DIRECT"),
+                    "{name} ({route})"
+                );
+            }
+        }
+    }
+
+    /// User-data keys refine a preset; an unknown branch keeps the repository the boot had.
+    #[test]
+    fn user_data_refines_a_preset_and_an_unknown_branch_is_ignored() {
+        let p = CvmfsParams::resolve(
+            &KernelCmdline::default(),
+            &settings(&[
+                ("CVMFS_BRANCH", "prod"),
+                ("CVMFS_TAG", "cernvm-system-4.7.1.0"),
+                ("CVMFS_SERVER", "s1.example"),
+            ]),
+            true,
+        );
+        assert_eq!(p.repository, "cernvm-prod.cern.ch");
+        assert_eq!(p.tag.as_deref(), Some("cernvm-system-4.7.1.0"));
+        assert_eq!(
+            p.server_urls(),
+            ["http://s1.example/cvmfs/cernvm-prod.cern.ch"]
+        );
+        assert_eq!(p.cernvm_path, "cvm4");
+        let image = KernelCmdline::parse("cvmfs_repos=cernvm-sl7.cern.ch cernvm_path=cvm4");
+        let p = CvmfsParams::resolve(&image, &settings(&[("CVMFS_BRANCH", "sl8")]), true);
+        assert_eq!(p.repository, "cernvm-sl7.cern.ch");
+        assert_eq!(p.cernvm_path, "cvm4");
+        let e = p.unknown_branch.expect("sl8 is reported");
+        assert!(
+            e.to_string()
+                .starts_with("cvmfs_branch=sl8: no such branch"),
+            "{e}"
+        );
     }
 }

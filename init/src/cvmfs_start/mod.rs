@@ -55,6 +55,38 @@ pub enum CvmfsError {
     NoOsRoot { path: PathBuf, cause: io::Error },
     #[error("cvmfs_wait_on_squid: {0}")]
     Squid(String),
+    #[error(
+        "Unable to mount cvmfs root filesystem! No public key for repository {repository} in {}: \
+         this image carries keys for {shipped} \
+         (choose one of them with cvmfs_branch, or add the key to the image)",
+        dir.display()
+    )]
+    NoKeys {
+        repository: String,
+        dir: PathBuf,
+        shipped: String,
+    },
+}
+
+/// The repositories with at least one `*.pub` key under `keys` (`/etc/cvmfs/keys`), sorted.
+fn repositories_with_keys(keys: &Path) -> Vec<String> {
+    let mut repos: Vec<String> = std::fs::read_dir(keys)
+        .into_iter()
+        .flatten()
+        .flatten()
+        .filter(|e| has_keys(&e.path()))
+        .map(|e| e.file_name().to_string_lossy().into_owned())
+        .collect();
+    repos.sort();
+    repos
+}
+
+fn has_keys(dir: &Path) -> bool {
+    std::fs::read_dir(dir)
+        .into_iter()
+        .flatten()
+        .flatten()
+        .any(|e| e.path().extension().is_some_and(|x| x == "pub") && e.path().is_file())
 }
 
 /// The running OS repository mount: what [`mount`] made.
@@ -150,6 +182,20 @@ fn mount_inner(
     let repo = params.repository.clone();
     let aux = layout.aux();
     std::fs::create_dir_all(&aux).map_err(io_err("cannot create", &aux))?;
+    // Without a key the client refuses every manifest: say so before trying (spec §9.9).
+    let keys = layout.initramfs.join("etc/cvmfs/keys");
+    if !has_keys(&keys.join(&repo)) {
+        let shipped = repositories_with_keys(&keys);
+        return Err(CvmfsError::NoKeys {
+            repository: repo.clone(),
+            dir: keys.join(&repo),
+            shipped: if shipped.is_empty() {
+                "no repository".to_string()
+            } else {
+                shipped.join(", ")
+            },
+        });
+    }
     let selection = snapshot::select(&aux, params.tag.as_deref())?;
     log::info!("CernVM-FS: repository {repo}, snapshot selection {selection:?}");
 
@@ -157,7 +203,7 @@ fn mount_inner(
     std::fs::create_dir_all(&cache).map_err(io_err("cannot create", &cache))?;
     let paths = ConfigPaths {
         cache: cache.clone(),
-        keys_dir: layout.initramfs.join("etc/cvmfs/keys").join(&repo),
+        keys_dir: keys.join(&repo),
         uid_map: aux.join("uid_map"),
         gid_map: aux.join("gid_map"),
     };
@@ -441,6 +487,31 @@ mod tests {
         );
         assert_eq!(first_nameserver("search x\n"), None);
         assert_eq!(first_nameserver("nameserver\n"), None);
+    }
+
+    /// A repository without a key fails before the client runs, naming what the image has.
+    #[test]
+    fn a_repository_without_keys_is_named_with_the_ones_shipped() {
+        let t = tempfile::tempdir().unwrap();
+        let layout = Layout::under(t.path().to_path_buf());
+        let keys = t.path().join("etc/cvmfs/keys");
+        std::fs::create_dir_all(keys.join("cernvm-prod.cern.ch")).unwrap();
+        std::fs::write(keys.join("cernvm-prod.cern.ch/cern-it4.cern.ch.pub"), "k").unwrap();
+        std::fs::create_dir_all(keys.join("empty.example")).unwrap();
+        let mut user = crate::settings::ContextSettings::default();
+        user.apply("CVMFS_BRANCH", "my-os.example.org");
+        let config = BootConfig::resolve(&crate::cmdline::KernelCmdline::default(), user, true);
+        let err =
+            mount_inner(&config, &layout, None, Path::new("/nonexistent/cvmfs2")).unwrap_err();
+        assert_eq!(
+            err.to_string(),
+            format!(
+                "Unable to mount cvmfs root filesystem! No public key for repository \
+                 my-os.example.org in {}: this image carries keys for cernvm-prod.cern.ch \
+                 (choose one of them with cvmfs_branch, or add the key to the image)",
+                keys.join("my-os.example.org").display()
+            )
+        );
     }
 
     #[test]
