@@ -1,10 +1,11 @@
 //! Host name resolution for the download manager. By default the system resolver; after the
 //! talk command `nameserver set <addr>` (µCernVM sends it right after mounting, when the
-//! initramfs may have no `/etc/resolv.conf`) every lookup is an A query over UDP to that server.
+//! initramfs may have no `/etc/resolv.conf`) every lookup asks that server over UDP for the `A`
+//! and `AAAA` records (spec §8.9), the preferred family first (`CVMFS_IPFAMILY_PREFER`).
 
 use std::future::Future;
 use std::io;
-use std::net::{IpAddr, Ipv4Addr, SocketAddr, ToSocketAddrs, UdpSocket};
+use std::net::{IpAddr, Ipv4Addr, Ipv6Addr, SocketAddr, ToSocketAddrs, UdpSocket};
 use std::pin::Pin;
 use std::sync::{Arc, Mutex, RwLock};
 use std::task::{Context, Poll, Waker};
@@ -13,10 +14,42 @@ use std::time::Duration;
 /// Per-query timeout and attempts towards a configured name server.
 const QUERY_TIMEOUT: Duration = Duration::from_secs(2);
 const QUERY_ATTEMPTS: usize = 2;
+/// How long an answer of the system resolver counts as valid (it does not say).
+const SYSTEM_TTL: Duration = Duration::from_secs(60);
+
+/// Address family preferred when a name has both (`CVMFS_IPFAMILY_PREFER`).
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default)]
+pub enum IpFamily {
+    #[default]
+    V4,
+    V6,
+}
+
+impl IpFamily {
+    /// `4` or `6`, as `CVMFS_IPFAMILY_PREFER` is written.
+    pub fn parse(text: &str) -> Option<IpFamily> {
+        match text.trim() {
+            "4" => Some(IpFamily::V4),
+            "6" => Some(IpFamily::V6),
+            _ => None,
+        }
+    }
+
+    /// Orders `addrs` stably: this family first.
+    pub fn sort(self, addrs: &mut [SocketAddr]) {
+        addrs.sort_by_key(|a| a.is_ipv4() != (self == IpFamily::V4));
+    }
+}
+
+#[derive(Debug, Default)]
+struct Settings {
+    server: Option<SocketAddr>,
+    prefer: IpFamily,
+}
 
 /// The name server in use, shared by all HTTP clients of a download manager.
 #[derive(Debug, Default, Clone)]
-pub struct Nameserver(Arc<RwLock<Option<SocketAddr>>>);
+pub struct Nameserver(Arc<RwLock<Settings>>);
 
 /// `<ip>` or `<ip>:<port>` / `[<ipv6>]:<port>`; port 53 by default.
 pub fn parse_nameserver(text: &str) -> Option<SocketAddr> {
@@ -29,25 +62,62 @@ pub fn parse_nameserver(text: &str) -> Option<SocketAddr> {
 
 impl Nameserver {
     pub fn set(&self, addr: Option<SocketAddr>) {
-        *self.0.write().unwrap_or_else(|e| e.into_inner()) = addr;
+        self.0.write().unwrap_or_else(|e| e.into_inner()).server = addr;
     }
 
     pub fn get(&self) -> Option<SocketAddr> {
-        *self.0.read().unwrap_or_else(|e| e.into_inner())
+        self.0.read().unwrap_or_else(|e| e.into_inner()).server
     }
 
-    /// Addresses of `host` (port 0).
+    /// Which family comes first in answers.
+    pub fn set_prefer(&self, family: IpFamily) {
+        self.0.write().unwrap_or_else(|e| e.into_inner()).prefer = family;
+    }
+
+    /// Addresses of `host` (port 0), the preferred family first.
     pub fn resolve(&self, host: &str) -> io::Result<Vec<SocketAddr>> {
+        self.resolve_with_ttl(host).map(|(a, _)| a)
+    }
+
+    /// Addresses of `host` (port 0), the preferred family first, and how long they are valid
+    /// (the smallest TTL of the records; a minute for the system resolver, which does not say).
+    pub fn resolve_with_ttl(&self, host: &str) -> io::Result<(Vec<SocketAddr>, Duration)> {
         if let Ok(ip) = host.parse::<IpAddr>() {
-            return Ok(vec![SocketAddr::new(ip, 0)]);
+            return Ok((vec![SocketAddr::new(ip, 0)], Duration::MAX));
         }
-        match self.get() {
-            Some(server) => Ok(query_a(server, host)?
-                .into_iter()
-                .map(|ip| SocketAddr::new(IpAddr::V4(ip), 0))
-                .collect()),
-            None => Ok((host, 0).to_socket_addrs()?.collect()),
-        }
+        let (server, prefer) = {
+            let s = self.0.read().unwrap_or_else(|e| e.into_inner());
+            (s.server, s.prefer)
+        };
+        let (mut addrs, ttl) = match server {
+            Some(server) => {
+                let v4 = query(server, host, RecordType::A);
+                let v6 = query(server, host, RecordType::Aaaa);
+                let mut addrs = Vec::new();
+                let mut ttl = u32::MAX;
+                let mut first_err = None;
+                for answer in [v4, v6] {
+                    match answer {
+                        Ok(records) => {
+                            for (ip, t) in records {
+                                ttl = ttl.min(t);
+                                addrs.push(SocketAddr::new(ip, 0));
+                            }
+                        }
+                        Err(e) => {
+                            first_err.get_or_insert(e);
+                        }
+                    }
+                }
+                match first_err {
+                    Some(e) if addrs.is_empty() => return Err(e),
+                    _ => (addrs, Duration::from_secs(u64::from(ttl))),
+                }
+            }
+            None => ((host, 0).to_socket_addrs()?.collect(), SYSTEM_TTL),
+        };
+        prefer.sort(&mut addrs);
+        Ok((addrs, ttl))
     }
 }
 
@@ -117,8 +187,15 @@ impl reqwest::dns::Resolve for Nameserver {
     }
 }
 
-/// One DNS query for the A records of `host`.
-fn build_query(id: u16, host: &str) -> io::Result<Vec<u8>> {
+/// The record types asked for.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+enum RecordType {
+    A = 1,
+    Aaaa = 28,
+}
+
+/// One DNS query for the records of type `rtype` of `host`.
+fn build_query(id: u16, host: &str, rtype: RecordType) -> io::Result<Vec<u8>> {
     let mut q = Vec::with_capacity(32 + host.len());
     q.extend_from_slice(&id.to_be_bytes());
     q.extend_from_slice(&[0x01, 0x00, 0, 1, 0, 0, 0, 0, 0, 0]); // RD; one question
@@ -132,7 +209,9 @@ fn build_query(id: u16, host: &str) -> io::Result<Vec<u8>> {
         q.push(label.len() as u8);
         q.extend_from_slice(label.as_bytes());
     }
-    q.extend_from_slice(&[0, 0, 1, 0, 1]); // root, type A, class IN
+    q.push(0); // root
+    q.extend_from_slice(&(rtype as u16).to_be_bytes());
+    q.extend_from_slice(&[0, 1]); // class IN
     Ok(q)
 }
 
@@ -152,8 +231,8 @@ fn skip_name(msg: &[u8], mut pos: usize) -> io::Result<usize> {
     }
 }
 
-/// The A records of a DNS response to query `id`.
-fn parse_answer(msg: &[u8], id: u16) -> io::Result<Vec<Ipv4Addr>> {
+/// The addresses (with their TTL in seconds) of a DNS response to query `id`.
+fn parse_answer(msg: &[u8], id: u16) -> io::Result<Vec<(IpAddr, u32)>> {
     if msg.len() < 12 {
         return Err(bad("shorter than a header"));
     }
@@ -183,20 +262,28 @@ fn parse_answer(msg: &[u8], id: u16) -> io::Result<Vec<Ipv4Addr>> {
             .get(pos..pos + 10)
             .ok_or_else(|| bad("truncated record"))?;
         let typ = u16::from_be_bytes([rr[0], rr[1]]);
+        let ttl = u32::from_be_bytes([rr[4], rr[5], rr[6], rr[7]]);
         let len = u16::from_be_bytes([rr[8], rr[9]]) as usize;
         pos += 10;
         let data = msg
             .get(pos..pos + len)
             .ok_or_else(|| bad("truncated data"))?;
-        if typ == 1 && len == 4 {
-            out.push(Ipv4Addr::new(data[0], data[1], data[2], data[3]));
+        if typ == RecordType::A as u16 && len == 4 {
+            out.push((
+                IpAddr::V4(Ipv4Addr::new(data[0], data[1], data[2], data[3])),
+                ttl,
+            ));
+        } else if typ == RecordType::Aaaa as u16 && len == 16 {
+            let mut octets = [0u8; 16];
+            octets.copy_from_slice(data);
+            out.push((IpAddr::V6(Ipv6Addr::from(octets)), ttl));
         }
         pos += len;
     }
     Ok(out)
 }
 
-fn query_a(server: SocketAddr, host: &str) -> io::Result<Vec<Ipv4Addr>> {
+fn query(server: SocketAddr, host: &str, rtype: RecordType) -> io::Result<Vec<(IpAddr, u32)>> {
     let bind: SocketAddr = if server.is_ipv4() {
         "0.0.0.0:0".parse().expect("literal")
     } else {
@@ -207,8 +294,11 @@ fn query_a(server: SocketAddr, host: &str) -> io::Result<Vec<Ipv4Addr>> {
     sock.set_read_timeout(Some(QUERY_TIMEOUT))?;
     let mut last = io::Error::new(io::ErrorKind::TimedOut, "no answer");
     for attempt in 0..QUERY_ATTEMPTS {
-        let id = (std::process::id() as u16) ^ (attempt as u16).wrapping_mul(0x9e37) ^ 0x5a5a;
-        sock.send(&build_query(id, host)?)?;
+        let id = (std::process::id() as u16)
+            ^ (attempt as u16).wrapping_mul(0x9e37)
+            ^ (rtype as u16).wrapping_mul(0x1f1f)
+            ^ 0x5a5a;
+        sock.send(&build_query(id, host, rtype)?)?;
         let mut buf = [0u8; 1500];
         loop {
             match sock.recv(&mut buf) {
@@ -239,23 +329,35 @@ pub(crate) mod tests {
 
     /// A DNS server on 127.0.0.1 answering every A query with `answer`; returns its address.
     pub(crate) fn tiny_dns_server(answer: Ipv4Addr) -> SocketAddr {
-        let sock = UdpSocket::bind("127.0.0.1:0").unwrap();
-        let addr = sock.local_addr().unwrap();
-        std::thread::spawn(move || {
-            let mut buf = [0u8; 512];
-            while let Ok((n, from)) = sock.recv_from(&mut buf) {
-                let q = &buf[..n];
-                let end = skip_name(q, 12).unwrap() + 4;
-                let mut r = q[..end].to_vec();
-                r[2] = 0x81;
-                r[3] = 0x80;
-                r[6..8].copy_from_slice(&1u16.to_be_bytes());
-                r.extend_from_slice(&[0xc0, 12, 0, 1, 0, 1, 0, 0, 0, 60, 0, 4]);
-                r.extend_from_slice(&answer.octets());
-                let _ = sock.send_to(&r, from);
-            }
-        });
-        addr
+        let server = crate::testing::DnsServer::start().unwrap();
+        server.set("*", &[(IpAddr::V4(answer), 60)]);
+        server.addr
+    }
+
+    /// Both families, the preferred one first, and the smallest TTL.
+    #[test]
+    fn a_and_aaaa_in_the_preferred_order() {
+        let server = crate::testing::DnsServer::start().unwrap();
+        let v4: IpAddr = "10.0.0.7".parse().unwrap();
+        let v6: IpAddr = "fd00::7".parse().unwrap();
+        server.set("both.example.org", &[(v6, 300), (v4, 120)]);
+        server.set("six.example.org", &[(v6, 90)]);
+        let ns = Nameserver::default();
+        ns.set(Some(server.addr));
+        let (got, ttl) = ns.resolve_with_ttl("both.example.org").unwrap();
+        assert_eq!(got, vec![SocketAddr::new(v4, 0), SocketAddr::new(v6, 0)]);
+        assert_eq!(ttl, Duration::from_secs(120));
+        ns.set_prefer(IpFamily::V6);
+        let (got, _) = ns.resolve_with_ttl("both.example.org").unwrap();
+        assert_eq!(got, vec![SocketAddr::new(v6, 0), SocketAddr::new(v4, 0)]);
+        assert_eq!(
+            ns.resolve_with_ttl("six.example.org").unwrap(),
+            (vec![SocketAddr::new(v6, 0)], Duration::from_secs(90))
+        );
+        let err = ns.resolve("missing.example.org").unwrap_err();
+        assert_eq!(err.kind(), io::ErrorKind::NotFound, "{err}");
+        assert_eq!(IpFamily::parse("6"), Some(IpFamily::V6));
+        assert_eq!(IpFamily::parse("5"), None);
     }
 
     #[test]
@@ -279,7 +381,7 @@ pub(crate) mod tests {
         let started = std::time::Instant::now();
         assert!(ns.resolve("a.example.org").is_err());
         assert!(started.elapsed() < Duration::from_secs(10));
-        assert!(build_query(1, "a..b").is_err());
+        assert!(build_query(1, "a..b", RecordType::A).is_err());
         assert!(parse_answer(&[0u8; 5], 1).is_err());
     }
 

@@ -10,7 +10,7 @@ use std::time::Duration;
 
 use crate::cache::{Cache, CacheOptions, Label};
 use crate::catalog::{is_path_prefix, Catalog, CatalogError, Chunk, Compression, DirEntry, Xattrs};
-use crate::download::{ConsumeError, DownloadError, DownloadManager};
+use crate::download::{ConsumeError, DownloadError, DownloadManager, DownloadSettings};
 use crate::fetch::{FetchError, ObjectSpec, ObjectStore};
 use crate::hash::{ContentHash, Suffix};
 use crate::history::{History, HistoryError};
@@ -89,8 +89,8 @@ pub struct RepositoryOptions {
     pub server_url: String,
     /// `CVMFS_HTTP_PROXY`.
     pub proxy: String,
-    pub timeout: Duration,
-    pub timeout_direct: Duration,
+    /// Timeouts, fallback proxies, retries, resets (`CVMFS_TIMEOUT`, `CVMFS_FALLBACK_PROXY`, …).
+    pub download: DownloadSettings,
     /// Master public key files (verify the whitelist).
     pub public_keys: Vec<PathBuf>,
     /// Cache directory of this repository.
@@ -189,7 +189,7 @@ impl Repository {
         let auto = crate::pac::discovery::AutoProxy::from_environment(
             &opts.environment,
             &opts.server_url,
-            opts.timeout_direct,
+            opts.download.timeout_direct,
         );
         let proxy = crate::pac::discovery::resolve_for_mount(
             &opts.proxy,
@@ -200,11 +200,12 @@ impl Repository {
             fqrn: fqrn.clone(),
             cause: source,
         })?;
-        let dl = DownloadManager::new(&opts.server_url, &proxy, opts.timeout, opts.timeout_direct)
-            .map_err(|source| RepoError::Setup {
+        let dl = DownloadManager::new(&opts.server_url, &proxy, opts.download.clone()).map_err(
+            |source| RepoError::Setup {
                 fqrn: fqrn.clone(),
                 cause: source,
-            })?;
+            },
+        )?;
         let store = ObjectStore::new(cache, Some(Arc::new(dl)));
         let mut fresh_manifest = false;
         let (manifest, root_hash, revision, tag) = match opts.root_hash {
@@ -255,7 +256,10 @@ impl Repository {
 
     /// Proxy and direct download timeouts.
     pub fn timeouts(&self) -> (Duration, Duration) {
-        (self.options.timeout, self.options.timeout_direct)
+        (
+            self.options.download.timeout,
+            self.options.download.timeout_direct,
+        )
     }
 
     /// Talk `remount`: a mount fixed to a tag or root hash is always up to date; otherwise

@@ -11,7 +11,7 @@ use std::os::unix::ffi::OsStrExt;
 use std::os::unix::fs::{MetadataExt, PermissionsExt};
 use std::path::{Path, PathBuf};
 use std::process::Command;
-use std::time::{Duration, Instant};
+use std::time::Instant;
 
 use cvmfs_client::hash::{ContentHash, Suffix};
 use cvmfs_client::repository::{Found, Repository, RepositoryOptions};
@@ -484,8 +484,7 @@ impl Site {
             fqrn: FQRN.into(),
             server_url: format!("{}/cvmfs/{FQRN}", server.url()),
             proxy: "DIRECT".into(),
-            timeout: Duration::from_secs(5),
-            timeout_direct: Duration::from_secs(5),
+            download: cvmfs_client::download::DownloadSettings::default(),
             public_keys: vec![self.keys().join(format!("{FQRN}.pub"))],
             cache_dir: cache,
             quota_limit: None,
@@ -969,8 +968,7 @@ fn extract_fixture(tag: &str, dest: &Path) {
         fqrn: "demo.cernvm.test".into(),
         server_url: format!("{}/cvmfs/demo.cernvm.test", server.url()),
         proxy: "DIRECT".into(),
-        timeout: Duration::from_secs(5),
-        timeout_direct: Duration::from_secs(5),
+        download: cvmfs_client::download::DownloadSettings::default(),
         public_keys: vec![fixture_dir().join("keys/demo.cernvm.test.pub")],
         cache_dir: cache.path().to_path_buf(),
         quota_limit: None,

@@ -9,6 +9,10 @@ pub const CVMFS_CACHE_DIR: &str = "CVMFS_CACHE_DIR";
 pub const CVMFS_CHECK_PERMISSIONS: &str = "CVMFS_CHECK_PERMISSIONS";
 /// Report the mounting user as the owner of every file.
 pub const CVMFS_CLAIM_OWNERSHIP: &str = "CVMFS_CLAIM_OWNERSHIP";
+/// Seconds proxy addresses are kept at least before their names are resolved again.
+pub const CVMFS_DNS_MIN_TTL: &str = "CVMFS_DNS_MIN_TTL";
+/// Proxy groups tried after those of `CVMFS_HTTP_PROXY` (never `DIRECT`).
+pub const CVMFS_FALLBACK_PROXY: &str = "CVMFS_FALLBACK_PROXY";
 /// The repository that carries further configuration.
 pub const CVMFS_CONFIG_REPOSITORY: &str = "CVMFS_CONFIG_REPOSITORY";
 /// The repository name, visible to `$CVMFS_FQRN` expansion.
@@ -50,6 +54,10 @@ pub const CVMFS_NFS_SOURCE: &str = "CVMFS_NFS_SOURCE";
 pub const CVMFS_PAC_URLS: &str = "CVMFS_PAC_URLS";
 /// Seconds after which a proxy failover is undone.
 pub const CVMFS_PROXY_RESET_AFTER: &str = "CVMFS_PROXY_RESET_AFTER";
+/// Seconds after which a host failover is undone.
+pub const CVMFS_HOST_RESET_AFTER: &str = "CVMFS_HOST_RESET_AFTER";
+/// Address family tried first for a name with both (`4` or `6`).
+pub const CVMFS_IPFAMILY_PREFER: &str = "CVMFS_IPFAMILY_PREFER";
 /// Public key files, `:`-separated.
 pub const CVMFS_PUBLIC_KEY: &str = "CVMFS_PUBLIC_KEY";
 /// Cache quota in MiB.

@@ -271,7 +271,7 @@ pub fn answer(ctx: &TalkContext, line: &str) -> String {
             };
             match (parse_nameserver(addr), repo.downloader()) {
                 (Some(a), Some(d)) => {
-                    d.nameserver().set(Some(a));
+                    d.set_nameserver(Some(a));
                     log::info!("CernVM-FS: using DNS server {a}");
                     "OK\n".into()
                 }

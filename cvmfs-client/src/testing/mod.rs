@@ -29,8 +29,7 @@ pub fn fixture_repository_options(
         fqrn: FQRN.into(),
         server_url: format!("{server_url}/cvmfs/{FQRN}"),
         proxy: "DIRECT".into(),
-        timeout: std::time::Duration::from_secs(5),
-        timeout_direct: std::time::Duration::from_secs(5),
+        download: crate::download::DownloadSettings::default(),
         public_keys: vec![fixture_dir().join("keys/demo.cernvm.test.pub")],
         cache_dir: cache.to_path_buf(),
         quota_limit: None,
@@ -133,3 +132,9 @@ pub use daemon::{
 
 mod squid;
 pub use squid::SquidProxy;
+
+mod dns;
+pub use dns::DnsServer;
+
+mod fault_http;
+pub use fault_http::{Fault, FaultServer};
