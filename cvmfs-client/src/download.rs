@@ -179,6 +179,9 @@ struct Chains {
     burned_since: Option<Instant>,
     /// Round-trip times of the last `host probe`, per host: `None` unprobed, `Some(None)` down.
     rtts: Vec<Option<Option<u64>>>,
+    /// The regular and fallback proxy descriptions the groups were made of.
+    proxy_description: String,
+    fallback_description: String,
 }
 
 impl Chains {
@@ -355,6 +358,8 @@ impl DownloadManager {
                 current_group: 0,
                 left_first_group: None,
                 burned_since: None,
+                proxy_description: String::new(),
+                fallback_description: String::new(),
             }),
             next_member_id: AtomicU64::new(0),
         };
@@ -497,12 +502,61 @@ impl DownloadManager {
         }
         let mut c = self.chains();
         c.groups = groups;
+        c.proxy_description = proxy.to_string();
+        c.fallback_description = fallback.to_string();
         c.set_group(0);
         log::info!(
             "proxies: {}; active {}",
             describe_groups(&c.groups),
             c.active_member().describe()
         );
+        Ok(())
+    }
+
+    /// Talk `proxy set <list>`: new regular groups, the fallback groups kept.
+    pub fn set_proxies(&self, proxy: &str) -> Result<(), DownloadError> {
+        let fallback = self.chains().fallback_description.clone();
+        self.install_proxies(proxy, &fallback)
+    }
+
+    /// Talk `proxy fallback <list>`: new fallback groups, the regular groups kept.
+    pub fn set_fallback_proxies(&self, fallback: &str) -> Result<(), DownloadError> {
+        let proxy = self.chains().proxy_description.clone();
+        self.install_proxies(&proxy, fallback)
+    }
+
+    /// Talk `proxy group switch`: the next group (cyclic), a random member of it active.
+    pub fn switch_proxy_group(&self) {
+        let mut c = self.chains();
+        let next = (c.current_group + 1) % c.groups.len();
+        c.set_group(next);
+        log::info!(
+            "proxy group switched by request: [{next}] {}",
+            c.active_member().describe()
+        );
+    }
+
+    /// Talk `proxy rebalance`: failed members of the current group back in, a random one active.
+    pub fn rebalance_proxies(&self) {
+        let mut c = self.chains();
+        c.rebalance();
+        log::info!(
+            "proxies rebalanced by request: {}",
+            c.active_member().describe()
+        );
+    }
+
+    /// Talk `host set <list>`: a new host chain (`;`-separated), its first host active.
+    pub fn set_hosts(&self, server_url: &str) -> Result<(), DownloadError> {
+        let hosts = host_chain(server_url);
+        if hosts.is_empty() {
+            return Err(DownloadError::NoHosts);
+        }
+        let mut c = self.chains();
+        c.rtts = vec![None; hosts.len()];
+        c.hosts = hosts;
+        c.set_host(0);
+        log::info!("host chain set by request: {}", c.hosts.join(";"));
         Ok(())
     }
 

@@ -159,6 +159,9 @@ pub struct Repository {
     options: RepositoryOptions,
     attached: RwLock<Vec<Attached>>,
     next_inode_base: Mutex<u64>,
+    /// Inode bases given out, by catalog: a catalog attached again (after `detach nested
+    /// catalogs`) keeps its inodes.
+    inode_bases: Mutex<HashMap<ContentHash, u64>>,
 }
 
 /// Inodes below this are reserved (FUSE root is 1).
@@ -236,6 +239,7 @@ impl Repository {
             options: opts,
             attached: RwLock::new(Vec::new()),
             next_inode_base: Mutex::new(FIRST_INODE_BASE),
+            inode_bases: Mutex::new(HashMap::new()),
         };
         let root = repo.attach(root_hash, b"")?;
         repo.revision = revision.unwrap_or(root.catalog.revision);
@@ -444,17 +448,32 @@ impl Repository {
         if let Some(a) = list.iter().find(|a| a.catalog.mountpoint == mountpoint) {
             return Ok(a.clone());
         }
-        let mut next = self
-            .next_inode_base
-            .lock()
-            .unwrap_or_else(|e| e.into_inner());
+        let mut bases = self.inode_bases.lock().unwrap_or_else(|e| e.into_inner());
+        let inode_base = *bases.entry(hash).or_insert_with(|| {
+            let mut next = self
+                .next_inode_base
+                .lock()
+                .unwrap_or_else(|e| e.into_inner());
+            let base = *next;
+            *next += catalog.max_rowid.max(0) as u64 + 1;
+            base
+        });
         let a = Attached {
-            inode_base: *next,
+            inode_base,
             catalog: Arc::new(catalog),
         };
-        *next += a.catalog.max_rowid.max(0) as u64 + 1;
         list.push(a.clone());
         Ok(a)
+    }
+
+    /// Talk `detach nested catalogs`: only the root catalog stays attached; nested ones are
+    /// attached again (with the same inodes) when a lookup needs them. Entries already handed
+    /// out keep their catalog open. Returns how many were detached.
+    pub fn detach_nested(&self) -> usize {
+        let mut list = self.attached.write().unwrap_or_else(|e| e.into_inner());
+        let before = list.len();
+        list.retain(|a| a.catalog.mountpoint.is_empty());
+        before - list.len()
     }
 
     fn find_attached(&self, mountpoint: &[u8]) -> Option<Attached> {

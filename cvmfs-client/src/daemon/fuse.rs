@@ -9,15 +9,15 @@ use std::collections::{BTreeMap, HashMap};
 use std::ffi::OsStr;
 use std::os::unix::ffi::OsStrExt;
 use std::sync::atomic::{AtomicU64, Ordering};
-use std::sync::{Arc, RwLock};
+use std::sync::{Arc, OnceLock, RwLock};
 use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};
 
 use fuser::{
     AccessFlags, BackingId, Errno, FileAttr, FileHandle, FileType, Filesystem, FopenFlags,
-    Generation, INodeNo, InitFlags, IoctlFlags, KernelConfig, LockOwner, OpenAccMode, OpenFlags,
-    PollEvents, PollFlags, PollNotifier, ReplyAttr, ReplyData, ReplyDirectory, ReplyDirectoryPlus,
-    ReplyEmpty, ReplyEntry, ReplyIoctl, ReplyLseek, ReplyOpen, ReplyPoll, ReplyStatfs, ReplyXattr,
-    Request,
+    Generation, INodeNo, InitFlags, IoctlFlags, KernelConfig, LockOwner, Notifier, OpenAccMode,
+    OpenFlags, PollEvents, PollFlags, PollNotifier, ReplyAttr, ReplyData, ReplyDirectory,
+    ReplyDirectoryPlus, ReplyEmpty, ReplyEntry, ReplyIoctl, ReplyLseek, ReplyOpen, ReplyPoll,
+    ReplyStatfs, ReplyXattr, Request,
 };
 
 use crate::passthrough::BackingFiles;
@@ -91,16 +91,78 @@ struct DirItem {
     found: Arc<Found>,
 }
 
-/// The CernVM-FS FUSE file system.
-pub struct CvmfsFs {
-    repo: Arc<Repository>,
-    opts: FuseOptions,
+/// What the control socket acts on while the file system runs: the error counters, the
+/// daemon's metadata tables and the kernel's caches.
+#[derive(Default)]
+pub struct FsShared {
     nodes: RwLock<HashMap<u64, Node>>,
-    files: RwLock<HashMap<u64, Arc<OpenFile>>>,
     /// Listings being read, by directory inode. The daemon declines `opendir` (the kernel then
     /// sends neither `opendir` nor `releasedir`, two round trips less per directory): a listing
     /// is built when read from offset 0 and dropped when a reader reaches its end.
     dirs: RwLock<HashMap<u64, Arc<Vec<DirItem>>>>,
+    nioerr: AtomicU64,
+    last_ioerr: AtomicU64,
+    /// Invalidation messages to the kernel, once the session runs.
+    notifier: OnceLock<Notifier>,
+}
+
+impl FsShared {
+    /// Talk `reset error counters`: `user.nioerr` and `user.timestamp_last_ioerr` start again.
+    pub fn reset_error_counters(&self) {
+        self.nioerr.store(0, Ordering::Relaxed);
+        self.last_ioerr.store(0, Ordering::Relaxed);
+    }
+
+    /// Where invalidations go (set once the FUSE session exists).
+    pub fn set_notifier(&self, n: Notifier) {
+        let _ = self.notifier.set(n);
+    }
+
+    /// Talk `drop metadata caches`: the listings kept for readers are dropped, and the kernel
+    /// forgets the attributes, names and cached pages of every inode it knows, so the next
+    /// access asks the daemon again. Returns how many inodes were invalidated.
+    pub fn drop_metadata_caches(&self) -> usize {
+        self.dirs.write().unwrap_or_else(|e| e.into_inner()).clear();
+        let Some(notifier) = self.notifier.get() else {
+            return 0;
+        };
+        // Collected first: the kernel may call back into the file system while invalidating.
+        let known: Vec<(u64, Vec<u8>)> = self
+            .nodes
+            .read()
+            .unwrap_or_else(|e| e.into_inner())
+            .iter()
+            .map(|(ino, n)| (*ino, n.found.path.clone()))
+            .collect();
+        let by_path: HashMap<&[u8], u64> = known.iter().map(|(i, p)| (p.as_slice(), *i)).collect();
+        let mut count = 0;
+        for (ino, path) in &known {
+            let parent = parent_of(path);
+            let parent_ino = if parent.is_empty() {
+                Some(ROOT_INO)
+            } else {
+                by_path.get(parent).copied()
+            };
+            if let Some(pi) = parent_ino {
+                let name = path.rsplit(|&b| b == b'/').next().unwrap_or_default();
+                // ENOENT: the kernel dropped the name already.
+                let _ = notifier.inval_entry(INodeNo(pi), OsStr::from_bytes(name));
+            }
+            if notifier.inval_inode(INodeNo(*ino), 0, 0).is_ok() {
+                count += 1;
+            }
+        }
+        let _ = notifier.inval_inode(INodeNo(ROOT_INO), 0, 0);
+        count
+    }
+}
+
+/// The CernVM-FS FUSE file system.
+pub struct CvmfsFs {
+    repo: Arc<Repository>,
+    opts: FuseOptions,
+    shared: Arc<FsShared>,
+    files: RwLock<HashMap<u64, Arc<OpenFile>>>,
     next_handle: AtomicU64,
     euid: u32,
     egid: u32,
@@ -108,8 +170,6 @@ pub struct CvmfsFs {
     started_epoch: i64,
     nopen: AtomicU64,
     ndiropen: AtomicU64,
-    nioerr: AtomicU64,
-    last_ioerr: AtomicU64,
     prefetch: Prefetcher,
     /// Open files the kernel reads directly from their cached object (FUSE passthrough).
     backing: BackingFiles<BackingId>,
@@ -122,14 +182,13 @@ const MAX_OPEN_LISTINGS: usize = 1024;
 const PREFETCH_THREADS: usize = 4;
 
 impl CvmfsFs {
-    pub fn new(repo: Arc<Repository>, opts: FuseOptions) -> CvmfsFs {
+    pub fn new(repo: Arc<Repository>, opts: FuseOptions, shared: Arc<FsShared>) -> CvmfsFs {
         CvmfsFs {
             prefetch: Prefetcher::start(Arc::clone(&repo), PREFETCH_THREADS),
             repo,
             opts,
-            nodes: RwLock::new(HashMap::new()),
+            shared,
             files: RwLock::new(HashMap::new()),
-            dirs: RwLock::new(HashMap::new()),
             next_handle: AtomicU64::new(1),
             euid: nix::unistd::geteuid().as_raw(),
             egid: nix::unistd::getegid().as_raw(),
@@ -137,8 +196,6 @@ impl CvmfsFs {
             started_epoch: epoch_now(),
             nopen: AtomicU64::new(0),
             ndiropen: AtomicU64::new(0),
-            nioerr: AtomicU64::new(0),
-            last_ioerr: AtomicU64::new(0),
             backing: BackingFiles::default(),
         }
     }
@@ -149,8 +206,9 @@ impl CvmfsFs {
 
     /// Logs a repository failure and turns it into EIO.
     fn io_error(&self, op: &str, path: &[u8], err: &dyn std::fmt::Display) -> Errno {
-        self.nioerr.fetch_add(1, Ordering::Relaxed);
-        self.last_ioerr
+        self.shared.nioerr.fetch_add(1, Ordering::Relaxed);
+        self.shared
+            .last_ioerr
             .store(epoch_now().max(0) as u64, Ordering::Relaxed);
         log::error!("{}: {op} {}: {err}", self.repo.fqrn, display_path(path));
         Errno::EIO
@@ -170,7 +228,7 @@ impl CvmfsFs {
         if ino.0 == ROOT_INO {
             return Ok(Vec::new());
         }
-        let nodes = self.nodes.read().unwrap_or_else(|e| e.into_inner());
+        let nodes = self.shared.nodes.read().unwrap_or_else(|e| e.into_inner());
         nodes
             .get(&ino.0)
             .map(|n| n.found.path.clone())
@@ -188,7 +246,7 @@ impl CvmfsFs {
         if ino.0 == ROOT_INO {
             return Ok(Arc::new(self.lookup_path(op, b"")?.ok_or(Errno::ENOENT)?));
         }
-        let nodes = self.nodes.read().unwrap_or_else(|e| e.into_inner());
+        let nodes = self.shared.nodes.read().unwrap_or_else(|e| e.into_inner());
         nodes
             .get(&ino.0)
             .map(|n| Arc::clone(&n.found))
@@ -208,7 +266,7 @@ impl CvmfsFs {
         if ino == ROOT_INO {
             return;
         }
-        let mut nodes = self.nodes.write().unwrap_or_else(|e| e.into_inner());
+        let mut nodes = self.shared.nodes.write().unwrap_or_else(|e| e.into_inner());
         let node = nodes.entry(ino).or_insert_with(|| Node {
             found: Arc::clone(found),
             lookups: 0,
@@ -386,8 +444,8 @@ impl CvmfsFs {
             "user.nclg" => text(self.repo.attached_catalogs().len().to_string()),
             "user.nopen" => count(&self.nopen),
             "user.ndiropen" => count(&self.ndiropen),
-            "user.nioerr" => count(&self.nioerr),
-            "user.timestamp_last_ioerr" => count(&self.last_ioerr),
+            "user.nioerr" => count(&self.shared.nioerr),
+            "user.timestamp_last_ioerr" => count(&self.shared.last_ioerr),
             "user.ndownload" => text(self.repo.store.downloads().to_string()),
             // Not in the reference: 1 while no server answers (offline mode), else 0.
             "user.offline" => text(u8::from(self.repo.is_offline()).to_string()),
@@ -399,7 +457,8 @@ impl CvmfsFs {
                     .to_string(),
             ),
             "user.useddirp" => text(
-                self.dirs
+                self.shared
+                    .dirs
                     .read()
                     .unwrap_or_else(|e| e.into_inner())
                     .len()
@@ -493,7 +552,7 @@ impl CvmfsFs {
     /// reader), else the one being read (rebuilt if it was dropped meanwhile).
     fn listing(&self, ino: INodeNo, offset: u64) -> Result<Arc<Vec<DirItem>>, Errno> {
         if offset > 0 {
-            let dirs = self.dirs.read().unwrap_or_else(|e| e.into_inner());
+            let dirs = self.shared.dirs.read().unwrap_or_else(|e| e.into_inner());
             if let Some(items) = dirs.get(&ino.0) {
                 return Ok(Arc::clone(items));
             }
@@ -502,7 +561,7 @@ impl CvmfsFs {
         if offset == 0 {
             self.ndiropen.fetch_add(1, Ordering::Relaxed);
         }
-        let mut dirs = self.dirs.write().unwrap_or_else(|e| e.into_inner());
+        let mut dirs = self.shared.dirs.write().unwrap_or_else(|e| e.into_inner());
         if dirs.len() >= MAX_OPEN_LISTINGS {
             // Readers that stopped half-way leave listings behind; they are rebuilt on need.
             dirs.clear();
@@ -514,7 +573,8 @@ impl CvmfsFs {
     /// A read from `offset` past the last entry is a reader's end of the listing.
     fn listing_read(&self, ino: INodeNo, offset: u64, items: &[DirItem]) {
         if usize::try_from(offset).unwrap_or(usize::MAX) >= items.len() {
-            self.dirs
+            self.shared
+                .dirs
                 .write()
                 .unwrap_or_else(|e| e.into_inner())
                 .remove(&ino.0);
@@ -764,7 +824,7 @@ impl Filesystem for CvmfsFs {
         if ino.0 == ROOT_INO {
             return;
         }
-        let mut nodes = self.nodes.write().unwrap_or_else(|e| e.into_inner());
+        let mut nodes = self.shared.nodes.write().unwrap_or_else(|e| e.into_inner());
         if let Some(node) = nodes.get_mut(&ino.0) {
             node.lookups = node.lookups.saturating_sub(nlookup);
             if node.lookups == 0 {

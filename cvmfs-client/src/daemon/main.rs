@@ -572,8 +572,10 @@ fn serve(p: Prepared, mut pipe: Option<OwnedFd>) -> Result<(), String> {
             )
         }
     };
+    let fs_shared = Arc::new(fuse::FsShared::default());
     let talk = Arc::new(TalkContext {
         repo: Arc::clone(&repo),
+        fs: Arc::clone(&fs_shared),
         mountpoint: p.mountpoint.clone(),
         parameters: p.parameters.clone(),
         quota_limit_text: Mutex::new(p.quota_limit_text.clone()),
@@ -610,12 +612,13 @@ fn serve(p: Prepared, mut pipe: Option<OwnedFd>) -> Result<(), String> {
         FUSE_THREADS
     });
 
-    let fs = CvmfsFs::new(Arc::clone(&repo), p.fuse.clone());
+    let fs = CvmfsFs::new(Arc::clone(&repo), p.fuse.clone(), Arc::clone(&fs_shared));
     let mut mount_guard = mounted.lock().unwrap_or_else(|e| e.into_inner());
     let session = match fuser::Session::new(fs, &p.mountpoint, &config) {
         Ok(s) => {
             *mount_guard = true;
             drop(mount_guard);
+            fs_shared.set_notifier(s.notifier());
             s
         }
         Err(e) => {
