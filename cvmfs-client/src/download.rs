@@ -66,6 +66,8 @@ pub struct DownloadSettings {
     pub host_reset_after: Option<Duration>,
     /// `CVMFS_IPFAMILY_PREFER`.
     pub ipfamily_prefer: IpFamily,
+    /// `CVMFS_USE_GEOAPI`: order the hosts by the Stratum-1s' Geo-API answer at mount.
+    pub use_geoapi: bool,
     /// `CVMFS_DNS_MIN_TTL`: proxy addresses are kept at least this long (and this long when a
     /// name does not resolve) before the name is resolved again.
     pub dns_min_ttl: Duration,
@@ -86,6 +88,7 @@ impl Default for DownloadSettings {
             host_reset_after: None,
             ipfamily_prefer: IpFamily::V4,
             dns_min_ttl: Duration::from_secs(60),
+            use_geoapi: false,
         }
     }
 }
@@ -102,6 +105,19 @@ impl DownloadSettings {
 }
 
 /// Why a download failed, after every host and proxy was tried.
+/// Why the Geo-API gave no usable order (the configured order stays).
+#[derive(Debug, thiserror::Error)]
+pub enum GeoError {
+    #[error("{url}: {reason}")]
+    Request { url: String, reason: String },
+    #[error("{url}: answer {answer:?} is no permutation of 1..{n}")]
+    BadAnswer {
+        url: String,
+        answer: String,
+        n: usize,
+    },
+}
+
 #[derive(Debug, thiserror::Error)]
 pub enum DownloadError {
     #[error("no server URL configured (CVMFS_SERVER_URL)")]
@@ -560,6 +576,115 @@ impl DownloadManager {
         Ok(())
     }
 
+    /// Orders the host chain (and the fallback proxy groups) by the Geo-API of the Stratum-1s
+    /// (spec §8.8): the names sorted, asked through the active proxy (directly with `uuid`
+    /// from a fallback group or without a proxy), up to three hosts tried. On any error the
+    /// order stays as it is. `Ok(false)`: nothing to order.
+    pub fn probe_geo(&self, uuid: &str) -> Result<bool, GeoError> {
+        const SEPARATOR: &str = "+PXYSEP+";
+        let (mut hosts, member, fallback_names, regular_proxies, on_fallback) = {
+            let c = self.chains();
+            let fallback: Vec<(usize, String)> = c
+                .groups
+                .iter()
+                .enumerate()
+                .filter(|(_, g)| g.fallback)
+                .filter_map(|(i, g)| {
+                    Some((i, url_host(g.configured.first()?.as_deref()?).to_string()))
+                })
+                .collect();
+            let regular = c
+                .groups
+                .iter()
+                .any(|g| !g.fallback && g.configured.iter().any(Option::is_some));
+            (
+                c.hosts.clone(),
+                c.active_member(),
+                fallback,
+                regular,
+                c.groups[c.current_group].fallback,
+            )
+        };
+        if hosts.len() < 2 && fallback_names.len() < 2 {
+            return Ok(false);
+        }
+        // Sorted names make the URL the same for every client: proxies can cache the answer.
+        hosts.sort_by(|a, b| url_host(a).cmp(url_host(b)));
+        let mut names: Vec<String> = hosts.iter().map(|h| url_host(h).to_string()).collect();
+        let with_fallback = !regular_proxies && !fallback_names.is_empty();
+        if with_fallback {
+            names.push(SEPARATOR.to_string());
+            names.extend(fallback_names.iter().map(|(_, n)| n.clone()));
+        }
+        let (who, client) = match (&member.configured, on_fallback) {
+            (Some(name), false) => (url_host(name).to_string(), member.client.clone()),
+            _ => (
+                uuid.to_string(),
+                self.client_for(None).map_err(|e| GeoError::Request {
+                    url: "(direct client)".into(),
+                    reason: e.to_string(),
+                })?,
+            ),
+        };
+        let mut order: Vec<usize> = (0..hosts.len()).collect();
+        fastrand::shuffle(&mut order);
+        let mut last = None;
+        for &h in order.iter().take(3) {
+            let url = format!("{}/api/v1.0/geo/{who}/{}", hosts[h], names.join(","));
+            let answer = client
+                .get(&url)
+                .header("Connection", "Keep-Alive")
+                .send()
+                .map_err(|e| error_chain(&e))
+                .and_then(|r| {
+                    if r.status().is_success() {
+                        r.text().map_err(|e| error_chain(&e))
+                    } else {
+                        Err(format!("HTTP {}", r.status()))
+                    }
+                });
+            let text = match answer {
+                Ok(t) => t,
+                Err(reason) => {
+                    log::info!("Geo-API {url}: {reason}");
+                    last = Some(GeoError::Request { url, reason });
+                    continue;
+                }
+            };
+            let Some(perm) = parse_geo_answer(&text, names.len()) else {
+                last = Some(GeoError::BadAnswer {
+                    url,
+                    answer: text,
+                    n: names.len(),
+                });
+                continue;
+            };
+            let ordered: Vec<String> = perm
+                .iter()
+                .filter(|&&i| i < hosts.len())
+                .map(|&i| hosts[i].clone())
+                .collect();
+            let mut c = self.chains();
+            if with_fallback {
+                let fallback_order: Vec<usize> = perm
+                    .iter()
+                    .filter(|&&i| i > hosts.len())
+                    .filter_map(|&i| fallback_names.get(i - hosts.len() - 1).map(|(g, _)| *g))
+                    .collect();
+                reorder_fallback(&mut c.groups, &fallback_order);
+            }
+            log::info!("hosts geographically ordered: {}", ordered.join(";"));
+            c.rtts = vec![None; ordered.len()];
+            c.hosts = ordered;
+            c.set_host(0);
+            return Ok(true);
+        }
+        Err(last.unwrap_or(GeoError::Request {
+            url: "(Geo-API)".into(),
+            reason: "no host to ask".into(),
+        }))
+    }
+
     /// Expands again the groups whose addresses expired; a group whose addresses changed is
     /// rebuilt and rebalanced.
     fn refresh_addresses(&self) {
@@ -986,6 +1111,43 @@ enum Attempt {
     Local(std::io::Error),
 }
 
+/// A Geo-API answer (`3,1,2\n`): a permutation of 1..=n, returned 0-based.
+fn parse_geo_answer(text: &str, n: usize) -> Option<Vec<usize>> {
+    let body = text.strip_suffix('\n').unwrap_or(text);
+    if body.is_empty() || !body.bytes().all(|b| b.is_ascii_digit() || b == b',') {
+        return None;
+    }
+    let perm: Vec<usize> = body
+        .split(',')
+        .map(|x| x.parse::<usize>().ok()?.checked_sub(1))
+        .collect::<Option<_>>()?;
+    let mut seen = vec![false; n];
+    for &i in &perm {
+        match seen.get_mut(i) {
+            Some(s) if !*s => *s = true,
+            _ => return None,
+        }
+    }
+    (perm.len() == n).then_some(perm)
+}
+
+/// Puts the fallback groups (indices into `groups`) in `order`, in the slots they occupy.
+fn reorder_fallback(groups: &mut Vec<Group>, order: &[usize]) {
+    let slots: Vec<usize> = (0..groups.len()).filter(|&i| groups[i].fallback).collect();
+    if order.len() != slots.len() {
+        return;
+    }
+    let mut taken: Vec<Option<Group>> = std::mem::take(groups).into_iter().map(Some).collect();
+    let moved: Vec<Group> = order.iter().filter_map(|&i| taken[i].take()).collect();
+    let mut moved = moved.into_iter();
+    for (i, slot) in taken.iter_mut().enumerate() {
+        if slots.contains(&i) {
+            *slot = moved.next();
+        }
+    }
+    *groups = taken.into_iter().flatten().collect();
+}
+
 fn describe_groups(groups: &[Group]) -> String {
     groups
         .iter()
@@ -1041,6 +1203,17 @@ mod tests {
         assert!(d
             .host_info()
             .contains("Active host 0: http://stratum-one.invalid:"));
+    }
+
+    #[test]
+    fn geo_answers_are_checked() {
+        assert_eq!(parse_geo_answer("3,1,2\n", 3), Some(vec![2, 0, 1]));
+        assert_eq!(parse_geo_answer("1,2", 2), Some(vec![0, 1]));
+        for bad in [
+            "1,1,2\n", "1,2\n", "0,1,2\n", "1, 2,3\n", "", "1,2,4\n", "a,b,c",
+        ] {
+            assert_eq!(parse_geo_answer(bad, 3), None, "{bad:?}");
+        }
     }
 
     #[test]

@@ -12,7 +12,8 @@ use cvmfs_config::keys::{
     CVMFS_MAGIC_XATTRS_VISIBILITY, CVMFS_MAX_IPADDR_PER_PROXY, CVMFS_MAX_RETRIES, CVMFS_MAX_TTL,
     CVMFS_NFILES, CVMFS_PROXY_RESET_AFTER, CVMFS_PUBLIC_KEY, CVMFS_QUOTA_LIMIT,
     CVMFS_REPOSITORY_TAG, CVMFS_ROOT_HASH, CVMFS_SERVER_URL, CVMFS_SHARED_CACHE, CVMFS_SUID,
-    CVMFS_TIMEOUT, CVMFS_TIMEOUT_DIRECT, CVMFS_UID_MAP, CVMFS_USYSLOG, CVMFS_WORLD_READABLE,
+    CVMFS_TIMEOUT, CVMFS_TIMEOUT_DIRECT, CVMFS_UID_MAP, CVMFS_USE_GEOAPI, CVMFS_USYSLOG,
+    CVMFS_WORLD_READABLE,
 };
 use std::path::{Path, PathBuf};
 use std::time::Duration;
@@ -321,6 +322,7 @@ fn download_settings(
         host_reset_after: reset(CVMFS_HOST_RESET_AFTER)?,
         ipfamily_prefer,
         dns_min_ttl: secs(CVMFS_DNS_MIN_TTL)?.unwrap_or(defaults.dns_min_ttl),
+        use_geoapi: config.get_bool(CVMFS_USE_GEOAPI)?.unwrap_or(false),
     })
 }
 
@@ -481,6 +483,7 @@ mod tests {
             ("CVMFS_PROXY_RESET_AFTER", "86400".to_string()),
             ("CVMFS_HOST_RESET_AFTER", "0".to_string()),
             ("CVMFS_IPFAMILY_PREFER", "6".to_string()),
+            ("CVMFS_USE_GEOAPI", "yes".to_string()),
         ]);
         let (r, f) = settings(p.clone()).unwrap();
         let d = &r.download;
@@ -493,6 +496,7 @@ mod tests {
         assert_eq!(d.proxy_reset_after, Some(Duration::from_secs(86400)));
         assert_eq!(d.host_reset_after, None, "0 is never");
         assert_eq!(d.ipfamily_prefer, IpFamily::V6);
+        assert!(d.use_geoapi);
         let mut bad = p.clone();
         bad.push(("CVMFS_IPFAMILY_PREFER", "5".to_string()));
         assert!(settings(bad).is_err());

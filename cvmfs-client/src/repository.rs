@@ -209,6 +209,14 @@ impl Repository {
                 cause: source,
             },
         )?;
+        if opts.download.use_geoapi {
+            match dl.probe_geo(&cache.client_uuid()) {
+                Ok(_) => {}
+                Err(e) => {
+                    log::warn!("{fqrn}: Geo-API: {e}; keeping the configured order of the servers")
+                }
+            }
+        }
         let store = ObjectStore::new(cache, Some(Arc::new(dl)));
         let mut fresh_manifest = false;
         let (manifest, root_hash, revision, tag) = match opts.root_hash {

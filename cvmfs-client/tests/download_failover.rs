@@ -9,7 +9,9 @@ use std::net::{IpAddr, Ipv4Addr, TcpListener};
 use std::path::Path;
 use std::time::Duration;
 
-use cvmfs_client::download::{ConsumeError, DownloadError, DownloadManager, DownloadSettings};
+use cvmfs_client::download::{
+    url_host, ConsumeError, DownloadError, DownloadManager, DownloadSettings,
+};
 use cvmfs_client::testing::{DnsServer, Fault, FaultServer, SquidProxy};
 
 const REL: &str = "/data/ab/object";
@@ -292,5 +294,136 @@ fn a_real_squid_behind_a_dead_and_a_silent_proxy() {
     assert!(
         origin.proxied_requests() >= 1,
         "squid fetched from the origin"
+    );
+}
+
+/// A Stratum-1 Geo-API responder on 127.0.0.1 (spec §8.8), as origin or as the proxy in front
+/// of it: answers `GET …/api/v1.0/geo/<proxy or uuid>/<name>,<name>,…` with the 1-based
+/// positions of the names in its order of preference, best first; records each request line.
+struct GeoResponder {
+    port: u16,
+    requests: std::sync::Arc<std::sync::Mutex<Vec<String>>>,
+}
+
+impl GeoResponder {
+    /// `prefer`: names best first; names not listed come last. `broken`: answer garbage.
+    fn start(prefer: &'static [&'static str], broken: bool) -> GeoResponder {
+        use std::io::{BufRead, BufReader, Write};
+        let listener = TcpListener::bind("127.0.0.1:0").unwrap();
+        let port = listener.local_addr().unwrap().port();
+        let requests = std::sync::Arc::new(std::sync::Mutex::new(Vec::new()));
+        let seen = std::sync::Arc::clone(&requests);
+        std::thread::spawn(move || {
+            for conn in listener.incoming() {
+                let Ok(mut conn) = conn else { continue };
+                let mut reader = BufReader::new(conn.try_clone().unwrap());
+                let mut line = String::new();
+                let _ = reader.read_line(&mut line);
+                loop {
+                    let mut h = String::new();
+                    if reader.read_line(&mut h).unwrap_or(0) == 0 || h == "\r\n" {
+                        break;
+                    }
+                }
+                seen.lock().unwrap().push(line.trim().to_string());
+                let target = line.split_whitespace().nth(1).unwrap_or("");
+                let body = match target.split("/api/v1.0/geo/").nth(1) {
+                    Some(rest) if !broken => {
+                        let names: Vec<&str> =
+                            rest.rsplit('/').next().unwrap_or("").split(',').collect();
+                        let rank = |n: &str| prefer.iter().position(|p| *p == n).unwrap_or(99);
+                        let mut idx: Vec<usize> = (1..=names.len()).collect();
+                        idx.sort_by_key(|&i| rank(names[i - 1]));
+                        let list: Vec<String> = idx.iter().map(usize::to_string).collect();
+                        format!("{}\n", list.join(","))
+                    }
+                    Some(_) => "1,1,x\n".to_string(),
+                    None => String::new(),
+                };
+                let _ = write!(
+                    conn,
+                    "HTTP/1.1 200 OK\r\nContent-Type: text/plain\r\nContent-Length: {}\r\nConnection: close\r\n\r\n{body}",
+                    body.len()
+                );
+            }
+        });
+        GeoResponder { port, requests }
+    }
+
+    fn requests(&self) -> Vec<String> {
+        self.requests.lock().unwrap().clone()
+    }
+}
+
+/// Host names resolved by our DNS server to 127.0.0.1, so that the Geo-API request carries
+/// real names.
+fn geo_hosts(port: u16) -> (DnsServer, String) {
+    let dns = DnsServer::start().unwrap();
+    dns.set("*", &[(IpAddr::V4(Ipv4Addr::LOCALHOST), 300)]);
+    let hosts = ["s3.geo.test", "s1.geo.test", "s2.geo.test"]
+        .iter()
+        .map(|h| format!("http://{h}:{port}/cvmfs/x"))
+        .collect::<Vec<_>>()
+        .join(";");
+    (dns, hosts)
+}
+
+#[test]
+fn geo_api_orders_the_hosts_through_the_proxy_and_falls_back_on_errors() {
+    // The responder is the proxy: the request must go through it, naming the proxy.
+    let geo = GeoResponder::start(&["s2.geo.test", "s3.geo.test", "s1.geo.test"], false);
+    let (dns, hosts) = geo_hosts(80);
+    let s = DownloadSettings {
+        use_geoapi: true,
+        ..settings()
+    };
+    let d = DownloadManager::new(&hosts, "DIRECT", s.clone()).unwrap();
+    d.set_nameserver(Some(dns.addr));
+    d.install_proxies(&format!("http://squid.geo.test:{}", geo.port), "")
+        .unwrap();
+    assert!(d.probe_geo("uuid-not-used").unwrap());
+    let order: Vec<String> = d.hosts().iter().map(|h| url_host(h).to_string()).collect();
+    assert_eq!(order, ["s2.geo.test", "s3.geo.test", "s1.geo.test"]);
+    assert!(d
+        .host_info()
+        .contains("Active host 0: http://s2.geo.test:80/cvmfs/x"));
+    let requests = geo.requests();
+    assert_eq!(requests.len(), 1, "{requests:?}");
+    let want = "/cvmfs/x/api/v1.0/geo/squid.geo.test/s1.geo.test,s2.geo.test,s3.geo.test";
+    assert!(
+        requests[0].starts_with("GET http://s") && requests[0].contains(want),
+        "{requests:?}"
+    );
+
+    // A broken answer: three hosts asked, the configured order kept.
+    let broken = GeoResponder::start(&[], true);
+    let d = DownloadManager::new(&hosts, "DIRECT", s.clone()).unwrap();
+    d.set_nameserver(Some(dns.addr));
+    d.install_proxies(&format!("http://squid.geo.test:{}", broken.port), "")
+        .unwrap();
+    let err = d.probe_geo("u").unwrap_err().to_string();
+    assert!(err.contains("no permutation"), "{err}");
+    assert_eq!(broken.requests().len(), 3);
+    let order: Vec<String> = d.hosts().iter().map(|h| url_host(h).to_string()).collect();
+    assert_eq!(order, ["s3.geo.test", "s1.geo.test", "s2.geo.test"]);
+
+    // A dead proxy: an error, the order kept.
+    let d = DownloadManager::new(&hosts, &dead_url(), s.clone()).unwrap();
+    assert!(d.probe_geo("u").is_err());
+    assert!(d.hosts()[0].contains("s3.geo.test"));
+}
+
+#[test]
+fn geo_api_without_a_proxy_names_the_client_by_its_uuid() {
+    let geo = GeoResponder::start(&["s1.geo.test", "s2.geo.test", "s3.geo.test"], false);
+    let (dns, hosts) = geo_hosts(geo.port);
+    let d = DownloadManager::new(&hosts, "DIRECT", settings()).unwrap();
+    d.set_nameserver(Some(dns.addr));
+    assert!(d.probe_geo("4c1d-uuid").unwrap());
+    assert!(d.hosts()[0].contains("s1.geo.test"), "{:?}", d.hosts());
+    let requests = geo.requests();
+    assert!(
+        requests[0].starts_with("GET /cvmfs/x/api/v1.0/geo/4c1d-uuid/s1.geo.test,"),
+        "{requests:?}"
     );
 }

@@ -25,6 +25,7 @@ pub const COMMANDS: &[&str] = &[
     "nameserver set <ip>[:<port>]",
     "host info",
     "host probe",
+    "host probe geo",
     "host switch",
     "host set <host list>",
     "proxy info",
@@ -193,6 +194,16 @@ pub fn answer(ctx: &TalkContext, line: &str) -> String {
             }
             "OK\n".into()
         }
+        "host probe geo" => match repo.downloader() {
+            Some(d) => match d.probe_geo(&repo.store.cache.client_uuid()) {
+                Ok(_) => "OK\n".into(),
+                Err(e) => {
+                    log::warn!("host probe geo: {e}");
+                    "Failed\n".into()
+                }
+            },
+            None => "Failed\n".into(),
+        },
         "host switch" => {
             if let Some(d) = repo.downloader() {
                 d.switch_host();
