@@ -5,15 +5,15 @@
 //! Parameters this client does not know are accepted silently.
 
 use cvmfs_config::keys::{
-    CVMFS_AUTO_UPDATE, CVMFS_BACKOFF_INIT, CVMFS_BACKOFF_MAX, CVMFS_CACHE_BASE, CVMFS_CACHE_DIR,
-    CVMFS_CHECK_PERMISSIONS, CVMFS_CLAIM_OWNERSHIP, CVMFS_DNS_MIN_TTL, CVMFS_FALLBACK_PROXY,
-    CVMFS_FUSE_PASSTHROUGH, CVMFS_GID_MAP, CVMFS_HIDE_MAGIC_XATTRS, CVMFS_HOST_RESET_AFTER,
-    CVMFS_HTTP_PROXY, CVMFS_IPFAMILY_PREFER, CVMFS_KCACHE_TIMEOUT, CVMFS_KEYS_DIR,
-    CVMFS_MAGIC_XATTRS_VISIBILITY, CVMFS_MAX_IPADDR_PER_PROXY, CVMFS_MAX_RETRIES, CVMFS_MAX_TTL,
-    CVMFS_NFILES, CVMFS_PROXY_RESET_AFTER, CVMFS_PUBLIC_KEY, CVMFS_QUOTA_LIMIT,
+    CVMFS_AUTO_UPDATE, CVMFS_BACKOFF_INIT, CVMFS_BACKOFF_MAX, CVMFS_BLACKLIST, CVMFS_CACHE_BASE,
+    CVMFS_CACHE_DIR, CVMFS_CHECK_PERMISSIONS, CVMFS_CLAIM_OWNERSHIP, CVMFS_DNS_MIN_TTL,
+    CVMFS_FALLBACK_PROXY, CVMFS_FUSE_PASSTHROUGH, CVMFS_GID_MAP, CVMFS_HIDE_MAGIC_XATTRS,
+    CVMFS_HOST_RESET_AFTER, CVMFS_HTTP_PROXY, CVMFS_IPFAMILY_PREFER, CVMFS_KCACHE_TIMEOUT,
+    CVMFS_KEYS_DIR, CVMFS_MAGIC_XATTRS_VISIBILITY, CVMFS_MAX_IPADDR_PER_PROXY, CVMFS_MAX_RETRIES,
+    CVMFS_MAX_TTL, CVMFS_NFILES, CVMFS_PROXY_RESET_AFTER, CVMFS_PUBLIC_KEY, CVMFS_QUOTA_LIMIT,
     CVMFS_REPOSITORY_TAG, CVMFS_ROOT_HASH, CVMFS_SERVER_URL, CVMFS_SHARED_CACHE, CVMFS_SUID,
-    CVMFS_TIMEOUT, CVMFS_TIMEOUT_DIRECT, CVMFS_UID_MAP, CVMFS_USE_GEOAPI, CVMFS_USYSLOG,
-    CVMFS_WORLD_READABLE,
+    CVMFS_TIMEOUT, CVMFS_TIMEOUT_DIRECT, CVMFS_TRUSTED_CERTS, CVMFS_UID_MAP, CVMFS_USE_GEOAPI,
+    CVMFS_USYSLOG, CVMFS_WORLD_READABLE,
 };
 use std::path::{Path, PathBuf};
 use std::time::Duration;
@@ -24,6 +24,8 @@ use crate::hash::ContentHash;
 use crate::repository::RepositoryOptions;
 use crate::uid_map::{IdMap, IdMapError};
 
+/// Default `CVMFS_BLACKLIST` (a missing file is an empty blacklist).
+pub const DEFAULT_BLACKLIST: &str = "/etc/cvmfs/blacklist";
 /// Default `CVMFS_CACHE_BASE`.
 pub const DEFAULT_CACHE_BASE: &str = "/var/lib/cvmfs";
 /// Where master public keys are searched when neither `CVMFS_PUBLIC_KEY` nor
@@ -263,6 +265,16 @@ impl MountSettings {
             proxy,
             download,
             public_keys,
+            trusted_certs: config
+                .get_list(CVMFS_TRUSTED_CERTS, ':')
+                .into_iter()
+                .map(PathBuf::from)
+                .collect(),
+            blacklist: vec![config
+                .get(CVMFS_BLACKLIST)
+                .map(str::trim)
+                .filter(|p| !p.is_empty())
+                .map_or_else(|| PathBuf::from(DEFAULT_BLACKLIST), PathBuf::from)],
             cache_dir,
             quota_limit: quota_limit_mb.map(|mb| mb.saturating_mul(1 << 20)),
             tag,

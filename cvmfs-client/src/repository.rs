@@ -19,6 +19,7 @@ use crate::offline::{Breadcrumb, StoredManifest};
 use crate::quota::ObjectType;
 use crate::signature::{load_public_key, Certificate, NamedKey, SignatureError, SignedLetter};
 use crate::symlink::expand_variant_symlink;
+use crate::trust::{Blacklist, TrustStore};
 use crate::whitelist::{Whitelist, WhitelistError};
 
 /// Everything that can go wrong while mounting or reading a repository. Messages name the
@@ -33,6 +34,11 @@ pub enum RepoError {
     ProxyDiscovery {
         fqrn: String,
         cause: crate::pac::discovery::DiscoveryError,
+    },
+    #[error("{fqrn}: {cause}")]
+    Trust {
+        fqrn: String,
+        cause: crate::trust::TrustError,
     },
     #[error("{fqrn}: manifest .cvmfspublished: {reason}")]
     Manifest { fqrn: String, reason: String },
@@ -91,6 +97,10 @@ pub struct RepositoryOptions {
     pub proxy: String,
     /// Timeouts, fallback proxies, retries, resets (`CVMFS_TIMEOUT`, `CVMFS_FALLBACK_PROXY`, …).
     pub download: DownloadSettings,
+    /// `CVMFS_TRUSTED_CERTS`: CA certificate files or directories, for `Wcachain` whitelists.
+    pub trusted_certs: Vec<PathBuf>,
+    /// Blacklist files (`CVMFS_BLACKLIST`); missing ones count as empty.
+    pub blacklist: Vec<PathBuf>,
     /// Master public key files (verify the whitelist).
     pub public_keys: Vec<PathBuf>,
     /// Cache directory of this repository.
@@ -251,6 +261,12 @@ impl Repository {
         };
         let root = repo.attach(root_hash, b"")?;
         repo.revision = revision.unwrap_or(root.catalog.revision);
+        Blacklist::load(&repo.options.blacklist)
+            .and_then(|b| b.check_revision(&repo.fqrn, repo.revision))
+            .map_err(|cause| RepoError::Trust {
+                fqrn: repo.fqrn.clone(),
+                cause,
+            })?;
         if let (true, Some(m)) = (fresh_manifest, &repo.manifest) {
             let crumb = Breadcrumb {
                 root_hash: m.root_catalog,
@@ -995,6 +1011,20 @@ fn verify_manifest(
     };
     let whitelist = Whitelist::verify(wbuf, fqrn, &keys, now).map_err(wl_err)?;
     whitelist.check_certificate(&cert).map_err(wl_err)?;
+    let trust_err = |cause| RepoError::Trust {
+        fqrn: fqrn.clone(),
+        cause,
+    };
+    let blacklist = Blacklist::load(&opts.blacklist).map_err(trust_err)?;
+    blacklist.check_certificate(&cert).map_err(trust_err)?;
+    blacklist
+        .check_revision(fqrn, manifest.revision)
+        .map_err(trust_err)?;
+    if whitelist.requires_ca_chain {
+        TrustStore::load(&opts.trusted_certs)
+            .and_then(|store| store.verify_chain(&cert, now))
+            .map_err(trust_err)?;
+    }
     Ok(manifest)
 }
 

@@ -1,6 +1,8 @@
 //! The names of the client configuration parameters (spec §10.1): the one definition of each
 //! name, used by the boot loader that writes them and by the client that reads them.
 
+/// Blacklist file: certificate fingerprints and `<fqrn N` revision floors.
+pub const CVMFS_BLACKLIST: &str = "CVMFS_BLACKLIST";
 /// Base directory of the local cache.
 pub const CVMFS_CACHE_BASE: &str = "CVMFS_CACHE_BASE";
 /// Explicit cache directory (overrides the one derived from the base).
@@ -81,6 +83,9 @@ pub const CVMFS_TALK_SOCKET: &str = "CVMFS_TALK_SOCKET";
 /// Download timeouts in seconds, through a proxy and direct.
 pub const CVMFS_TIMEOUT: &str = "CVMFS_TIMEOUT";
 pub const CVMFS_TIMEOUT_DIRECT: &str = "CVMFS_TIMEOUT_DIRECT";
+/// CA certificates (files or directories, `:`-separated) a `Wcachain` whitelist's certificate
+/// must chain to.
+pub const CVMFS_TRUSTED_CERTS: &str = "CVMFS_TRUSTED_CERTS";
 /// User id map file.
 pub const CVMFS_UID_MAP: &str = "CVMFS_UID_MAP";
 /// Ask the Stratum-1s for the nearest one.

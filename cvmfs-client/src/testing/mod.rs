@@ -31,6 +31,8 @@ pub fn fixture_repository_options(
         proxy: "DIRECT".into(),
         download: crate::download::DownloadSettings::default(),
         public_keys: vec![fixture_dir().join("keys/demo.cernvm.test.pub")],
+        trusted_certs: Vec::new(),
+        blacklist: Vec::new(),
         cache_dir: cache.to_path_buf(),
         quota_limit: None,
         tag: tag.map(str::to_string),
