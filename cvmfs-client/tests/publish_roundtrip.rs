@@ -551,7 +551,7 @@ fn round_trip_through_library_and_fuse() {
 
     let server = StaticHttpServer::start(&site.srv()).unwrap();
     let repo = site.mount(&server, None);
-    assert_eq!(repo.revision, 1);
+    assert_eq!(repo.revision(), 1);
     assert_same(&expected, &snapshot_repo(&repo), "library mount");
     // Chunked files really are chunked (with the small chunk sizes).
     let big = repo.lookup(b"/big/random.bin").unwrap().unwrap();
@@ -825,7 +825,7 @@ fn two_revisions_with_tags() {
 
     let server = StaticHttpServer::start(&site.srv()).unwrap();
     let r1 = site.mount(&server, Some("v1"));
-    assert_eq!(r1.root_hash, m1.root_catalog);
+    assert_eq!(r1.root_hash(), m1.root_catalog);
     assert_same(&v1_expected, &snapshot_repo(&r1), "tag v1");
     let r2 = site.mount(&server, Some("v2"));
     assert_same(&v2_expected, &snapshot_repo(&r2), "tag v2");
@@ -842,8 +842,8 @@ fn two_revisions_with_tags() {
         c2.len()
     );
     let trunk = site.mount(&server, None);
-    assert_eq!(trunk.root_hash, m2.root_catalog);
-    assert_eq!(trunk.revision, 2);
+    assert_eq!(trunk.root_hash(), m2.root_catalog);
+    assert_eq!(trunk.revision(), 2);
 
     // History: the server's automatic tags plus ours.
     let h = database(

@@ -167,7 +167,7 @@ fn mount_err(o: RepositoryOptions) -> String {
     match Repository::mount(o) {
         Ok(r) => panic!(
             "mounted revision {} although it must be refused",
-            r.revision
+            r.revision()
         ),
         Err(e) => e.to_string(),
     }
@@ -251,7 +251,7 @@ fn blacklisted_certificates_and_revisions_are_refused() {
         "{e}"
     );
     // The floor holds for pinned mounts too.
-    let root = Repository::mount(p.options(&[], None)).unwrap().root_hash;
+    let root = Repository::mount(p.options(&[], None)).unwrap().root_hash();
     let mut pinned = p.options(&[], Some(&format!("<{FQRN} {floor}\n")));
     pinned.root_hash = Some(root);
     assert!(matches!(
@@ -272,7 +272,7 @@ fn an_expired_whitelist_refuses_a_fresh_mount_but_not_a_pinned_one() {
     let p = Published::new(|_, _| {});
     p.publish("valid\n", false, 30);
     let mounted = Repository::mount(p.options(&[], None)).unwrap();
-    let root = mounted.root_hash;
+    let root = mounted.root_hash();
     let mut pinned_opts = p.options(&[], None);
     pinned_opts.root_hash = Some(root);
     let pinned = Repository::mount(pinned_opts.clone()).unwrap();
@@ -287,7 +287,7 @@ fn an_expired_whitelist_refuses_a_fresh_mount_but_not_a_pinned_one() {
     // And it mounts again, pinned, with the expired whitelist on the server.
     drop(pinned);
     let again = Repository::mount(pinned_opts).unwrap_or_else(|e| panic!("{e}"));
-    assert_eq!(again.root_hash, root);
+    assert_eq!(again.root_hash(), root);
     // An unpinned mount made before keeps its revision when the remount is refused.
     assert_eq!(mounted.remount(), RemountOutcome::Failed);
     assert!(mounted.lookup(b"/file.txt").unwrap().is_some());

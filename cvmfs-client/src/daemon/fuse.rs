@@ -2,14 +2,17 @@
 //!
 //! The kernel's root inode 1 is the repository root; every other entry uses the stable inode of
 //! [`Found::inode`]. A table inode → path (with kernel lookup counts) serves the inode-based
-//! operations. Content is immutable for the lifetime of a mount, so attributes, entries
-//! (including negative ones) and page cache are kept by the kernel for the kcache timeout.
+//! operations. Content is immutable for the lifetime of a revision, so attributes, entries
+//! (including negative ones) and page cache are kept by the kernel for the kcache timeout; when
+//! an unpinned mount moves to a new revision they are invalidated through the FUSE notifier
+//! ([`FsShared::drop_metadata_caches`]). Inodes handed out before keep their entry (open
+//! files read their revision); new lookups see the new one.
 
-use std::collections::{BTreeMap, HashMap};
+use std::collections::{BTreeMap, HashMap, HashSet};
 use std::ffi::OsStr;
 use std::os::unix::ffi::OsStrExt;
 use std::sync::atomic::{AtomicU64, Ordering};
-use std::sync::{Arc, OnceLock, RwLock};
+use std::sync::{Arc, Mutex, OnceLock, RwLock};
 use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};
 
 use fuser::{
@@ -74,8 +77,9 @@ const REGULAR_MAGIC: &[&str] = &[
 /// Magic attributes of symbolic links (`xfsroot.rawlink` is readable but not listed).
 const SYMLINK_MAGIC: &[&str] = &["user.rawlink"];
 
-/// A kernel inode: the entry it was looked up as (a mount never changes revision, so the
-/// entry stays valid and inode operations need no catalog query) and the kernel's lookup count.
+/// A kernel inode: the entry it was looked up as (an inode belongs to one catalog of one
+/// revision, so the entry stays valid and inode operations need no catalog query) and the
+/// kernel's lookup count.
 struct Node {
     found: Arc<Found>,
     lookups: u64,
@@ -104,13 +108,29 @@ pub struct FsShared {
     last_ioerr: AtomicU64,
     /// Invalidation messages to the kernel, once the session runs.
     notifier: OnceLock<Notifier>,
+    /// Names the kernel caches as missing (parent inode, name), for mounts that can move to a
+    /// new revision: invalidated with everything else when they do.
+    negative: Mutex<HashSet<(u64, Vec<u8>)>>,
 }
+
+/// Negative entries remembered for invalidation; beyond that, misses are not cached.
+const MAX_NEGATIVE_ENTRIES: usize = 65_536;
 
 impl FsShared {
     /// Talk `reset error counters`: `user.nioerr` and `user.timestamp_last_ioerr` start again.
     pub fn reset_error_counters(&self) {
         self.nioerr.store(0, Ordering::Relaxed);
         self.last_ioerr.store(0, Ordering::Relaxed);
+    }
+
+    /// Records a cached miss; `false` when too many are remembered (do not cache it then).
+    fn remember_negative(&self, parent: u64, name: &OsStr) -> bool {
+        let mut n = self.negative.lock().unwrap_or_else(|e| e.into_inner());
+        if n.len() >= MAX_NEGATIVE_ENTRIES {
+            return false;
+        }
+        n.insert((parent, name.as_bytes().to_vec()));
+        true
     }
 
     /// Where invalidations go (set once the FUSE session exists).
@@ -153,6 +173,11 @@ impl FsShared {
             }
         }
         let _ = notifier.inval_inode(INodeNo(ROOT_INO), 0, 0);
+        let negative =
+            std::mem::take(&mut *self.negative.lock().unwrap_or_else(|e| e.into_inner()));
+        for (parent, name) in negative {
+            let _ = notifier.inval_entry(INodeNo(parent), OsStr::from_bytes(&name));
+        }
         count
     }
 }
@@ -329,7 +354,7 @@ impl CvmfsFs {
     }
 
     fn is_fixed(&self) -> bool {
-        self.repo.tag.is_some() || self.repo.manifest.is_none() || !self.opts.auto_update
+        self.repo.is_pinned() || !self.opts.auto_update
     }
 
     /// Root catalog counters, `self_x + subtree_x` by bare name `x`.
@@ -415,23 +440,18 @@ impl CvmfsFs {
         let count = |c: &AtomicU64| text(c.load(Ordering::Relaxed).to_string());
         match name {
             "user.fqrn" => text(self.repo.fqrn.clone()),
-            "user.root_hash" => text(self.repo.root_hash.to_string()),
-            "user.revision" => text(self.repo.revision.to_string()),
+            "user.root_hash" => text(self.repo.root_hash().to_string()),
+            "user.revision" => text(self.repo.revision().to_string()),
             "user.tag" => text(self.repo.tag.clone().unwrap_or_default()),
             "user.expires" => {
                 if self.is_fixed() {
                     return text("never (fixed root catalog)".into());
                 }
-                let mut ttl = self
-                    .repo
-                    .attached_catalogs()
-                    .iter()
-                    .find(|a| a.catalog.mountpoint.is_empty())
-                    .map(|a| a.catalog.ttl)
-                    .unwrap_or(240);
-                if let Some(m) = self.opts.max_ttl_minutes {
-                    ttl = ttl.min(m.saturating_mul(60));
-                }
+                let max_ttl = self
+                    .opts
+                    .max_ttl_minutes
+                    .map(|m| Duration::from_secs(m.saturating_mul(60)));
+                let ttl = self.repo.catalog_ttl(max_ttl).as_secs();
                 let expires = self.started_epoch.saturating_add(ttl as i64);
                 text(((expires - epoch_now()) / 60).to_string())
             }
@@ -814,8 +834,16 @@ impl Filesystem for CvmfsFs {
                 self.remember(ino, &f);
                 reply.entry(&self.ttl(), &self.attr(&f, ino), Generation(0));
             }
-            // Negative entry: inode 0 with the kcache timeout lets the kernel cache the miss.
-            Ok(None) => reply.entry(&self.ttl(), &negative_attr(), Generation(0)),
+            // Negative entry: inode 0 with the kcache timeout lets the kernel cache the miss
+            // (remembered when a new revision may make the name appear).
+            Ok(None) => {
+                let ttl = if self.repo.is_pinned() || self.shared.remember_negative(parent.0, name) {
+                    self.ttl()
+                } else {
+                    Duration::ZERO
+                };
+                reply.entry(&ttl, &negative_attr(), Generation(0))
+            }
             Err(e) => reply.error(e),
         }
     }

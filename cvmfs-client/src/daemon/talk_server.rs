@@ -154,7 +154,7 @@ pub fn answer(ctx: &TalkContext, line: &str) -> String {
             .filter(|a| !a.is_empty())
     };
     match line {
-        "revision" => format!("{}\n", repo.revision),
+        "revision" => format!("{}\n", repo.revision()),
         "mountpoint" => format!("{}\n", ctx.mountpoint.display()),
         "pid" => format!("{}\n", std::process::id()),
         "version" => format!(
@@ -250,6 +250,11 @@ pub fn answer(ctx: &TalkContext, line: &str) -> String {
         }
         "remount" | "remount sync" => match repo.remount() {
             RemountOutcome::UpToDate => "Catalog up to date\n".into(),
+            RemountOutcome::Updated { from, to } => {
+                // The switch is complete when `remount` returns: `sync` waits for nothing more.
+                ctx.fs.drop_metadata_caches();
+                format!("Remounted: revision {from} -> {to}\n")
+            }
             RemountOutcome::Failed => "Failed\n".into(),
         },
         "cache size" => match quota {
