@@ -89,30 +89,15 @@ impl Nameserver {
             let s = self.0.read().unwrap_or_else(|e| e.into_inner());
             (s.server, s.prefer)
         };
-        let (mut addrs, ttl) = match server {
+        let (mut addrs, ttl): (Vec<SocketAddr>, Duration) = match server {
             Some(server) => {
-                let v4 = query(server, host, RecordType::A);
-                let v6 = query(server, host, RecordType::Aaaa);
-                let mut addrs = Vec::new();
-                let mut ttl = u32::MAX;
-                let mut first_err = None;
-                for answer in [v4, v6] {
-                    match answer {
-                        Ok(records) => {
-                            for (ip, t) in records {
-                                ttl = ttl.min(t);
-                                addrs.push(SocketAddr::new(ip, 0));
-                            }
-                        }
-                        Err(e) => {
-                            first_err.get_or_insert(e);
-                        }
-                    }
-                }
-                match first_err {
-                    Some(e) if addrs.is_empty() => return Err(e),
-                    _ => (addrs, Duration::from_secs(u64::from(ttl))),
-                }
+                let records = query(server, host)?;
+                let ttl = records.iter().map(|(_, t)| *t).min().unwrap_or(0);
+                let addrs = records
+                    .into_iter()
+                    .map(|(ip, _)| SocketAddr::new(ip, 0))
+                    .collect();
+                (addrs, Duration::from_secs(u64::from(ttl)))
             }
             None => ((host, 0).to_socket_addrs()?.collect(), SYSTEM_TTL),
         };
@@ -283,33 +268,43 @@ fn parse_answer(msg: &[u8], id: u16) -> io::Result<Vec<(IpAddr, u32)>> {
     Ok(out)
 }
 
-fn query(server: SocketAddr, host: &str, rtype: RecordType) -> io::Result<Vec<(IpAddr, u32)>> {
+/// After the first family answered, how long the other one is waited for (a server that
+/// drops `AAAA` queries must not cost the full timeout on every lookup).
+const SECOND_FAMILY_GRACE: Duration = Duration::from_millis(500);
+
+/// Asks `server` for the `A` and `AAAA` records of `host` at once (random query ids), each
+/// answer with its TTL. NXDOMAIN for both is `NotFound`; no answer at all is an error.
+fn query(server: SocketAddr, host: &str) -> io::Result<Vec<(IpAddr, u32)>> {
     let bind: SocketAddr = if server.is_ipv4() {
-        "0.0.0.0:0".parse().expect("literal")
+        SocketAddr::from(([0, 0, 0, 0], 0))
     } else {
-        "[::]:0".parse().expect("literal")
+        SocketAddr::from(([0u16; 8], 0))
     };
     let sock = UdpSocket::bind(bind)?;
     sock.connect(server)?;
-    sock.set_read_timeout(Some(QUERY_TIMEOUT))?;
-    let mut last = io::Error::new(io::ErrorKind::TimedOut, "no answer");
-    for attempt in 0..QUERY_ATTEMPTS {
-        let id = (std::process::id() as u16)
-            ^ (attempt as u16).wrapping_mul(0x9e37)
-            ^ (rtype as u16).wrapping_mul(0x1f1f)
-            ^ 0x5a5a;
-        sock.send(&build_query(id, host, rtype)?)?;
+    let mut last = io::Error::new(
+        io::ErrorKind::TimedOut,
+        format!("name server {server} does not answer"),
+    );
+    for _ in 0..QUERY_ATTEMPTS {
+        let mut pending: Vec<u16> = Vec::with_capacity(2);
+        for rtype in [RecordType::A, RecordType::Aaaa] {
+            let id = fastrand::u16(..);
+            sock.send(&build_query(id, host, rtype)?)?;
+            pending.push(id);
+        }
+        let mut records = Vec::new();
+        let (mut answered, mut missing) = (false, 0);
+        let mut deadline = std::time::Instant::now() + QUERY_TIMEOUT;
         let mut buf = [0u8; 1500];
-        loop {
-            match sock.recv(&mut buf) {
-                Ok(n) => match parse_answer(&buf[..n], id) {
-                    Err(e) if e.kind() == io::ErrorKind::InvalidData => {
-                        // A stray or forged datagram: wait for the real answer.
-                        log::debug!("{server}: {e}");
-                        continue;
-                    }
-                    other => return other,
-                },
+        while !pending.is_empty() {
+            let left = deadline.saturating_duration_since(std::time::Instant::now());
+            if left.is_zero() {
+                break;
+            }
+            sock.set_read_timeout(Some(left))?;
+            let n = match sock.recv(&mut buf) {
+                Ok(n) => n,
                 Err(e) => {
                     last = io::Error::new(
                         e.kind(),
@@ -317,7 +312,38 @@ fn query(server: SocketAddr, host: &str, rtype: RecordType) -> io::Result<Vec<(I
                     );
                     break;
                 }
+            };
+            let msg = &buf[..n];
+            let Some(id) = msg.get(..2).map(|b| u16::from_be_bytes([b[0], b[1]])) else {
+                continue;
+            };
+            if !pending.contains(&id) {
+                // A stray or forged datagram: wait for the real answers.
+                continue;
             }
+            match parse_answer(msg, id) {
+                Err(e) if e.kind() == io::ErrorKind::InvalidData => {
+                    log::debug!("{server}: {e}");
+                    continue;
+                }
+                Err(e) if e.kind() == io::ErrorKind::NotFound => missing += 1,
+                Err(e) => last = e,
+                Ok(r) => {
+                    records.extend(r);
+                    answered = true;
+                    deadline = deadline.min(std::time::Instant::now() + SECOND_FAMILY_GRACE);
+                }
+            }
+            pending.retain(|&p| p != id);
+        }
+        if answered {
+            return Ok(records);
+        }
+        if missing == 2 {
+            return Err(io::Error::new(
+                io::ErrorKind::NotFound,
+                "no such host (NXDOMAIN)",
+            ));
         }
     }
     Err(last)
@@ -332,6 +358,38 @@ pub(crate) mod tests {
         let server = crate::testing::DnsServer::start().unwrap();
         server.set("*", &[(IpAddr::V4(answer), 60)]);
         server.addr
+    }
+
+    /// A server that never answers `AAAA` costs the grace period, not the query timeout.
+    #[test]
+    fn a_server_that_drops_aaaa_queries_costs_little() {
+        let sock = UdpSocket::bind("127.0.0.1:0").unwrap();
+        let addr = sock.local_addr().unwrap();
+        let inner = crate::testing::DnsServer::start().unwrap();
+        inner.set("*", &[(IpAddr::V4(Ipv4Addr::new(10, 9, 8, 7)), 60)]);
+        let upstream = inner.addr;
+        // A forwarder that passes A queries on and drops the others.
+        std::thread::spawn(move || {
+            let up = UdpSocket::bind("127.0.0.1:0").unwrap();
+            up.connect(upstream).unwrap();
+            let mut buf = [0u8; 512];
+            while let Ok((n, from)) = sock.recv_from(&mut buf) {
+                let end = skip_name(&buf[..n], 12).unwrap();
+                if buf[end..end + 2] != [0, 1] {
+                    continue;
+                }
+                up.send(&buf[..n]).unwrap();
+                let mut answer = [0u8; 512];
+                let m = up.recv(&mut answer).unwrap();
+                sock.send_to(&answer[..m], from).unwrap();
+            }
+        });
+        let ns = Nameserver::default();
+        ns.set(Some(addr));
+        let started = std::time::Instant::now();
+        let (got, _) = ns.resolve_with_ttl("v4only.example.org").unwrap();
+        assert_eq!(got, vec!["10.9.8.7:0".parse().unwrap()]);
+        assert!(started.elapsed() < QUERY_TIMEOUT, "{:?}", started.elapsed());
     }
 
     /// Both families, the preferred one first, and the smallest TTL.

@@ -1022,10 +1022,10 @@ impl DownloadManager {
                 return Err(last);
             }
             if !host_side {
-                // Every proxy failed for this host: the first group again, and the next host.
-                let mut c = self.chains();
-                c.set_group(0);
-                drop(c);
+                // Every proxy failed for this host: the next host, through the proxy tried last
+                // (the reference goes back to the first group here, which makes a dead first
+                // proxy cost its timeout once more per dead host; the reset timer returns to
+                // the first group later).
                 used_proxies = 1;
             }
             self.switch_host_after(pick.host, &reason);

@@ -295,6 +295,18 @@ fn a_real_squid_behind_a_dead_and_a_silent_proxy() {
         origin.proxied_requests() >= 1,
         "squid fetched from the origin"
     );
+
+    // A dead first server behind the same proxies: squid's error page for it does not send the
+    // client back to the silent proxy (one timeout for the silent proxy per manager, not one
+    // per dead host).
+    let hosts = format!("{}/cvmfs/x;{}", dead_url(), host(&origin));
+    let d = DownloadManager::new(&hosts, &proxies, settings()).unwrap();
+    let before = silent.proxied_requests();
+    for _ in 0..3 {
+        fetch(&d).unwrap();
+    }
+    assert_eq!(silent.proxied_requests() - before, 1, "{}", d.proxy_info());
+    assert_eq!(d.current_host(), host(&origin));
 }
 
 /// A Stratum-1 Geo-API responder on 127.0.0.1 (spec §8.8), as origin or as the proxy in front

@@ -3,13 +3,12 @@
 //! certificate, blacklisted revisions, and an expired whitelist that refuses a fresh mount but
 //! not a pinned one. Repositories are published by our publisher and served over HTTP.
 
-use std::collections::HashMap;
 use std::path::{Path, PathBuf};
 use std::process::Command;
 
 use cvmfs_client::publish::{publish, PublishOptions};
 use cvmfs_client::repository::{RemountOutcome, RepoError, Repository, RepositoryOptions};
-use cvmfs_client::testing::StaticHttpServer;
+use cvmfs_client::testing::{fixture_repository_options, StaticHttpServer};
 
 const FQRN: &str = "trust.cernvm.test";
 
@@ -144,21 +143,14 @@ impl Published {
         RepositoryOptions {
             fqrn: FQRN.into(),
             server_url: format!("{}/cvmfs/{FQRN}", self.server.url()),
-            proxy: "DIRECT".into(),
-            download: cvmfs_client::download::DownloadSettings::default(),
             public_keys: vec![self.keys.join(format!("{FQRN}.pub"))],
             trusted_certs: trusted.to_vec(),
             blacklist: vec![bl],
-            cache_dir: cache,
-            quota_limit: None,
-            tag: None,
-            root_hash: None,
-            environment: HashMap::new(),
             now: std::time::SystemTime::now()
                 .duration_since(std::time::UNIX_EPOCH)
                 .unwrap()
                 .as_secs() as i64,
-            work_in_cache_dir: false,
+            ..fixture_repository_options(&self.server.url(), &cache, None)
         }
     }
 }

@@ -837,7 +837,8 @@ impl Filesystem for CvmfsFs {
             // Negative entry: inode 0 with the kcache timeout lets the kernel cache the miss
             // (remembered when a new revision may make the name appear).
             Ok(None) => {
-                let ttl = if self.repo.is_pinned() || self.shared.remember_negative(parent.0, name) {
+                let ttl = if self.repo.is_pinned() || self.shared.remember_negative(parent.0, name)
+                {
                     self.ttl()
                 } else {
                     Duration::ZERO
