@@ -577,8 +577,8 @@ impl DownloadManager {
     }
 
     /// Orders the host chain (and the fallback proxy groups) by the Geo-API of the Stratum-1s
-    /// (spec §8.8): the names sorted, asked through the active proxy (directly with `uuid`
-    /// from a fallback group or without a proxy), up to three hosts tried. On any error the
+    /// (spec §8.8): the names sorted, asked through the active proxy (named by `uuid` from a
+    /// fallback group or without a proxy), up to three hosts tried. On any error the
     /// order stays as it is. `Ok(false)`: nothing to order.
     pub fn probe_geo(&self, uuid: &str) -> Result<bool, GeoError> {
         const SEPARATOR: &str = "+PXYSEP+";
@@ -616,16 +616,13 @@ impl DownloadManager {
             names.push(SEPARATOR.to_string());
             names.extend(fallback_names.iter().map(|(_, n)| n.clone()));
         }
-        let (who, client) = match (&member.configured, on_fallback) {
-            (Some(name), false) => (url_host(name).to_string(), member.client.clone()),
-            _ => (
-                uuid.to_string(),
-                self.client_for(None).map_err(|e| GeoError::Request {
-                    url: "(direct client)".into(),
-                    reason: e.to_string(),
-                })?,
-            ),
+        // Always through the active proxy (DIRECT only where it is configured); a client on
+        // DIRECT or on a fallback proxy names itself by its uuid.
+        let who = match (&member.configured, on_fallback) {
+            (Some(name), false) => url_host(name).to_string(),
+            _ => uuid.to_string(),
         };
+        let client = member.client.clone();
         let mut order: Vec<usize> = (0..hosts.len()).collect();
         fastrand::shuffle(&mut order);
         let mut last = None;
@@ -690,13 +687,17 @@ impl DownloadManager {
     fn refresh_addresses(&self) {
         let now = Instant::now();
         let due: Vec<(usize, Vec<Option<String>>)> = {
-            let c = self.chains();
-            c.groups
-                .iter()
-                .enumerate()
-                .filter(|(_, g)| g.expires.is_some_and(|e| e <= now))
-                .map(|(i, g)| (i, g.configured.clone()))
-                .collect()
+            let mut c = self.chains();
+            let mut due = Vec::new();
+            for (i, g) in c.groups.iter_mut().enumerate() {
+                if g.expires.is_some_and(|e| e <= now) {
+                    // Claimed by this request: the others go on with the current addresses
+                    // while it resolves (a dead name server must not stall them all).
+                    g.expires = Some(now + self.settings.dns_min_ttl);
+                    due.push((i, g.configured.clone()));
+                }
+            }
+            due
         };
         for (i, configured) in due {
             let Ok((members, expires)) = self.expand(&configured) else {

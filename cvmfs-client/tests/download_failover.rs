@@ -439,3 +439,47 @@ fn geo_api_without_a_proxy_names_the_client_by_its_uuid() {
         "{requests:?}"
     );
 }
+
+#[test]
+fn geo_api_orders_fallback_proxies_through_the_fallback_proxy_never_direct() {
+    let geo = GeoResponder::start(
+        &[
+            "s3.geo.test",
+            "s1.geo.test",
+            "s2.geo.test",
+            "+PXYSEP+",
+            "fb-b.geo.test",
+            "fb-a.geo.test",
+        ],
+        false,
+    );
+    let (dns, hosts) = geo_hosts(80);
+    let s = DownloadSettings {
+        fallback_proxy: format!(
+            "http://fb-a.geo.test:{p};http://fb-b.geo.test:{p}",
+            p = geo.port
+        ),
+        ..settings()
+    };
+    // DIRECT is dropped because fallback proxies exist: only fallback groups remain.
+    let d = DownloadManager::new(&hosts, "DIRECT", s.clone()).unwrap();
+    d.set_nameserver(Some(dns.addr));
+    d.install_proxies("DIRECT", &s.fallback_proxy).unwrap();
+    assert!(d.probe_geo("client-uuid").unwrap());
+    let requests = geo.requests();
+    assert_eq!(requests.len(), 1, "{requests:?}");
+    assert!(
+        requests[0].starts_with("GET http://s")
+            && requests[0].contains(
+                "/api/v1.0/geo/client-uuid/s1.geo.test,s2.geo.test,s3.geo.test,+PXYSEP+,fb-a.geo.test,fb-b.geo.test"
+            ),
+        "asked through the fallback proxy, naming the client: {requests:?}"
+    );
+    assert!(d.hosts()[0].contains("s3.geo.test"), "{:?}", d.hosts());
+    let info = d.proxy_info();
+    let first = info.lines().nth(1).unwrap_or_default();
+    assert!(
+        first.starts_with("[0] ") && first.contains("(fb-b.geo.test)"),
+        "{info}"
+    );
+}
