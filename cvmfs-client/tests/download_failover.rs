@@ -10,7 +10,7 @@ use std::path::Path;
 use std::time::Duration;
 
 use cvmfs_client::download::{
-    url_host, ConsumeError, DownloadError, DownloadManager, DownloadSettings,
+    url_host, ConsumeError, DownloadError, DownloadManager, DownloadSettings, IpFamily,
 };
 use cvmfs_client::testing::{DnsServer, Fault, FaultServer, SquidProxy};
 
@@ -481,5 +481,79 @@ fn geo_api_orders_fallback_proxies_through_the_fallback_proxy_never_direct() {
     assert!(
         first.starts_with("[0] ") && first.contains("(fb-b.geo.test)"),
         "{info}"
+    );
+}
+
+/// `AAAA` answers are used: a server and a proxy reachable only over IPv6 loopback, named by
+/// our DNS server (itself on `::1`), with `CVMFS_IPFAMILY_PREFER` choosing the family tried
+/// first when a name has both.
+#[test]
+fn aaaa_records_reach_servers_and_proxies_over_ipv6() {
+    use std::net::{Ipv6Addr, SocketAddr};
+    let v6 = IpAddr::V6(Ipv6Addr::LOCALHOST);
+    let root = docroot();
+    let origin = match FaultServer::start(root.path(), v6, 0) {
+        Ok(s) => s,
+        Err(e) => {
+            cvmfs_client::testing::skip(format!("no IPv6 loopback here: {e}"));
+            return;
+        }
+    };
+    let proxy = FaultServer::start(root.path(), v6, 0).unwrap();
+    let dns = DnsServer::start_on(SocketAddr::new(v6, 0)).unwrap();
+    dns.set("six.site.test", &[(v6, 300)]);
+    // Both families; the IPv4 address has nothing listening.
+    dns.set(
+        "both.site.test",
+        &[(v6, 300), (IpAddr::V4(Ipv4Addr::new(127, 0, 0, 9)), 300)],
+    );
+    let host = |name: &str| format!("http://{name}:{}/cvmfs/x", origin.addr.port());
+
+    // A host with only an AAAA record, DIRECT.
+    let d = DownloadManager::new(&host("six.site.test"), "DIRECT", settings()).unwrap();
+    d.set_nameserver(Some(dns.addr));
+    fetch(&d).unwrap();
+    assert_eq!(origin.direct_requests(), 1);
+
+    // A proxy name with an AAAA record becomes an `http://[::1]:port` member.
+    let d = DownloadManager::new(&host("six.site.test"), "DIRECT", settings()).unwrap();
+    d.set_nameserver(Some(dns.addr));
+    d.install_proxies(&format!("http://six.site.test:{}", proxy.addr.port()), "")
+        .unwrap();
+    assert_eq!(
+        d.current_proxy(),
+        format!("http://[::1]:{}", proxy.addr.port())
+    );
+    fetch(&d).unwrap();
+    assert_eq!(proxy.proxied_requests(), 1);
+
+    // Both families: the preferred one is the first member; with IPv4 preferred the dead IPv4
+    // member fails over to the IPv6 one.
+    for (prefer, first) in [(IpFamily::V6, "[::1]"), (IpFamily::V4, "127.0.0.9")] {
+        let s = DownloadSettings {
+            ipfamily_prefer: prefer,
+            ..settings()
+        };
+        let d = DownloadManager::new(&host("six.site.test"), "DIRECT", s).unwrap();
+        d.set_nameserver(Some(dns.addr));
+        d.install_proxies(&format!("http://both.site.test:{}", proxy.addr.port()), "")
+            .unwrap();
+        let info = d.proxy_info();
+        let members = info.lines().nth(1).unwrap_or_default().to_string();
+        assert!(
+            members.starts_with(&format!("[0] http://{first}:")),
+            "{prefer:?}: {info}"
+        );
+        fetch(&d).unwrap();
+        assert!(
+            d.current_proxy().starts_with("http://[::1]:"),
+            "{}",
+            d.proxy_info()
+        );
+    }
+    assert_eq!(
+        origin.direct_requests(),
+        1,
+        "only the DIRECT case went direct"
     );
 }

@@ -18,7 +18,12 @@ pub struct DnsServer {
 
 impl DnsServer {
     pub fn start() -> std::io::Result<DnsServer> {
-        let sock = UdpSocket::bind("127.0.0.1:0")?;
+        Self::start_on(SocketAddr::from(([127, 0, 0, 1], 0)))
+    }
+
+    /// The server on `addr` (e.g. `[::1]:0`).
+    pub fn start_on(addr: SocketAddr) -> std::io::Result<DnsServer> {
+        let sock = UdpSocket::bind(addr)?;
         let addr = sock.local_addr()?;
         let table: Arc<Mutex<Table>> = Arc::default();
         let queries = Arc::new(AtomicUsize::new(0));
