@@ -270,11 +270,16 @@ impl MountSettings {
                 .into_iter()
                 .map(PathBuf::from)
                 .collect(),
-            blacklist: vec![config
-                .get(CVMFS_BLACKLIST)
-                .map(str::trim)
-                .filter(|p| !p.is_empty())
-                .map_or_else(|| PathBuf::from(DEFAULT_BLACKLIST), PathBuf::from)],
+            // Spec §4.6: the configured file, and the config repository's.
+            blacklist: std::iter::once(
+                config
+                    .get(CVMFS_BLACKLIST)
+                    .map(str::trim)
+                    .filter(|p| !p.is_empty())
+                    .map_or_else(|| PathBuf::from(DEFAULT_BLACKLIST), PathBuf::from),
+            )
+            .chain(config.config_repository_root().map(|r| r.join("blacklist")))
+            .collect(),
             cache_dir,
             quota_limit: quota_limit_mb.map(|mb| mb.saturating_mul(1 << 20)),
             tag,
@@ -509,6 +514,23 @@ mod tests {
         assert_eq!(d.host_reset_after, None, "0 is never");
         assert_eq!(d.ipfamily_prefer, IpFamily::V6);
         assert!(d.use_geoapi);
+        assert_eq!(r.blacklist, vec![PathBuf::from(DEFAULT_BLACKLIST)]);
+        let mut with_config_repo = p.clone();
+        with_config_repo.extend([
+            (
+                "CVMFS_CONFIG_REPOSITORY",
+                "cvmfs-config.cern.ch".to_string(),
+            ),
+            ("CVMFS_BLACKLIST", "/site/blacklist".to_string()),
+        ]);
+        let (r2, _) = settings(with_config_repo).unwrap();
+        assert_eq!(
+            r2.blacklist,
+            vec![
+                PathBuf::from("/site/blacklist"),
+                PathBuf::from("/cvmfs/cvmfs-config.cern.ch/etc/cvmfs/blacklist")
+            ]
+        );
         let mut bad = p.clone();
         bad.push(("CVMFS_IPFAMILY_PREFER", "5".to_string()));
         assert!(settings(bad).is_err());
