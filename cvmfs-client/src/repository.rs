@@ -402,19 +402,29 @@ impl Repository {
             timestamp: m.timestamp.unwrap_or(0),
             revision,
         };
-        let from = {
+        let new_root = root.catalog.hash;
+        let (from, old) = {
             let mut list = self.attached.write().unwrap_or_else(|e| e.into_inner());
             let mut cur = self.current.write().unwrap_or_else(|e| e.into_inner());
             let from = cur.revision;
             list.generation += 1;
-            list.list = vec![root];
+            let old = std::mem::replace(&mut list.list, vec![root]);
             *cur = Arc::new(Snapshot {
                 root_hash: m.root_catalog,
                 revision,
                 manifest: Some(m),
             });
-            from
+            (from, old)
         };
+        // The old revision's catalogs may be evicted now (entries still open keep their
+        // database open); those the new revision shares are pinned again when attached.
+        if let Some(q) = self.store.cache.quota() {
+            for a in old.iter().filter(|a| a.catalog.hash != new_root) {
+                if let Err(e) = q.unpin(&a.catalog.hash) {
+                    log::warn!("{}: {e}", self.fqrn);
+                }
+            }
+        }
         log::info!(
             "CernVM-FS: {}: switched from revision {from} to revision {revision}",
             self.fqrn

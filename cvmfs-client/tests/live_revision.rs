@@ -120,7 +120,7 @@ fn remount_moves_to_a_new_revision_while_open_files_keep_theirs() {
     let r1 = s.publish(&[("a.txt", "one\n"), ("dir/b.txt", "bee\n")], 240, 30);
     let v1_manifest = std::fs::read(s.repo().join(".cvmfspublished")).unwrap();
     let v1_whitelist = std::fs::read(s.repo().join(".cvmfswhitelist")).unwrap();
-    let (mut m, mnt, cache) = s.mount("unpinned", "CVMFS_AUTO_UPDATE=no\n");
+    let (mut m, mnt, cache) = s.mount("unpinned", "CVMFS_AUTO_UPDATE=no\nCVMFS_QUOTA_LIMIT=2000\n");
     let root_hash = xattr(&mnt, "user.root_hash");
     let (mut pinned, pinned_mnt, pinned_cache) =
         s.mount("pinned", &format!("CVMFS_ROOT_HASH={root_hash}\n"));
@@ -144,6 +144,13 @@ fn remount_moves_to_a_new_revision_while_open_files_keep_theirs() {
         format!("Remounted: revision {r1} -> {r2}\n")
     );
     assert_eq!(xattr(&mnt, "user.revision"), r2.to_string());
+    let pinned_now = talk(&cache, "cache list pinned");
+    let new_root = xattr(&mnt, "user.root_hash");
+    assert!(pinned_now.contains(&new_root), "{pinned_now}");
+    assert!(
+        !pinned_now.contains(&root_hash),
+        "the old root catalog is no longer pinned: {pinned_now}"
+    );
     assert_eq!(
         read(&mnt.join("a.txt")),
         "two, longer\n",
