@@ -81,7 +81,7 @@ impl Default for DownloadSettings {
             timeout_direct: Duration::from_secs(5),
             fallback_proxy: String::new(),
             max_ipaddr_per_proxy: 0,
-            max_retries: 1,
+            max_retries: 0,
             backoff_init: Duration::from_secs(2),
             backoff_max: Duration::from_secs(10),
             proxy_reset_after: None,
