@@ -250,6 +250,34 @@ impl Cache {
         &self.root
     }
 
+    /// The client's identity in this cache (`uuid` in the workspace, spec §9.1), made on first
+    /// use: a random version-4 UUID. It names a client without a proxy in Geo-API requests.
+    pub fn client_uuid(&self) -> String {
+        let file = self.root.join("uuid");
+        if let Ok(text) = fs::read_to_string(&file) {
+            let text = text.trim();
+            if !text.is_empty() {
+                return text.to_string();
+            }
+        }
+        let mut b: [u8; 16] = std::array::from_fn(|_| fastrand::u8(..));
+        b[6] = (b[6] & 0x0f) | 0x40;
+        b[8] = (b[8] & 0x3f) | 0x80;
+        let hex: String = b.iter().map(|x| format!("{x:02x}")).collect();
+        let uuid = format!(
+            "{}-{}-{}-{}-{}",
+            &hex[..8],
+            &hex[8..12],
+            &hex[12..16],
+            &hex[16..20],
+            &hex[20..]
+        );
+        if let Err(e) = fs::write(&file, format!("{uuid}\n")) {
+            log::debug!("cannot store the client uuid in {}: {e}", file.display());
+        }
+        uuid
+    }
+
     /// Where object `hash` lives (whether or not it is there).
     pub fn path(&self, hash: &ContentHash) -> PathBuf {
         self.root.join(hash.cache_path())

@@ -1,10 +1,11 @@
 //! Host name resolution for the download manager. By default the system resolver; after the
 //! talk command `nameserver set <addr>` (µCernVM sends it right after mounting, when the
-//! initramfs may have no `/etc/resolv.conf`) every lookup is an A query over UDP to that server.
+//! initramfs may have no `/etc/resolv.conf`) every lookup asks that server over UDP for the `A`
+//! and `AAAA` records (spec §8.9), the preferred family first (`CVMFS_IPFAMILY_PREFER`).
 
 use std::future::Future;
 use std::io;
-use std::net::{IpAddr, Ipv4Addr, SocketAddr, ToSocketAddrs, UdpSocket};
+use std::net::{IpAddr, Ipv4Addr, Ipv6Addr, SocketAddr, ToSocketAddrs, UdpSocket};
 use std::pin::Pin;
 use std::sync::{Arc, Mutex, RwLock};
 use std::task::{Context, Poll, Waker};
@@ -13,12 +14,44 @@ use std::time::Duration;
 /// Per-query timeout and attempts towards a configured name server.
 const QUERY_TIMEOUT: Duration = Duration::from_secs(2);
 const QUERY_ATTEMPTS: usize = 2;
+/// How long an answer of the system resolver counts as valid (it does not say).
+const SYSTEM_TTL: Duration = Duration::from_secs(60);
 
-/// The name server in use, shared by all HTTP clients of a download manager, and the hosts
-/// file as it was when the client started (µCernVM deletes the initramfs, and its
-/// `/etc/hosts`, at hand-over, while the daemon keeps running).
+/// Address family preferred when a name has both (`CVMFS_IPFAMILY_PREFER`).
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default)]
+pub enum IpFamily {
+    #[default]
+    V4,
+    V6,
+}
+
+impl IpFamily {
+    /// `4` or `6`, as `CVMFS_IPFAMILY_PREFER` is written.
+    pub fn parse(text: &str) -> Option<IpFamily> {
+        match text.trim() {
+            "4" => Some(IpFamily::V4),
+            "6" => Some(IpFamily::V6),
+            _ => None,
+        }
+    }
+
+    /// Orders `addrs` stably: this family first.
+    pub fn sort(self, addrs: &mut [SocketAddr]) {
+        addrs.sort_by_key(|a| a.is_ipv4() != (self == IpFamily::V4));
+    }
+}
+
+#[derive(Debug, Default)]
+struct Settings {
+    server: Option<SocketAddr>,
+    prefer: IpFamily,
+}
+
+/// The name server in use and the preferred family, shared by all HTTP clients of a download
+/// manager, and the hosts file as it was when the client started (µCernVM deletes the
+/// initramfs, and its `/etc/hosts`, at hand-over, while the daemon keeps running).
 #[derive(Debug, Clone)]
-pub struct Nameserver(Arc<RwLock<Option<SocketAddr>>>, Arc<Vec<(String, IpAddr)>>);
+pub struct Nameserver(Arc<RwLock<Settings>>, Arc<Vec<(String, IpAddr)>>);
 
 impl Default for Nameserver {
     fn default() -> Self {
@@ -54,34 +87,56 @@ pub fn parse_nameserver(text: &str) -> Option<SocketAddr> {
 
 impl Nameserver {
     pub fn set(&self, addr: Option<SocketAddr>) {
-        *self.0.write().unwrap_or_else(|e| e.into_inner()) = addr;
+        self.0.write().unwrap_or_else(|e| e.into_inner()).server = addr;
     }
 
     pub fn get(&self) -> Option<SocketAddr> {
-        *self.0.read().unwrap_or_else(|e| e.into_inner())
+        self.0.read().unwrap_or_else(|e| e.into_inner()).server
     }
 
-    /// Addresses of `host` (port 0).
+    /// Which family comes first in answers.
+    pub fn set_prefer(&self, family: IpFamily) {
+        self.0.write().unwrap_or_else(|e| e.into_inner()).prefer = family;
+    }
+
+    /// Addresses of `host` (port 0), the preferred family first.
     pub fn resolve(&self, host: &str) -> io::Result<Vec<SocketAddr>> {
+        self.resolve_with_ttl(host).map(|(a, _)| a)
+    }
+
+    /// Addresses of `host` (port 0), the preferred family first, and how long they are valid
+    /// (the smallest TTL of the records; a minute for the system resolver, which does not say).
+    pub fn resolve_with_ttl(&self, host: &str) -> io::Result<(Vec<SocketAddr>, Duration)> {
         if let Ok(ip) = host.parse::<IpAddr>() {
-            return Ok(vec![SocketAddr::new(ip, 0)]);
+            return Ok((vec![SocketAddr::new(ip, 0)], Duration::MAX));
         }
         // As the real client: the hosts file first, also with a name server set at run time.
         let wanted = host.trim_end_matches('.').to_ascii_lowercase();
         let listed: Vec<SocketAddr> = self
             .1
             .iter()
-            .filter(|(name, ip)| *name == wanted && ip.is_ipv4())
+            .filter(|(name, _)| *name == wanted)
             .map(|(_, ip)| SocketAddr::new(*ip, 0))
             .collect();
-        match self.get() {
-            Some(_) if !listed.is_empty() => Ok(listed),
-            Some(server) => Ok(query_a(server, host)?
-                .into_iter()
-                .map(|ip| SocketAddr::new(IpAddr::V4(ip), 0))
-                .collect()),
-            None => Ok((host, 0).to_socket_addrs()?.collect()),
-        }
+        let (server, prefer) = {
+            let s = self.0.read().unwrap_or_else(|e| e.into_inner());
+            (s.server, s.prefer)
+        };
+        let (mut addrs, ttl): (Vec<SocketAddr>, Duration) = match server {
+            Some(_) if !listed.is_empty() => (listed, SYSTEM_TTL),
+            Some(server) => {
+                let records = query(server, host)?;
+                let ttl = records.iter().map(|(_, t)| *t).min().unwrap_or(0);
+                let addrs = records
+                    .into_iter()
+                    .map(|(ip, _)| SocketAddr::new(ip, 0))
+                    .collect();
+                (addrs, Duration::from_secs(u64::from(ttl)))
+            }
+            None => ((host, 0).to_socket_addrs()?.collect(), SYSTEM_TTL),
+        };
+        prefer.sort(&mut addrs);
+        Ok((addrs, ttl))
     }
 }
 
@@ -151,8 +206,15 @@ impl reqwest::dns::Resolve for Nameserver {
     }
 }
 
-/// One DNS query for the A records of `host`.
-fn build_query(id: u16, host: &str) -> io::Result<Vec<u8>> {
+/// The record types asked for.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+enum RecordType {
+    A = 1,
+    Aaaa = 28,
+}
+
+/// One DNS query for the records of type `rtype` of `host`.
+fn build_query(id: u16, host: &str, rtype: RecordType) -> io::Result<Vec<u8>> {
     let mut q = Vec::with_capacity(32 + host.len());
     q.extend_from_slice(&id.to_be_bytes());
     q.extend_from_slice(&[0x01, 0x00, 0, 1, 0, 0, 0, 0, 0, 0]); // RD; one question
@@ -166,7 +228,9 @@ fn build_query(id: u16, host: &str) -> io::Result<Vec<u8>> {
         q.push(label.len() as u8);
         q.extend_from_slice(label.as_bytes());
     }
-    q.extend_from_slice(&[0, 0, 1, 0, 1]); // root, type A, class IN
+    q.push(0); // root
+    q.extend_from_slice(&(rtype as u16).to_be_bytes());
+    q.extend_from_slice(&[0, 1]); // class IN
     Ok(q)
 }
 
@@ -186,8 +250,8 @@ fn skip_name(msg: &[u8], mut pos: usize) -> io::Result<usize> {
     }
 }
 
-/// The A records of a DNS response to query `id`.
-fn parse_answer(msg: &[u8], id: u16) -> io::Result<Vec<Ipv4Addr>> {
+/// The addresses (with their TTL in seconds) of a DNS response to query `id`.
+fn parse_answer(msg: &[u8], id: u16) -> io::Result<Vec<(IpAddr, u32)>> {
     if msg.len() < 12 {
         return Err(bad("shorter than a header"));
     }
@@ -217,43 +281,64 @@ fn parse_answer(msg: &[u8], id: u16) -> io::Result<Vec<Ipv4Addr>> {
             .get(pos..pos + 10)
             .ok_or_else(|| bad("truncated record"))?;
         let typ = u16::from_be_bytes([rr[0], rr[1]]);
+        let ttl = u32::from_be_bytes([rr[4], rr[5], rr[6], rr[7]]);
         let len = u16::from_be_bytes([rr[8], rr[9]]) as usize;
         pos += 10;
         let data = msg
             .get(pos..pos + len)
             .ok_or_else(|| bad("truncated data"))?;
-        if typ == 1 && len == 4 {
-            out.push(Ipv4Addr::new(data[0], data[1], data[2], data[3]));
+        if typ == RecordType::A as u16 && len == 4 {
+            out.push((
+                IpAddr::V4(Ipv4Addr::new(data[0], data[1], data[2], data[3])),
+                ttl,
+            ));
+        } else if typ == RecordType::Aaaa as u16 && len == 16 {
+            let mut octets = [0u8; 16];
+            octets.copy_from_slice(data);
+            out.push((IpAddr::V6(Ipv6Addr::from(octets)), ttl));
         }
         pos += len;
     }
     Ok(out)
 }
 
-fn query_a(server: SocketAddr, host: &str) -> io::Result<Vec<Ipv4Addr>> {
+/// After the first family answered, how long the other one is waited for (a server that
+/// drops `AAAA` queries must not cost the full timeout on every lookup).
+const SECOND_FAMILY_GRACE: Duration = Duration::from_millis(500);
+
+/// Asks `server` for the `A` and `AAAA` records of `host` at once (random query ids), each
+/// answer with its TTL. NXDOMAIN for both is `NotFound`; no answer at all is an error.
+fn query(server: SocketAddr, host: &str) -> io::Result<Vec<(IpAddr, u32)>> {
     let bind: SocketAddr = if server.is_ipv4() {
-        "0.0.0.0:0".parse().expect("literal")
+        SocketAddr::from(([0, 0, 0, 0], 0))
     } else {
-        "[::]:0".parse().expect("literal")
+        SocketAddr::from(([0u16; 8], 0))
     };
     let sock = UdpSocket::bind(bind)?;
     sock.connect(server)?;
-    sock.set_read_timeout(Some(QUERY_TIMEOUT))?;
-    let mut last = io::Error::new(io::ErrorKind::TimedOut, "no answer");
-    for attempt in 0..QUERY_ATTEMPTS {
-        let id = (std::process::id() as u16) ^ (attempt as u16).wrapping_mul(0x9e37) ^ 0x5a5a;
-        sock.send(&build_query(id, host)?)?;
+    let mut last = io::Error::new(
+        io::ErrorKind::TimedOut,
+        format!("name server {server} does not answer"),
+    );
+    for _ in 0..QUERY_ATTEMPTS {
+        let mut pending: Vec<u16> = Vec::with_capacity(2);
+        for rtype in [RecordType::A, RecordType::Aaaa] {
+            let id = fastrand::u16(..);
+            sock.send(&build_query(id, host, rtype)?)?;
+            pending.push(id);
+        }
+        let mut records = Vec::new();
+        let (mut answered, mut missing) = (false, 0);
+        let mut deadline = std::time::Instant::now() + QUERY_TIMEOUT;
         let mut buf = [0u8; 1500];
-        loop {
-            match sock.recv(&mut buf) {
-                Ok(n) => match parse_answer(&buf[..n], id) {
-                    Err(e) if e.kind() == io::ErrorKind::InvalidData => {
-                        // A stray or forged datagram: wait for the real answer.
-                        log::debug!("{server}: {e}");
-                        continue;
-                    }
-                    other => return other,
-                },
+        while !pending.is_empty() {
+            let left = deadline.saturating_duration_since(std::time::Instant::now());
+            if left.is_zero() {
+                break;
+            }
+            sock.set_read_timeout(Some(left))?;
+            let n = match sock.recv(&mut buf) {
+                Ok(n) => n,
                 Err(e) => {
                     last = io::Error::new(
                         e.kind(),
@@ -261,7 +346,38 @@ fn query_a(server: SocketAddr, host: &str) -> io::Result<Vec<Ipv4Addr>> {
                     );
                     break;
                 }
+            };
+            let msg = &buf[..n];
+            let Some(id) = msg.get(..2).map(|b| u16::from_be_bytes([b[0], b[1]])) else {
+                continue;
+            };
+            if !pending.contains(&id) {
+                // A stray or forged datagram: wait for the real answers.
+                continue;
             }
+            match parse_answer(msg, id) {
+                Err(e) if e.kind() == io::ErrorKind::InvalidData => {
+                    log::debug!("{server}: {e}");
+                    continue;
+                }
+                Err(e) if e.kind() == io::ErrorKind::NotFound => missing += 1,
+                Err(e) => last = e,
+                Ok(r) => {
+                    records.extend(r);
+                    answered = true;
+                    deadline = deadline.min(std::time::Instant::now() + SECOND_FAMILY_GRACE);
+                }
+            }
+            pending.retain(|&p| p != id);
+        }
+        if answered {
+            return Ok(records);
+        }
+        if missing == 2 {
+            return Err(io::Error::new(
+                io::ErrorKind::NotFound,
+                "no such host (NXDOMAIN)",
+            ));
         }
     }
     Err(last)
@@ -273,23 +389,67 @@ pub(crate) mod tests {
 
     /// A DNS server on 127.0.0.1 answering every A query with `answer`; returns its address.
     pub(crate) fn tiny_dns_server(answer: Ipv4Addr) -> SocketAddr {
+        let server = crate::testing::DnsServer::start().unwrap();
+        server.set("*", &[(IpAddr::V4(answer), 60)]);
+        server.addr
+    }
+
+    /// A server that never answers `AAAA` costs the grace period, not the query timeout.
+    #[test]
+    fn a_server_that_drops_aaaa_queries_costs_little() {
         let sock = UdpSocket::bind("127.0.0.1:0").unwrap();
         let addr = sock.local_addr().unwrap();
+        let inner = crate::testing::DnsServer::start().unwrap();
+        inner.set("*", &[(IpAddr::V4(Ipv4Addr::new(10, 9, 8, 7)), 60)]);
+        let upstream = inner.addr;
+        // A forwarder that passes A queries on and drops the others.
         std::thread::spawn(move || {
+            let up = UdpSocket::bind("127.0.0.1:0").unwrap();
+            up.connect(upstream).unwrap();
             let mut buf = [0u8; 512];
             while let Ok((n, from)) = sock.recv_from(&mut buf) {
-                let q = &buf[..n];
-                let end = skip_name(q, 12).unwrap() + 4;
-                let mut r = q[..end].to_vec();
-                r[2] = 0x81;
-                r[3] = 0x80;
-                r[6..8].copy_from_slice(&1u16.to_be_bytes());
-                r.extend_from_slice(&[0xc0, 12, 0, 1, 0, 1, 0, 0, 0, 60, 0, 4]);
-                r.extend_from_slice(&answer.octets());
-                let _ = sock.send_to(&r, from);
+                let end = skip_name(&buf[..n], 12).unwrap();
+                if buf[end..end + 2] != [0, 1] {
+                    continue;
+                }
+                up.send(&buf[..n]).unwrap();
+                let mut answer = [0u8; 512];
+                let m = up.recv(&mut answer).unwrap();
+                sock.send_to(&answer[..m], from).unwrap();
             }
         });
-        addr
+        let ns = Nameserver::default();
+        ns.set(Some(addr));
+        let started = std::time::Instant::now();
+        let (got, _) = ns.resolve_with_ttl("v4only.example.org").unwrap();
+        assert_eq!(got, vec!["10.9.8.7:0".parse().unwrap()]);
+        assert!(started.elapsed() < QUERY_TIMEOUT, "{:?}", started.elapsed());
+    }
+
+    /// Both families, the preferred one first, and the smallest TTL.
+    #[test]
+    fn a_and_aaaa_in_the_preferred_order() {
+        let server = crate::testing::DnsServer::start().unwrap();
+        let v4: IpAddr = "10.0.0.7".parse().unwrap();
+        let v6: IpAddr = "fd00::7".parse().unwrap();
+        server.set("both.example.org", &[(v6, 300), (v4, 120)]);
+        server.set("six.example.org", &[(v6, 90)]);
+        let ns = Nameserver::default();
+        ns.set(Some(server.addr));
+        let (got, ttl) = ns.resolve_with_ttl("both.example.org").unwrap();
+        assert_eq!(got, vec![SocketAddr::new(v4, 0), SocketAddr::new(v6, 0)]);
+        assert_eq!(ttl, Duration::from_secs(120));
+        ns.set_prefer(IpFamily::V6);
+        let (got, _) = ns.resolve_with_ttl("both.example.org").unwrap();
+        assert_eq!(got, vec![SocketAddr::new(v6, 0), SocketAddr::new(v4, 0)]);
+        assert_eq!(
+            ns.resolve_with_ttl("six.example.org").unwrap(),
+            (vec![SocketAddr::new(v6, 0)], Duration::from_secs(90))
+        );
+        let err = ns.resolve("missing.example.org").unwrap_err();
+        assert_eq!(err.kind(), io::ErrorKind::NotFound, "{err}");
+        assert_eq!(IpFamily::parse("6"), Some(IpFamily::V6));
+        assert_eq!(IpFamily::parse("5"), None);
     }
 
     #[test]
@@ -313,7 +473,7 @@ pub(crate) mod tests {
         let started = std::time::Instant::now();
         assert!(ns.resolve("a.example.org").is_err());
         assert!(started.elapsed() < Duration::from_secs(10));
-        assert!(build_query(1, "a..b").is_err());
+        assert!(build_query(1, "a..b", RecordType::A).is_err());
         assert!(parse_answer(&[0u8; 5], 1).is_err());
     }
 

@@ -22,6 +22,7 @@ mod stock_zlib;
 pub mod symlink;
 #[cfg(any(test, feature = "testing"))]
 pub mod testing;
+pub mod trust;
 pub mod uid_map;
 pub mod whitelist;
 

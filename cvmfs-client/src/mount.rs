@@ -5,21 +5,27 @@
 //! Parameters this client does not know are accepted silently.
 
 use cvmfs_config::keys::{
-    CVMFS_AUTO_UPDATE, CVMFS_CACHE_BASE, CVMFS_CACHE_DIR, CVMFS_CHECK_PERMISSIONS,
-    CVMFS_CLAIM_OWNERSHIP, CVMFS_FUSE_PASSTHROUGH, CVMFS_GID_MAP, CVMFS_HIDE_MAGIC_XATTRS,
-    CVMFS_HTTP_PROXY, CVMFS_KCACHE_TIMEOUT, CVMFS_KEYS_DIR, CVMFS_MAGIC_XATTRS_VISIBILITY,
-    CVMFS_MAX_TTL, CVMFS_NFILES, CVMFS_PUBLIC_KEY, CVMFS_QUOTA_LIMIT, CVMFS_REPOSITORY_TAG,
-    CVMFS_ROOT_HASH, CVMFS_SERVER_URL, CVMFS_SHARED_CACHE, CVMFS_SUID, CVMFS_TIMEOUT,
-    CVMFS_TIMEOUT_DIRECT, CVMFS_UID_MAP, CVMFS_USYSLOG, CVMFS_WORLD_READABLE,
+    CVMFS_AUTO_UPDATE, CVMFS_BACKOFF_INIT, CVMFS_BACKOFF_MAX, CVMFS_BLACKLIST, CVMFS_CACHE_BASE,
+    CVMFS_CACHE_DIR, CVMFS_CHECK_PERMISSIONS, CVMFS_CLAIM_OWNERSHIP, CVMFS_DNS_MIN_TTL,
+    CVMFS_FALLBACK_PROXY, CVMFS_FUSE_PASSTHROUGH, CVMFS_GID_MAP, CVMFS_HIDE_MAGIC_XATTRS,
+    CVMFS_HOST_RESET_AFTER, CVMFS_HTTP_PROXY, CVMFS_IPFAMILY_PREFER, CVMFS_KCACHE_TIMEOUT,
+    CVMFS_KEYS_DIR, CVMFS_MAGIC_XATTRS_VISIBILITY, CVMFS_MAX_IPADDR_PER_PROXY, CVMFS_MAX_RETRIES,
+    CVMFS_MAX_TTL, CVMFS_NFILES, CVMFS_PROXY_RESET_AFTER, CVMFS_PUBLIC_KEY, CVMFS_QUOTA_LIMIT,
+    CVMFS_REPOSITORY_TAG, CVMFS_ROOT_HASH, CVMFS_SERVER_URL, CVMFS_SHARED_CACHE, CVMFS_SUID,
+    CVMFS_TIMEOUT, CVMFS_TIMEOUT_DIRECT, CVMFS_TRUSTED_CERTS, CVMFS_UID_MAP, CVMFS_USE_GEOAPI,
+    CVMFS_USYSLOG, CVMFS_WORLD_READABLE,
 };
 use std::path::{Path, PathBuf};
 use std::time::Duration;
 
 use crate::config::{Config, ConfigError};
+use crate::download::{DownloadSettings, IpFamily};
 use crate::hash::ContentHash;
 use crate::repository::RepositoryOptions;
 use crate::uid_map::{IdMap, IdMapError};
 
+/// Default `CVMFS_BLACKLIST` (a missing file is an empty blacklist).
+pub const DEFAULT_BLACKLIST: &str = "/etc/cvmfs/blacklist";
 /// Default `CVMFS_CACHE_BASE`.
 pub const DEFAULT_CACHE_BASE: &str = "/var/lib/cvmfs";
 /// Where master public keys are searched when neither `CVMFS_PUBLIC_KEY` nor
@@ -248,13 +254,32 @@ impl MountSettings {
             passthrough: config.get_bool(CVMFS_FUSE_PASSTHROUGH)?.unwrap_or(true),
         };
 
+        let download = download_settings(
+            config,
+            Duration::from_secs(timeout),
+            Duration::from_secs(timeout_direct),
+        )?;
         let repo = RepositoryOptions {
             fqrn,
             server_url,
             proxy,
-            timeout: Duration::from_secs(timeout),
-            timeout_direct: Duration::from_secs(timeout_direct),
+            download,
             public_keys,
+            trusted_certs: config
+                .get_list(CVMFS_TRUSTED_CERTS, ':')
+                .into_iter()
+                .map(PathBuf::from)
+                .collect(),
+            // Spec §4.6: the configured file, and the config repository's.
+            blacklist: std::iter::once(
+                config
+                    .get(CVMFS_BLACKLIST)
+                    .map(str::trim)
+                    .filter(|p| !p.is_empty())
+                    .map_or_else(|| PathBuf::from(DEFAULT_BLACKLIST), PathBuf::from),
+            )
+            .chain(config.config_repository_root().map(|r| r.join("blacklist")))
+            .collect(),
             cache_dir,
             quota_limit: quota_limit_mb.map(|mb| mb.saturating_mul(1 << 20)),
             tag,
@@ -265,6 +290,57 @@ impl MountSettings {
         };
         Ok((repo, fuse))
     }
+}
+
+/// The download manager's parameters (spec §8.2, §8.6, §8.7); unset ones keep the reference's
+/// code defaults.
+fn download_settings(
+    config: &Config,
+    timeout: Duration,
+    timeout_direct: Duration,
+) -> Result<DownloadSettings, MountError> {
+    let defaults = DownloadSettings::default();
+    let secs = |key: &'static str| -> Result<Option<Duration>, MountError> {
+        Ok(config.get_u64(key)?.map(Duration::from_secs))
+    };
+    // 0 (or unset) means never.
+    let reset = |key: &'static str| -> Result<Option<Duration>, MountError> {
+        Ok(secs(key)?.filter(|d| !d.is_zero()))
+    };
+    let ipfamily_prefer = match config.get(CVMFS_IPFAMILY_PREFER).map(str::trim) {
+        Some(v) if !v.is_empty() => IpFamily::parse(v).ok_or_else(|| MountError::Invalid {
+            key: CVMFS_IPFAMILY_PREFER,
+            value: v.to_string(),
+            problem: "expected 4 or 6".into(),
+        })?,
+        _ => IpFamily::default(),
+    };
+    let max_ipaddr = config.get_u64(CVMFS_MAX_IPADDR_PER_PROXY)?;
+    let max_retries = config.get_u64(CVMFS_MAX_RETRIES)?;
+    let backoff_init = secs(CVMFS_BACKOFF_INIT)?.unwrap_or(defaults.backoff_init);
+    let backoff_max = secs(CVMFS_BACKOFF_MAX)?.unwrap_or(defaults.backoff_max);
+    Ok(DownloadSettings {
+        timeout,
+        timeout_direct,
+        fallback_proxy: config
+            .get(CVMFS_FALLBACK_PROXY)
+            .map(str::trim)
+            .unwrap_or_default()
+            .to_string(),
+        max_ipaddr_per_proxy: max_ipaddr.map_or(defaults.max_ipaddr_per_proxy, |n| {
+            usize::try_from(n).unwrap_or(usize::MAX)
+        }),
+        max_retries: max_retries.map_or(defaults.max_retries, |n| {
+            u32::try_from(n).unwrap_or(u32::MAX)
+        }),
+        backoff_init,
+        backoff_max: backoff_max.max(backoff_init),
+        proxy_reset_after: reset(CVMFS_PROXY_RESET_AFTER)?,
+        host_reset_after: reset(CVMFS_HOST_RESET_AFTER)?,
+        ipfamily_prefer,
+        dns_min_ttl: secs(CVMFS_DNS_MIN_TTL)?.unwrap_or(defaults.dns_min_ttl),
+        use_geoapi: config.get_bool(CVMFS_USE_GEOAPI)?.unwrap_or(false),
+    })
 }
 
 /// §4.5: `CVMFS_PUBLIC_KEY` (`:`-list), else `*.pub` directly in `CVMFS_KEYS_DIR` (a missing
@@ -348,8 +424,8 @@ mod tests {
         let (r, f) = settings(base()).unwrap();
         assert_eq!(r.server_url, "http://s1/cvmfs/demo.cernvm.test;http://s2");
         assert_eq!(r.proxy, "DIRECT");
-        assert_eq!(r.timeout, Duration::from_secs(5));
-        assert_eq!(r.timeout_direct, Duration::from_secs(10));
+        assert_eq!(r.download.timeout, Duration::from_secs(5));
+        assert_eq!(r.download.timeout_direct, Duration::from_secs(10));
         assert_eq!(
             r.public_keys,
             vec![PathBuf::from("/k/a.pub"), PathBuf::from("/k/b.pub")]
@@ -416,10 +492,50 @@ mod tests {
             ("CVMFS_WORLD_READABLE", "true".to_string()),
             ("CVMFS_QUOTA_LIMIT", "2000".to_string()),
             ("CVMFS_SOMETHING_UNKNOWN", "whatever".to_string()),
+            ("CVMFS_FALLBACK_PROXY", "http://fb:3128".to_string()),
+            ("CVMFS_MAX_IPADDR_PER_PROXY", "2".to_string()),
+            ("CVMFS_MAX_RETRIES", "0".to_string()),
+            ("CVMFS_BACKOFF_INIT", "2".to_string()),
+            ("CVMFS_BACKOFF_MAX", "12".to_string()),
+            ("CVMFS_PROXY_RESET_AFTER", "86400".to_string()),
+            ("CVMFS_HOST_RESET_AFTER", "0".to_string()),
+            ("CVMFS_IPFAMILY_PREFER", "6".to_string()),
+            ("CVMFS_USE_GEOAPI", "yes".to_string()),
         ]);
         let (r, f) = settings(p.clone()).unwrap();
-        assert_eq!(r.timeout, Duration::from_secs(3));
-        assert_eq!(r.timeout_direct, Duration::from_secs(4));
+        let d = &r.download;
+        assert_eq!(d.fallback_proxy, "http://fb:3128");
+        assert_eq!((d.max_ipaddr_per_proxy, d.max_retries), (2, 0));
+        assert_eq!(
+            (d.backoff_init, d.backoff_max),
+            (Duration::from_secs(2), Duration::from_secs(12))
+        );
+        assert_eq!(d.proxy_reset_after, Some(Duration::from_secs(86400)));
+        assert_eq!(d.host_reset_after, None, "0 is never");
+        assert_eq!(d.ipfamily_prefer, IpFamily::V6);
+        assert!(d.use_geoapi);
+        assert_eq!(r.blacklist, vec![PathBuf::from(DEFAULT_BLACKLIST)]);
+        let mut with_config_repo = p.clone();
+        with_config_repo.extend([
+            (
+                "CVMFS_CONFIG_REPOSITORY",
+                "cvmfs-config.cern.ch".to_string(),
+            ),
+            ("CVMFS_BLACKLIST", "/site/blacklist".to_string()),
+        ]);
+        let (r2, _) = settings(with_config_repo).unwrap();
+        assert_eq!(
+            r2.blacklist,
+            vec![
+                PathBuf::from("/site/blacklist"),
+                PathBuf::from("/cvmfs/cvmfs-config.cern.ch/etc/cvmfs/blacklist")
+            ]
+        );
+        let mut bad = p.clone();
+        bad.push(("CVMFS_IPFAMILY_PREFER", "5".to_string()));
+        assert!(settings(bad).is_err());
+        assert_eq!(r.download.timeout, Duration::from_secs(3));
+        assert_eq!(r.download.timeout_direct, Duration::from_secs(4));
         assert_eq!(r.cache_dir, Path::new("/c/shared"));
         assert_eq!(r.tag.as_deref(), Some("v1"));
         assert_eq!(

@@ -10,7 +10,7 @@ use std::time::Duration;
 
 use crate::cache::{Cache, CacheOptions, Label};
 use crate::catalog::{is_path_prefix, Catalog, CatalogError, Chunk, Compression, DirEntry, Xattrs};
-use crate::download::{ConsumeError, DownloadError, DownloadManager};
+use crate::download::{ConsumeError, DownloadError, DownloadManager, DownloadSettings};
 use crate::fetch::{FetchError, ObjectSpec, ObjectStore};
 use crate::hash::{ContentHash, Suffix};
 use crate::history::{History, HistoryError};
@@ -19,6 +19,7 @@ use crate::offline::{Breadcrumb, StoredManifest};
 use crate::quota::ObjectType;
 use crate::signature::{load_public_key, Certificate, NamedKey, SignatureError, SignedLetter};
 use crate::symlink::expand_variant_symlink;
+use crate::trust::{Blacklist, TrustStore};
 use crate::whitelist::{Whitelist, WhitelistError};
 
 /// Everything that can go wrong while mounting or reading a repository. Messages name the
@@ -33,6 +34,11 @@ pub enum RepoError {
     ProxyDiscovery {
         fqrn: String,
         cause: crate::pac::discovery::DiscoveryError,
+    },
+    #[error("{fqrn}: {cause}")]
+    Trust {
+        fqrn: String,
+        cause: crate::trust::TrustError,
     },
     #[error("{fqrn}: manifest .cvmfspublished: {reason}")]
     Manifest { fqrn: String, reason: String },
@@ -89,8 +95,12 @@ pub struct RepositoryOptions {
     pub server_url: String,
     /// `CVMFS_HTTP_PROXY`.
     pub proxy: String,
-    pub timeout: Duration,
-    pub timeout_direct: Duration,
+    /// Timeouts, fallback proxies, retries, resets (`CVMFS_TIMEOUT`, `CVMFS_FALLBACK_PROXY`, …).
+    pub download: DownloadSettings,
+    /// `CVMFS_TRUSTED_CERTS`: CA certificate files or directories, for `Wcachain` whitelists.
+    pub trusted_certs: Vec<PathBuf>,
+    /// Blacklist files (`CVMFS_BLACKLIST`); missing ones count as empty.
+    pub blacklist: Vec<PathBuf>,
     /// Master public key files (verify the whitelist).
     pub public_keys: Vec<PathBuf>,
     /// Cache directory of this repository.
@@ -113,6 +123,11 @@ pub struct RepositoryOptions {
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub enum RemountOutcome {
     UpToDate,
+    /// Moved to a newer revision.
+    Updated {
+        from: u64,
+        to: u64,
+    },
     Failed,
 }
 
@@ -147,18 +162,37 @@ impl Found {
     }
 }
 
+/// The revision a mount shows: replaced whole when an unpinned mount moves to a newer one.
+#[derive(Debug, Clone)]
+pub struct Snapshot {
+    /// `None` for a mount pinned by root hash.
+    pub manifest: Option<Manifest>,
+    pub root_hash: ContentHash,
+    pub revision: u64,
+}
+
+/// The attached catalogs of the current revision. `generation` counts revision switches: a
+/// lookup that started before a switch does not attach its (old) nested catalogs to the new
+/// revision's list.
+#[derive(Default)]
+struct Attachments {
+    generation: u64,
+    list: Vec<Attached>,
+}
+
 /// A mounted repository.
 pub struct Repository {
     pub fqrn: String,
     pub store: ObjectStore,
-    pub manifest: Option<Manifest>,
-    pub root_hash: ContentHash,
-    pub revision: u64,
     pub tag: Option<String>,
+    current: RwLock<Arc<Snapshot>>,
     environment: HashMap<String, String>,
     options: RepositoryOptions,
-    attached: RwLock<Vec<Attached>>,
+    attached: RwLock<Attachments>,
     next_inode_base: Mutex<u64>,
+    /// Inode bases given out, by catalog: a catalog attached again (after `detach nested
+    /// catalogs`) keeps its inodes.
+    inode_bases: Mutex<HashMap<ContentHash, u64>>,
 }
 
 /// Inodes below this are reserved (FUSE root is 1).
@@ -189,7 +223,7 @@ impl Repository {
         let auto = crate::pac::discovery::AutoProxy::from_environment(
             &opts.environment,
             &opts.server_url,
-            opts.timeout_direct,
+            opts.download.timeout_direct,
         );
         let proxy = crate::pac::discovery::resolve_for_mount(
             &opts.proxy,
@@ -200,11 +234,20 @@ impl Repository {
             fqrn: fqrn.clone(),
             cause: source,
         })?;
-        let dl = DownloadManager::new(&opts.server_url, &proxy, opts.timeout, opts.timeout_direct)
-            .map_err(|source| RepoError::Setup {
+        let dl = DownloadManager::new(&opts.server_url, &proxy, opts.download.clone()).map_err(
+            |source| RepoError::Setup {
                 fqrn: fqrn.clone(),
                 cause: source,
-            })?;
+            },
+        )?;
+        if opts.download.use_geoapi {
+            match dl.probe_geo(&cache.client_uuid()) {
+                Ok(_) => {}
+                Err(e) => {
+                    log::warn!("{fqrn}: Geo-API: {e}; keeping the configured order of the servers")
+                }
+            }
+        }
         let store = ObjectStore::new(cache, Some(Arc::new(dl)));
         let mut fresh_manifest = false;
         let (manifest, root_hash, revision, tag) = match opts.root_hash {
@@ -224,21 +267,36 @@ impl Repository {
                 }
             }
         };
-        let mut repo = Repository {
+        let repo = Repository {
             fqrn,
             store,
-            manifest,
-            root_hash,
-            revision: 0,
             tag,
+            current: RwLock::new(Arc::new(Snapshot {
+                manifest,
+                root_hash,
+                revision: 0,
+            })),
             environment: opts.environment.clone(),
             options: opts,
-            attached: RwLock::new(Vec::new()),
+            attached: RwLock::new(Attachments::default()),
             next_inode_base: Mutex::new(FIRST_INODE_BASE),
+            inode_bases: Mutex::new(HashMap::new()),
         };
-        let root = repo.attach(root_hash, b"")?;
-        repo.revision = revision.unwrap_or(root.catalog.revision);
-        if let (true, Some(m)) = (fresh_manifest, &repo.manifest) {
+        let root = repo.attach(root_hash, b"", 0)?;
+        let revision = revision.unwrap_or(root.catalog.revision);
+        {
+            let mut cur = repo.current.write().unwrap_or_else(|e| e.into_inner());
+            let mut snap = (**cur).clone();
+            snap.revision = revision;
+            *cur = Arc::new(snap);
+        }
+        Blacklist::load(&repo.options.blacklist)
+            .and_then(|b| b.check_revision(&repo.fqrn, revision))
+            .map_err(|cause| RepoError::Trust {
+                fqrn: repo.fqrn.clone(),
+                cause,
+            })?;
+        if let (true, Some(m)) = (fresh_manifest, &repo.snapshot().manifest) {
             let crumb = Breadcrumb {
                 root_hash: m.root_catalog,
                 timestamp: m.timestamp.unwrap_or(0),
@@ -255,15 +313,38 @@ impl Repository {
 
     /// Proxy and direct download timeouts.
     pub fn timeouts(&self) -> (Duration, Duration) {
-        (self.options.timeout, self.options.timeout_direct)
+        (
+            self.options.download.timeout,
+            self.options.download.timeout_direct,
+        )
     }
 
-    /// Talk `remount`: a mount fixed to a tag or root hash is always up to date; otherwise
-    /// the servers' manifest is fetched and verified (which also ends offline mode when they
-    /// answer again). Switching a live mount to a newer revision is not done yet: that is
-    /// reported as a failure, with the reason in the log.
+    /// The revision shown now.
+    pub fn snapshot(&self) -> Arc<Snapshot> {
+        Arc::clone(&self.current.read().unwrap_or_else(|e| e.into_inner()))
+    }
+
+    pub fn revision(&self) -> u64 {
+        self.snapshot().revision
+    }
+
+    pub fn root_hash(&self) -> ContentHash {
+        self.snapshot().root_hash
+    }
+
+    /// Fixed to a root hash or a tag: never moves to another revision (µCernVM's OS mount).
+    pub fn is_pinned(&self) -> bool {
+        self.options.root_hash.is_some() || self.tag.is_some()
+    }
+
+    /// Talk `remount` and the catalog TTL timer: a mount fixed to a tag or root hash is always
+    /// up to date; otherwise the servers' manifest is fetched and verified again (whitelist,
+    /// certificate, blacklist, CA chain; which also ends offline mode when they answer again).
+    /// A newer revision becomes the mounted one: its root catalog is attached, new lookups see
+    /// it, entries already handed out (open files) keep theirs. An older revision is never
+    /// taken (anti-rollback).
     pub fn remount(&self) -> RemountOutcome {
-        if self.options.root_hash.is_some() || self.tag.is_some() {
+        if self.is_pinned() {
             return RemountOutcome::UpToDate;
         }
         let now = std::time::SystemTime::now()
@@ -274,34 +355,101 @@ impl Repository {
             let manifest = verify_manifest(&self.store, &self.options, &m, &w, now)?;
             Ok((manifest, m, w))
         });
-        match fetched {
+        let (m, mbuf, wbuf) = match fetched {
             Err(e) => {
                 self.store.network.report_offline(&e);
                 log::warn!("{}: remount: {e}", self.fqrn);
-                RemountOutcome::Failed
+                return RemountOutcome::Failed;
             }
-            Ok((m, mbuf, wbuf)) => {
-                self.store.network.report_online();
-                if m.revision == self.revision {
-                    if let Err(e) =
-                        StoredManifest::save(self.store.cache.root(), &self.fqrn, &mbuf, &wbuf)
-                    {
-                        log::warn!("{}: cannot store the manifest: {e}", self.fqrn);
-                    }
-                }
-                if m.revision <= self.revision {
-                    return RemountOutcome::UpToDate;
-                }
-                log::warn!(
-                    "{}: revision {} is available (mounted: {}); applying a new revision to a \
-                     live mount is not supported yet, unmount and mount again",
-                    self.fqrn,
-                    m.revision,
-                    self.revision
-                );
+            Ok(v) => v,
+        };
+        self.store.network.report_online();
+        let mounted = self.revision();
+        if m.revision < mounted {
+            log::warn!(
+                "{}: remount: the servers offer revision {}, older than the mounted {mounted}; \
+                 keeping it",
+                self.fqrn,
+                m.revision
+            );
+            return RemountOutcome::UpToDate;
+        }
+        if m.revision == mounted {
+            if let Err(e) = StoredManifest::save(self.store.cache.root(), &self.fqrn, &mbuf, &wbuf)
+            {
+                log::warn!("{}: cannot store the manifest: {e}", self.fqrn);
+            }
+            return RemountOutcome::UpToDate;
+        }
+        match self.switch_to(m, &mbuf, &wbuf) {
+            Ok(revision) => RemountOutcome::Updated {
+                from: mounted,
+                to: revision,
+            },
+            Err(e) => {
+                log::warn!("{}: remount to a new revision: {e}", self.fqrn);
                 RemountOutcome::Failed
             }
         }
+    }
+
+    /// Makes verified manifest `m` the mounted revision.
+    fn switch_to(&self, m: Manifest, mbuf: &[u8], wbuf: &[u8]) -> Result<u64, RepoError> {
+        let root = self.load_catalog(m.root_catalog, b"")?;
+        let revision = m.revision;
+        let crumb = Breadcrumb {
+            root_hash: m.root_catalog,
+            timestamp: m.timestamp.unwrap_or(0),
+            revision,
+        };
+        let new_root = root.catalog.hash;
+        let (from, old) = {
+            let mut list = self.attached.write().unwrap_or_else(|e| e.into_inner());
+            let mut cur = self.current.write().unwrap_or_else(|e| e.into_inner());
+            let from = cur.revision;
+            list.generation += 1;
+            let old = std::mem::replace(&mut list.list, vec![root]);
+            *cur = Arc::new(Snapshot {
+                root_hash: m.root_catalog,
+                revision,
+                manifest: Some(m),
+            });
+            (from, old)
+        };
+        // The old revision's catalogs may be evicted now (entries still open keep their
+        // database open); those the new revision shares are pinned again when attached.
+        if let Some(q) = self.store.cache.quota() {
+            for a in old.iter().filter(|a| a.catalog.hash != new_root) {
+                if let Err(e) = q.unpin(&a.catalog.hash) {
+                    log::warn!("{}: {e}", self.fqrn);
+                }
+            }
+        }
+        log::info!(
+            "CernVM-FS: {}: switched from revision {from} to revision {revision}",
+            self.fqrn
+        );
+        if let Err(e) = StoredManifest::save(self.store.cache.root(), &self.fqrn, mbuf, wbuf) {
+            log::warn!("{}: cannot store the manifest: {e}", self.fqrn);
+        }
+        if crumb.timestamp > 0 {
+            if let Err(e) = crumb.write(self.store.cache.root(), &self.fqrn) {
+                log::warn!("{}: cannot write the breadcrumb: {e}", self.fqrn);
+            }
+        }
+        Ok(revision)
+    }
+
+    /// Seconds until the next revision check of an unpinned mount: the root catalog's TTL,
+    /// capped by `max_ttl` (`CVMFS_MAX_TTL`).
+    pub fn catalog_ttl(&self, max_ttl: Option<Duration>) -> Duration {
+        let ttl = self
+            .attached_catalogs()
+            .iter()
+            .find(|a| a.catalog.mountpoint.is_empty())
+            .map_or(240, |a| a.catalog.ttl);
+        let ttl = Duration::from_secs(ttl.max(1));
+        max_ttl.map_or(ttl, |m| ttl.min(m))
     }
 
     /// Talk `evict`: removes a regular file's objects from the cache. `false` if `path` is
@@ -392,11 +540,37 @@ impl Repository {
         }
     }
 
-    /// Attaches catalog `hash` at `mountpoint` (or returns it if already attached).
-    fn attach(&self, hash: ContentHash, mountpoint: &[u8]) -> Result<Attached, RepoError> {
-        if let Some(a) = self.find_attached(mountpoint) {
+    /// Attaches catalog `hash` at `mountpoint` (or returns it if already attached). A catalog
+    /// of a lookup that began before a revision switch (`generation`) is used for that lookup
+    /// but not attached to the new revision.
+    fn attach(
+        &self,
+        hash: ContentHash,
+        mountpoint: &[u8],
+        generation: u64,
+    ) -> Result<Attached, RepoError> {
+        if let Some(a) = self.find_attached(mountpoint, hash) {
             return Ok(a);
         }
+        let a = self.load_catalog(hash, mountpoint)?;
+        let mut list = self.attached.write().unwrap_or_else(|e| e.into_inner());
+        if list.generation != generation {
+            return Ok(a);
+        }
+        if let Some(a) = list
+            .list
+            .iter()
+            .find(|a| a.catalog.mountpoint == mountpoint && a.catalog.hash == hash)
+        {
+            return Ok(a.clone());
+        }
+        list.list.push(a.clone());
+        Ok(a)
+    }
+
+    /// Downloads (or finds in the cache), pins and opens catalog `hash` for `mountpoint`, with
+    /// its inode base.
+    fn load_catalog(&self, hash: ContentHash, mountpoint: &[u8]) -> Result<Attached, RepoError> {
         let spec = ObjectSpec {
             hash,
             suffix: Suffix::Catalog,
@@ -436,42 +610,55 @@ impl Repository {
                 return Err(self.catalog_error(&hash, e));
             }
         };
-        let mut list = self.attached.write().unwrap_or_else(|e| e.into_inner());
-        if let Some(a) = list.iter().find(|a| a.catalog.mountpoint == mountpoint) {
-            return Ok(a.clone());
-        }
-        let mut next = self
-            .next_inode_base
-            .lock()
-            .unwrap_or_else(|e| e.into_inner());
-        let a = Attached {
-            inode_base: *next,
+        let mut bases = self.inode_bases.lock().unwrap_or_else(|e| e.into_inner());
+        let inode_base = *bases.entry(hash).or_insert_with(|| {
+            let mut next = self
+                .next_inode_base
+                .lock()
+                .unwrap_or_else(|e| e.into_inner());
+            let base = *next;
+            *next += catalog.max_rowid.max(0) as u64 + 1;
+            base
+        });
+        Ok(Attached {
+            inode_base,
             catalog: Arc::new(catalog),
-        };
-        *next += a.catalog.max_rowid.max(0) as u64 + 1;
-        list.push(a.clone());
-        Ok(a)
+        })
     }
 
-    fn find_attached(&self, mountpoint: &[u8]) -> Option<Attached> {
+    /// Talk `detach nested catalogs`: only the root catalog stays attached; nested ones are
+    /// attached again (with the same inodes) when a lookup needs them. Entries already handed
+    /// out keep their catalog open. Returns how many were detached.
+    pub fn detach_nested(&self) -> usize {
+        let mut list = self.attached.write().unwrap_or_else(|e| e.into_inner());
+        let before = list.list.len();
+        list.list.retain(|a| a.catalog.mountpoint.is_empty());
+        before - list.list.len()
+    }
+
+    fn find_attached(&self, mountpoint: &[u8], hash: ContentHash) -> Option<Attached> {
         let list = self.attached.read().unwrap_or_else(|e| e.into_inner());
-        list.iter()
-            .find(|a| a.catalog.mountpoint == mountpoint)
+        list.list
+            .iter()
+            .find(|a| a.catalog.mountpoint == mountpoint && a.catalog.hash == hash)
             .cloned()
     }
 
     /// The deepest attached catalog containing `path`. A nested mountpoint itself belongs to
     /// its parent catalog, whose entry is authoritative for lookups.
-    fn best_attached(&self, path: &[u8]) -> Attached {
+    fn best_attached(&self, path: &[u8]) -> (Attached, u64) {
         let list = self.attached.read().unwrap_or_else(|e| e.into_inner());
-        list.iter()
+        let best = list
+            .list
+            .iter()
             .filter(|a| {
                 let m = &a.catalog.mountpoint;
                 m.is_empty() || (is_path_prefix(m, path) && m.as_slice() != path)
             })
             .max_by_key(|a| a.catalog.mountpoint.len())
             .cloned()
-            .expect("the root catalog is always attached")
+            .expect("the root catalog is always attached");
+        (best, list.generation)
     }
 
     /// All attached catalogs.
@@ -479,13 +666,14 @@ impl Repository {
         self.attached
             .read()
             .unwrap_or_else(|e| e.into_inner())
+            .list
             .clone()
     }
 
     /// Looks up an absolute repository path (`""` is the root, otherwise `/a/b`). For a nested
     /// catalog mountpoint the parent catalog's entry is returned.
     pub fn lookup(&self, path: &[u8]) -> Result<Option<Found>, RepoError> {
-        let mut current = self.best_attached(path);
+        let (mut current, generation) = self.best_attached(path);
         loop {
             let cat = &current.catalog;
             if let Some(entry) = cat
@@ -504,14 +692,14 @@ impl Repository {
             if nested.path == path {
                 return Ok(None);
             }
-            current = self.attach(nested.hash, &nested.path)?;
+            current = self.attach(nested.hash, &nested.path, generation)?;
         }
     }
 
     /// The children of directory `path`, without hidden entries. A nested mountpoint is listed
     /// from its own catalog.
     pub fn list(&self, path: &[u8]) -> Result<Vec<Found>, RepoError> {
-        let mut holder = self.best_attached(path);
+        let (mut holder, generation) = self.best_attached(path);
         if let Some(f) = self.lookup(path)? {
             holder = f.attached.clone();
             if f.entry.is_nested_mountpoint() {
@@ -530,7 +718,7 @@ impl Repository {
                             ),
                         )
                     })?;
-                holder = self.attach(nested.hash, &nested.path)?;
+                holder = self.attach(nested.hash, &nested.path, generation)?;
             }
         }
         let cat = &holder.catalog;
@@ -964,6 +1152,20 @@ fn verify_manifest(
     };
     let whitelist = Whitelist::verify(wbuf, fqrn, &keys, now).map_err(wl_err)?;
     whitelist.check_certificate(&cert).map_err(wl_err)?;
+    let trust_err = |cause| RepoError::Trust {
+        fqrn: fqrn.clone(),
+        cause,
+    };
+    let blacklist = Blacklist::load(&opts.blacklist).map_err(trust_err)?;
+    blacklist.check_certificate(&cert).map_err(trust_err)?;
+    blacklist
+        .check_revision(fqrn, manifest.revision)
+        .map_err(trust_err)?;
+    if whitelist.requires_ca_chain {
+        TrustStore::load(&opts.trusted_certs)
+            .and_then(|store| store.verify_chain(&cert, now))
+            .map_err(trust_err)?;
+    }
     Ok(manifest)
 }
 

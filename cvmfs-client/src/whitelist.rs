@@ -17,7 +17,7 @@ pub enum WhitelistError {
     Expired { expiry: String },
     #[error("whitelist is for repository {found:?}, not {expected:?}")]
     NameMismatch { expected: String, found: String },
-    #[error("PKCS#7 whitelists are not supported")]
+    #[error("PKCS#7 whitelists (Vpkcs7) are not supported: this client verifies whitelists with the repository master key only")]
     Pkcs7Unsupported,
     #[error("whitelist signature: {0}")]
     Signature(SignatureError),
@@ -133,18 +133,22 @@ impl Whitelist {
 }
 
 /// The letter of a whitelist (§4.1) issued at `issued`, valid until `expires` (Unix times),
-/// listing `fingerprints`; sign it with the master key.
+/// listing `fingerprints`, with the `Wcachain` line if `ca_chain`; sign it with the master key.
 pub fn whitelist_letter(
     issued: i64,
     expires: i64,
     fqrn: &str,
     fingerprints: &[ContentHash],
+    ca_chain: bool,
 ) -> Vec<u8> {
     let mut t = format!(
         "{}\nE{}\nN{fqrn}\n",
         timestamp_text(issued),
         timestamp_text(expires)
     );
+    if ca_chain {
+        t.push_str("Wcachain\n");
+    }
     for f in fingerprints {
         t.push_str(&fingerprint_text(f));
         t.push('\n');
@@ -253,7 +257,13 @@ mod tests {
             .unwrap();
         // 2026-11-28 01:07:33 and 2036-11-25 01:07:33 UTC.
         assert_eq!(
-            whitelist_letter(1_795_828_053, 2_111_188_053, "demo.cernvm.test", &[fp]),
+            whitelist_letter(
+                1_795_828_053,
+                2_111_188_053,
+                "demo.cernvm.test",
+                &[fp],
+                false
+            ),
             letter
         );
     }

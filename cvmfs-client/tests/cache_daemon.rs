@@ -707,3 +707,134 @@ fn systemd_nokill_marks_the_daemon_with_an_at() {
     let pid = env.talk("pid");
     assert_ne!(argv0_first_byte(&pid), b'@', "daemon {pid}");
 }
+
+/// Runtime control through `cvmfs_talk` (spec §11.1): proxy groups switched, replaced,
+/// rebalanced, fallback proxies set, hosts switched and replaced, error counters reset, nested
+/// catalogs detached, metadata caches dropped; `user.proxy` / `user.host` show each choice,
+/// and the requests reach the server or proxy chosen (our fault-injecting servers count them).
+#[test]
+fn the_control_socket_steers_proxies_hosts_and_caches() {
+    use cvmfs_client::testing::{Fault, FaultServer};
+    skip_unless_fixture_mount!();
+    let srv = fixture_dir().join("srv");
+    let local = "127.0.0.1".parse().expect("address");
+    let start = || FaultServer::start(&srv, local, 0).expect("start a test server");
+    let (h1, h2, p1, p2, p3) = (start(), start(), start(), start(), start());
+    let env = Env::new();
+    let host = |h: &FaultServer| format!("{}/cvmfs/{FQRN}", h.url());
+    env.configure(
+        &h1.url(),
+        "v1",
+        -1,
+        &format!(
+            "CVMFS_SERVER_URL='{};{}'\n\
+             CVMFS_HTTP_PROXY='{};{}'\n\
+             CVMFS_FALLBACK_PROXY={}\n",
+            host(&h1),
+            host(&h2),
+            p1.url(),
+            p2.url(),
+            p3.url()
+        ),
+    );
+    let files = expected_file_digests("v1");
+    let sha = |rel: &str| {
+        files
+            .iter()
+            .find(|(r, _)| r == rel)
+            .map(|(_, s)| s.clone())
+            .expect("file in the listing")
+    };
+    let mut m = env.mount().unwrap_or_else(|e| panic!("{e}"));
+    let mnt = &env.mnt;
+    let proxy = || xattr_text(mnt, "user.proxy");
+    let read_ok = |rel: &str| {
+        assert_eq!(
+            sha256_file(&mnt.join(rel)).unwrap_or_else(|e| panic!("{rel}: {e}")),
+            sha(rel),
+            "{rel}"
+        )
+    };
+    let info = env.talk("proxy info");
+    assert!(
+        info.contains(&format!("[2] {} (fallback)", p3.url())),
+        "{info}"
+    );
+    assert_eq!(proxy(), p1.url());
+    assert_eq!(xattr_text(mnt, "user.host"), host(&h1));
+
+    assert_eq!(env.talk("proxy group switch"), "OK\n");
+    assert_eq!(proxy(), p2.url());
+    let before = p2.proxied_requests();
+    read_ok("README.txt");
+    assert!(
+        p2.proxied_requests() > before,
+        "the read went through {}",
+        p2.url()
+    );
+    env.talk("proxy group switch");
+    assert_eq!(proxy(), p3.url(), "the fallback group comes next");
+    env.talk("proxy group switch");
+    assert_eq!(proxy(), p1.url(), "and then the first again");
+
+    assert_eq!(env.talk(&format!("proxy set {}", p2.url())), "OK\n");
+    let info = env.talk("proxy info");
+    assert!(
+        !info.contains(&p1.url()) && info.contains(&p3.url()),
+        "{info}"
+    );
+    assert_eq!(proxy(), p2.url());
+    assert_eq!(env.talk(&format!("proxy fallback {}", p1.url())), "OK\n");
+    let info = env.talk("proxy info");
+    assert!(info.contains(&format!("{} (fallback)", p1.url())), "{info}");
+    assert!(!info.contains(&p3.url()), "{info}");
+    assert_eq!(env.talk("proxy rebalance"), "OK\n");
+    assert!(env.talk("proxy set").starts_with("Usage:"));
+
+    assert_eq!(env.talk("host switch"), "OK\n");
+    assert_eq!(xattr_text(mnt, "user.host"), host(&h2));
+    assert_eq!(env.talk(&format!("host set {}", host(&h1))), "OK\n");
+    let info = env.talk("host info");
+    assert!(
+        info.contains(&host(&h1)) && !info.contains(&host(&h2)),
+        "{info}"
+    );
+
+    // An I/O error counted, then the counters reset.
+    p2.set(Fault::Status(503));
+    p1.set(Fault::Status(503));
+    assert!(std::fs::read(mnt.join("medium/1mb.bin")).is_err());
+    assert_ne!(xattr_text(mnt, "user.nioerr"), "0");
+    assert_eq!(env.talk("reset error counters"), "OK\n");
+    assert_eq!(xattr_text(mnt, "user.nioerr"), "0");
+    p1.set(Fault::None);
+    p2.set(Fault::None);
+    read_ok("medium/1mb.bin");
+
+    // Nested catalogs detached and attached again on need, with the same inodes.
+    use std::os::unix::fs::MetadataExt;
+    let ino = std::fs::metadata(mnt.join("nested/inner/inner.txt"))
+        .expect("stat")
+        .ino();
+    read_ok("nested/inner/inner.txt");
+    let open_before = env.talk("open catalogs").lines().count();
+    assert!(open_before >= 3, "{}", env.talk("open catalogs"));
+    assert_eq!(env.talk("detach nested catalogs"), "OK\n");
+    assert_eq!(env.talk("open catalogs").lines().count(), 1);
+    assert_eq!(env.talk("drop metadata caches"), "OK\n");
+    read_ok("nested/inner/inner.txt");
+    read_ok("software/v1.0/README");
+    let again = std::fs::metadata(mnt.join("nested/inner/inner.txt"))
+        .expect("stat")
+        .ino();
+    assert_eq!(ino, again, "inodes survive detaching");
+
+    assert_eq!(env.talk("remount"), "Catalog up to date\n");
+    assert_eq!(env.talk("remount sync"), "Catalog up to date\n");
+    assert_eq!(
+        h2.direct_requests() + h1.direct_requests(),
+        0,
+        "DIRECT never used"
+    );
+    m.unmount().expect("unmount");
+}

@@ -47,10 +47,10 @@ fn compare_with_expected(tag: &str) {
     let cache = tempfile::tempdir().unwrap();
     let repo = Repository::mount(options(&server, cache.path(), Some(tag))).unwrap();
     assert_eq!(
-        repo.root_hash.to_string(),
+        repo.root_hash().to_string(),
         expected["root_catalog"].as_str().unwrap()
     );
-    assert_eq!(repo.revision, expected["revision"].as_u64().unwrap());
+    assert_eq!(repo.revision(), expected["revision"].as_u64().unwrap());
 
     // Walk the tree.
     let mut seen: BTreeMap<String, cvmfs_client::repository::Found> = BTreeMap::new();
@@ -246,10 +246,10 @@ fn newest_revision_without_tag_is_trunk() {
     let cache = tempfile::tempdir().unwrap();
     let repo = Repository::mount(options(&server, cache.path(), None)).unwrap();
     assert_eq!(
-        repo.root_hash.to_string(),
+        repo.root_hash().to_string(),
         "aba5b83589bd346cdc5f227346927f1428addde2"
     );
-    assert_eq!(repo.revision, 4);
+    assert_eq!(repo.revision(), 4);
 }
 
 #[test]

@@ -30,8 +30,16 @@ struct Mounted {
     _server: StaticHttpServer,
 }
 
-impl Mounted {
-    fn start(tag: &str) -> Mounted {
+/// The `cvmfs2` command mounting the fixture at `tag`, with what it needs kept alive.
+struct Prepared {
+    cvmfs2: Command,
+    mnt: PathBuf,
+    tmp: tempfile::TempDir,
+    server: StaticHttpServer,
+}
+
+impl Prepared {
+    fn new(tag: &str) -> Prepared {
         let server =
             StaticHttpServer::start(&fixture_dir().join("srv")).expect("start the HTTP server");
         let tmp = tempfile::tempdir().expect("temporary directory");
@@ -61,7 +69,6 @@ impl Mounted {
             ),
         )
         .expect("write the client configuration");
-        let started = Instant::now();
         let mut cvmfs2 = Command::new(env!("CARGO_BIN_EXE_cvmfs2"));
         cvmfs2
             .arg("--config-root")
@@ -72,6 +79,24 @@ impl Mounted {
             .arg(&mnt)
             .env_remove("DEMO_ARCH")
             .env_remove("DEMO_SITE");
+        Prepared {
+            cvmfs2,
+            mnt,
+            tmp,
+            server,
+        }
+    }
+}
+
+impl Mounted {
+    fn start(tag: &str) -> Mounted {
+        let started = Instant::now();
+        let Prepared {
+            cvmfs2,
+            mnt,
+            tmp,
+            server,
+        } = Prepared::new(tag);
         let daemon = Cvmfs2Mount::start(cvmfs2, &mnt).unwrap_or_else(|e| panic!("{e}"));
         eprintln!("mounted {FQRN} tag {tag} in {:?}", started.elapsed());
         Mounted {
@@ -546,4 +571,105 @@ fn chunked_file_unaligned_reads() {
     let unmounted = m.daemon.unmount();
     assert!(problems.is_empty(), "{} mismatches", problems.len());
     unmounted.expect("unmount");
+}
+
+/// What a normal reader does (Python's `open()` asks `TCGETS`, `close` flushes, `access`,
+/// `lseek`) is answered quietly: `ENOTTY` for the ioctl and not one line on the daemon's
+/// standard error (in the foreground, as a console would show it) or in its log file.
+#[test]
+fn normal_reading_writes_nothing_to_the_log() {
+    use std::os::fd::AsRawFd;
+    skip_unless_fixture_mount!();
+    let Prepared {
+        mut cvmfs2,
+        mnt,
+        tmp,
+        server: _server,
+    } = Prepared::new("v1");
+    let stderr_path = tmp.path().join("stderr");
+    cvmfs2
+        .arg("-f")
+        .stdout(std::process::Stdio::null())
+        .stderr(File::create(&stderr_path).expect("stderr file"));
+    let mut child = cvmfs2.spawn().expect("start cvmfs2 -f");
+    let deadline = Instant::now() + std::time::Duration::from_secs(30);
+    while !is_mounted(&mnt) {
+        if Instant::now() > deadline || child.try_wait().ok().flatten().is_some() {
+            let _ = child.kill();
+            panic!(
+                "cvmfs2 -f did not mount: {}",
+                std::fs::read_to_string(&stderr_path).unwrap_or_default()
+            );
+        }
+        std::thread::sleep(std::time::Duration::from_millis(50));
+    }
+    let usyslog = tmp.path().join("usyslog");
+    let logs = || {
+        (
+            std::fs::read_to_string(&stderr_path).unwrap_or_default(),
+            std::fs::read_to_string(&usyslog).unwrap_or_default(),
+        )
+    };
+    let before = logs();
+    let expected = load_expected("v1");
+    let entries = expected["entries"].as_object().expect("entries");
+    let files: Vec<&String> = entries
+        .iter()
+        .filter(|(_, e)| e["type"].as_str() == Some("file"))
+        .map(|(p, _)| p)
+        .take(20)
+        .collect();
+    assert!(!files.is_empty(), "the fixture lists regular files");
+    let mut problems = Vec::new();
+    for rel in &files {
+        let path = mnt.join(rel);
+        let f = File::open(&path).expect("open");
+        let mut termios = std::mem::MaybeUninit::<libc::termios>::uninit();
+        // SAFETY: TCGETS writes one termios into the buffer given.
+        let rc = unsafe { libc::ioctl(f.as_raw_fd(), libc::TCGETS, termios.as_mut_ptr()) };
+        let err = std::io::Error::last_os_error();
+        if rc != -1 || err.raw_os_error() != Some(libc::ENOTTY) {
+            problems.push(format!("{rel}: TCGETS gave {rc} ({err}), expected ENOTTY"));
+        }
+        let c = cpath(&path);
+        // SAFETY: plain system calls on a valid C string and descriptor.
+        unsafe {
+            libc::access(c.as_ptr(), libc::R_OK);
+            libc::lseek(f.as_raw_fd(), 0, libc::SEEK_DATA);
+            libc::fsync(f.as_raw_fd());
+        }
+        std::fs::read(&path).expect("read");
+    }
+    let script = "import sys\nfor p in sys.argv[1:]:\n    with open(p, 'rb') as f: f.read()\n    with open(p, 'r', errors='replace') as f: f.read(10)\n";
+    let st = Command::new("python3")
+        .arg("-c")
+        .arg(script)
+        .args(files.iter().map(|r| mnt.join(r)))
+        .status()
+        .expect("run python3");
+    if !st.success() {
+        problems.push(format!("python3 reading the files: {st}"));
+    }
+    let after = logs();
+    let _ = Command::new("umount").arg(&mnt).status();
+    let _ = child.wait();
+    for (name, b, a) in [
+        ("stderr", &before.0, &after.0),
+        ("usyslog", &before.1, &after.1),
+    ] {
+        let added = a.get(b.len()..).unwrap_or(a);
+        if !added.trim().is_empty() {
+            problems.push(format!(
+                "normal reads wrote to the daemon's {name}:\n{added}"
+            ));
+        }
+    }
+    for p in &problems {
+        eprintln!("PROBLEM: {p}");
+    }
+    assert!(
+        problems.is_empty(),
+        "{} problems (listed above)",
+        problems.len()
+    );
 }

@@ -11,7 +11,7 @@ use std::os::unix::ffi::OsStrExt;
 use std::os::unix::fs::{MetadataExt, PermissionsExt};
 use std::path::{Path, PathBuf};
 use std::process::Command;
-use std::time::{Duration, Instant};
+use std::time::Instant;
 
 use cvmfs_client::hash::{ContentHash, Suffix};
 use cvmfs_client::repository::{Found, Repository, RepositoryOptions};
@@ -484,9 +484,10 @@ impl Site {
             fqrn: FQRN.into(),
             server_url: format!("{}/cvmfs/{FQRN}", server.url()),
             proxy: "DIRECT".into(),
-            timeout: Duration::from_secs(5),
-            timeout_direct: Duration::from_secs(5),
+            download: cvmfs_client::download::DownloadSettings::default(),
             public_keys: vec![self.keys().join(format!("{FQRN}.pub"))],
+            trusted_certs: Vec::new(),
+            blacklist: Vec::new(),
             cache_dir: cache,
             quota_limit: None,
             tag: tag.map(str::to_string),
@@ -550,7 +551,7 @@ fn round_trip_through_library_and_fuse() {
 
     let server = StaticHttpServer::start(&site.srv()).unwrap();
     let repo = site.mount(&server, None);
-    assert_eq!(repo.revision, 1);
+    assert_eq!(repo.revision(), 1);
     assert_same(&expected, &snapshot_repo(&repo), "library mount");
     // Chunked files really are chunked (with the small chunk sizes).
     let big = repo.lookup(b"/big/random.bin").unwrap().unwrap();
@@ -824,7 +825,7 @@ fn two_revisions_with_tags() {
 
     let server = StaticHttpServer::start(&site.srv()).unwrap();
     let r1 = site.mount(&server, Some("v1"));
-    assert_eq!(r1.root_hash, m1.root_catalog);
+    assert_eq!(r1.root_hash(), m1.root_catalog);
     assert_same(&v1_expected, &snapshot_repo(&r1), "tag v1");
     let r2 = site.mount(&server, Some("v2"));
     assert_same(&v2_expected, &snapshot_repo(&r2), "tag v2");
@@ -841,8 +842,8 @@ fn two_revisions_with_tags() {
         c2.len()
     );
     let trunk = site.mount(&server, None);
-    assert_eq!(trunk.root_hash, m2.root_catalog);
-    assert_eq!(trunk.revision, 2);
+    assert_eq!(trunk.root_hash(), m2.root_catalog);
+    assert_eq!(trunk.revision(), 2);
 
     // History: the server's automatic tags plus ours.
     let h = database(
@@ -969,9 +970,10 @@ fn extract_fixture(tag: &str, dest: &Path) {
         fqrn: "demo.cernvm.test".into(),
         server_url: format!("{}/cvmfs/demo.cernvm.test", server.url()),
         proxy: "DIRECT".into(),
-        timeout: Duration::from_secs(5),
-        timeout_direct: Duration::from_secs(5),
+        download: cvmfs_client::download::DownloadSettings::default(),
         public_keys: vec![fixture_dir().join("keys/demo.cernvm.test.pub")],
+        trusted_certs: Vec::new(),
+        blacklist: Vec::new(),
         cache_dir: cache.path().to_path_buf(),
         quota_limit: None,
         tag: Some(tag.into()),

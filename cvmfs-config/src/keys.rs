@@ -1,6 +1,8 @@
 //! The names of the client configuration parameters (spec §10.1): the one definition of each
 //! name, used by the boot loader that writes them and by the client that reads them.
 
+/// Blacklist file: certificate fingerprints and `<fqrn N` revision floors.
+pub const CVMFS_BLACKLIST: &str = "CVMFS_BLACKLIST";
 /// Base directory of the local cache.
 pub const CVMFS_CACHE_BASE: &str = "CVMFS_CACHE_BASE";
 /// Explicit cache directory (overrides the one derived from the base).
@@ -9,6 +11,10 @@ pub const CVMFS_CACHE_DIR: &str = "CVMFS_CACHE_DIR";
 pub const CVMFS_CHECK_PERMISSIONS: &str = "CVMFS_CHECK_PERMISSIONS";
 /// Report the mounting user as the owner of every file.
 pub const CVMFS_CLAIM_OWNERSHIP: &str = "CVMFS_CLAIM_OWNERSHIP";
+/// Seconds proxy addresses are kept at least before their names are resolved again.
+pub const CVMFS_DNS_MIN_TTL: &str = "CVMFS_DNS_MIN_TTL";
+/// Proxy groups tried after those of `CVMFS_HTTP_PROXY` (never `DIRECT`).
+pub const CVMFS_FALLBACK_PROXY: &str = "CVMFS_FALLBACK_PROXY";
 /// The repository that carries further configuration.
 pub const CVMFS_CONFIG_REPOSITORY: &str = "CVMFS_CONFIG_REPOSITORY";
 /// The repository name, visible to `$CVMFS_FQRN` expansion.
@@ -50,6 +56,10 @@ pub const CVMFS_NFS_SOURCE: &str = "CVMFS_NFS_SOURCE";
 pub const CVMFS_PAC_URLS: &str = "CVMFS_PAC_URLS";
 /// Seconds after which a proxy failover is undone.
 pub const CVMFS_PROXY_RESET_AFTER: &str = "CVMFS_PROXY_RESET_AFTER";
+/// Seconds after which a host failover is undone.
+pub const CVMFS_HOST_RESET_AFTER: &str = "CVMFS_HOST_RESET_AFTER";
+/// Address family tried first for a name with both (`4` or `6`).
+pub const CVMFS_IPFAMILY_PREFER: &str = "CVMFS_IPFAMILY_PREFER";
 /// Public key files, `:`-separated.
 pub const CVMFS_PUBLIC_KEY: &str = "CVMFS_PUBLIC_KEY";
 /// Cache quota in MiB.
@@ -73,6 +83,9 @@ pub const CVMFS_TALK_SOCKET: &str = "CVMFS_TALK_SOCKET";
 /// Download timeouts in seconds, through a proxy and direct.
 pub const CVMFS_TIMEOUT: &str = "CVMFS_TIMEOUT";
 pub const CVMFS_TIMEOUT_DIRECT: &str = "CVMFS_TIMEOUT_DIRECT";
+/// CA certificates (files or directories, `:`-separated) a `Wcachain` whitelist's certificate
+/// must chain to.
+pub const CVMFS_TRUSTED_CERTS: &str = "CVMFS_TRUSTED_CERTS";
 /// User id map file.
 pub const CVMFS_UID_MAP: &str = "CVMFS_UID_MAP";
 /// Ask the Stratum-1s for the nearest one.

@@ -211,7 +211,7 @@ impl Config {
     }
 
     /// `<mount dir>/<config repository>/etc/cvmfs` if a usable config repository is set.
-    fn config_repository_root(&self) -> Option<PathBuf> {
+    pub fn config_repository_root(&self) -> Option<PathBuf> {
         let repo = self.get(CVMFS_CONFIG_REPOSITORY)?;
         if repo.is_empty() || repo == self.fqrn {
             return None;

@@ -42,6 +42,9 @@ struct Args {
     /// Days until the whitelist expires.
     #[arg(long, default_value_t = DEFAULT_WHITELIST_DAYS)]
     whitelist_days: u32,
+    /// Catalog TTL in seconds: how often clients look for a new revision.
+    #[arg(long, default_value_t = 240)]
+    ttl: u64,
     /// Record the nanosecond part of mtimes (catalog column mtimens).
     #[arg(long)]
     mtime_ns: bool,
@@ -91,6 +94,7 @@ fn main() -> anyhow::Result<()> {
     }
     opts.whitelist_days = args.whitelist_days;
     opts.mtime_ns = args.mtime_ns;
+    opts.ttl = args.ttl.max(1);
     if let Some(t) = args.threads {
         opts.threads = t.max(1);
     }

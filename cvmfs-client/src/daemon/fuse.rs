@@ -2,21 +2,25 @@
 //!
 //! The kernel's root inode 1 is the repository root; every other entry uses the stable inode of
 //! [`Found::inode`]. A table inode → path (with kernel lookup counts) serves the inode-based
-//! operations. Content is immutable for the lifetime of a mount, so attributes, entries
-//! (including negative ones) and page cache are kept by the kernel for the kcache timeout.
+//! operations. Content is immutable for the lifetime of a revision, so attributes, entries
+//! (including negative ones) and page cache are kept by the kernel for the kcache timeout; when
+//! an unpinned mount moves to a new revision they are invalidated through the FUSE notifier
+//! ([`FsShared::drop_metadata_caches`]). Inodes handed out before keep their entry (open
+//! files read their revision); new lookups see the new one.
 
-use std::collections::{BTreeMap, HashMap};
+use std::collections::{BTreeMap, HashMap, HashSet};
 use std::ffi::OsStr;
 use std::os::unix::ffi::OsStrExt;
 use std::sync::atomic::{AtomicU64, Ordering};
-use std::sync::{Arc, RwLock};
+use std::sync::{Arc, Mutex, OnceLock, RwLock};
 use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};
 
 use fuser::{
-    BackingId, Errno, FileAttr, FileHandle, FileType, Filesystem, FopenFlags, Generation, INodeNo,
-    InitFlags, KernelConfig, LockOwner, OpenAccMode, OpenFlags, ReplyAttr, ReplyData,
-    ReplyDirectory, ReplyDirectoryPlus, ReplyEmpty, ReplyEntry, ReplyOpen, ReplyStatfs, ReplyXattr,
-    Request,
+    AccessFlags, BackingId, Errno, FileAttr, FileHandle, FileType, Filesystem, FopenFlags,
+    Generation, INodeNo, InitFlags, IoctlFlags, KernelConfig, LockOwner, Notifier, OpenAccMode,
+    OpenFlags, PollEvents, PollFlags, PollNotifier, ReplyAttr, ReplyData, ReplyDirectory,
+    ReplyDirectoryPlus, ReplyEmpty, ReplyEntry, ReplyIoctl, ReplyLseek, ReplyOpen, ReplyPoll,
+    ReplyStatfs, ReplyXattr, Request,
 };
 
 use crate::passthrough::BackingFiles;
@@ -73,8 +77,9 @@ const REGULAR_MAGIC: &[&str] = &[
 /// Magic attributes of symbolic links (`xfsroot.rawlink` is readable but not listed).
 const SYMLINK_MAGIC: &[&str] = &["user.rawlink"];
 
-/// A kernel inode: the entry it was looked up as (a mount never changes revision, so the
-/// entry stays valid and inode operations need no catalog query) and the kernel's lookup count.
+/// A kernel inode: the entry it was looked up as (an inode belongs to one catalog of one
+/// revision, so the entry stays valid and inode operations need no catalog query) and the
+/// kernel's lookup count.
 struct Node {
     found: Arc<Found>,
     lookups: u64,
@@ -90,16 +95,99 @@ struct DirItem {
     found: Arc<Found>,
 }
 
-/// The CernVM-FS FUSE file system.
-pub struct CvmfsFs {
-    repo: Arc<Repository>,
-    opts: FuseOptions,
+/// What the control socket acts on while the file system runs: the error counters, the
+/// daemon's metadata tables and the kernel's caches.
+#[derive(Default)]
+pub struct FsShared {
     nodes: RwLock<HashMap<u64, Node>>,
-    files: RwLock<HashMap<u64, Arc<OpenFile>>>,
     /// Listings being read, by directory inode. The daemon declines `opendir` (the kernel then
     /// sends neither `opendir` nor `releasedir`, two round trips less per directory): a listing
     /// is built when read from offset 0 and dropped when a reader reaches its end.
     dirs: RwLock<HashMap<u64, Arc<Vec<DirItem>>>>,
+    nioerr: AtomicU64,
+    last_ioerr: AtomicU64,
+    /// Invalidation messages to the kernel, once the session runs.
+    notifier: OnceLock<Notifier>,
+    /// Names the kernel caches as missing (parent inode, name), for mounts that can move to a
+    /// new revision: invalidated with everything else when they do.
+    negative: Mutex<HashSet<(u64, Vec<u8>)>>,
+}
+
+/// Negative entries remembered for invalidation; beyond that, misses are not cached.
+const MAX_NEGATIVE_ENTRIES: usize = 65_536;
+
+impl FsShared {
+    /// Talk `reset error counters`: `user.nioerr` and `user.timestamp_last_ioerr` start again.
+    pub fn reset_error_counters(&self) {
+        self.nioerr.store(0, Ordering::Relaxed);
+        self.last_ioerr.store(0, Ordering::Relaxed);
+    }
+
+    /// Records a cached miss; `false` when too many are remembered (do not cache it then).
+    fn remember_negative(&self, parent: u64, name: &OsStr) -> bool {
+        let mut n = self.negative.lock().unwrap_or_else(|e| e.into_inner());
+        if n.len() >= MAX_NEGATIVE_ENTRIES {
+            return false;
+        }
+        n.insert((parent, name.as_bytes().to_vec()));
+        true
+    }
+
+    /// Where invalidations go (set once the FUSE session exists).
+    pub fn set_notifier(&self, n: Notifier) {
+        let _ = self.notifier.set(n);
+    }
+
+    /// Talk `drop metadata caches`: the listings kept for readers are dropped, and the kernel
+    /// forgets the attributes, names and cached pages of every inode it knows, so the next
+    /// access asks the daemon again. Returns how many inodes were invalidated.
+    pub fn drop_metadata_caches(&self) -> usize {
+        self.dirs.write().unwrap_or_else(|e| e.into_inner()).clear();
+        let Some(notifier) = self.notifier.get() else {
+            return 0;
+        };
+        // Collected first: the kernel may call back into the file system while invalidating.
+        let known: Vec<(u64, Vec<u8>)> = self
+            .nodes
+            .read()
+            .unwrap_or_else(|e| e.into_inner())
+            .iter()
+            .map(|(ino, n)| (*ino, n.found.path.clone()))
+            .collect();
+        let by_path: HashMap<&[u8], u64> = known.iter().map(|(i, p)| (p.as_slice(), *i)).collect();
+        let mut count = 0;
+        for (ino, path) in &known {
+            let parent = parent_of(path);
+            let parent_ino = if parent.is_empty() {
+                Some(ROOT_INO)
+            } else {
+                by_path.get(parent).copied()
+            };
+            if let Some(pi) = parent_ino {
+                let name = path.rsplit(|&b| b == b'/').next().unwrap_or_default();
+                // ENOENT: the kernel dropped the name already.
+                let _ = notifier.inval_entry(INodeNo(pi), OsStr::from_bytes(name));
+            }
+            if notifier.inval_inode(INodeNo(*ino), 0, 0).is_ok() {
+                count += 1;
+            }
+        }
+        let _ = notifier.inval_inode(INodeNo(ROOT_INO), 0, 0);
+        let negative =
+            std::mem::take(&mut *self.negative.lock().unwrap_or_else(|e| e.into_inner()));
+        for (parent, name) in negative {
+            let _ = notifier.inval_entry(INodeNo(parent), OsStr::from_bytes(&name));
+        }
+        count
+    }
+}
+
+/// The CernVM-FS FUSE file system.
+pub struct CvmfsFs {
+    repo: Arc<Repository>,
+    opts: FuseOptions,
+    shared: Arc<FsShared>,
+    files: RwLock<HashMap<u64, Arc<OpenFile>>>,
     next_handle: AtomicU64,
     euid: u32,
     egid: u32,
@@ -107,8 +195,6 @@ pub struct CvmfsFs {
     started_epoch: i64,
     nopen: AtomicU64,
     ndiropen: AtomicU64,
-    nioerr: AtomicU64,
-    last_ioerr: AtomicU64,
     prefetch: Prefetcher,
     /// Open files the kernel reads directly from their cached object (FUSE passthrough).
     backing: BackingFiles<BackingId>,
@@ -121,14 +207,13 @@ const MAX_OPEN_LISTINGS: usize = 1024;
 const PREFETCH_THREADS: usize = 4;
 
 impl CvmfsFs {
-    pub fn new(repo: Arc<Repository>, opts: FuseOptions) -> CvmfsFs {
+    pub fn new(repo: Arc<Repository>, opts: FuseOptions, shared: Arc<FsShared>) -> CvmfsFs {
         CvmfsFs {
             prefetch: Prefetcher::start(Arc::clone(&repo), PREFETCH_THREADS),
             repo,
             opts,
-            nodes: RwLock::new(HashMap::new()),
+            shared,
             files: RwLock::new(HashMap::new()),
-            dirs: RwLock::new(HashMap::new()),
             next_handle: AtomicU64::new(1),
             euid: nix::unistd::geteuid().as_raw(),
             egid: nix::unistd::getegid().as_raw(),
@@ -136,8 +221,6 @@ impl CvmfsFs {
             started_epoch: epoch_now(),
             nopen: AtomicU64::new(0),
             ndiropen: AtomicU64::new(0),
-            nioerr: AtomicU64::new(0),
-            last_ioerr: AtomicU64::new(0),
             backing: BackingFiles::default(),
         }
     }
@@ -148,8 +231,9 @@ impl CvmfsFs {
 
     /// Logs a repository failure and turns it into EIO.
     fn io_error(&self, op: &str, path: &[u8], err: &dyn std::fmt::Display) -> Errno {
-        self.nioerr.fetch_add(1, Ordering::Relaxed);
-        self.last_ioerr
+        self.shared.nioerr.fetch_add(1, Ordering::Relaxed);
+        self.shared
+            .last_ioerr
             .store(epoch_now().max(0) as u64, Ordering::Relaxed);
         log::error!("{}: {op} {}: {err}", self.repo.fqrn, display_path(path));
         Errno::EIO
@@ -169,7 +253,7 @@ impl CvmfsFs {
         if ino.0 == ROOT_INO {
             return Ok(Vec::new());
         }
-        let nodes = self.nodes.read().unwrap_or_else(|e| e.into_inner());
+        let nodes = self.shared.nodes.read().unwrap_or_else(|e| e.into_inner());
         nodes
             .get(&ino.0)
             .map(|n| n.found.path.clone())
@@ -187,7 +271,7 @@ impl CvmfsFs {
         if ino.0 == ROOT_INO {
             return Ok(Arc::new(self.lookup_path(op, b"")?.ok_or(Errno::ENOENT)?));
         }
-        let nodes = self.nodes.read().unwrap_or_else(|e| e.into_inner());
+        let nodes = self.shared.nodes.read().unwrap_or_else(|e| e.into_inner());
         nodes
             .get(&ino.0)
             .map(|n| Arc::clone(&n.found))
@@ -207,7 +291,7 @@ impl CvmfsFs {
         if ino == ROOT_INO {
             return;
         }
-        let mut nodes = self.nodes.write().unwrap_or_else(|e| e.into_inner());
+        let mut nodes = self.shared.nodes.write().unwrap_or_else(|e| e.into_inner());
         let node = nodes.entry(ino).or_insert_with(|| Node {
             found: Arc::clone(found),
             lookups: 0,
@@ -270,7 +354,7 @@ impl CvmfsFs {
     }
 
     fn is_fixed(&self) -> bool {
-        self.repo.tag.is_some() || self.repo.manifest.is_none() || !self.opts.auto_update
+        self.repo.is_pinned() || !self.opts.auto_update
     }
 
     /// Root catalog counters, `self_x + subtree_x` by bare name `x`.
@@ -356,23 +440,18 @@ impl CvmfsFs {
         let count = |c: &AtomicU64| text(c.load(Ordering::Relaxed).to_string());
         match name {
             "user.fqrn" => text(self.repo.fqrn.clone()),
-            "user.root_hash" => text(self.repo.root_hash.to_string()),
-            "user.revision" => text(self.repo.revision.to_string()),
+            "user.root_hash" => text(self.repo.root_hash().to_string()),
+            "user.revision" => text(self.repo.revision().to_string()),
             "user.tag" => text(self.repo.tag.clone().unwrap_or_default()),
             "user.expires" => {
                 if self.is_fixed() {
                     return text("never (fixed root catalog)".into());
                 }
-                let mut ttl = self
-                    .repo
-                    .attached_catalogs()
-                    .iter()
-                    .find(|a| a.catalog.mountpoint.is_empty())
-                    .map(|a| a.catalog.ttl)
-                    .unwrap_or(240);
-                if let Some(m) = self.opts.max_ttl_minutes {
-                    ttl = ttl.min(m.saturating_mul(60));
-                }
+                let max_ttl = self
+                    .opts
+                    .max_ttl_minutes
+                    .map(|m| Duration::from_secs(m.saturating_mul(60)));
+                let ttl = self.repo.catalog_ttl(max_ttl).as_secs();
                 let expires = self.started_epoch.saturating_add(ttl as i64);
                 text(((expires - epoch_now()) / 60).to_string())
             }
@@ -385,8 +464,8 @@ impl CvmfsFs {
             "user.nclg" => text(self.repo.attached_catalogs().len().to_string()),
             "user.nopen" => count(&self.nopen),
             "user.ndiropen" => count(&self.ndiropen),
-            "user.nioerr" => count(&self.nioerr),
-            "user.timestamp_last_ioerr" => count(&self.last_ioerr),
+            "user.nioerr" => count(&self.shared.nioerr),
+            "user.timestamp_last_ioerr" => count(&self.shared.last_ioerr),
             "user.ndownload" => text(self.repo.store.downloads().to_string()),
             // Not in the reference: 1 while no server answers (offline mode), else 0.
             "user.offline" => text(u8::from(self.repo.is_offline()).to_string()),
@@ -398,7 +477,8 @@ impl CvmfsFs {
                     .to_string(),
             ),
             "user.useddirp" => text(
-                self.dirs
+                self.shared
+                    .dirs
                     .read()
                     .unwrap_or_else(|e| e.into_inner())
                     .len()
@@ -492,7 +572,7 @@ impl CvmfsFs {
     /// reader), else the one being read (rebuilt if it was dropped meanwhile).
     fn listing(&self, ino: INodeNo, offset: u64) -> Result<Arc<Vec<DirItem>>, Errno> {
         if offset > 0 {
-            let dirs = self.dirs.read().unwrap_or_else(|e| e.into_inner());
+            let dirs = self.shared.dirs.read().unwrap_or_else(|e| e.into_inner());
             if let Some(items) = dirs.get(&ino.0) {
                 return Ok(Arc::clone(items));
             }
@@ -501,7 +581,7 @@ impl CvmfsFs {
         if offset == 0 {
             self.ndiropen.fetch_add(1, Ordering::Relaxed);
         }
-        let mut dirs = self.dirs.write().unwrap_or_else(|e| e.into_inner());
+        let mut dirs = self.shared.dirs.write().unwrap_or_else(|e| e.into_inner());
         if dirs.len() >= MAX_OPEN_LISTINGS {
             // Readers that stopped half-way leave listings behind; they are rebuilt on need.
             dirs.clear();
@@ -513,7 +593,8 @@ impl CvmfsFs {
     /// A read from `offset` past the last entry is a reader's end of the listing.
     fn listing_read(&self, ino: INodeNo, offset: u64, items: &[DirItem]) {
         if usize::try_from(offset).unwrap_or(usize::MAX) >= items.len() {
-            self.dirs
+            self.shared
+                .dirs
                 .write()
                 .unwrap_or_else(|e| e.into_inner())
                 .remove(&ino.0);
@@ -753,8 +834,17 @@ impl Filesystem for CvmfsFs {
                 self.remember(ino, &f);
                 reply.entry(&self.ttl(), &self.attr(&f, ino), Generation(0));
             }
-            // Negative entry: inode 0 with the kcache timeout lets the kernel cache the miss.
-            Ok(None) => reply.entry(&self.ttl(), &negative_attr(), Generation(0)),
+            // Negative entry: inode 0 with the kcache timeout lets the kernel cache the miss
+            // (remembered when a new revision may make the name appear).
+            Ok(None) => {
+                let ttl = if self.repo.is_pinned() || self.shared.remember_negative(parent.0, name)
+                {
+                    self.ttl()
+                } else {
+                    Duration::ZERO
+                };
+                reply.entry(&ttl, &negative_attr(), Generation(0))
+            }
             Err(e) => reply.error(e),
         }
     }
@@ -763,7 +853,7 @@ impl Filesystem for CvmfsFs {
         if ino.0 == ROOT_INO {
             return;
         }
-        let mut nodes = self.nodes.write().unwrap_or_else(|e| e.into_inner());
+        let mut nodes = self.shared.nodes.write().unwrap_or_else(|e| e.into_inner());
         if let Some(node) = nodes.get_mut(&ino.0) {
             node.lookups = node.lookups.saturating_sub(nlookup);
             if node.lookups == 0 {
@@ -846,6 +936,80 @@ impl Filesystem for CvmfsFs {
             .remove(&fh.0);
         self.backing.release(ino.0, fh.0);
         reply.ok();
+    }
+
+    // What a normal reader asks besides lookups and reads is answered here without a log line
+    // (the library's defaults log a multi-line warning per request).
+
+    fn flush(
+        &self,
+        _req: &Request,
+        _ino: INodeNo,
+        _fh: FileHandle,
+        _lock_owner: LockOwner,
+        reply: ReplyEmpty,
+    ) {
+        // Nothing is ever written: every close succeeds.
+        reply.ok();
+    }
+
+    fn fsync(
+        &self,
+        _req: &Request,
+        _ino: INodeNo,
+        _fh: FileHandle,
+        _datasync: bool,
+        reply: ReplyEmpty,
+    ) {
+        reply.ok();
+    }
+
+    fn access(&self, _req: &Request, _ino: INodeNo, _mask: AccessFlags, reply: ReplyEmpty) {
+        // The kernel checks the mode bits (and refuses writes to the read-only mount) itself;
+        // ENOSYS tells it not to ask again.
+        reply.error(Errno::ENOSYS);
+    }
+
+    fn ioctl(
+        &self,
+        _req: &Request,
+        _ino: INodeNo,
+        _fh: FileHandle,
+        _flags: IoctlFlags,
+        _cmd: u32,
+        _in_data: &[u8],
+        _out_size: u32,
+        reply: ReplyIoctl,
+    ) {
+        // No file here is a terminal or a device (Python's `open()` asks `TCGETS`).
+        reply.error(Errno::ENOTTY);
+    }
+
+    fn poll(
+        &self,
+        _req: &Request,
+        _ino: INodeNo,
+        _fh: FileHandle,
+        _ph: PollNotifier,
+        _events: PollEvents,
+        _flags: PollFlags,
+        reply: ReplyPoll,
+    ) {
+        // Regular files are always ready; ENOSYS makes the kernel say so from now on.
+        reply.error(Errno::ENOSYS);
+    }
+
+    fn lseek(
+        &self,
+        _req: &Request,
+        _ino: INodeNo,
+        _fh: FileHandle,
+        _offset: i64,
+        _whence: i32,
+        reply: ReplyLseek,
+    ) {
+        // SEEK_DATA/SEEK_HOLE: files have no holes; the kernel's generic answer is right.
+        reply.error(Errno::ENOSYS);
     }
 
     fn opendir(&self, _req: &Request, _ino: INodeNo, _flags: OpenFlags, reply: ReplyOpen) {

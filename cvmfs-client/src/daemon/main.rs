@@ -26,12 +26,12 @@ use std::os::fd::OwnedFd;
 use std::path::{Path, PathBuf};
 use std::process::ExitCode;
 use std::sync::{Arc, Mutex, OnceLock};
-use std::time::{SystemTime, UNIX_EPOCH};
+use std::time::{Duration, SystemTime, UNIX_EPOCH};
 
 use clap::Parser;
 use cvmfs_client::config::{Config, DEFAULT_CONFIG_ROOT};
 use cvmfs_client::mount::{FuseOptions, MountSettings};
-use cvmfs_client::repository::{Repository, RepositoryOptions};
+use cvmfs_client::repository::{RemountOutcome, Repository, RepositoryOptions};
 use cvmfs_config::keys::{CVMFS_QUOTA_LIMIT, CVMFS_TALK_SOCKET, CVMFS_TIMEOUT_DIRECT};
 use fuse::CvmfsFs;
 use fuser::{MountOption, SessionACL};
@@ -542,14 +542,14 @@ fn serve(p: Prepared, mut pipe: Option<OwnedFd>) -> Result<(), String> {
         "CernVM-FS: linking {} to repository {} (revision {}, root catalog {})",
         p.mountpoint.display(),
         p.fqrn,
-        repo.revision,
-        repo.root_hash
+        repo.revision(),
+        repo.root_hash()
     );
     if repo.is_offline() {
         log::warn!(
             "CernVM-FS: {} mounted in offline mode (revision {} from the cache)",
             p.fqrn,
-            repo.revision
+            repo.revision()
         );
     }
 
@@ -572,8 +572,10 @@ fn serve(p: Prepared, mut pipe: Option<OwnedFd>) -> Result<(), String> {
             )
         }
     };
+    let fs_shared = Arc::new(fuse::FsShared::default());
     let talk = Arc::new(TalkContext {
         repo: Arc::clone(&repo),
+        fs: Arc::clone(&fs_shared),
         mountpoint: p.mountpoint.clone(),
         parameters: p.parameters.clone(),
         quota_limit_text: Mutex::new(p.quota_limit_text.clone()),
@@ -610,12 +612,13 @@ fn serve(p: Prepared, mut pipe: Option<OwnedFd>) -> Result<(), String> {
         FUSE_THREADS
     });
 
-    let fs = CvmfsFs::new(Arc::clone(&repo), p.fuse.clone());
+    let fs = CvmfsFs::new(Arc::clone(&repo), p.fuse.clone(), Arc::clone(&fs_shared));
     let mut mount_guard = mounted.lock().unwrap_or_else(|e| e.into_inner());
     let session = match fuser::Session::new(fs, &p.mountpoint, &config) {
         Ok(s) => {
             *mount_guard = true;
             drop(mount_guard);
+            fs_shared.set_notifier(s.notifier());
             s
         }
         Err(e) => {
@@ -625,6 +628,13 @@ fn serve(p: Prepared, mut pipe: Option<OwnedFd>) -> Result<(), String> {
             )
         }
     };
+    if p.fuse.auto_update && !repo.is_pinned() {
+        let max_ttl = p
+            .fuse
+            .max_ttl_minutes
+            .map(|m| Duration::from_secs(m.saturating_mul(60)));
+        spawn_auto_update(Arc::clone(&repo), Arc::clone(&fs_shared), max_ttl);
+    }
     log::info!(
         "CernVM-FS: mounted cvmfs on {} (repository {})",
         p.mountpoint.display(),
@@ -640,6 +650,34 @@ fn serve(p: Prepared, mut pipe: Option<OwnedFd>) -> Result<(), String> {
     let _ = std::fs::remove_file(&socket_at);
     repo.store.cache.close();
     result.map_err(|e| format!("FUSE session: {e}"))
+}
+
+/// Wait after a failed revision check (spec §10.6).
+const RETRY_AFTER_FAILED_CHECK: Duration = Duration::from_secs(180);
+
+/// `CVMFS_AUTO_UPDATE` for a mount that is not pinned: after each catalog TTL the servers are
+/// asked for a newer revision; when one is taken the kernel's caches are invalidated so that
+/// new lookups see it (open files keep theirs).
+fn spawn_auto_update(repo: Arc<Repository>, fs: Arc<fuse::FsShared>, max_ttl: Option<Duration>) {
+    let spawned = std::thread::Builder::new()
+        .name("auto-update".into())
+        .spawn(move || {
+            let mut wait = repo.catalog_ttl(max_ttl);
+            loop {
+                std::thread::sleep(wait);
+                wait = match repo.remount() {
+                    RemountOutcome::Updated { .. } => {
+                        fs.drop_metadata_caches();
+                        repo.catalog_ttl(max_ttl)
+                    }
+                    RemountOutcome::UpToDate => repo.catalog_ttl(max_ttl),
+                    RemountOutcome::Failed => RETRY_AFTER_FAILED_CHECK,
+                };
+            }
+        });
+    if let Err(e) = spawned {
+        log::warn!("cannot start the revision check thread: {e}");
+    }
 }
 
 /// Unmounts `mountpoint`, lazily if it is busy.

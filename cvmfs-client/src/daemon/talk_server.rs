@@ -13,6 +13,7 @@ use std::path::{Path, PathBuf};
 use std::sync::Arc;
 use std::time::Duration;
 
+use crate::fuse::FsShared;
 use cvmfs_client::dns::parse_nameserver;
 use cvmfs_client::repository::{RemountOutcome, Repository};
 
@@ -24,8 +25,17 @@ pub const COMMANDS: &[&str] = &[
     "nameserver set <ip>[:<port>]",
     "host info",
     "host probe",
+    "host probe geo",
     "host switch",
+    "host set <host list>",
     "proxy info",
+    "proxy rebalance",
+    "proxy group switch",
+    "proxy set <proxy list>",
+    "proxy fallback <proxy list>",
+    "reset error counters",
+    "detach nested catalogs",
+    "drop metadata caches",
     "timeout info",
     "revision",
     "remount",
@@ -56,6 +66,8 @@ const MIN_QUOTA_LIMIT_MB: u64 = 1000;
 /// What the commands act on.
 pub struct TalkContext {
     pub repo: Arc<Repository>,
+    /// The running file system's counters and caches.
+    pub fs: Arc<FsShared>,
     pub mountpoint: PathBuf,
     /// `cvmfs2 -o parse` output (the `parameters` reply).
     pub parameters: String,
@@ -142,7 +154,7 @@ pub fn answer(ctx: &TalkContext, line: &str) -> String {
             .filter(|a| !a.is_empty())
     };
     match line {
-        "revision" => format!("{}\n", repo.revision),
+        "revision" => format!("{}\n", repo.revision()),
         "mountpoint" => format!("{}\n", ctx.mountpoint.display()),
         "pid" => format!("{}\n", std::process::id()),
         "version" => format!(
@@ -182,6 +194,16 @@ pub fn answer(ctx: &TalkContext, line: &str) -> String {
             }
             "OK\n".into()
         }
+        "host probe geo" => match repo.downloader() {
+            Some(d) => match d.probe_geo(&repo.store.cache.client_uuid()) {
+                Ok(_) => "OK\n".into(),
+                Err(e) => {
+                    log::warn!("host probe geo: {e}");
+                    "Failed\n".into()
+                }
+            },
+            None => "Failed\n".into(),
+        },
         "host switch" => {
             if let Some(d) = repo.downloader() {
                 d.switch_host();
@@ -192,6 +214,32 @@ pub fn answer(ctx: &TalkContext, line: &str) -> String {
             Some(d) => d.proxy_info(),
             None => "No proxies defined\n".into(),
         },
+        "proxy rebalance" => {
+            if let Some(d) = repo.downloader() {
+                d.rebalance_proxies();
+            }
+            "OK\n".into()
+        }
+        "proxy group switch" => {
+            if let Some(d) = repo.downloader() {
+                d.switch_proxy_group();
+            }
+            "OK\n".into()
+        }
+        "reset error counters" => {
+            ctx.fs.reset_error_counters();
+            "OK\n".into()
+        }
+        "detach nested catalogs" => {
+            let n = repo.detach_nested();
+            log::info!("CernVM-FS: {n} nested catalogs detached by request");
+            "OK\n".into()
+        }
+        "drop metadata caches" => {
+            let n = ctx.fs.drop_metadata_caches();
+            log::info!("CernVM-FS: metadata caches dropped ({n} inodes invalidated in the kernel)");
+            "OK\n".into()
+        }
         "timeout info" => {
             let (p, d) = repo.timeouts();
             format!(
@@ -202,6 +250,11 @@ pub fn answer(ctx: &TalkContext, line: &str) -> String {
         }
         "remount" | "remount sync" => match repo.remount() {
             RemountOutcome::UpToDate => "Catalog up to date\n".into(),
+            RemountOutcome::Updated { from, to } => {
+                // The switch is complete when `remount` returns: `sync` waits for nothing more.
+                ctx.fs.drop_metadata_caches();
+                format!("Remounted: revision {from} -> {to}\n")
+            }
             RemountOutcome::Failed => "Failed\n".into(),
         },
         "cache size" => match quota {
@@ -265,13 +318,50 @@ pub fn answer(ctx: &TalkContext, line: &str) -> String {
                 },
             }
         }
+        _ if line.starts_with("proxy set") || line.starts_with("proxy fallback") => {
+            let fallback = line.starts_with("proxy fallback");
+            let usage = if fallback {
+                "Usage: proxy fallback <proxy list>\n"
+            } else {
+                "Usage: proxy set <proxy list>\n"
+            };
+            let Some(list) = arg(if fallback {
+                "proxy fallback"
+            } else {
+                "proxy set"
+            }) else {
+                return usage.into();
+            };
+            let Some(d) = repo.downloader() else {
+                return "No proxies defined\n".into();
+            };
+            let set = if fallback {
+                d.set_fallback_proxies(list)
+            } else {
+                d.set_proxies(list)
+            };
+            match set {
+                Ok(()) => "OK\n".into(),
+                Err(e) => format!("Failed, no valid proxies ({e})\n"),
+            }
+        }
+        _ if line.starts_with("host set") => {
+            let Some(list) = arg("host set") else {
+                return "Usage: host set <host list>\n".into();
+            };
+            match repo.downloader().map(|d| d.set_hosts(list)) {
+                Some(Ok(())) => "OK\n".into(),
+                Some(Err(e)) => format!("Failed ({e})\n"),
+                None => "No hosts defined\n".into(),
+            }
+        }
         _ if line.starts_with("nameserver set") => {
             let Some(addr) = arg("nameserver set") else {
                 return "Usage: nameserver set <host>\n".into();
             };
             match (parse_nameserver(addr), repo.downloader()) {
                 (Some(a), Some(d)) => {
-                    d.nameserver().set(Some(a));
+                    d.set_nameserver(Some(a));
                     log::info!("CernVM-FS: using DNS server {a}");
                     "OK\n".into()
                 }

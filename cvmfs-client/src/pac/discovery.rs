@@ -9,7 +9,7 @@ use std::path::{Path, PathBuf};
 use std::sync::Arc;
 use std::time::Duration;
 
-use crate::download::{ConsumeError, DownloadManager};
+use crate::download::{ConsumeError, DownloadManager, DownloadSettings};
 
 use super::{convert_answer, find_proxy_for_url, PacHost, SystemHost, MAX_SOURCE_LEN};
 
@@ -122,8 +122,12 @@ impl AutoProxy {
 
     /// Downloads a PAC file directly, with the client's one HTTP fetcher.
     fn fetch(&self, url: &str) -> Result<Vec<u8>, String> {
-        let dl = DownloadManager::new(url, "DIRECT", self.timeout_direct, self.timeout_direct)
-            .map_err(|e| e.to_string())?;
+        let dl = DownloadManager::new(
+            url,
+            "DIRECT",
+            DownloadSettings::with_timeouts(self.timeout_direct, self.timeout_direct),
+        )
+        .map_err(|e| e.to_string())?;
         let bytes = dl
             .fetch("", |body: &mut dyn Read| {
                 let mut v = Vec::new();

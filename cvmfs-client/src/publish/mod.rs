@@ -79,6 +79,12 @@ pub struct PublishOptions {
     /// Compression of file data (catalogs, history and certificate are always zlib).
     pub compression: Compression,
     pub whitelist_days: u32,
+    /// Catalog TTL in seconds (how often clients look for a new revision; the real server's
+    /// `CVMFS_REPOSITORY_TTL`).
+    pub ttl: u64,
+    /// Write `Wcachain` into the whitelist: clients then require the certificate to chain to
+    /// their trusted CAs (`CVMFS_TRUSTED_CERTS`).
+    pub whitelist_ca_chain: bool,
     /// Record nanoseconds of mtimes (`mtimens`; the real server's `CVMFS_ENABLE_MTIME_NS`).
     pub mtime_ns: bool,
     /// Worker threads for compressing and hashing file data.
@@ -97,6 +103,8 @@ impl PublishOptions {
             chunk_sizes: ChunkSizes::default(),
             compression: Compression::Zlib,
             whitelist_days: DEFAULT_WHITELIST_DAYS,
+            whitelist_ca_chain: false,
+            ttl: catalog_writer::DEFAULT_TTL,
             mtime_ns: false,
             threads: std::thread::available_parallelism()
                 .map(|n| n.get())
@@ -194,7 +202,7 @@ pub fn publish(opts: &PublishOptions) -> Result<PublishReport, PublishError> {
         root_catalog: built.hash,
         root_catalog_size: Some(built.size),
         root_path_md5: md5_hex(b""),
-        ttl: catalog_writer::DEFAULT_TTL,
+        ttl: opts.ttl,
         revision,
         garbage_collectable: false,
         alt_paths: false,
@@ -210,6 +218,7 @@ pub fn publish(opts: &PublishOptions) -> Result<PublishReport, PublishError> {
         now + i64::from(opts.whitelist_days) * 86_400,
         &opts.fqrn,
         &[keys.fingerprint()],
+        opts.whitelist_ca_chain,
     );
     let signed_whitelist = keys.sign_whitelist(&whitelist)?;
     let signed_manifest = keys.sign_manifest(&manifest.to_letter())?;

@@ -228,7 +228,7 @@ impl<'a> TreeBuilder<'a> {
         self.add_children(&mut w, root)?;
         let counters = w.finish(&CatalogProperties {
             root_prefix: None,
-            ttl: Some(super::catalog_writer::DEFAULT_TTL),
+            ttl: Some(self.opts.ttl),
             last_modified: self.now,
             revision: self.revision,
             previous_revision: previous_root,

@@ -29,9 +29,10 @@ pub fn fixture_repository_options(
         fqrn: FQRN.into(),
         server_url: format!("{server_url}/cvmfs/{FQRN}"),
         proxy: "DIRECT".into(),
-        timeout: std::time::Duration::from_secs(5),
-        timeout_direct: std::time::Duration::from_secs(5),
+        download: crate::download::DownloadSettings::default(),
         public_keys: vec![fixture_dir().join("keys/demo.cernvm.test.pub")],
+        trusted_certs: Vec::new(),
+        blacklist: Vec::new(),
         cache_dir: cache.to_path_buf(),
         quota_limit: None,
         tag: tag.map(str::to_string),
@@ -133,3 +134,9 @@ pub use daemon::{
 
 mod squid;
 pub use squid::SquidProxy;
+
+mod dns;
+pub use dns::DnsServer;
+
+mod fault_http;
+pub use fault_http::{Fault, FaultServer};
