@@ -47,12 +47,8 @@ pub enum MountError {
         value: String,
         problem: String,
     },
-    #[error("cannot list public keys in {}: {source}", dir.display())]
-    KeysDir {
-        dir: PathBuf,
-        #[source]
-        source: std::io::Error,
-    },
+    #[error("cannot list public keys in {}: {cause}", dir.display())]
+    KeysDir { dir: PathBuf, cause: std::io::Error },
 }
 
 /// Which magic extended attributes `listxattr` shows (spec §10.5). `getxattr` of a magic name
@@ -285,13 +281,13 @@ fn public_keys(config: &Config, default_dir: &Path) -> Result<Vec<PathBuf>, Moun
     let entries = match std::fs::read_dir(&dir) {
         Ok(e) => e,
         Err(e) if e.kind() == std::io::ErrorKind::NotFound => return Ok(Vec::new()),
-        Err(source) => return Err(MountError::KeysDir { dir, source }),
+        Err(source) => return Err(MountError::KeysDir { dir, cause: source }),
     };
     let mut keys = Vec::new();
     for entry in entries {
         let entry = entry.map_err(|source| MountError::KeysDir {
             dir: dir.clone(),
-            source,
+            cause: source,
         })?;
         let path = entry.path();
         let is_pub = path

@@ -10,11 +10,10 @@ use std::path::{Path, PathBuf};
 /// Errors while reading a uid/gid map file.
 #[derive(Debug, thiserror::Error)]
 pub enum IdMapError {
-    #[error("cannot read id map {}: {source}", path.display())]
+    #[error("cannot read id map {}: {cause}", path.display())]
     Io {
         path: PathBuf,
-        #[source]
-        source: std::io::Error,
+        cause: std::io::Error,
     },
     #[error("id map {}, line {line}: {problem}: {content:?}", path.display())]
     Malformed {
@@ -42,7 +41,7 @@ impl IdMap {
     pub fn from_file(path: &Path) -> Result<Self, IdMapError> {
         let bytes = std::fs::read(path).map_err(|source| IdMapError::Io {
             path: path.to_path_buf(),
-            source,
+            cause: source,
         })?;
         Self::parse(&bytes, path)
     }

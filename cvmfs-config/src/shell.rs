@@ -81,11 +81,10 @@ pub struct Parameter {
 pub enum ConfigError {
     #[error("invalid repository name {0:?}")]
     InvalidFqrn(String),
-    #[error("cannot read configuration file {}: {source}", path.display())]
+    #[error("cannot read configuration file {}: {cause}", path.display())]
     Io {
         path: PathBuf,
-        #[source]
-        source: std::io::Error,
+        cause: std::io::Error,
     },
     #[error("configuration file {} (given by config=) does not exist", path.display())]
     MissingFile { path: PathBuf },
@@ -441,7 +440,7 @@ fn conf_files_sorted(dir: &Path) -> Result<Vec<PathBuf>, ConfigError> {
         Err(source) => {
             return Err(ConfigError::Io {
                 path: dir.to_path_buf(),
-                source,
+                cause: source,
             })
         }
     };
@@ -449,7 +448,7 @@ fn conf_files_sorted(dir: &Path) -> Result<Vec<PathBuf>, ConfigError> {
     for entry in entries {
         let entry = entry.map_err(|source| ConfigError::Io {
             path: dir.to_path_buf(),
-            source,
+            cause: source,
         })?;
         let path = entry.path();
         let is_conf = path.extension().is_some_and(|e| e == "conf")
@@ -505,7 +504,7 @@ impl Loader<'_> {
             Err(source) => {
                 return Err(ConfigError::Io {
                     path: path.to_path_buf(),
-                    source,
+                    cause: source,
                 })
             }
         };

@@ -312,7 +312,7 @@ fn look_inside(path: &Path, fstype: &str, mnt: &Path) -> MountLook {
         let names: Vec<_> = fs::read_dir(mnt)
             .map(|rd| rd.flatten().map(|e| e.file_name()).collect())
             .unwrap_or_default();
-        if names.len() == 1 && names[0] == "lost+found" {
+        if names.len() == 1 && names.first().is_some_and(|n| n == "lost+found") {
             MountLook::OnlyLostFound
         } else {
             MountLook::Data
@@ -340,7 +340,7 @@ pub fn wipe_ephemeral(path: &Path) -> std::io::Result<()> {
     while end > 0 {
         let start = end.saturating_sub(chunk);
         f.seek(SeekFrom::Start(start))?;
-        f.write_all(&zeros[..(end - start) as usize])?;
+        f.write_all(zeros.get(..(end - start) as usize).unwrap_or_default())?;
         end = start;
     }
     f.sync_all()

@@ -71,8 +71,8 @@ pub fn replace_root_password(db: &str, hash: &str) -> Option<String> {
                 None => (line, ""),
             };
             let mut fields: Vec<&str> = body.split(':').collect();
-            if fields.len() >= 2 {
-                fields[1] = hash;
+            if let Some(password) = fields.get_mut(1) {
+                *password = hash;
                 out.push_str(&fields.join(":"));
                 out.push_str(nl);
                 found = true;

@@ -145,7 +145,7 @@ fn request(
         if n == 0 {
             break;
         }
-        data.extend_from_slice(&buf[..n]);
+        data.extend_from_slice(buf.get(..n).unwrap_or_default());
         if data.len() > MAX_BODY + 64 * 1024 {
             return Err(HttpError::TooLarge { addr });
         }
@@ -169,7 +169,7 @@ pub fn parse_response(addr: SocketAddr, path: &str, data: Vec<u8>) -> Result<Vec
                 .map(|p| (p, p + 2))
         })
         .ok_or_else(|| malformed("no end of header"))?;
-    let head = String::from_utf8_lossy(&data[..end.0]).into_owned();
+    let head = String::from_utf8_lossy(data.get(..end.0).unwrap_or_default()).into_owned();
     let mut lines = head.lines();
     let status_line = lines.next().unwrap_or_default();
     let mut parts = status_line.split_whitespace();

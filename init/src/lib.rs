@@ -4,6 +4,7 @@
 //! its own module so that a reader finds it by name.
 
 pub mod boot;
+pub mod bytes;
 pub mod cmdline;
 pub mod config;
 pub mod console;

@@ -5,7 +5,7 @@
 //! user deleted, lets the new OS version replace modified OS files, keeps user-only files) and
 //! does not inject again. Needs root and /dev/fuse.
 
-#![allow(clippy::unwrap_used, clippy::expect_used)] // Test code: a panic is a failure with its place.
+#![allow(clippy::unwrap_used, clippy::expect_used, clippy::indexing_slicing)] // Test code: a panic is a failure with its place.
 
 mod mount_helpers;
 

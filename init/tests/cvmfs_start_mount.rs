@@ -2,7 +2,7 @@
 //! configuration the phase writes, the snapshot is read from the mount's magic attributes and
 //! pinned; later boots keep the pin, `cvmfs_force_tag` moves it. Needs root and /dev/fuse.
 
-#![allow(clippy::unwrap_used, clippy::expect_used)] // Test code: a panic is a failure with its place.
+#![allow(clippy::unwrap_used, clippy::expect_used, clippy::indexing_slicing)] // Test code: a panic is a failure with its place.
 
 mod mount_helpers;
 

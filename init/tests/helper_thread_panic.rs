@@ -2,7 +2,7 @@
 //! waits for it, and the boot goes on; only a panic of the boot's own thread gets the rescue
 //! shell. (Its own test binary: it installs a process-wide panic hook.)
 
-#![allow(clippy::unwrap_used, clippy::expect_used)] // Test code: a panic is a failure with its place.
+#![allow(clippy::unwrap_used, clippy::expect_used, clippy::indexing_slicing)] // Test code: a panic is a failure with its place.
 
 use std::net::{SocketAddr, TcpListener};
 use std::sync::atomic::{AtomicUsize, Ordering};

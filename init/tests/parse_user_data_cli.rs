@@ -1,6 +1,6 @@
 //! `parse_user_data` as a command: bytes on stdin, `_UCONTEXT_` lines on stdout.
 
-#![allow(clippy::unwrap_used, clippy::expect_used)] // Test code: a panic is a failure with its place.
+#![allow(clippy::unwrap_used, clippy::expect_used, clippy::indexing_slicing)] // Test code: a panic is a failure with its place.
 
 use std::io::Write;
 use std::process::{Command, Stdio};

@@ -3,7 +3,7 @@
 //! the small seed corpus in `tests/fuzz-corpus/` must never panic and must keep each parser's
 //! invariants.
 
-#![allow(clippy::unwrap_used, clippy::expect_used)] // Test code: a panic is a failure with its place.
+#![allow(clippy::unwrap_used, clippy::expect_used, clippy::indexing_slicing)] // Test code: a panic is a failure with its place.
 
 use std::path::Path;
 

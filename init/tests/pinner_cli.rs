@@ -2,7 +2,7 @@
 //! working directory (the cache), pins each listed path over the control socket, logs to
 //! `pin.log` and leaves the `pinned` sentinel.
 
-#![allow(clippy::unwrap_used, clippy::expect_used)] // Test code: a panic is a failure with its place.
+#![allow(clippy::unwrap_used, clippy::expect_used, clippy::indexing_slicing)] // Test code: a panic is a failure with its place.
 
 use std::io::{Read, Write};
 use std::os::unix::net::UnixListener;

@@ -1,6 +1,6 @@
 //! Resize on request (spec §6.6) and the swap file (§6.7) on real loop devices.
 
-#![allow(clippy::unwrap_used, clippy::expect_used)] // Test code: a panic is a failure with its place.
+#![allow(clippy::unwrap_used, clippy::expect_used, clippy::indexing_slicing)] // Test code: a panic is a failure with its place.
 
 mod common;
 

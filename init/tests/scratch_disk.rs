@@ -2,7 +2,7 @@
 //! disk), formatting, mounting, the first-boot layout, later boots, power cuts between any two
 //! steps, and the refusals that keep data safe.
 
-#![allow(clippy::unwrap_used, clippy::expect_used)] // Test code: a panic is a failure with its place.
+#![allow(clippy::unwrap_used, clippy::expect_used, clippy::indexing_slicing)] // Test code: a panic is a failure with its place.
 
 mod common;
 

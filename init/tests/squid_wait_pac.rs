@@ -2,7 +2,7 @@
 //! original asks its cvmfs2), which fetches a PAC file over real HTTP and evaluates it; the probe
 //! then goes through the real squid the PAC file names.
 
-#![allow(clippy::unwrap_used, clippy::expect_used)] // Test code: a panic is a failure with its place.
+#![allow(clippy::unwrap_used, clippy::expect_used, clippy::indexing_slicing)] // Test code: a panic is a failure with its place.
 
 mod mount_helpers;
 

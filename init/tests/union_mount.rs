@@ -2,7 +2,7 @@
 //! upper layer, deletions become whiteouts, an AUFS-era upper branch is converted first, and
 //! the scratch disk and the repository are moved under `<root>/mnt/`. Needs root.
 
-#![allow(clippy::unwrap_used, clippy::expect_used)] // Test code: a panic is a failure with its place.
+#![allow(clippy::unwrap_used, clippy::expect_used, clippy::indexing_slicing)] // Test code: a panic is a failure with its place.
 
 mod mount_helpers;
 

@@ -311,6 +311,13 @@ fn start(home: &Home, paths: &MachinePaths) -> Result<()> {
     }
     let summary = vm::start(&home.data_dir, paths, &params)?;
     println!("{summary}");
+    if params.execution_cap < 100 {
+        // QEMU itself has no CPU cap; libvirt applies it as a cgroup quota.
+        println!(
+            "  note: executionCap={} is not applied by the QEMU backend (backend=libvirt applies it)",
+            params.execution_cap
+        );
+    }
     println!(
         "  console: cernvm-launch console {0} (log {1}); login: cernvm-launch ssh {0}",
         params.name,

@@ -35,8 +35,8 @@ pub mod flags {
 /// Errors reading configuration files (exit code 2) or interpreting values.
 #[derive(Debug, thiserror::Error)]
 pub enum ConfigError {
-    #[error("cannot read config file {path}: {source}")]
-    Unreadable { path: PathBuf, source: io::Error },
+    #[error("cannot read config file {path}: {cause}")]
+    Unreadable { path: PathBuf, cause: io::Error },
     #[error("{key}={value:?} is invalid: {reason}")]
     Invalid {
         key: String,
@@ -90,7 +90,7 @@ impl ConfigMap {
     pub fn load(path: &Path) -> Result<Self, ConfigError> {
         let bytes = std::fs::read(path).map_err(|source| ConfigError::Unreadable {
             path: path.to_path_buf(),
-            source,
+            cause: source,
         })?;
         Ok(Self::parse(&String::from_utf8_lossy(&bytes)))
     }

@@ -37,8 +37,8 @@ pub const META_DATA_PATHS: [&str; 2] = [
 
 #[derive(Debug, thiserror::Error)]
 pub enum ContextError {
-    #[error("{what}: {source}")]
-    Io { what: String, source: io::Error },
+    #[error("{what}: {cause}")]
+    Io { what: String, cause: io::Error },
     #[error("cannot run xorriso to build the context CD-ROM (Debian package xorriso): {0}")]
     NoXorriso(io::Error),
     #[error("xorriso failed to build the context CD-ROM ({status}): {stderr}")]
@@ -89,7 +89,12 @@ pub fn default_login(user_data: &str) -> Option<String> {
 /// Ridge and Joliet, label `config-2`, the user data under the EC2 and OpenStack paths, meta
 /// data with the machine's `uuid`, and a readme.
 pub fn build_context_iso(dest: &Path, user_data: &[u8], uuid: &str) -> Result<(), ContextError> {
-    let io = |what: String| move |source| ContextError::Io { what, source };
+    let io = |what: String| {
+        move |source| ContextError::Io {
+            what,
+            cause: source,
+        }
+    };
     let parent = dest.parent().unwrap_or(Path::new("."));
     let staging = tempfile::Builder::new()
         .prefix(".context-")

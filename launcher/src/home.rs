@@ -17,8 +17,8 @@ pub enum HomeError {
     NoHome,
     #[error(transparent)]
     Config(#[from] ConfigError),
-    #[error("cannot create {path}: {source}")]
-    Create { path: PathBuf, source: io::Error },
+    #[error("cannot create {path}: {cause}")]
+    Create { path: PathBuf, cause: io::Error },
 }
 
 /// The global configuration and the data directory.
@@ -71,7 +71,7 @@ impl Home {
             );
             fs::write(&global_path, text).map_err(|source| HomeError::Create {
                 path: global_path.clone(),
-                source,
+                cause: source,
             })?;
             eprintln!(
                 "cernvm-launch: created {} (data directory {})",
@@ -86,7 +86,10 @@ impl Home {
             .unwrap_or_else(|| home.join(".cernvm"));
         for d in ["cache", "run", "config"] {
             let p = data_dir.join(d);
-            fs::create_dir_all(&p).map_err(|source| HomeError::Create { path: p, source })?;
+            fs::create_dir_all(&p).map_err(|source| HomeError::Create {
+                path: p,
+                cause: source,
+            })?;
         }
         Ok(Home {
             global,

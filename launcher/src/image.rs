@@ -10,6 +10,7 @@ use std::path::{Path, PathBuf};
 use std::process::Command;
 use std::time::Duration;
 
+use path_error::{io_err, PathError};
 use sha2::{Digest, Sha256};
 
 /// Size of each of the two signature blocks.
@@ -38,13 +39,8 @@ pub enum ImageError {
     },
     #[error("signature check of {image} failed: {reason}; the image was discarded (check caPath)")]
     Signature { image: PathBuf, reason: String },
-    #[error("{what}: {source}")]
-    Io { what: String, source: io::Error },
-}
-
-fn io_err(what: impl Into<String>) -> impl FnOnce(io::Error) -> ImageError {
-    let what = what.into();
-    move |source| ImageError::Io { what, source }
+    #[error(transparent)]
+    Io(#[from] PathError),
 }
 
 /// What `create` uses as boot image.
@@ -237,8 +233,7 @@ fn download_verified(
             });
         }
         let total = resp.content_length();
-        let mut file =
-            fs::File::create(&part).map_err(io_err(format!("cannot create {}", part.display())))?;
+        let mut file = fs::File::create(&part).map_err(io_err("cannot create", &part))?;
         let mut hasher = Sha256::new();
         let mut buf = vec![0u8; 1 << 16];
         let mut done: u64 = 0;
@@ -253,13 +248,12 @@ fn download_verified(
             }
             hasher.update(&buf[..n]);
             file.write_all(&buf[..n])
-                .map_err(io_err(format!("cannot write {}", part.display())))?;
+                .map_err(io_err("cannot write", &part))?;
             done += n as u64;
             progress.update(done);
         }
         progress.finish(done);
-        file.sync_all()
-            .map_err(io_err(format!("cannot write {}", part.display())))?;
+        file.sync_all().map_err(io_err("cannot write", &part))?;
         let actual = hex(&hasher.finalize());
         if !actual.eq_ignore_ascii_case(&expected) {
             return Err(ImageError::Checksum {
@@ -275,7 +269,7 @@ fn download_verified(
             })?;
             eprintln!("cernvm-launch: image signature OK, signed by {subject}");
         }
-        fs::rename(&part, dest).map_err(io_err(format!("cannot write {}", dest.display())))
+        fs::rename(&part, dest).map_err(|e| io_err("cannot write", dest)(e).into())
     })();
     if result.is_err() {
         let _ = fs::remove_file(&part);

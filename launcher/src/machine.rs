@@ -13,6 +13,8 @@ use std::os::unix::fs::MetadataExt;
 use std::os::unix::io::AsRawFd;
 use std::path::{Path, PathBuf};
 
+use path_error::{io_err, PathError};
+
 use crate::config::ConfigMap;
 
 #[derive(Debug, thiserror::Error)]
@@ -23,15 +25,8 @@ pub enum MachineError {
     Exists(String),
     #[error("no machine named {0:?} (see cernvm-launch list)")]
     NotFound(String),
-    #[error("{path}: {source}")]
-    Io { path: PathBuf, source: io::Error },
-}
-
-fn io_err(path: &Path) -> impl FnOnce(io::Error) -> MachineError + '_ {
-    move |source| MachineError::Io {
-        path: path.to_path_buf(),
-        source,
-    }
+    #[error(transparent)]
+    Io(#[from] PathError),
 }
 
 /// Safe names: they become a directory name, a QEMU `-name`, a 9p tag and a libvirt domain.
@@ -103,7 +98,7 @@ impl MachinePaths {
         if !self.exists() {
             return Err(MachineError::NotFound(self.name.clone()));
         }
-        let text = fs::read_to_string(&self.config).map_err(io_err(&self.config))?;
+        let text = fs::read_to_string(&self.config).map_err(io_err("cannot read", &self.config))?;
         Ok(ConfigMap::parse(&text))
     }
 
@@ -121,8 +116,8 @@ impl MachinePaths {
 /// Writes `path` through a temporary file and a rename.
 pub fn write_atomic(path: &Path, bytes: &[u8]) -> Result<(), MachineError> {
     let tmp = path.with_extension("tmp");
-    fs::write(&tmp, bytes).map_err(io_err(&tmp))?;
-    fs::rename(&tmp, path).map_err(io_err(path))
+    fs::write(&tmp, bytes).map_err(io_err("cannot write", &tmp))?;
+    fs::rename(&tmp, path).map_err(|e| io_err("cannot replace", path)(e).into())
 }
 
 /// An exclusive lock on one machine, released on drop.
@@ -142,12 +137,14 @@ impl MachineLock {
                 .truncate(false)
                 .write(true)
                 .open(&paths.lock)
-                .map_err(io_err(&paths.lock))?;
+                .map_err(io_err("cannot open", &paths.lock))?;
             // SAFETY: flock on a descriptor we own.
             if unsafe { libc::flock(file.as_raw_fd(), libc::LOCK_EX) } != 0 {
-                return Err(io_err(&paths.lock)(io::Error::last_os_error()));
+                return Err(io_err("cannot lock", &paths.lock)(io::Error::last_os_error()).into());
             }
-            let held = file.metadata().map_err(io_err(&paths.lock))?;
+            let held = file
+                .metadata()
+                .map_err(io_err("cannot stat", &paths.lock))?;
             match fs::metadata(&paths.lock) {
                 Ok(now) if now.ino() == held.ino() && now.dev() == held.dev() => {
                     return Ok(MachineLock {
@@ -172,11 +169,11 @@ pub fn list(run_dir: &Path) -> Result<Vec<MachinePaths>, MachineError> {
     let entries = match fs::read_dir(run_dir) {
         Ok(e) => e,
         Err(e) if e.kind() == io::ErrorKind::NotFound => return Ok(Vec::new()),
-        Err(e) => return Err(io_err(run_dir)(e)),
+        Err(e) => return Err(io_err("cannot list", run_dir)(e).into()),
     };
     let mut out = Vec::new();
     for entry in entries {
-        let entry = entry.map_err(io_err(run_dir))?;
+        let entry = entry.map_err(io_err("cannot list", run_dir))?;
         let Some(name) = entry.file_name().to_str().map(str::to_string) else {
             continue;
         };

@@ -29,12 +29,12 @@ pub enum QemuError {
     InvalidAccel(String),
     #[error("{ACCEL_ENV}={0:?} is invalid: expected \"kvm\" or \"tcg\"")]
     InvalidAccelEnv(String),
-    #[error("cannot start {binary}: {source}")]
-    Spawn { binary: String, source: io::Error },
-    #[error("{what}: {source}")]
+    #[error("cannot start {binary}: {cause}")]
+    Spawn { binary: String, cause: io::Error },
+    #[error("{what}: {cause}")]
     Io {
         what: &'static str,
-        source: io::Error,
+        cause: io::Error,
     },
 }
 
@@ -605,7 +605,7 @@ pub fn probe_boot(
 ) -> Result<ProbeOutcome, QemuError> {
     let dir = tempfile::tempdir().map_err(|source| QemuError::Io {
         what: "cannot create a temporary directory",
-        source,
+        cause: source,
     })?;
     let console = dir.path().join("console.log");
     let stderr_path = dir.path().join("qemu.stderr");
@@ -627,7 +627,7 @@ pub fn probe_boot(
     .display_none(true);
     let stderr_file = std::fs::File::create(&stderr_path).map_err(|source| QemuError::Io {
         what: "cannot create the QEMU stderr log",
-        source,
+        cause: source,
     })?;
     log::debug!("probing {accel}: {}", cmd.display_command());
     let start = Instant::now();
@@ -639,7 +639,7 @@ pub fn probe_boot(
         .spawn()
         .map_err(|source| QemuError::Spawn {
             binary: cmd.program().display().to_string(),
-            source,
+            cause: source,
         })?;
     let guard = KillOnDrop(&mut child);
     let read_console = || {
@@ -687,7 +687,7 @@ pub fn probe_boot(
             Err(source) => {
                 return Err(QemuError::Io {
                     what: "cannot wait for QEMU",
-                    source,
+                    cause: source,
                 })
             }
         }
@@ -930,7 +930,9 @@ mod tests {
                 Path::new("/nonexistent/vmlinuz"),
                 timeout,
             ) {
-                Err(QemuError::Spawn { source, .. }) if source.raw_os_error() == Some(26) => {
+                Err(QemuError::Spawn { cause: source, .. })
+                    if source.raw_os_error() == Some(26) =>
+                {
                     std::thread::sleep(Duration::from_millis(50));
                 }
                 other => return other.unwrap(),

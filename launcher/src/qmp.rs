@@ -11,14 +11,14 @@ use serde_json::{json, Value};
 /// Errors talking to QEMU.
 #[derive(Debug, thiserror::Error)]
 pub enum QmpError {
-    #[error("cannot connect to QMP socket {path}: {source}")]
-    Connect { path: String, source: io::Error },
+    #[error("cannot connect to QMP socket {path}: {cause}")]
+    Connect { path: String, cause: io::Error },
     #[error("QMP I/O error: {0}")]
-    Io(#[from] io::Error),
+    Io(io::Error),
     #[error("QMP connection closed by QEMU")]
     Closed,
     #[error("QEMU sent invalid JSON: {0}")]
-    Json(#[from] serde_json::Error),
+    Json(serde_json::Error),
     #[error("unexpected QMP greeting: {0}")]
     Greeting(String),
     #[error("QMP command {command} failed: {class}: {desc}")]
@@ -27,6 +27,20 @@ pub enum QmpError {
         class: String,
         desc: String,
     },
+}
+
+// The cause is part of the message, so these are not `#[from]` (which would also make it the
+// `source()` and print it twice in a chain).
+impl From<io::Error> for QmpError {
+    fn from(e: io::Error) -> Self {
+        QmpError::Io(e)
+    }
+}
+
+impl From<serde_json::Error> for QmpError {
+    fn from(e: serde_json::Error) -> Self {
+        QmpError::Json(e)
+    }
 }
 
 /// A QMP session in command mode.
@@ -40,7 +54,7 @@ impl Qmp {
     pub fn connect(path: &Path, timeout: Duration) -> Result<Self, QmpError> {
         let stream = UnixStream::connect(path).map_err(|source| QmpError::Connect {
             path: path.display().to_string(),
-            source,
+            cause: source,
         })?;
         stream.set_read_timeout(Some(timeout))?;
         stream.set_write_timeout(Some(timeout))?;

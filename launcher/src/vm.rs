@@ -8,6 +8,7 @@ use std::path::{Path, PathBuf};
 use std::process::{Command, Stdio};
 use std::time::{Duration, Instant};
 
+use path_error::PathError;
 use serde_json::json;
 
 use crate::accel;
@@ -24,9 +25,11 @@ pub enum VmError {
     MissingTool(&'static str, &'static str),
     #[error("{0}")]
     Failed(String),
-    #[error("{what}: {source}")]
-    Io { what: String, source: io::Error },
-    #[error("QMP: {0}")]
+    #[error("{what}: {cause}")]
+    Io { what: String, cause: io::Error },
+    #[error(transparent)]
+    Path(#[from] PathError),
+    #[error(transparent)]
     Qmp(#[from] crate::qmp::QmpError),
 }
 
@@ -36,7 +39,10 @@ fn failed(msg: impl Into<String>) -> VmError {
 
 fn io_err(what: impl Into<String>) -> impl FnOnce(io::Error) -> VmError {
     let what = what.into();
-    move |source| VmError::Io { what, source }
+    move |source| VmError::Io {
+        what,
+        cause: source,
+    }
 }
 
 /// The QEMU binary: `$CERNVM_LAUNCH_QEMU`, else `qemu-system-x86_64` on PATH.
@@ -205,7 +211,7 @@ pub fn start(
         match fs::remove_file(stale) {
             Ok(()) => {}
             Err(e) if e.kind() == io::ErrorKind::NotFound => {}
-            Err(e) => return Err(io_err(format!("cannot remove {}", stale.display()))(e)),
+            Err(e) => return Err(path_error::io_err("cannot remove", stale)(e).into()),
         }
     }
     let choice = accel::choose(data_dir, &qemu_binary(), &iso).map_err(failed)?;
@@ -362,10 +368,8 @@ pub fn save_and_stop(paths: &MachinePaths) -> Result<(), VmError> {
         let _ = process::terminate(pid);
         process::wait_gone(pid, Duration::from_secs(10));
     }
-    fs::rename(&tmp, &paths.saved_state).map_err(io_err(format!(
-        "cannot write {}",
-        paths.saved_state.display()
-    )))
+    fs::rename(&tmp, &paths.saved_state)
+        .map_err(|e| path_error::io_err("cannot write", &paths.saved_state)(e).into())
 }
 
 /// Asks the guest to power off (ACPI); SIGTERM after `timeout`.
@@ -402,8 +406,8 @@ pub fn kill(paths: &MachinePaths) {
 /// Writes the context CD-ROM if the user data changed since it was built.
 pub fn refresh_context(paths: &MachinePaths, uuid: &str) -> Result<bool, VmError> {
     use sha2::{Digest, Sha256};
-    let data = fs::read(&paths.user_data)
-        .map_err(io_err(format!("cannot read {}", paths.user_data.display())))?;
+    let data =
+        fs::read(&paths.user_data).map_err(path_error::io_err("cannot read", &paths.user_data))?;
     let digest: String = Sha256::digest(&data)
         .iter()
         .map(|b| format!("{b:02x}"))

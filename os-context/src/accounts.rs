@@ -8,8 +8,10 @@
 //! tools' `--prefix`).
 
 use std::collections::BTreeSet;
+
+use path_error::{io_err, PathError};
 use std::fs;
-use std::io::{self, Write};
+use std::io::Write;
 use std::os::unix::fs::{OpenOptionsExt, PermissionsExt};
 use std::path::{Path, PathBuf};
 use std::process::Command;
@@ -72,24 +74,12 @@ pub fn is_crypt_hash(s: &str) -> bool {
 
 #[derive(Debug, thiserror::Error)]
 pub enum AccountError {
-    #[error("{what} {}: {source}", path.display())]
-    Io {
-        what: &'static str,
-        path: PathBuf,
-        source: io::Error,
-    },
+    #[error(transparent)]
+    Io(#[from] PathError),
     #[error("{0}")]
     Tool(String),
     #[error("{0}")]
     Invalid(String),
-}
-
-fn io_err<'a>(what: &'static str, path: &'a Path) -> impl FnOnce(io::Error) -> AccountError + 'a {
-    move |source| AccountError::Io {
-        what,
-        path: path.to_path_buf(),
-        source,
-    }
 }
 
 /// The OS tree the accounts are made in.
@@ -337,7 +327,7 @@ fn set_shadow_password(root: &Root, name: &str, change: ShadowChange) -> Result<
         Some(nix::unistd::Gid::from_raw(meta.gid())),
     )
     .map_err(|e| io_err("cannot chown", &tmp)(e.into()))?;
-    fs::rename(&tmp, &path).map_err(io_err("cannot replace", &path))
+    fs::rename(&tmp, &path).map_err(|e| io_err("cannot replace", &path)(e).into())
 }
 
 /// Appends the keys `name` does not have yet to `~/.ssh/authorized_keys` (0600 in a 0700
@@ -440,7 +430,7 @@ pub fn install_sudoers(root: &Root, text: Option<&str>) -> Result<(), AccountErr
             )));
         }
     }
-    fs::rename(&tmp, &path).map_err(io_err("cannot install", &path))
+    fs::rename(&tmp, &path).map_err(|e| io_err("cannot install", &path)(e).into())
 }
 
 #[cfg(test)]

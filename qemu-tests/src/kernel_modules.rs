@@ -13,7 +13,7 @@ use crate::HarnessError;
 pub fn modules_dir(kernel: &Path) -> Result<PathBuf, HarnessError> {
     let bad = |why: &str| HarnessError::Io {
         what: format!("{}: {why}", kernel.display()),
-        source: std::io::Error::from(std::io::ErrorKind::InvalidInput),
+        cause: std::io::Error::from(std::io::ErrorKind::InvalidInput),
     };
     if let Some(dir) = kernel.parent() {
         if let Ok(release) = std::fs::read_to_string(dir.join("release")) {
@@ -37,7 +37,7 @@ pub fn modules_dir(kernel: &Path) -> Result<PathBuf, HarnessError> {
 pub fn module_closure(modules_dir: &Path, modules: &[&str]) -> Result<Vec<PathBuf>, HarnessError> {
     let module_err = |e: ucernvm_init::modules::ModuleError| HarnessError::Io {
         what: format!("kernel modules in {}: {e}", modules_dir.display()),
-        source: std::io::Error::other("module index"),
+        cause: std::io::Error::other("module index"),
     };
     let index = ModuleIndex::open(modules_dir).map_err(module_err)?;
     let mut files: Vec<PathBuf> = Vec::new();

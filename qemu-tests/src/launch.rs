@@ -39,7 +39,7 @@ pub fn build_iso(
         .output()
         .map_err(|source| HarnessError::Io {
             what: format!("cannot run {}", script.display()),
-            source,
+            cause: source,
         })?;
     if !out.status.success() {
         return Err(HarnessError::Io {
@@ -48,7 +48,7 @@ pub fn build_iso(
                 out.status,
                 String::from_utf8_lossy(&out.stderr).trim()
             ),
-            source: std::io::Error::other("build-iso failed"),
+            cause: std::io::Error::other("build-iso failed"),
         });
     }
     Ok(output.to_path_buf())
@@ -115,7 +115,7 @@ pub fn generate_ssh_key(path: &Path) -> Result<String, HarnessError> {
         .output()
         .map_err(|source| HarnessError::Io {
             what: "cannot run ssh-keygen (Debian package openssh-client)".into(),
-            source,
+            cause: source,
         })?;
     if !out.status.success() {
         return Err(HarnessError::Io {
@@ -123,11 +123,11 @@ pub fn generate_ssh_key(path: &Path) -> Result<String, HarnessError> {
                 "ssh-keygen failed: {}",
                 String::from_utf8_lossy(&out.stderr).trim()
             ),
-            source: std::io::Error::other("ssh-keygen failed"),
+            cause: std::io::Error::other("ssh-keygen failed"),
         });
     }
     std::fs::read_to_string(format!("{}.pub", path.display())).map_err(|source| HarnessError::Io {
         what: "cannot read the generated public key".into(),
-        source,
+        cause: source,
     })
 }

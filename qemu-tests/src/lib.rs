@@ -42,16 +42,19 @@ pub enum HarnessError {
         path: PathBuf,
         log: String,
     },
-    #[error("cannot start QEMU ({program}): {source}")]
-    Spawn { program: String, source: io::Error },
-    #[error("{what}: {source}")]
-    Io {
-        what: String,
-        #[source]
-        source: io::Error,
-    },
+    #[error("cannot start QEMU ({program}): {cause}")]
+    Spawn { program: String, cause: io::Error },
+    #[error("{what}: {cause}")]
+    Io { what: String, cause: io::Error },
     #[error("QMP control socket of the guest: {0}")]
-    Qmp(#[from] cernvm_launch::qmp::QmpError),
+    Qmp(cernvm_launch::qmp::QmpError),
+}
+
+// Not `#[from]`: the cause is in the message already and must not show twice in a chain.
+impl From<cernvm_launch::qmp::QmpError> for HarnessError {
+    fn from(e: cernvm_launch::qmp::QmpError) -> Self {
+        HarnessError::Qmp(e)
+    }
 }
 
 /// The serial console of a guest, as written by QEMU to a file.
@@ -143,7 +146,7 @@ impl Guest {
             .tempdir()
             .map_err(|source| HarnessError::Io {
                 what: "cannot create a temporary directory for the guest".into(),
-                source,
+                cause: source,
             })?;
         let console_path = dir.path().join("console.log");
         let stderr_path = dir.path().join("qemu.stderr");
@@ -158,11 +161,11 @@ impl Guest {
             .qmp_socket(&qmp_path);
         let console_file = fs::File::create(&console_path).map_err(|source| HarnessError::Io {
             what: format!("cannot create {}", console_path.display()),
-            source,
+            cause: source,
         })?;
         let stderr = fs::File::create(&stderr_path).map_err(|source| HarnessError::Io {
             what: format!("cannot create {}", stderr_path.display()),
-            source,
+            cause: source,
         })?;
         let command_line = cmd.display_command();
         log::info!("starting guest: {command_line}");
@@ -174,7 +177,7 @@ impl Guest {
             .spawn()
             .map_err(|source| HarnessError::Spawn {
                 program: cmd.program().display().to_string(),
-                source,
+                cause: source,
             })?;
         Ok(Guest {
             child,
@@ -195,7 +198,7 @@ impl Guest {
         use std::io::Write;
         let io_err = |source| HarnessError::Io {
             what: "cannot write to the guest console".into(),
-            source,
+            cause: source,
         };
         let stdin = self
             .child
@@ -250,7 +253,7 @@ impl Guest {
                 Err(source) => {
                     return Err(HarnessError::Io {
                         what: "cannot wait for QEMU".into(),
-                        source,
+                        cause: source,
                     })
                 }
             }
@@ -522,7 +525,9 @@ mod tests {
         let mut guest = loop {
             match Guest::spawn(QemuCommand::new().binary(&fake)) {
                 // A concurrent fork may still hold the fresh script open for writing.
-                Err(HarnessError::Spawn { source, .. }) if source.raw_os_error() == Some(26) => {
+                Err(HarnessError::Spawn { cause: source, .. })
+                    if source.raw_os_error() == Some(26) =>
+                {
                     std::thread::sleep(Duration::from_millis(50));
                 }
                 other => break other.unwrap(),

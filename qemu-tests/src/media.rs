@@ -11,7 +11,7 @@ use crate::HarnessError;
 fn run(what: &str, cmd: &mut Command) -> Result<(), HarnessError> {
     let out = cmd.output().map_err(|source| HarnessError::Io {
         what: format!("cannot run {what}"),
-        source,
+        cause: source,
     })?;
     if out.status.success() {
         Ok(())
@@ -22,7 +22,7 @@ fn run(what: &str, cmd: &mut Command) -> Result<(), HarnessError> {
                 out.status,
                 String::from_utf8_lossy(&out.stderr).trim()
             ),
-            source: io::Error::other("tool failed"),
+            cause: io::Error::other("tool failed"),
         })
     }
 }
@@ -44,13 +44,13 @@ pub fn blank_qcow2(path: &Path, size_mib: u64) -> Result<(), HarnessError> {
 pub fn context_iso(path: &Path, label: &str, files: &[(&str, &[u8])]) -> Result<(), HarnessError> {
     let staging = tempfile::tempdir().map_err(|source| HarnessError::Io {
         what: "cannot create a staging directory".into(),
-        source,
+        cause: source,
     })?;
     for (rel, contents) in files {
         let dest = staging.path().join(rel);
         let io_err = |source| HarnessError::Io {
             what: format!("cannot stage {rel}"),
-            source,
+            cause: source,
         };
         if let Some(parent) = dest.parent() {
             fs::create_dir_all(parent).map_err(io_err)?;

@@ -16,7 +16,10 @@ use crate::{inputs, Guest, HarnessError};
 
 fn io_err(what: impl Into<String>) -> impl FnOnce(std::io::Error) -> HarnessError {
     let what = what.into();
-    move |source| HarnessError::Io { what, source }
+    move |source| HarnessError::Io {
+        what,
+        cause: source,
+    }
 }
 
 fn tool_failed(what: String, out: &std::process::Output) -> HarnessError {
@@ -27,7 +30,7 @@ fn tool_failed(what: String, out: &std::process::Output) -> HarnessError {
             String::from_utf8_lossy(&out.stdout).trim(),
             String::from_utf8_lossy(&out.stderr).trim()
         ),
-        source: std::io::Error::other("tool failed"),
+        cause: std::io::Error::other("tool failed"),
     }
 }
 
@@ -68,7 +71,7 @@ impl OsRepository {
     ) -> Result<Self, HarnessError> {
         let busybox = inputs::static_busybox().ok_or_else(|| HarnessError::Io {
             what: "no static busybox for the test OS".into(),
-            source: std::io::Error::from(std::io::ErrorKind::NotFound),
+            cause: std::io::Error::from(std::io::ErrorKind::NotFound),
         })?;
         Self::create_from(OsSource::Busybox(busybox), fqrn, release, tag, customize)
     }
@@ -85,7 +88,7 @@ impl OsRepository {
         let publisher =
             inputs::workspace_binary("cvmfs-publish").ok_or_else(|| HarnessError::Io {
                 what: "cvmfs-publish is not built (cargo build -p cvmfs-client --bins)".into(),
-                source: std::io::Error::from(std::io::ErrorKind::NotFound),
+                cause: std::io::Error::from(std::io::ErrorKind::NotFound),
             })?;
         let dir = tempfile::Builder::new()
             .prefix("os-repo-")
@@ -250,7 +253,7 @@ impl BootImage {
     pub fn with_repository_key(repo: &OsRepository) -> Result<Self, HarnessError> {
         let missing = |what: &str| HarnessError::Io {
             what: what.to_string(),
-            source: std::io::Error::from(std::io::ErrorKind::NotFound),
+            cause: std::io::Error::from(std::io::ErrorKind::NotFound),
         };
         let kernel = inputs::kernel()
             .ok_or_else(|| missing("no kernel (kernel-config/build-custom-kernel)"))?;
@@ -275,7 +278,7 @@ impl BootImage {
         let mut keys = Archive::new();
         let cpio_err = |e: ucernvm_initramfs::Error| HarnessError::Io {
             what: format!("cannot build the key archive: {e}"),
-            source: std::io::Error::other("cpio"),
+            cause: std::io::Error::other("cpio"),
         };
         keys.add_dir("etc", 0o755)
             .and_then(|a| a.add_dir("etc/cvmfs", 0o755))

@@ -23,7 +23,7 @@ impl SshKey {
             .tempdir()
             .map_err(|source| HarnessError::Io {
                 what: "cannot create a directory for the ssh key".into(),
-                source,
+                cause: source,
             })?;
         let private = dir.path().join("id_ed25519");
         let out = Command::new("ssh-keygen")
@@ -32,7 +32,7 @@ impl SshKey {
             .output()
             .map_err(|source| HarnessError::Io {
                 what: "cannot run ssh-keygen".into(),
-                source,
+                cause: source,
             })?;
         let public = std::fs::read_to_string(private.with_extension("pub")).unwrap_or_default();
         if !out.status.success() || public.is_empty() {
@@ -41,7 +41,7 @@ impl SshKey {
                     "ssh-keygen failed: {}",
                     String::from_utf8_lossy(&out.stderr).trim()
                 ),
-                source: std::io::Error::other("ssh-keygen"),
+                cause: std::io::Error::other("ssh-keygen"),
             });
         }
         Ok(SshKey {

@@ -83,24 +83,30 @@ fn collect(data: &[u8], depth: usize, out: &mut Vec<MimePart>) {
     }
 }
 
+/// The first line of `b` (without its `\n`) and what follows it.
+fn next_line(b: &[u8]) -> (&[u8], &[u8]) {
+    match b.iter().position(|&c| c == b'\n') {
+        Some(i) => {
+            let (line, rest) = b.split_at(i);
+            (line, rest.get(1..).unwrap_or_default())
+        }
+        None => (b, &[]),
+    }
+}
+
 /// Splits header block and body at the first empty line (LF or CRLF).
 fn split_headers(data: &[u8]) -> (Vec<(String, String)>, &[u8]) {
     let mut headers: Vec<(String, String)> = Vec::new();
-    let mut pos = 0;
-    while pos < data.len() {
-        let end = data[pos..]
-            .iter()
-            .position(|&b| b == b'\n')
-            .map(|i| pos + i);
-        let line_end = end.unwrap_or(data.len());
-        let line = &data[pos..line_end];
+    let mut rest = data;
+    while !rest.is_empty() {
+        let (line, after) = next_line(rest);
+        rest = after;
         let line = line.strip_suffix(b"\r").unwrap_or(line);
-        pos = end.map(|e| e + 1).unwrap_or(data.len());
         if line.is_empty() {
-            return (headers, &data[pos..]);
+            return (headers, rest);
         }
         let text = String::from_utf8_lossy(line);
-        if line[0] == b' ' || line[0] == b'\t' {
+        if line.starts_with(b" ") || line.starts_with(b"\t") {
             if let Some(last) = headers.last_mut() {
                 last.1.push(' ');
                 last.1.push_str(text.trim());
@@ -113,7 +119,7 @@ fn split_headers(data: &[u8]) -> (Vec<(String, String)>, &[u8]) {
             None => return (Vec::new(), data),
         }
     }
-    (headers, &data[data.len()..])
+    (headers, rest)
 }
 
 fn header(headers: &[(String, String)], name: &str) -> Option<String> {
@@ -147,27 +153,22 @@ fn split_parts<'a>(body: &'a [u8], boundary: &[u8]) -> Vec<&'a [u8]> {
     let mut parts = Vec::new();
     let mut start: Option<usize> = None;
     let mut pos = 0;
-    while pos <= body.len() {
-        let end = body[pos..]
-            .iter()
-            .position(|&b| b == b'\n')
-            .map(|i| pos + i);
-        let line_end = end.unwrap_or(body.len());
-        let line = &body[pos..line_end];
+    loop {
+        let rest = body.get(pos..).unwrap_or_default();
+        let end = rest.iter().position(|&b| b == b'\n').map(|i| pos + i);
+        let (line, _) = next_line(rest);
         let line = line.strip_suffix(b"\r").unwrap_or(line);
-        if line.starts_with(&delim) {
+        if let Some(after_delim) = line.strip_prefix(delim.as_slice()) {
             if let Some(s) = start {
                 // The line break before the delimiter belongs to the delimiter.
-                let mut e = pos;
-                if e > s && body[e - 1] == b'\n' {
-                    e -= 1;
-                    if e > s && body[e - 1] == b'\r' {
-                        e -= 1;
-                    }
-                }
-                parts.push(&body[s..e]);
+                let part = body.get(s..pos).unwrap_or_default();
+                let part = match part.strip_suffix(b"\n") {
+                    Some(p) => p.strip_suffix(b"\r").unwrap_or(p),
+                    None => part,
+                };
+                parts.push(part);
             }
-            if line[delim.len()..].starts_with(b"--") {
+            if after_delim.starts_with(b"--") {
                 return parts;
             }
             start = end.map(|e| e + 1);
@@ -177,10 +178,8 @@ fn split_parts<'a>(body: &'a [u8], boundary: &[u8]) -> Vec<&'a [u8]> {
             None => break,
         }
     }
-    if let Some(s) = start {
-        if s < body.len() {
-            parts.push(&body[s..]);
-        }
+    if let Some(last) = start.and_then(|s| body.get(s..)).filter(|p| !p.is_empty()) {
+        parts.push(last);
     }
     parts
 }
@@ -203,8 +202,8 @@ fn decode_quoted_printable(b: &[u8]) -> Vec<u8> {
     let mut out = Vec::with_capacity(b.len());
     let mut i = 0;
     let hex = |c: u8| (c as char).to_digit(16).map(|d| d as u8);
-    while i < b.len() {
-        if b[i] == b'=' {
+    while let Some(&c) = b.get(i) {
+        if c == b'=' {
             // Soft line break.
             if b.get(i + 1) == Some(&b'\n') {
                 i += 2;
@@ -223,7 +222,7 @@ fn decode_quoted_printable(b: &[u8]) -> Vec<u8> {
                 continue;
             }
         }
-        out.push(b[i]);
+        out.push(c);
         i += 1;
     }
     out

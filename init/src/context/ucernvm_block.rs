@@ -49,10 +49,7 @@ impl ContextEntry {
 }
 
 fn until_nul(bytes: &[u8]) -> &[u8] {
-    match bytes.iter().position(|&b| b == 0) {
-        Some(i) => &bytes[..i],
-        None => bytes,
-    }
+    bytes.split(|&b| b == 0).next().unwrap_or(bytes)
 }
 
 /// Parses the µCernVM block out of (decoded) user data.
@@ -62,8 +59,8 @@ pub fn parse_block(input: &[u8]) -> Vec<ContextEntry> {
     let mut rest = input;
     // Only complete lines are processed: the loop ends when no `\n` remains.
     while let Some(nl) = rest.iter().position(|&b| b == b'\n') {
-        let line = &rest[..nl];
-        rest = &rest[nl + 1..];
+        let (line, after) = rest.split_at(nl);
+        rest = after.get(1..).unwrap_or_default();
         if line == BEGIN {
             in_block = true;
             continue;
@@ -74,12 +71,13 @@ pub fn parse_block(input: &[u8]) -> Vec<ContextEntry> {
         if !in_block {
             continue;
         }
-        let Some(eq) = line.iter().position(|&b| b == b'=') else {
+        let mut key_value = line.splitn(2, |&b| b == b'=');
+        let (Some(key), Some(value)) = (key_value.next(), key_value.next()) else {
             continue;
         };
         entries.push(ContextEntry {
-            key: line[..eq].to_ascii_uppercase(),
-            value: normalise_value(&line[eq + 1..]),
+            key: key.to_ascii_uppercase(),
+            value: normalise_value(value),
         });
     }
     entries

@@ -95,7 +95,10 @@ pub fn select(aux: &Path, wanted_tag: Option<&str>) -> Result<Selection, Snapsho
         // The original takes the last line as the tag; a one-line file therefore has the hash
         // as its "tag", which cannot be meant: a single line means no tag.
         let tag = if lines.len() >= 2 {
-            lines[lines.len() - 1].trim().to_string()
+            lines
+                .last()
+                .map(|l| l.trim().to_string())
+                .unwrap_or_default()
         } else {
             String::new()
         };

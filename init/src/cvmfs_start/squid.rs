@@ -159,17 +159,17 @@ pub fn probe(url: &str, via: &ProbeVia, timeout: Duration) -> Result<(), String>
         .map_err(|e| format!("{connect_to}: {e}"))?;
     let mut head = [0u8; 64];
     let mut n = 0;
-    while n < head.len() {
-        match s.read(&mut head[n..]) {
+    while let Some(free) = head.get_mut(n..).filter(|f| !f.is_empty()) {
+        match s.read(free) {
             Ok(0) => break,
             Ok(k) => n += k,
             Err(e) => return Err(format!("{connect_to}: {e}")),
         }
-        if head[..n].contains(&b'\n') {
+        if head.get(..n).unwrap_or_default().contains(&b'\n') {
             break;
         }
     }
-    let status_line = String::from_utf8_lossy(&head[..n]);
+    let status_line = String::from_utf8_lossy(head.get(..n).unwrap_or_default());
     let status_line = status_line.lines().next().unwrap_or_default();
     match status_line.split_whitespace().nth(1) {
         Some("200") => Ok(()),
@@ -198,7 +198,9 @@ pub fn wait(
         }
         let url = format!(
             "{}/.cvmfspublished",
-            server_urls[(round % server_urls.len() as u64) as usize].trim_end_matches('/')
+            server_urls
+                .get((round % server_urls.len() as u64) as usize)
+                .map_or("", |u| u.trim_end_matches('/'))
         );
         if proxies.is_empty() {
             std::thread::sleep(period);

@@ -149,8 +149,8 @@ fn probe_ext(buf: &[u8]) -> Option<Content> {
         ExtKind::Ext2
     };
     let raw = buf.get(EXT_SB + 0x78..EXT_SB + 0x88)?;
-    let end = raw.iter().position(|&b| b == 0).unwrap_or(raw.len());
-    let label = String::from_utf8_lossy(&raw[..end]).into_owned();
+    let label = raw.split(|&b| b == 0).next().unwrap_or(raw);
+    let label = String::from_utf8_lossy(label).into_owned();
     Some(Content::Ext {
         kind,
         label: (!label.is_empty()).then_some(label),

@@ -124,8 +124,11 @@ const FS_IOC_SETFSLABEL: libc::c_ulong = 0x4100_9432;
 pub fn set_label(mountpoint: &Path, label: &str) -> Result<(), FsError> {
     let err = |e| FsError::Label(mountpoint.to_path_buf(), e);
     let dir = File::open(mountpoint).map_err(err)?;
+    // FSLABEL_MAX bytes, NUL-terminated; callers pass ext4's 16-byte labels.
     let mut buf = [0u8; 256];
-    buf[..label.len()].copy_from_slice(label.as_bytes());
+    for (d, s) in buf.iter_mut().take(255).zip(label.as_bytes()) {
+        *d = *s;
+    }
     // SAFETY: the ioctl reads a 256-byte label buffer that lives for the call.
     let r = unsafe { libc::ioctl(dir.as_raw_fd(), FS_IOC_SETFSLABEL as _, buf.as_ptr()) };
     if r < 0 {

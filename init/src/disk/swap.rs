@@ -129,13 +129,14 @@ fn page_size() -> u64 {
 /// The first page of a version-1 swap area (what `mkswap` writes): boot block, header at byte
 /// 1024 (version, last page, no bad pages, UUID, empty label), signature at the page's end.
 pub fn swap_header(size: u64, page: u64, uuid: [u8; 16]) -> Vec<u8> {
-    let mut h = vec![0u8; page as usize];
     let last_page = (size / page - 1) as u32;
-    h[1024..1028].copy_from_slice(&1u32.to_le_bytes());
-    h[1028..1032].copy_from_slice(&last_page.to_le_bytes());
-    h[1036..1052].copy_from_slice(&uuid);
-    let p = page as usize;
-    h[p - 10..].copy_from_slice(b"SWAPSPACE2");
+    let mut h = vec![0u8; 1024]; // boot block
+    h.extend_from_slice(&1u32.to_le_bytes()); // version
+    h.extend_from_slice(&last_page.to_le_bytes());
+    h.extend_from_slice(&0u32.to_le_bytes()); // bad pages
+    h.extend_from_slice(&uuid);
+    h.resize((page as usize).saturating_sub(10).max(h.len()), 0); // label, padding
+    h.extend_from_slice(b"SWAPSPACE2");
     h
 }
 

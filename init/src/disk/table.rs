@@ -235,18 +235,18 @@ fn sync(dev: &Path, f: &File) -> Result<(), TableError> {
 
 /// Our protective MBR: one 0xEE entry over the disk (capped at 2^32-1 sectors), our signature.
 fn protective_mbr(disk_sectors: u64) -> [u8; 512] {
-    let mut s = [0u8; 512];
-    s[440..444].copy_from_slice(&OUR_DISK_SIGNATURE);
-    let e = &mut s[446..462];
-    e[1..4].copy_from_slice(&[0x00, 0x02, 0x00]);
-    e[4] = MBR_PROTECTIVE;
-    e[5..8].copy_from_slice(&[0xFF, 0xFF, 0xFF]);
-    e[8..12].copy_from_slice(&1u32.to_le_bytes());
     let len = u32::try_from(disk_sectors.saturating_sub(1)).unwrap_or(u32::MAX);
-    e[12..16].copy_from_slice(&len.to_le_bytes());
-    s[510] = 0x55;
-    s[511] = 0xAA;
-    s
+    let mut s = Vec::with_capacity(512);
+    s.resize(440, 0); // boot code
+    s.extend_from_slice(&OUR_DISK_SIGNATURE);
+    s.extend_from_slice(&[0, 0]);
+    // partition entry 1: status, CHS start, type, CHS end, first LBA, sectors
+    s.extend_from_slice(&[0x00, 0x00, 0x02, 0x00, MBR_PROTECTIVE, 0xFF, 0xFF, 0xFF]);
+    s.extend_from_slice(&1u32.to_le_bytes());
+    s.extend_from_slice(&len.to_le_bytes());
+    s.resize(510, 0); // entries 2-4
+    s.extend_from_slice(&[0x55, 0xAA]);
+    <[u8; 512]>::try_from(s).unwrap_or([0u8; 512])
 }
 
 /// The first new partition becomes the scratch partition and starts "in progress"; any

@@ -5,6 +5,8 @@ use std::io;
 use std::net::Ipv4Addr;
 use std::os::fd::{AsRawFd, OwnedFd};
 
+use crate::bytes;
+
 const NLMSG_HDRLEN: usize = 16;
 const NLMSG_ERROR: u16 = 2;
 const NLMSG_DONE: u16 = 3;
@@ -104,49 +106,57 @@ pub struct Route {
     pub metric: u32,
 }
 
-/// A message under construction: header, fixed part, attributes.
-struct Message(Vec<u8>);
+/// A message under construction: type, flags, then the fixed part and attributes; the
+/// header is written by `finish`, when the length is known.
+struct Message {
+    kind: u16,
+    flags: u16,
+    body: Vec<u8>,
+}
 
 impl Message {
     fn new(kind: u16, flags: u16, fixed: &[u8]) -> Self {
-        let mut b = vec![0u8; NLMSG_HDRLEN];
-        b[4..6].copy_from_slice(&kind.to_ne_bytes());
-        b[6..8].copy_from_slice(&(flags | NLM_F_REQUEST).to_ne_bytes());
-        b.extend_from_slice(fixed);
-        Message(b)
+        Message {
+            kind,
+            flags: flags | NLM_F_REQUEST,
+            body: fixed.to_vec(),
+        }
     }
 
     fn attr(mut self, kind: u16, data: &[u8]) -> Self {
         let len = 4 + data.len();
-        self.0.extend_from_slice(&(len as u16).to_ne_bytes());
-        self.0.extend_from_slice(&kind.to_ne_bytes());
-        self.0.extend_from_slice(data);
-        while self.0.len() % 4 != 0 {
-            self.0.push(0);
+        self.body.extend_from_slice(&(len as u16).to_ne_bytes());
+        self.body.extend_from_slice(&kind.to_ne_bytes());
+        self.body.extend_from_slice(data);
+        while self.body.len() % 4 != 0 {
+            self.body.push(0);
         }
         self
     }
 
-    fn finish(mut self, seq: u32) -> Vec<u8> {
-        let len = self.0.len() as u32;
-        self.0[0..4].copy_from_slice(&len.to_ne_bytes());
-        self.0[8..12].copy_from_slice(&seq.to_ne_bytes());
-        self.0
+    fn finish(self, seq: u32) -> Vec<u8> {
+        let len = (NLMSG_HDRLEN + self.body.len()) as u32;
+        let mut b = Vec::with_capacity(len as usize);
+        b.extend_from_slice(&len.to_ne_bytes());
+        b.extend_from_slice(&self.kind.to_ne_bytes());
+        b.extend_from_slice(&self.flags.to_ne_bytes());
+        b.extend_from_slice(&seq.to_ne_bytes());
+        b.extend_from_slice(&0u32.to_ne_bytes()); // port: the kernel fills it in
+        b.extend_from_slice(&self.body);
+        b
     }
 }
 
 /// Attributes after a fixed header: (type, payload).
 fn attributes(mut b: &[u8]) -> Vec<(u16, &[u8])> {
     let mut out = Vec::new();
-    while b.len() >= 4 {
-        let len = u16::from_ne_bytes([b[0], b[1]]) as usize;
-        let kind = u16::from_ne_bytes([b[2], b[3]]) & 0x3fff;
-        if len < 4 || len > b.len() {
+    while let (Some(len), Some(kind)) = (bytes::u16_ne(b, 0), bytes::u16_ne(b, 2)) {
+        let len = len as usize;
+        let Some(payload) = b.get(4..len) else {
             break;
-        }
-        out.push((kind, &b[4..len]));
-        let step = (len + 3) & !3;
-        b = &b[step.min(b.len())..];
+        };
+        out.push((kind & 0x3fff, payload));
+        b = bytes::tail(b, (len + 3) & !3);
     }
     out
 }
@@ -220,25 +230,28 @@ impl Netlink {
                 what,
                 cause: e.into(),
             })?;
-            let mut b = &buf[..n];
+            let mut b = buf.get(..n).unwrap_or_default();
             while b.len() >= NLMSG_HDRLEN {
-                let len = u32::from_ne_bytes([b[0], b[1], b[2], b[3]]) as usize;
-                let kind = u16::from_ne_bytes([b[4], b[5]]);
-                let mseq = u32::from_ne_bytes([b[8], b[9], b[10], b[11]]);
-                if len < NLMSG_HDRLEN || len > b.len() {
+                let (Some(len), Some(kind), Some(mseq)) = (
+                    bytes::u32_ne(b, 0),
+                    bytes::u16_ne(b, 4),
+                    bytes::u32_ne(b, 8),
+                ) else {
                     return Err(NetlinkError::Malformed(what));
-                }
-                let payload = &b[NLMSG_HDRLEN..len];
-                b = &b[((len + 3) & !3).min(b.len())..];
+                };
+                let len = len as usize;
+                let Some(payload) = b.get(NLMSG_HDRLEN..len) else {
+                    return Err(NetlinkError::Malformed(what));
+                };
+                b = bytes::tail(b, (len + 3) & !3);
                 if mseq != seq {
                     continue;
                 }
                 match kind {
                     NLMSG_DONE => return Ok(out),
                     NLMSG_ERROR => {
-                        let code = payload
-                            .get(0..4)
-                            .map(|c| i32::from_ne_bytes([c[0], c[1], c[2], c[3]]))
+                        let code = bytes::array(payload, 0)
+                            .map(i32::from_ne_bytes)
                             .ok_or(NetlinkError::Malformed(what))?;
                         if code == 0 {
                             return Ok(out);
@@ -277,11 +290,11 @@ impl Netlink {
     pub fn links(&mut self) -> Result<Vec<Link>, NetlinkError> {
         let mut links = Vec::new();
         for p in self.dump(RTM_GETLINK, &[0u8; 16], "list interfaces")? {
-            if p.len() < 16 {
+            let (Some(index), Some(flags), Some(attrs)) =
+                (bytes::u32_ne(&p, 4), bytes::u32_ne(&p, 8), p.get(16..))
+            else {
                 return Err(NetlinkError::Malformed("list interfaces"));
-            }
-            let index = i32::from_ne_bytes([p[4], p[5], p[6], p[7]]) as u32;
-            let flags = u32::from_ne_bytes([p[8], p[9], p[10], p[11]]);
+            };
             let mut link = Link {
                 index,
                 name: String::new(),
@@ -289,7 +302,7 @@ impl Netlink {
                 flags,
                 mtu: 0,
             };
-            for (kind, data) in attributes(&p[16..]) {
+            for (kind, data) in attributes(attrs) {
                 match kind {
                     IFLA_IFNAME => {
                         link.name =
@@ -339,20 +352,24 @@ impl Netlink {
         fixed[0] = libc::AF_INET as u8;
         let mut out = Vec::new();
         for p in self.dump(RTM_GETADDR, &fixed, "list addresses")? {
-            if p.len() < 8 || p[0] != libc::AF_INET as u8 {
+            let (Some(&family), Some(&prefix), Some(idx), Some(attrs)) =
+                (p.first(), p.get(1), bytes::u32_ne(&p, 4), p.get(8..))
+            else {
+                continue;
+            };
+            if family != libc::AF_INET as u8 {
                 continue;
             }
-            let idx = u32::from_ne_bytes([p[4], p[5], p[6], p[7]]);
             if index.is_some_and(|i| i != idx) {
                 continue;
             }
             let mut a = Address {
                 index: idx,
                 address: Ipv4Addr::UNSPECIFIED,
-                prefix: p[1],
+                prefix,
                 broadcast: None,
             };
-            for (kind, data) in attributes(&p[8..]) {
+            for (kind, data) in attributes(attrs) {
                 match kind {
                     IFA_LOCAL => a.address = ipv4(data).unwrap_or(a.address),
                     IFA_ADDRESS if a.address.is_unspecified() => {
@@ -402,18 +419,23 @@ impl Netlink {
         fixed[0] = libc::AF_INET as u8;
         let mut out = Vec::new();
         for p in self.dump(RTM_GETROUTE, &fixed, "list routes")? {
-            if p.len() < 12 || p[0] != libc::AF_INET as u8 {
+            let (Some(&family), Some(&prefix), Some(&table), Some(attrs)) =
+                (p.first(), p.get(1), p.get(4), p.get(12..))
+            else {
+                continue;
+            };
+            if family != libc::AF_INET as u8 {
                 continue;
             }
-            let mut table = p[4] as u32;
+            let mut table = table as u32;
             let mut r = Route {
                 destination: Ipv4Addr::UNSPECIFIED,
-                prefix: p[1],
+                prefix,
                 gateway: None,
                 oif: None,
                 metric: 0,
             };
-            for (kind, data) in attributes(&p[12..]) {
+            for (kind, data) in attributes(attrs) {
                 match kind {
                     RTA_DST => r.destination = ipv4(data).unwrap_or(r.destination),
                     RTA_GATEWAY => r.gateway = ipv4(data),

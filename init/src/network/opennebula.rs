@@ -11,91 +11,113 @@ use std::net::Ipv4Addr;
 pub fn parse_context_sh(text: &str) -> BTreeMap<String, String> {
     let mut vars = BTreeMap::new();
     let chars: Vec<char> = text.chars().collect();
-    let mut i = 0;
-    while i < chars.len() {
+    let mut c = Cursor {
+        chars: &chars,
+        i: 0,
+    };
+    loop {
         // start of a statement: skip blanks
-        while i < chars.len() && matches!(chars[i], ' ' | '\t' | '\n' | ';') {
-            i += 1;
-        }
-        if i >= chars.len() {
-            break;
-        }
-        if chars[i] == '#' {
-            skip_line(&chars, &mut i);
-            continue;
-        }
-        let start = i;
-        while i < chars.len()
-            && (chars[i].is_ascii_alphanumeric() || chars[i] == '_' || chars[i] == '-')
+        while c
+            .peek()
+            .is_some_and(|ch| matches!(ch, ' ' | '\t' | '\n' | ';'))
         {
-            i += 1;
+            c.i += 1;
         }
-        let name: String = chars[start..i].iter().collect();
-        if name == "export" && i < chars.len() && chars[i] == ' ' {
+        let Some(first) = c.peek() else {
+            break;
+        };
+        if first == '#' {
+            c.skip_line();
             continue;
         }
-        if name.is_empty() || i >= chars.len() || chars[i] != '=' {
-            skip_line(&chars, &mut i);
+        let mut name = String::new();
+        while let Some(ch) = c
+            .peek()
+            .filter(|ch| ch.is_ascii_alphanumeric() || *ch == '_' || *ch == '-')
+        {
+            name.push(ch);
+            c.i += 1;
+        }
+        if name == "export" && c.peek() == Some(' ') {
             continue;
         }
-        i += 1;
-        let value = shell_word(&chars, &mut i);
-        vars.insert(name, value);
+        if name.is_empty() || c.peek() != Some('=') {
+            c.skip_line();
+            continue;
+        }
+        c.i += 1;
+        vars.insert(name, c.shell_word());
     }
     vars
 }
 
-fn skip_line(chars: &[char], i: &mut usize) {
-    while *i < chars.len() && chars[*i] != '\n' {
-        *i += 1;
-    }
+/// A position in the text of a `context.sh`.
+struct Cursor<'a> {
+    chars: &'a [char],
+    i: usize,
 }
 
-/// One shell word starting at `i` (quotes removed, escapes resolved).
-fn shell_word(chars: &[char], i: &mut usize) -> String {
-    let mut out = String::new();
-    while *i < chars.len() {
-        match chars[*i] {
-            ' ' | '\t' | '\n' | ';' => break,
-            '\'' => {
-                *i += 1;
-                while *i < chars.len() && chars[*i] != '\'' {
-                    out.push(chars[*i]);
-                    *i += 1;
-                }
-                *i += 1;
-            }
-            '"' => {
-                *i += 1;
-                while *i < chars.len() && chars[*i] != '"' {
-                    if chars[*i] == '\\'
-                        && *i + 1 < chars.len()
-                        && matches!(chars[*i + 1], '"' | '\\' | '$' | '`' | '\n')
-                    {
-                        if chars[*i + 1] != '\n' {
-                            out.push(chars[*i + 1]);
-                        }
-                        *i += 2;
-                        continue;
-                    }
-                    out.push(chars[*i]);
-                    *i += 1;
-                }
-                *i += 1;
-            }
-            '\\' if *i + 1 < chars.len() => {
-                if chars[*i + 1] != '\n' {
-                    out.push(chars[*i + 1]);
-                }
-                *i += 2;
-            }
-            c => {
-                out.push(c);
-                *i += 1;
-            }
+impl Cursor<'_> {
+    fn peek(&self) -> Option<char> {
+        self.chars.get(self.i).copied()
+    }
+
+    fn bump(&mut self) -> Option<char> {
+        let c = self.peek();
+        self.i += 1;
+        c
+    }
+
+    fn skip_line(&mut self) {
+        while self.peek().is_some_and(|c| c != '\n') {
+            self.i += 1;
         }
     }
-    out
+
+    /// One shell word starting here (quotes removed, escapes resolved).
+    fn shell_word(&mut self) -> String {
+        let mut out = String::new();
+        loop {
+            match self.peek() {
+                None | Some(' ' | '\t' | '\n' | ';') => break,
+                Some('\'') => {
+                    self.i += 1;
+                    while let Some(ch) = self.bump() {
+                        if ch == '\'' {
+                            break;
+                        }
+                        out.push(ch);
+                    }
+                }
+                Some('"') => {
+                    self.i += 1;
+                    while let Some(ch) = self.bump() {
+                        match ch {
+                            '"' => break,
+                            '\\' if matches!(self.peek(), Some('"' | '\\' | '$' | '`' | '\n')) => {
+                                // a backslash-newline inside quotes is a line continuation
+                                if let Some(next) = self.bump().filter(|n| *n != '\n') {
+                                    out.push(next);
+                                }
+                            }
+                            _ => out.push(ch),
+                        }
+                    }
+                }
+                Some('\\') if self.chars.get(self.i + 1).is_some() => {
+                    self.i += 1;
+                    if let Some(next) = self.bump().filter(|n| *n != '\n') {
+                        out.push(next);
+                    }
+                }
+                Some(ch) => {
+                    out.push(ch);
+                    self.i += 1;
+                }
+            }
+        }
+        out
+    }
 }
 
 /// The configuration of one context interface (`ETH<n>_*`).
@@ -120,7 +142,8 @@ fn ip_from_mac(mac: &str) -> Option<Ipv4Addr> {
         .map(|h| u8::from_str_radix(h, 16))
         .collect::<Result<_, _>>()
         .ok()?;
-    (bytes.len() == 6).then(|| Ipv4Addr::new(bytes[2], bytes[3], bytes[4], bytes[5]))
+    let [_, _, a, b, c, d] = <[u8; 6]>::try_from(bytes).ok()?;
+    Some(Ipv4Addr::new(a, b, c, d))
 }
 
 fn first_three(ip: Ipv4Addr, last: u8) -> Ipv4Addr {

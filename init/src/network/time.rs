@@ -5,7 +5,7 @@ use std::net::{SocketAddr, ToSocketAddrs, UdpSocket};
 use std::sync::mpsc;
 use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};
 
-use crate::console;
+use crate::{bytes, console};
 
 pub const NTP_SERVER: &str = "pool.ntp.org:123";
 pub const TIME_LIMIT: Duration = Duration::from_secs(5);
@@ -36,15 +36,12 @@ fn to_ntp(t: SystemTime) -> [u8; 8] {
     let d = t.duration_since(UNIX_EPOCH).unwrap_or_default();
     let secs = (d.as_secs() + NTP_UNIX_OFFSET) as u32;
     let frac = ((d.subsec_nanos() as u64) << 32) / 1_000_000_000;
-    let mut b = [0u8; 8];
-    b[..4].copy_from_slice(&secs.to_be_bytes());
-    b[4..].copy_from_slice(&(frac as u32).to_be_bytes());
-    b
+    ((u64::from(secs) << 32) | frac).to_be_bytes()
 }
 
-fn from_ntp(b: &[u8]) -> Option<SystemTime> {
-    let secs = u32::from_be_bytes([b[0], b[1], b[2], b[3]]) as u64;
-    let frac = u32::from_be_bytes([b[4], b[5], b[6], b[7]]) as u64;
+fn from_ntp(b: [u8; 8]) -> Option<SystemTime> {
+    let stamp = u64::from_be_bytes(b);
+    let (secs, frac) = (stamp >> 32, stamp & 0xffff_ffff);
     // Era 0 ends in 2036; later timestamps wrap (RFC 4330 §3: MSB clear means era 1).
     let secs = if secs & 0x8000_0000 == 0 {
         secs + (1u64 << 32)
@@ -57,6 +54,32 @@ fn from_ntp(b: &[u8]) -> Option<SystemTime> {
     )
 }
 
+/// The server's transmit time from its reply to the request with transmit time `origin`.
+fn parse_reply(b: &[u8], origin: [u8; 8]) -> Result<SystemTime, SntpError> {
+    let (Some(&flags), Some(&stratum), Some(originate), Some(transmit)) = (
+        b.first(),
+        b.get(1),
+        bytes::array::<8>(b, 24),
+        bytes::array::<8>(b, 40),
+    ) else {
+        return Err(SntpError::BadAnswer("shorter than 48 bytes"));
+    };
+    if flags & 0x07 != 4 {
+        return Err(SntpError::BadAnswer("not a server reply"));
+    }
+    if flags >> 6 == 3 || stratum == 0 {
+        return Err(SntpError::BadAnswer(
+            "server unsynchronised or kiss-o'-death",
+        ));
+    }
+    if originate != origin {
+        return Err(SntpError::BadAnswer(
+            "originate timestamp does not match our request",
+        ));
+    }
+    from_ntp(transmit).ok_or(SntpError::BadAnswer("transmit time before 1970"))
+}
+
 /// Asks `server` once and returns the current time by its clock (its transmit time plus half
 /// the round trip).
 pub fn query(server: SocketAddr, limit: Duration) -> Result<SystemTime, SntpError> {
@@ -66,11 +89,12 @@ pub fn query(server: SocketAddr, limit: Duration) -> Result<SystemTime, SntpErro
         (std::net::Ipv6Addr::UNSPECIFIED, 0).into()
     };
     let sock = UdpSocket::bind(bind)?;
-    let mut req = [0u8; 48];
-    req[0] = 0x23; // LI 0, version 4, mode 3 (client)
     let sent_at = SystemTime::now();
     let origin = to_ntp(sent_at);
-    req[40..48].copy_from_slice(&origin);
+    let mut req = vec![0x23u8]; // LI 0, version 4, mode 3 (client)
+    req.resize(40, 0);
+    req.extend_from_slice(&origin); // transmit timestamp, echoed as the reply's originate
+
     let start = Instant::now();
     sock.send_to(&req, server)?;
     let mut buf = [0u8; 128];
@@ -96,25 +120,7 @@ pub fn query(server: SocketAddr, limit: Duration) -> Result<SystemTime, SntpErro
             continue;
         }
         let rtt = start.elapsed();
-        let b = &buf[..n];
-        if n < 48 {
-            return Err(SntpError::BadAnswer("shorter than 48 bytes"));
-        }
-        if b[0] & 0x07 != 4 {
-            return Err(SntpError::BadAnswer("not a server reply"));
-        }
-        if b[0] >> 6 == 3 || b[1] == 0 {
-            return Err(SntpError::BadAnswer(
-                "server unsynchronised or kiss-o'-death",
-            ));
-        }
-        if b[24..32] != origin {
-            return Err(SntpError::BadAnswer(
-                "originate timestamp does not match our request",
-            ));
-        }
-        let transmit =
-            from_ntp(&b[40..48]).ok_or(SntpError::BadAnswer("transmit time before 1970"))?;
+        let transmit = parse_reply(buf.get(..n).unwrap_or_default(), origin)?;
         return Ok(transmit + rtt / 2);
     }
 }
@@ -248,7 +254,7 @@ mod tests {
     fn timestamps_round_trip_across_the_2036_wrap() {
         for secs in [0u64, 1_700_000_000, 2_085_978_496 + 10, 3_000_000_000] {
             let t = UNIX_EPOCH + Duration::from_secs(secs);
-            assert_eq!(from_ntp(&to_ntp(t)).unwrap(), t, "{secs}");
+            assert_eq!(from_ntp(to_ntp(t)).unwrap(), t, "{secs}");
         }
     }
 

@@ -33,8 +33,8 @@ pub enum MergeError {
     Io { path: PathBuf, cause: io::Error },
 }
 
-/// One database: its lines split into fields.
-type Table = Vec<Vec<String>>;
+/// One database: its lines split into exactly `N` fields.
+type Table<const N: usize> = Vec<[String; N]>;
 
 /// The four files of one tree (`None` = absent).
 #[derive(Debug, Clone, Default)]
@@ -58,7 +58,7 @@ pub struct Merged {
     pub log: Vec<String>,
 }
 
-fn parse(text: &str, fields: usize, file: &str) -> Result<Table, MergeError> {
+fn parse<const N: usize>(text: &str, file: &str) -> Result<Table<N>, MergeError> {
     if text.is_empty() {
         return Ok(Vec::new());
     }
@@ -67,35 +67,28 @@ fn parse(text: &str, fields: usize, file: &str) -> Result<Table, MergeError> {
         .enumerate()
         .map(|(i, l)| {
             let f: Vec<String> = l.split(':').map(str::to_string).collect();
-            if f.len() != fields {
-                return Err(MergeError::Fields {
-                    file: file.to_string(),
-                    line: i + 1,
-                    expected: fields,
-                    found: f.len(),
-                });
-            }
-            Ok(f)
+            let found = f.len();
+            <[String; N]>::try_from(f).map_err(|_| MergeError::Fields {
+                file: file.to_string(),
+                line: i + 1,
+                expected: N,
+                found,
+            })
         })
         .collect()
 }
 
-fn id(
-    t: &Table,
-    row: usize,
-    col: usize,
-    file: &str,
-    what: &'static str,
-) -> Result<u32, MergeError> {
-    t[row][col].parse().map_err(|_| MergeError::Id {
+/// The numeric id in `value`, from line `row + 1` of `file`.
+fn id(value: &str, row: usize, file: &str, what: &'static str) -> Result<u32, MergeError> {
+    value.parse().map_err(|_| MergeError::Id {
         file: file.to_string(),
         line: row + 1,
         what,
-        value: t[row][col].clone(),
+        value: value.to_string(),
     })
 }
 
-fn render(t: &Table) -> String {
+fn render<const N: usize>(t: &Table<N>) -> String {
     t.iter().map(|f| f.join(":") + "\n").collect()
 }
 
@@ -122,38 +115,38 @@ fn add_members(field: &mut String, add: &[String]) -> Vec<String> {
 
 /// Merges `upstream` (the new OS) into `user` (the upper layer).
 pub fn merge(upstream: &AccountDbs, user: &AccountDbs) -> Result<Merged, MergeError> {
-    let mut up_passwd = parse(&upstream.passwd, PASSWD_FIELDS, "upstream passwd")?;
-    let up_group = parse(&upstream.group, GROUP_FIELDS, "upstream group")?;
-    let up_shadow = upstream
+    let mut up_passwd: Table<PASSWD_FIELDS> = parse(&upstream.passwd, "upstream passwd")?;
+    let up_group: Table<GROUP_FIELDS> = parse(&upstream.group, "upstream group")?;
+    let up_shadow: Option<Table<SHADOW_FIELDS>> = upstream
         .shadow
         .as_deref()
-        .map(|s| parse(s, SHADOW_FIELDS, "upstream shadow"))
+        .map(|s| parse(s, "upstream shadow"))
         .transpose()?;
-    let up_gshadow = upstream
+    let up_gshadow: Option<Table<GSHADOW_FIELDS>> = upstream
         .gshadow
         .as_deref()
-        .map(|s| parse(s, GSHADOW_FIELDS, "upstream gshadow"))
+        .map(|s| parse(s, "upstream gshadow"))
         .transpose()?;
-    let mut passwd = parse(&user.passwd, PASSWD_FIELDS, "passwd")?;
-    let mut group = parse(&user.group, GROUP_FIELDS, "group")?;
-    let mut shadow = user
+    let mut passwd: Table<PASSWD_FIELDS> = parse(&user.passwd, "passwd")?;
+    let mut group: Table<GROUP_FIELDS> = parse(&user.group, "group")?;
+    let mut shadow: Option<Table<SHADOW_FIELDS>> = user
         .shadow
         .as_deref()
-        .map(|s| parse(s, SHADOW_FIELDS, "shadow"))
+        .map(|s| parse(s, "shadow"))
         .transpose()?;
-    let mut gshadow = user
+    let mut gshadow: Option<Table<GSHADOW_FIELDS>> = user
         .gshadow
         .as_deref()
-        .map(|s| parse(s, GSHADOW_FIELDS, "gshadow"))
+        .map(|s| parse(s, "gshadow"))
         .transpose()?;
 
     let mut max_uid = None;
-    for r in 0..passwd.len() {
-        max_uid = max_uid.max(Some(id(&passwd, r, 2, "passwd", "uid")?));
+    for (r, p) in passwd.iter().enumerate() {
+        max_uid = max_uid.max(Some(id(&p[2], r, "passwd", "uid")?));
     }
     let mut max_gid = None;
-    for r in 0..group.len() {
-        max_gid = max_gid.max(Some(id(&group, r, 2, "group", "gid")?));
+    for (r, g) in group.iter().enumerate() {
+        max_gid = max_gid.max(Some(id(&g[2], r, "group", "gid")?));
     }
     let mut next_uid = max_uid.map_or(0, |m| m + 1);
     let mut next_gid = max_gid.map_or(0, |m| m + 1);
@@ -162,21 +155,21 @@ pub fn merge(upstream: &AccountDbs, user: &AccountDbs) -> Result<Merged, MergeEr
     let mut log = Vec::new();
 
     for (r, g) in up_group.iter().enumerate() {
-        let up_gid = id(&up_group, r, 2, "upstream group", "gid")?;
+        let up_gid = id(&g[2], r, "upstream group", "gid")?;
         let mut mapped = None;
         let up_members = members(&g[3]);
-        if let Some(ui) = group.iter().position(|u| u[0] == g[0]) {
-            let user_gid = id(&group, ui, 2, "group", "gid")?;
+        if let Some((ui, u)) = group.iter_mut().enumerate().find(|(_, u)| u[0] == g[0]) {
+            let user_gid = id(&u[2], ui, "group", "gid")?;
             if user_gid != up_gid {
                 mapped = Some(user_gid);
             }
-            let added = add_members(&mut group[ui][3], &up_members);
+            let added = add_members(&mut u[3], &up_members);
             if !added.is_empty() {
                 log.push(format!("group {}: added members {}", g[0], added.join(",")));
             }
             if let Some(gs) = gshadow.as_mut() {
-                if let Some(gi) = gs.iter().position(|e| e[0] == g[0]) {
-                    add_members(&mut gs[gi][3], &up_members);
+                if let Some(e) = gs.iter_mut().find(|e| e[0] == g[0]) {
+                    add_members(&mut e[3], &up_members);
                 }
             }
         } else {
@@ -201,11 +194,10 @@ pub fn merge(upstream: &AccountDbs, user: &AccountDbs) -> Result<Merged, MergeEr
         }
     }
 
-    for r in 0..up_passwd.len() {
-        let up_uid = id(&up_passwd, r, 2, "upstream passwd", "uid")?;
-        let p = &up_passwd[r];
-        if let Some(ui) = passwd.iter().position(|u| u[0] == p[0]) {
-            let user_uid = id(&passwd, ui, 2, "passwd", "uid")?;
+    for (r, p) in up_passwd.iter().enumerate() {
+        let up_uid = id(&p[2], r, "upstream passwd", "uid")?;
+        if let Some((ui, u)) = passwd.iter().enumerate().find(|(_, u)| u[0] == p[0]) {
+            let user_uid = id(&u[2], ui, "passwd", "uid")?;
             if user_uid != up_uid {
                 log.push(format!("user {}: uid {up_uid} -> {user_uid}", p[0]));
                 uid_map.insert(up_uid, user_uid);

@@ -159,10 +159,10 @@ fn wait_reply(
                 return None;
             }
         };
-        match Reply::parse(&buf[..n]) {
+        match Reply::parse(buf.get(..n).unwrap_or_default()) {
             Ok(r)
                 if r.xid == xid
-                    && r.chaddr[..] == mac[..6.min(mac.len())]
+                    && r.chaddr.iter().eq(mac.iter().take(6))
                     && kinds.contains(&r.kind) =>
             {
                 return Some(r)

@@ -2,6 +2,8 @@
 
 use std::net::Ipv4Addr;
 
+use crate::bytes;
+
 pub const MAGIC_COOKIE: [u8; 4] = [99, 130, 83, 99];
 const FIXED_LEN: usize = 236;
 
@@ -94,7 +96,7 @@ pub struct Reply {
 
 fn addrs(data: &[u8]) -> Vec<Ipv4Addr> {
     data.chunks_exact(4)
-        .map(|c| Ipv4Addr::new(c[0], c[1], c[2], c[3]))
+        .filter_map(|c| bytes::ipv4(c, 0))
         .collect()
 }
 
@@ -119,18 +121,20 @@ pub fn parse_classless_routes(mut data: &[u8]) -> Vec<StaticRoute> {
             break;
         }
         let n = (prefix as usize).div_ceil(8);
-        if data.len() < 1 + n + 4 {
+        let (Some(significant), Some(router)) = (data.get(1..1 + n), bytes::ipv4(data, 1 + n))
+        else {
             break;
-        }
+        };
         let mut dst = [0u8; 4];
-        dst[..n].copy_from_slice(&data[1..1 + n]);
-        let router = Ipv4Addr::new(data[1 + n], data[2 + n], data[3 + n], data[4 + n]);
+        for (d, s) in dst.iter_mut().zip(significant) {
+            *d = *s;
+        }
         out.push(StaticRoute {
             destination: Ipv4Addr::from(dst),
             prefix,
             router,
         });
-        data = &data[1 + n + 4..];
+        data = bytes::tail(data, 1 + n + 4);
     }
     out
 }
@@ -141,7 +145,7 @@ pub fn encode_classless_routes(routes: &[StaticRoute]) -> Vec<u8> {
     for r in routes {
         out.push(r.prefix);
         let n = (r.prefix as usize).div_ceil(8);
-        out.extend_from_slice(&r.destination.octets()[..n]);
+        out.extend(r.destination.octets().into_iter().take(n));
         out.extend_from_slice(&r.router.octets());
     }
     out
@@ -152,7 +156,7 @@ fn options(mut data: &[u8]) -> Result<Vec<(u8, Vec<u8>)>, PacketError> {
     let mut out: Vec<(u8, Vec<u8>)> = Vec::new();
     while let Some(&code) = data.first() {
         match code {
-            OPT_PAD => data = &data[1..],
+            OPT_PAD => data = bytes::tail(data, 1),
             OPT_END => break,
             _ => {
                 let len = *data.get(1).ok_or(PacketError::TruncatedOption(code))? as usize;
@@ -164,7 +168,7 @@ fn options(mut data: &[u8]) -> Result<Vec<(u8, Vec<u8>)>, PacketError> {
                 } else {
                     out.push((code, value.to_vec()));
                 }
-                data = &data[2 + len..];
+                data = bytes::tail(data, 2 + len);
             }
         }
     }
@@ -173,21 +177,25 @@ fn options(mut data: &[u8]) -> Result<Vec<(u8, Vec<u8>)>, PacketError> {
 
 impl Reply {
     pub fn parse(b: &[u8]) -> Result<Self, PacketError> {
-        if b.len() < FIXED_LEN + 4 {
+        let (Some(&op), Some(xid), Some(your_ip), Some(chaddr), Some(cookie)) = (
+            b.first(),
+            bytes::u32_be(b, 4),
+            bytes::ipv4(b, 16),
+            bytes::array::<6>(b, 28),
+            bytes::array::<4>(b, FIXED_LEN),
+        ) else {
             return Err(PacketError::TooShort(b.len()));
+        };
+        if op != 2 {
+            return Err(PacketError::NotReply(op));
         }
-        if b[0] != 2 {
-            return Err(PacketError::NotReply(b[0]));
-        }
-        if b[FIXED_LEN..FIXED_LEN + 4] != MAGIC_COOKIE {
+        if cookie != MAGIC_COOKIE {
             return Err(PacketError::NoCookie);
         }
-        let mut chaddr = [0u8; 6];
-        chaddr.copy_from_slice(&b[28..34]);
         let mut r = Reply {
             kind: MessageType::Discover,
-            xid: u32::from_be_bytes([b[4], b[5], b[6], b[7]]),
-            your_ip: Ipv4Addr::new(b[16], b[17], b[18], b[19]),
+            xid,
+            your_ip,
             server_id: None,
             subnet_mask: None,
             broadcast: None,
@@ -201,7 +209,7 @@ impl Reply {
             chaddr,
         };
         let mut kind = None;
-        for (code, v) in options(&b[FIXED_LEN + 4..])? {
+        for (code, v) in options(bytes::tail(b, FIXED_LEN + 4))? {
             match code {
                 OPT_MESSAGE_TYPE => kind = v.first().and_then(|&t| MessageType::from_u8(t)),
                 OPT_SERVER_ID => r.server_id = addr(&v),
@@ -211,10 +219,8 @@ impl Reply {
                 OPT_DNS => r.dns = addrs(&v),
                 OPT_DOMAIN => r.domain = text(&v),
                 OPT_HOSTNAME => r.hostname = text(&v),
-                OPT_MTU if v.len() == 2 => r.mtu = Some(u16::from_be_bytes([v[0], v[1]])),
-                OPT_LEASE_TIME if v.len() == 4 => {
-                    r.lease_seconds = Some(u32::from_be_bytes([v[0], v[1], v[2], v[3]]))
-                }
+                OPT_MTU if v.len() == 2 => r.mtu = bytes::u16_be(&v, 0),
+                OPT_LEASE_TIME if v.len() == 4 => r.lease_seconds = bytes::u32_be(&v, 0),
                 OPT_CLASSLESS_ROUTES => r.static_routes = parse_classless_routes(&v),
                 _ => {}
             }
@@ -250,15 +256,18 @@ pub const PARAMETERS: [u8; 9] = [
 
 impl Request<'_> {
     pub fn encode(&self) -> Vec<u8> {
-        let mut b = vec![0u8; FIXED_LEN];
-        b[0] = 1; // BOOTREQUEST
-        b[1] = 1; // Ethernet
-        b[2] = 6;
-        b[4..8].copy_from_slice(&self.xid.to_be_bytes());
-        b[8..10].copy_from_slice(&self.secs.to_be_bytes());
-        b[10..12].copy_from_slice(&0x8000u16.to_be_bytes()); // broadcast flag
-        let n = self.mac.len().min(16);
-        b[28..28 + n].copy_from_slice(&self.mac[..n]);
+        // op BOOTREQUEST, htype Ethernet, hlen 6, hops 0
+        let mut b = vec![1u8, 1, 6, 0];
+        b.extend_from_slice(&self.xid.to_be_bytes());
+        b.extend_from_slice(&self.secs.to_be_bytes());
+        b.extend_from_slice(&0x8000u16.to_be_bytes()); // broadcast flag
+        b.extend_from_slice(&[0u8; 16]); // ciaddr, yiaddr, siaddr, giaddr
+        let mut chaddr = [0u8; 16];
+        for (d, s) in chaddr.iter_mut().zip(self.mac) {
+            *d = *s;
+        }
+        b.extend_from_slice(&chaddr);
+        b.resize(FIXED_LEN, 0); // sname, file
         b.extend_from_slice(&MAGIC_COOKIE);
         b.extend_from_slice(&[OPT_MESSAGE_TYPE, 1, self.kind as u8]);
         let mut client_id = vec![1u8];
