@@ -85,16 +85,51 @@ impl KernelLogger {
         logger
     }
 
-    /// Re-opens `/dev/kmsg`, e.g. after devtmpfs was mounted.
+    /// Re-opens `/dev/kmsg`, e.g. after devtmpfs was mounted, and lifts the kernel's rate limit
+    /// on writes to it (needs `/proc`).
     pub fn reopen_kmsg(&self) {
         if let Ok(mut k) = self.kmsg.lock() {
             *k = OpenOptions::new().write(true).open("/dev/kmsg").ok();
         }
+        lift_kmsg_ratelimit();
     }
 
     /// Everything logged so far, one line per record.
     pub fn lines(&self) -> Vec<String> {
         self.buffer.lock().map(|b| b.clone()).unwrap_or_default()
+    }
+}
+
+/// The kernel's switch for the rate limit on `/dev/kmsg` writes.
+const DEVKMSG_SYSCTL: &str = "/proc/sys/kernel/printk_devkmsg";
+
+/// The setting of [`DEVKMSG_SYSCTL`] before [`lift_kmsg_ratelimit`] changed it.
+static DEVKMSG_BEFORE: std::sync::OnceLock<String> = std::sync::OnceLock::new();
+
+/// By default the kernel keeps 10 lines per 5 s of each `/dev/kmsg` writer and drops the rest
+/// ("init: 103 output lines suppressed due to ratelimiting"): the init's log must be complete,
+/// so it turns the limit off. A `printk.devkmsg=` on the command line locks the setting; then
+/// the write fails and the user's choice stands.
+fn lift_kmsg_ratelimit() {
+    let before = std::fs::read_to_string(DEVKMSG_SYSCTL).unwrap_or_default();
+    let before = before.trim();
+    if before.is_empty() || before == "on" {
+        return;
+    }
+    match std::fs::write(DEVKMSG_SYSCTL, "on\n") {
+        Ok(()) => {
+            let _ = DEVKMSG_BEFORE.set(before.to_string());
+        }
+        Err(e) => log::debug!("cannot switch the /dev/kmsg rate limit off: {e}"),
+    }
+}
+
+/// Gives the OS the kernel's `/dev/kmsg` rate limit back (before the hand-over).
+pub fn restore_kmsg_ratelimit() {
+    if let Some(before) = DEVKMSG_BEFORE.get() {
+        if let Err(e) = std::fs::write(DEVKMSG_SYSCTL, format!("{before}\n")) {
+            log::debug!("cannot restore the /dev/kmsg rate limit {before}: {e}");
+        }
     }
 }
 

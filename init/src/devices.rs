@@ -268,15 +268,21 @@ fn ensure_node(path: &Path, major: u32, minor: u32) {
     }
 }
 
-fn probe_path(path: &Path) -> Content {
+/// The content of a device; `None` for a drive without a medium (an empty CD drive, which the
+/// kernel gives a guessed size): a normal case, left out like a device of size 0.
+fn probe_path(path: &Path) -> Option<Content> {
     match fs::File::open(path).and_then(|mut f| probe::probe(&mut f)) {
-        Ok(c) => c,
+        Ok(c) => Some(c),
+        Err(e) if e.raw_os_error() == Some(libc::ENOMEDIUM) => {
+            log::debug!("{}: no medium", path.display());
+            None
+        }
         Err(e) => {
             log::warn!(
                 "cannot read {}: {e}; treating it as holding data",
                 path.display()
             );
-            Content::Unknown
+            Some(Content::Unknown)
         }
     }
 }
@@ -404,7 +410,9 @@ pub fn sync_block(env: &DeviceEnv) -> Result<BlockDevices, DevicesError> {
     for e in &entries {
         let path = env.dev_dir.join(&e.name);
         ensure_node(&path, e.major, e.minor);
-        let content = probe_path(&path);
+        let Some(content) = probe_path(&path) else {
+            continue;
+        };
         let is_disk = e.partition.is_none();
         let table_entries = match (&content, is_disk) {
             (Content::PartitionTable { .. }, true) => table::read_table(&path, e.sector_size)

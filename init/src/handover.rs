@@ -257,6 +257,7 @@ pub fn run(layout: &Layout, config: &BootConfig) -> Result<(), HandoverError> {
     }
     let new_root = layout.root.clone();
     // The timeline was saved by the sequencer after the post phase.
+    console::restore_kmsg_ratelimit();
     for m in ["/sys", "/proc", "/dev/pts"] {
         if let Err(e) = umount2(m, MntFlags::MNT_DETACH) {
             log::warn!("cannot unmount {m}: {e}");

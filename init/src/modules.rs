@@ -14,7 +14,8 @@ use std::path::{Path, PathBuf};
 use crate::console;
 
 /// NIC drivers loaded on every boot, in the original's order (spec §2.1), followed by what a
-/// distribution kernel may have as modules where the CernVM kernel has them built in.
+/// distribution kernel may have as modules where the CernVM kernel has them built in. Used
+/// when the initramfs has no `modules.alias` to match the devices present against.
 pub const PREDEFINED: &[&str] = &[
     // Intel's SR-IOV VF driver (EC2 enhanced networking): `i40evf` until Linux 4.16, `iavf`
     // since; a kernel has one of the two, the other is skipped as unknown.
@@ -95,10 +96,13 @@ pub struct ModuleIndex {
     /// module name → (file relative to `dir`, direct dependencies as names)
     deps: HashMap<String, (String, Vec<String>)>,
     builtin: HashSet<String>,
+    /// `modules.alias`: (glob pattern, module name), in file order.
+    aliases: Vec<(String, String)>,
 }
 
 impl ModuleIndex {
-    /// Reads `dir/modules.dep` (required) and `dir/modules.builtin` (optional).
+    /// Reads `dir/modules.dep` (required), `dir/modules.builtin` and `dir/modules.alias`
+    /// (optional).
     pub fn open(dir: &Path) -> Result<Self, ModuleError> {
         let dep_path = dir.join("modules.dep");
         let dep = fs::read_to_string(&dep_path).map_err(|source| ModuleError::Index {
@@ -106,7 +110,36 @@ impl ModuleIndex {
             cause: source,
         })?;
         let builtin = fs::read_to_string(dir.join("modules.builtin")).unwrap_or_default();
-        Ok(Self::parse(dir, &dep, &builtin))
+        let alias = fs::read_to_string(dir.join("modules.alias")).unwrap_or_default();
+        Ok(Self::parse(dir, &dep, &builtin).with_aliases(&alias))
+    }
+
+    /// Adds the `alias <pattern> <module>` lines of a `modules.alias` text.
+    pub fn with_aliases(mut self, modules_alias: &str) -> Self {
+        self.aliases = modules_alias
+            .lines()
+            .filter_map(|line| {
+                let mut w = line.split_whitespace();
+                match (w.next(), w.next(), w.next()) {
+                    (Some("alias"), Some(pattern), Some(module)) => {
+                        Some((pattern.to_string(), normalize(module)))
+                    }
+                    _ => None,
+                }
+            })
+            .collect();
+        self
+    }
+
+    /// The modules whose aliases match a device's `modalias` (as modprobe matches them).
+    pub fn modules_for_modalias(&self, modalias: &str) -> Vec<String> {
+        let mut out: Vec<String> = Vec::new();
+        for (pattern, module) in &self.aliases {
+            if !out.contains(module) && glob_match(pattern.as_bytes(), modalias.as_bytes()) {
+                out.push(module.clone());
+            }
+        }
+        out
     }
 
     /// Parses the two index texts; malformed lines are skipped.
@@ -132,6 +165,7 @@ impl ModuleIndex {
             dir: dir.to_path_buf(),
             deps,
             builtin,
+            aliases: Vec::new(),
         }
     }
 
@@ -186,6 +220,127 @@ impl ModuleIndex {
         Ok(())
     }
 }
+
+/// Shell-style matching of a module alias against a modalias, as modprobe does it (fnmatch):
+/// `*` any run of characters, `?` one character, `[...]` a set or range (`[!...]` negated).
+fn glob_match(pattern: &[u8], text: &[u8]) -> bool {
+    let (mut p, mut t) = (0, 0);
+    // Where the last `*` was, and the text position it has consumed up to.
+    let mut star: Option<(usize, usize)> = None;
+    while t < text.len() {
+        let step = match pattern.get(p) {
+            Some(b'*') => {
+                star = Some((p, t));
+                p += 1;
+                continue;
+            }
+            Some(b'?') => Some(p + 1),
+            Some(b'[') => class_match(pattern, p, text.get(t).copied().unwrap_or(0)),
+            Some(&c) if text.get(t) == Some(&c) => Some(p + 1),
+            _ => None,
+        };
+        match (step, star) {
+            (Some(next), _) => {
+                p = next;
+                t += 1;
+            }
+            (None, Some((sp, st))) => {
+                p = sp + 1;
+                t = st + 1;
+                star = Some((sp, st + 1));
+            }
+            (None, None) => return false,
+        }
+    }
+    pattern
+        .get(p..)
+        .is_some_and(|rest| rest.iter().all(|&c| c == b'*'))
+}
+
+/// Matches `c` against the bracket expression starting at `pattern[open]` (`[`); the index
+/// after its `]`, or `None` when `c` is not in the set. An unterminated `[` matches itself.
+fn class_match(pattern: &[u8], open: usize, c: u8) -> Option<usize> {
+    let mut i = open + 1;
+    let negated = matches!(pattern.get(i), Some(b'!' | b'^'));
+    if negated {
+        i += 1;
+    }
+    let mut found = false;
+    let mut first = true;
+    loop {
+        let lo = *pattern.get(i)?;
+        if lo == b']' && !first {
+            break;
+        }
+        first = false;
+        match (pattern.get(i + 1), pattern.get(i + 2)) {
+            (Some(b'-'), Some(&hi)) if hi != b']' => {
+                found |= (lo..=hi).contains(&c);
+                i += 3;
+            }
+            _ => {
+                found |= lo == c;
+                i += 1;
+            }
+        }
+    }
+    (found != negated).then_some(i + 1)
+}
+
+/// The `modalias` of every device on every bus under `sys_bus` (`/sys/bus`).
+pub fn present_modaliases(sys_bus: &Path) -> std::collections::BTreeSet<String> {
+    let mut out = std::collections::BTreeSet::new();
+    for bus in fs::read_dir(sys_bus).into_iter().flatten().flatten() {
+        for dev in fs::read_dir(bus.path().join("devices"))
+            .into_iter()
+            .flatten()
+            .flatten()
+        {
+            if let Ok(alias) = fs::read_to_string(dev.path().join("modalias")) {
+                let alias = alias.trim();
+                if !alias.is_empty() {
+                    out.insert(alias.to_string());
+                }
+            }
+        }
+    }
+    out
+}
+
+/// Loads the modules whose aliases match the devices present, until loading finds no new
+/// devices (a bus driver such as virtio_pci or an ATA controller brings up devices of its
+/// own); returns the names of the modules it loaded or found loaded.
+pub fn load_for_present_devices(index: &ModuleIndex, sys_bus: &Path) -> Vec<String> {
+    let mut seen = std::collections::BTreeSet::new();
+    let mut modules: Vec<String> = Vec::new();
+    // Each round can only add devices behind a newly loaded driver: a few rounds suffice.
+    for _ in 0..5 {
+        let new: Vec<String> = present_modaliases(sys_bus)
+            .into_iter()
+            .filter(|a| seen.insert(a.clone()))
+            .collect();
+        if new.is_empty() {
+            break;
+        }
+        for alias in new {
+            for name in index.modules_for_modalias(&alias) {
+                if modules.contains(&name) {
+                    continue;
+                }
+                match load_with(index, &name) {
+                    Ok(()) => log::debug!("{alias}: module {name}"),
+                    Err(e) => log::warn!("module {name} for device {alias}: {e}"),
+                }
+                modules.push(name);
+            }
+        }
+    }
+    modules
+}
+
+/// Modules the later phases need whatever the hardware: CernVM-FS (FUSE), the union and the
+/// scratch disk's file system (spec §2.1 recommendation for distribution kernels).
+pub const BY_NAME: &[&str] = &["fuse", "overlay", "ext4"];
 
 /// Whether the running kernel has `name` loaded (or built in with a `/sys/module` entry).
 pub fn is_loaded(name: &str) -> bool {
@@ -362,7 +517,15 @@ pub fn load_predefined(root: &Path) -> Result<(), ModuleError> {
         }
     };
     let extra = fs::read_to_string(root.join("etc/modules")).unwrap_or_default();
-    let wanted = PREDEFINED
+    // With an alias index, only the drivers of the devices present (what udev would load),
+    // instead of every driver of the list.
+    let by_device = !index.aliases.is_empty();
+    if by_device {
+        let loaded = load_for_present_devices(&index, &root.join("sys/bus"));
+        log::info!("modules for the devices present: {}", loaded.join(" "));
+    }
+    let named: &[&str] = if by_device { BY_NAME } else { PREDEFINED };
+    let wanted = named
         .iter()
         .map(|s| s.to_string())
         .chain(etc_modules(&extra));
@@ -441,6 +604,69 @@ garbage line without colon\n";
             index().plan("a", &|_| false),
             Err(ModuleError::Cycle(_))
         ));
+    }
+
+    #[test]
+    fn aliases_match_like_fnmatch() {
+        let idx = index().with_aliases(
+            "# comment\n\
+alias pci:v00001AF4d00001000sv*sd*bc*sc*i* virtio_net\n\
+alias virtio:d00000001v* virtio-net\n\
+alias pci:v00008086d00007010sv*sd*bc*sc*i* ata_piix\n\
+alias pci:v*d*sv*sd*bc01sc06i01* ahci\n\
+alias scsi:t-0x05* sr_mod\n\
+alias acpi*:PNP070[0-2]:* floppy\n\
+alias dmi:bvn*:pn[!X]* onlynotx\n",
+        );
+        let m = |a: &str| idx.modules_for_modalias(a);
+        assert_eq!(
+            m("pci:v00001AF4d00001000sv00001AF4sd00000001bc02sc00i00"),
+            ["virtio_net"]
+        );
+        assert_eq!(m("virtio:d00000001v00001AF4"), ["virtio_net"]);
+        assert_eq!(
+            m("pci:v00008086d00002922sv00001AF4sd00001100bc01sc06i01"),
+            ["ahci"]
+        );
+        assert!(m("pci:v00008086d00007011sv00000000sd00000000bc01sc01i80").is_empty());
+        assert_eq!(m("scsi:t-0x05"), ["sr_mod"]);
+        assert_eq!(m("acpi:PNP0700:"), ["floppy"]);
+        assert!(m("acpi:PNP0703:").is_empty());
+        assert_eq!(m("dmi:bvnSeaBIOS:pnStandard"), ["onlynotx"]);
+        assert!(m("dmi:bvnSeaBIOS:pnXen").is_empty());
+    }
+
+    #[test]
+    fn glob_edge_cases() {
+        assert!(glob_match(b"*", b""));
+        assert!(glob_match(b"a*b*c", b"aXXbYYc"));
+        assert!(!glob_match(b"a*b*c", b"aXXbYY"));
+        assert!(glob_match(b"a?c", b"abc"));
+        assert!(!glob_match(b"a?c", b"ac"));
+        assert!(glob_match(b"[a-c]x", b"bx"));
+        assert!(!glob_match(b"[a-c]x", b"dx"));
+        assert!(glob_match(b"[]]", b"]"));
+        assert!(!glob_match(b"abc", b"abcd"));
+    }
+
+    #[test]
+    fn modaliases_of_all_buses() {
+        let dir = tempfile::tempdir().unwrap();
+        for (bus, dev, alias) in [
+            ("pci", "0000:00:03.0", "pci:v00001AF4d00001000\n"),
+            ("virtio", "virtio0", "virtio:d00000001v00001AF4\n"),
+            ("platform", "serial8250", ""),
+        ] {
+            let d = dir.path().join(bus).join("devices").join(dev);
+            fs::create_dir_all(&d).unwrap();
+            fs::write(d.join("modalias"), alias).unwrap();
+        }
+        fs::create_dir_all(dir.path().join("cpu/devices/cpu0")).unwrap();
+        let found: Vec<String> = present_modaliases(dir.path()).into_iter().collect();
+        assert_eq!(
+            found,
+            ["pci:v00001AF4d00001000", "virtio:d00000001v00001AF4"]
+        );
     }
 
     #[test]

@@ -402,7 +402,8 @@ impl<'m> Builder<'m> {
         Ok(())
     }
 
-    /// The restricted `modules.dep` and the `modules.builtin` of every kernel used.
+    /// The restricted `modules.dep` and `modules.alias` and the `modules.builtin` of every
+    /// kernel used.
     fn add_module_indexes(&mut self) -> Result<(), ItemError> {
         let shipped = std::mem::take(&mut self.shipped_modules);
         for (dir, (component, files)) in shipped {
@@ -415,6 +416,17 @@ impl<'m> Builder<'m> {
                 dep.into_bytes(),
                 0o644,
             )?;
+            // What the init matches the present devices against (modalias loading).
+            let alias = Path::new(&dir).join("modules.alias");
+            if alias.exists() && !files.is_empty() {
+                let text = String::from_utf8_lossy(&read_file(&alias)?).into_owned();
+                self.add_file(
+                    component,
+                    &format!("lib/modules/{release}/modules.alias"),
+                    crate::kmod::modules_alias_for(&text, &files).into_bytes(),
+                    0o644,
+                )?;
+            }
             let builtin = Path::new(&dir).join("modules.builtin");
             if builtin.exists() {
                 let data = read_file(&builtin)?;

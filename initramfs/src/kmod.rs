@@ -169,9 +169,43 @@ impl ModuleTree {
     }
 }
 
+/// The lines of a `modules.alias` text (`alias <pattern> <module>`) that name one of the module
+/// files `modules`, in their order: what the init matches the devices' modaliases against.
+pub fn modules_alias_for(alias_text: &str, modules: &BTreeSet<String>) -> String {
+    let names: BTreeSet<String> = modules.iter().map(|m| module_name(m)).collect();
+    let mut out = String::new();
+    for line in alias_text.lines() {
+        let mut words = line.split_whitespace();
+        if let (Some("alias"), Some(_), Some(module), None) =
+            (words.next(), words.next(), words.next(), words.next())
+        {
+            if names.contains(&normalize_name(module)) {
+                out.push_str(line.trim());
+                out.push('\n');
+            }
+        }
+    }
+    out
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn aliases_are_restricted_to_the_shipped_modules() {
+        let text = "# Aliases extracted from modules themselves.\n\
+alias pci:v00001AF4d00001000sv*sd*bc*sc*i* virtio_net\n\
+alias virtio:d00000001v* virtio_net\n\
+alias fs-ext4 ext4\n\
+alias pci:v00008086d0000100Esv*sd*bc*sc*i* e1000\n\
+alias broken\n";
+        let shipped: BTreeSet<String> = ["kernel/drivers/net/virtio_net.ko".to_string()].into();
+        assert_eq!(
+            modules_alias_for(text, &shipped),
+            "alias pci:v00001AF4d00001000sv*sd*bc*sc*i* virtio_net\nalias virtio:d00000001v* virtio_net\n"
+        );
+    }
 
     fn tree(dep: &str, builtin: &str) -> (tempfile::TempDir, ModuleTree) {
         let tmp = tempfile::tempdir().unwrap();

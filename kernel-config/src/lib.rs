@@ -424,6 +424,8 @@ CONFIG_RD_ZSTD=y
             "CONFIG_RD_XZ",
             "CONFIG_BLK_DEV_INITRD",
             "CONFIG_KEXEC",
+            "CONFIG_KEXEC_FILE",
+            "CONFIG_RD_ZSTD",
         ] {
             let req = f.requirements.iter().find(|r| r.symbol == must).unwrap();
             assert_eq!(req.level, Level::BuiltIn, "{must}");

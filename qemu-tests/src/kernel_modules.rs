@@ -7,12 +7,19 @@ use ucernvm_init::modules::ModuleIndex;
 
 use crate::HarnessError;
 
-/// `<root>/boot/vmlinuz-<release>` → `<root>/lib/modules/<release>`.
+/// The module index of a kernel: `<root>/boot/vmlinuz-<release>` (a Debian kernel package) →
+/// `<root>/lib/modules/<release>`; `<dir>/vmlinuz` with `<dir>/release` (the µCernVM kernel of
+/// `kernel-config/build-custom-kernel`) → `<dir>/modules/<release>`.
 pub fn modules_dir(kernel: &Path) -> Result<PathBuf, HarnessError> {
     let bad = |why: &str| HarnessError::Io {
         what: format!("{}: {why}", kernel.display()),
         cause: std::io::Error::from(std::io::ErrorKind::InvalidInput),
     };
+    if let Some(dir) = kernel.parent() {
+        if let Ok(release) = std::fs::read_to_string(dir.join("release")) {
+            return Ok(dir.join("modules").join(release.trim()));
+        }
+    }
     let release = kernel
         .file_name()
         .and_then(|n| n.to_str())
@@ -77,5 +84,15 @@ mod tests {
             Path::new("/k/lib/modules/6.1.0-cloud")
         );
         assert!(modules_dir(Path::new("/k/boot/bzImage")).is_err());
+    }
+
+    #[test]
+    fn modules_dir_of_the_custom_kernel_is_named_by_its_release_file() {
+        let dir = tempfile::tempdir().unwrap();
+        std::fs::write(dir.path().join("release"), "6.1.192\n").unwrap();
+        assert_eq!(
+            modules_dir(&dir.path().join("vmlinuz")).unwrap(),
+            dir.path().join("modules/6.1.192")
+        );
     }
 }

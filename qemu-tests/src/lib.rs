@@ -357,12 +357,19 @@ pub mod inputs {
             .unwrap_or_else(|| PathBuf::from(".."))
     }
 
-    /// A kernel to boot: `$UCERNVM_TEST_KERNEL`, else the one unpacked by
-    /// `kernel-config/fetch-debian-kernel` under `build/kernel`.
+    /// A kernel to boot: `$UCERNVM_TEST_KERNEL`, else the µCernVM kernel built by
+    /// `kernel-config/build-custom-kernel` (`build/custom-kernel/current/vmlinuz`).
     pub fn kernel() -> Option<PathBuf> {
         if let Some(k) = std::env::var_os("UCERNVM_TEST_KERNEL") {
             return Some(PathBuf::from(k)).filter(|p| p.is_file());
         }
+        let vmlinuz = workspace_root().join("build/custom-kernel/current/vmlinuz");
+        vmlinuz.is_file().then_some(vmlinuz)
+    }
+
+    /// Debian's cloud kernel, unpacked by `kernel-config/fetch-debian-kernel` under
+    /// `build/kernel` (`<root>/boot/vmlinuz-<release>`, modules in `<root>/lib/modules`).
+    pub fn debian_kernel() -> Option<PathBuf> {
         let build = workspace_root().join("build/kernel");
         let version = std::fs::read_to_string(build.join("kernel-version")).ok()?;
         let vmlinuz = build
@@ -383,13 +390,20 @@ pub mod inputs {
             .find(|p| p.is_file())
     }
 
-    /// The µCernVM initramfs: `$UCERNVM_TEST_INITRD`, else `build/ucernvm-initrd.img` as
-    /// `scripts/test` builds it with `scripts/build-initrd`.
+    /// The µCernVM initramfs for [`kernel`]: `$UCERNVM_TEST_INITRD`, else
+    /// `build/ucernvm-initrd.img` as `scripts/test` builds it with `scripts/build-initrd`.
     pub fn initrd() -> Option<PathBuf> {
         let path = match std::env::var_os("UCERNVM_TEST_INITRD") {
             Some(p) => PathBuf::from(p),
             None => workspace_root().join("build/ucernvm-initrd.img"),
         };
+        path.is_file().then_some(path)
+    }
+
+    /// The µCernVM initramfs for [`debian_kernel`], with its modules:
+    /// `build/ucernvm-initrd-debian.img` (`scripts/build-initrd --kernel debian`).
+    pub fn debian_initrd() -> Option<PathBuf> {
+        let path = workspace_root().join("build/ucernvm-initrd-debian.img");
         path.is_file().then_some(path)
     }
 

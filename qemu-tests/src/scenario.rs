@@ -256,7 +256,7 @@ impl BootImage {
             cause: std::io::Error::from(std::io::ErrorKind::NotFound),
         };
         let kernel = inputs::kernel()
-            .ok_or_else(|| missing("no kernel (kernel-config/fetch-debian-kernel)"))?;
+            .ok_or_else(|| missing("no kernel (kernel-config/build-custom-kernel)"))?;
         let base = inputs::initrd()
             .ok_or_else(|| missing("no µCernVM initramfs (scripts/build-initrd)"))?;
         Self::for_kernel(repo, kernel, &base)
@@ -400,7 +400,7 @@ pub const BOOT_TIMEOUT: Duration = Duration::from_secs(300);
 pub use cvmfs_client::testing::SquidProxy;
 
 /// True when everything a full boot needs is there; otherwise prints what is missing, so a
-/// test can skip with a message (kernel: kernel-config/fetch-debian-kernel; initramfs:
+/// test can skip with a message (kernel: kernel-config/build-custom-kernel; initramfs:
 /// scripts/build-initrd; publisher: cargo build -p cvmfs-client; static busybox).
 pub fn full_boot_inputs_ready() -> bool {
     let missing: Vec<&str> = [

@@ -1,5 +1,5 @@
 //! Boots a real kernel in QEMU (TCG). Skipped, with a message, when no kernel is available:
-//! run `kernel-config/fetch-debian-kernel` or set `UCERNVM_TEST_KERNEL`.
+//! run `kernel-config/build-custom-kernel` or set `UCERNVM_TEST_KERNEL`.
 
 use std::time::Duration;
 
@@ -13,7 +13,7 @@ fn kernel_or_skip() -> Option<std::path::PathBuf> {
     let kernel = inputs::kernel();
     if kernel.is_none() {
         test_prereq::skip(
-            "no kernel (run kernel-config/fetch-debian-kernel or set UCERNVM_TEST_KERNEL)",
+            "no kernel (run kernel-config/build-custom-kernel or set UCERNVM_TEST_KERNEL)",
         );
     }
     kernel

@@ -3,7 +3,7 @@
 //! virtio-blk — until our init's banner appears on the serial console; the images are signed
 //! with a test CA and the signed ones boot the same way. One test, so the initramfs is built once.
 //! Skipped, with a message, without the Debian kernel or the static executables
-//! (`kernel-config/fetch-debian-kernel`, `scripts/build-static`).
+//! (`kernel-config/build-custom-kernel`, `scripts/build-static`).
 
 mod common;
 
@@ -31,8 +31,7 @@ fn build_initrd(kernel: &Path, out: &Path) -> Option<()> {
         test_prereq::skip("no static init/cvmfs2 (run scripts/build-static)");
         return None;
     }
-    let release = kernel.file_name()?.to_str()?.strip_prefix("vmlinuz-")?;
-    let kmods = kernel.parent()?.parent()?.join("lib/modules").join(release);
+    let kmods = qemu_tests::kernel_modules::modules_dir(kernel).ok()?;
     let manifest_path = ws.join("initramfs/ucernvm.manifest");
     let vars: BTreeMap<String, String> = [
         ("version", VERSION.to_string()),
@@ -157,7 +156,7 @@ fn extract(iso: &Path, path: &str, to: &Path) -> String {
 #[test]
 fn iso_and_hdd_images_signed_and_unsigned_boot_to_our_init() {
     let Some(kernel) = inputs::kernel() else {
-        test_prereq::skip("no kernel (run kernel-config/fetch-debian-kernel)");
+        test_prereq::skip("no kernel (run kernel-config/build-custom-kernel)");
         return;
     };
     let tmp = tempfile::tempdir().unwrap();

@@ -3,7 +3,7 @@
 //! the command lines of the cloud variants, the checksums and the appliance; the other boots
 //! each format QEMU can read (qcow2, VDI, VMDK from the OVA, fixed VHD, GCE's disk.raw) until
 //! our init's banner appears on the serial console. Needs the Debian kernel and the initramfs
-//! of `scripts/test` (`kernel-config/fetch-debian-kernel`, `scripts/build-initrd`).
+//! of `scripts/test` (`kernel-config/build-custom-kernel`, `scripts/build-initrd`).
 
 mod common;
 
@@ -30,7 +30,7 @@ impl Images {
     fn build(dir: &Path, extra: &[&std::ffi::OsStr]) -> Option<Images> {
         let (Some(kernel), Some(initrd)) = (inputs::kernel(), inputs::initrd()) else {
             test_prereq::skip(
-                "no kernel or initramfs (kernel-config/fetch-debian-kernel, scripts/build-initrd)",
+                "no kernel or initramfs (kernel-config/build-custom-kernel, scripts/build-initrd)",
             );
             return None;
         };

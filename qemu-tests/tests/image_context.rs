@@ -56,7 +56,7 @@ fn extra_context_line(cmd: QemuCommand) -> (Guest, String) {
 fn extra_user_data_added_to_a_signed_image_is_applied_at_boot() {
     let (Some(kernel), Some(initrd)) = (inputs::kernel(), inputs::initrd()) else {
         test_prereq::skip(
-            "no kernel or initramfs (kernel-config/fetch-debian-kernel, scripts/build-initrd)",
+            "no kernel or initramfs (kernel-config/build-custom-kernel, scripts/build-initrd)",
         );
         return;
     };

@@ -1,14 +1,12 @@
 //! The launcher's shared folder (spec §17.6): a host directory exported over virtio-9p with the
 //! tag `<vm name>_sf` appears at `/mnt/shared` in the guest, mounted by the demo OS's
 //! `cernvm-context shared-folder` (the static executable of `os-context`, here run by the busybox
-//! test OS instead of its systemd unit). Debian's cloud kernel has no 9p, so this boots Debian's
-//! generic kernel (`kernel-config/fetch-debian-kernel --generic`) with a µCernVM initramfs built
-//! for its modules: the initramfs carries 9p and posts it to the OS (spec §12.6).
+//! test OS instead of its systemd unit). The µCernVM kernel has 9p built in (Debian's cloud
+//! kernel has no 9p at all).
 
 use std::fs;
 use std::os::unix::fs::PermissionsExt;
 use std::path::PathBuf;
-use std::process::Command;
 
 use qemu_tests::inputs::workspace_root;
 use qemu_tests::media::blank_qcow2;
@@ -18,16 +16,6 @@ use qemu_tests::scenario::{
 use qemu_tests::test_os::OS_LOGIN_MARKER;
 
 const FQRN: &str = "test-os.cernvm.test";
-
-/// The generic kernel's vmlinuz and modules directory, if fetched.
-fn generic_kernel() -> Option<(PathBuf, PathBuf)> {
-    let dir = workspace_root().join("build/kernel-generic");
-    let version = fs::read_to_string(dir.join("kernel-version")).ok()?;
-    let version = version.trim();
-    let vmlinuz = dir.join(format!("root/boot/vmlinuz-{version}"));
-    let modules = dir.join(format!("root/lib/modules/{version}"));
-    (vmlinuz.is_file() && modules.join("modules.dep").is_file()).then_some((vmlinuz, modules))
-}
 
 /// The static `cernvm-context` (scripts/build-static builds it).
 fn static_context_tool() -> Option<PathBuf> {
@@ -40,31 +28,11 @@ fn a_9p_folder_tagged_sf_appears_at_mnt_shared() {
     if !scenario::full_boot_inputs_ready() {
         return;
     }
-    let Some((vmlinuz, modules)) = generic_kernel() else {
-        test_prereq::skip("Debian's generic kernel (kernel-config/fetch-debian-kernel --generic)");
-        return;
-    };
     let Some(tool) = static_context_tool() else {
         test_prereq::skip("the static cernvm-context (scripts/build-static)");
         return;
     };
     let dir = tempfile::tempdir().unwrap();
-    // The µCernVM initramfs for the generic kernel's modules (zstd: quicker to build).
-    let initrd = dir.path().join("initrd.img");
-    let out = Command::new(workspace_root().join("scripts/build-initrd"))
-        .arg("--modules")
-        .arg(&modules)
-        .args(["--compression", "zstd", "--output"])
-        .arg(&initrd)
-        .output()
-        .expect("cannot run scripts/build-initrd");
-    assert!(
-        out.status.success(),
-        "scripts/build-initrd --modules {}: {}",
-        modules.display(),
-        String::from_utf8_lossy(&out.stderr)
-    );
-
     let repo = OsRepository::create_customized(FQRN, "r1", Some("r1"), |os| {
         fs::copy(&tool, os.join("usr/sbin/cernvm-context"))?;
         fs::set_permissions(
@@ -81,7 +49,7 @@ fn a_9p_folder_tagged_sf_appears_at_mnt_shared() {
         fs::set_permissions(&hook, fs::Permissions::from_mode(0o755))
     })
     .unwrap();
-    let image = BootImage::for_kernel(&repo, vmlinuz, &initrd).unwrap();
+    let image = BootImage::with_repository_key(&repo).unwrap();
     let disk = dir.path().join("scratch.qcow2");
     blank_qcow2(&disk, 2048).unwrap();
     let shared = dir.path().join("shared");

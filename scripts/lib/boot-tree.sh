@@ -2,9 +2,12 @@
 # the boot parameters and the boot medium tree of spec §14.1 with the menus of spec §14.2.
 #
 # Options understood by parse_boot_option (defaults in brackets):
-#   --kernel FILE       kernel image [Debian cloud kernel, kernel-config/fetch-debian-kernel]
+#   --kernel KERNEL     custom: the µCernVM kernel (kernel-config/build-custom-kernel, built or
+#                       taken from its cache), everything built in; debian: Debian's cloud
+#                       kernel (kernel-config/fetch-debian-kernel) with modules in the
+#                       initramfs; or a kernel image file [custom]
 #   --initrd FILE       initramfs [built by scripts/build-initrd for that kernel]
-#   --modules DIR       lib/modules/<release> for scripts/build-initrd [of the default kernel]
+#   --modules DIR       lib/modules/<release> for scripts/build-initrd [with a kernel file]
 #   --cern-keys DIR     passed to scripts/build-initrd
 #   --branch NAME       the preset of spec §9.2 (init/src/config/branches.table: prod, testing,
 #                       devel, sl7, slc4, slc5, aarch64, ...): repository, path, tag, servers
@@ -24,7 +27,7 @@
 # login prompt) on the serial port, where cernvm-launch logs it and `console NAME` attaches.
 #   --output FILE       image file [build/ucernvm.<version>.<format>]
 
-kernel="" initrd="" modules="" cern_keys="" output="" serial=0
+kernel=custom initrd="" modules="" cern_keys="" output="" serial=0
 
 die() { echo "${0##*/}: error: $*" >&2; exit 1; }
 log() { echo "${0##*/}: $*" >&2; }
@@ -73,20 +76,33 @@ check_boot_values() {
     done
 }
 
-# Sets version, kernel and initrd (building the initramfs if needed).
+# Sets version, kernel and initrd (building the initramfs if needed), and iso_budget: the
+# largest ISO (in bytes) for that kernel.
 resolve_inputs() {
     version=${UCERNVM_VERSION:-$(tr -d '[:space:]' <scripts/bootloader-version).cernvm.x86_64}
     release=${version%%.cernvm*}   # e.g. 2026.11-1
     menu_version=${release%%-*}    # e.g. 2026.11
     epoch=${SOURCE_DATE_EPOCH:-$(git log -1 --format=%ct 2>/dev/null || echo 0)}
-    if [[ -z "$kernel" ]]; then
+    local args=()
+    iso_budget=$((20 * 1024 * 1024))
+    case "$kernel" in
+    custom)
+        kernel=$(kernel-config/build-custom-kernel)
+        args=(--kernel custom)
+        ;;
+    debian)
         kernel=$(kernel-config/fetch-debian-kernel)
-        [[ -n "$modules" ]] || modules="build/kernel/root/lib/modules/${kernel##*/vmlinuz-}"
-    fi
-    [[ -f "$kernel" ]] || die "kernel $kernel not found"
+        args=(--kernel debian)
+        ;;
+    *)
+        [[ -f "$kernel" ]] || die "--kernel $kernel: not custom, debian or a kernel image file"
+        [[ -n "$modules" || -n "$initrd" ]] || die "--kernel FILE needs --modules (or --initrd) so the initramfs matches it"
+        args=(--modules "$modules")
+        ;;
+    esac
+    # The µCernVM kernel given as a file (scripts/build-images, the tests) has its budget too.
+    [[ "$kernel" != */custom-kernel/*/vmlinuz ]] || iso_budget=12000000
     if [[ -z "$initrd" ]]; then
-        [[ -n "$modules" ]] || die "--kernel needs --modules (or --initrd) so the initramfs matches it"
-        local args=(--modules "$modules")
         [[ -n "$cern_keys" ]] && args+=(--cern-keys "$cern_keys")
         initrd=$(SOURCE_DATE_EPOCH=$epoch scripts/build-initrd "${args[@]}")
     fi
@@ -183,10 +199,10 @@ print_sizes() {
         printf '%-28s %12d\n' "initramfs (cernvm/initrd.img)" "$i"
         printf '%-28s %12d\n' "boot loader and configs" "$l"
         printf '%-28s %12d\n' "file system and padding" $((total - k - i - l))
-        printf '%-28s %12d  (%.2f MiB, budget %d MiB)\n' "$image" "$total" "$(awk -v t="$total" 'BEGIN { print t / 1048576 }')" $((budget / 1048576))
+        printf '%-28s %12d  (%.2f MiB, budget %d bytes)\n' "$image" "$total" "$(awk -v t="$total" 'BEGIN { print t / 1048576 }')" "$budget"
     } >&2
     if [[ $total -gt $budget ]]; then
-        log "warning: $image is larger than the budget of $((budget / 1048576)) MiB"
+        log "warning: $image is larger than its budget of $budget bytes"
     fi
 }
 

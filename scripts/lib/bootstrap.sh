@@ -14,6 +14,10 @@ BOOTSTRAP_NEEDS=(
   # build
   "cc build-essential" "make build-essential" "pkg-config pkg-config" "musl-gcc musl-tools"
   "file file" "cpio cpio" "zstd zstd" "depmod kmod"
+  # the µCernVM kernel (kernel-config/build-custom-kernel): Debian's kernel sources and what
+  # building them needs
+  "/usr/src/linux-source-6.1.tar.xz linux-source-6.1" "bc bc" "bison bison" "flex flex"
+  "perl perl" "/usr/include/libelf.h libelf-dev" "/usr/include/openssl/ssl.h libssl-dev"
   # images
   "xorriso xorriso" "/usr/lib/ISOLINUX/isolinux.bin isolinux" "/usr/lib/ISOLINUX/isohdpfx.bin isolinux"
   "syslinux syslinux" "/usr/lib/syslinux/modules/bios/ldlinux.c32 syslinux-common"

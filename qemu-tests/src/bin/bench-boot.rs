@@ -14,7 +14,7 @@ use std::process::Command;
 use std::time::{Duration, Instant};
 
 use anyhow::{bail, Context, Result};
-use clap::Parser;
+use clap::{Parser, ValueEnum};
 
 use cernvm_launch::qemu::{Accel, DiskFormat, QemuCommand};
 use qemu_tests::kernel_modules::{module_closure, modules_dir};
@@ -39,10 +39,65 @@ struct Args {
     /// Save every boot's console log in this directory (`<run>-<boot>.log`).
     #[arg(long)]
     console_dir: Option<PathBuf>,
+    /// The kernel both the floor and µCernVM boot: `custom`, the µCernVM kernel with
+    /// everything built in (kernel-config/build-custom-kernel), or `debian`, Debian's cloud
+    /// kernel with modules (kernel-config/fetch-debian-kernel).
+    #[arg(long, value_enum, default_value_t = Kernel::Custom)]
+    kernel: Kernel,
+    /// The kernel's console messages: `quiet` (`quiet loglevel=3`, as the image's normal boot
+    /// entry) or `verbose` (every message on the serial console, as the debug entry).
+    #[arg(long, value_enum, default_value_t = KernelLog::Quiet)]
+    kernel_log: KernelLog,
     /// Benchmark the systemd demo OS (`.tar.zst` made by scripts/build-debian-os) instead of
     /// the busybox test OS: boot to `login:` and to a successful ssh command.
     #[arg(long)]
     debian_os: Option<PathBuf>,
+}
+
+#[derive(Clone, Copy, PartialEq, Eq, clap::ValueEnum)]
+enum Kernel {
+    Custom,
+    Debian,
+}
+
+#[derive(Clone, Copy, PartialEq, Eq, clap::ValueEnum)]
+enum KernelLog {
+    Quiet,
+    Verbose,
+}
+
+impl KernelLog {
+    /// Kernel parameters after `console=ttyS0 panic=-1`.
+    fn params(self) -> &'static str {
+        match self {
+            KernelLog::Quiet => " quiet loglevel=3",
+            KernelLog::Verbose => "",
+        }
+    }
+}
+
+impl Kernel {
+    /// The kernel image and the µCernVM initramfs built for it.
+    fn inputs(self) -> Result<(PathBuf, PathBuf)> {
+        Ok(match self {
+            Kernel::Custom => (
+                inputs::kernel().context("no kernel (kernel-config/build-custom-kernel)")?,
+                inputs::initrd().context("no initramfs (scripts/build-initrd)")?,
+            ),
+            Kernel::Debian => (
+                inputs::debian_kernel().context("no kernel (kernel-config/fetch-debian-kernel)")?,
+                inputs::debian_initrd()
+                    .context("no initramfs (scripts/build-initrd --kernel debian)")?,
+            ),
+        })
+    }
+
+    fn name(self) -> &'static str {
+        match self {
+            Kernel::Custom => "the µCernVM kernel",
+            Kernel::Debian => "Debian's cloud kernel",
+        }
+    }
 }
 
 impl Args {
@@ -71,6 +126,30 @@ fn add_timeline_hook(tree: &Path) -> std::io::Result<()> {
     fs::set_permissions(&hook, fs::Permissions::from_mode(0o755))
 }
 
+/// Printed by the benchmark OS's last rc.d hook before it shuts the machine down.
+const POWER_OFF_MARKER: &str = "UCERNVM-TEST-OS: clean power-off";
+
+/// The last rc.d hook of the benchmark OS (floor and µCernVM alike): every file system
+/// read-only (an emergency remount, which commits the ext4 journal and marks it clean), then
+/// power off; so that the next boot of the same disk replays no journal, as after a clean
+/// shutdown. The busybox OS has no shutdown of its own.
+fn add_power_off_hook(tree: &Path) -> std::io::Result<()> {
+    let hook = tree.join("etc/test-os/rc.d/90-power-off");
+    fs::write(
+        &hook,
+        format!(
+            "#!/bin/sh
+echo \"{POWER_OFF_MARKER}\"
+sync
+echo u > /proc/sysrq-trigger
+\
+             for i in $(seq 50); do dmesg | grep -q 'Emergency Remount complete' && break; usleep 100000; done\n\
+             poweroff -f\n"
+        ),
+    )?;
+    fs::set_permissions(&hook, fs::Permissions::from_mode(0o755))
+}
+
 /// The timeline printed by [`add_timeline_hook`], from a console log.
 fn timeline_of(console: &str) -> String {
     let Some(start) = console.rfind(TIMELINE_MARKER) else {
@@ -79,23 +158,25 @@ fn timeline_of(console: &str) -> String {
     console[start + TIMELINE_MARKER.len()..]
         .lines()
         .skip(1)
-        .take_while(|l| !l.contains(OS_LOGIN_MARKER))
+        .take_while(|l| !l.contains(OS_LOGIN_MARKER) && !l.contains(POWER_OFF_MARKER))
         .map(|l| format!("  {}\n", l.trim_end()))
         .collect()
 }
 
-/// Boots until the OS init's first line; the time and the guest's console log.
+/// Boots until the OS init's first line, then lets the OS power the machine off cleanly
+/// ([`add_power_off_hook`]); the time and the guest's console log.
 fn timed_boot(mut guest: Guest) -> Result<(Duration, String)> {
     let start = Instant::now();
     guest
         .wait_for(OS_READY_MARKER, BOOT_TIMEOUT)
         .map_err(|e| anyhow::anyhow!("{e}"))?;
     let elapsed = start.elapsed();
-    // The OS init syncs its boot counter before this line: the disk is consistent.
     guest
-        .wait_for(OS_LOGIN_MARKER, BOOT_TIMEOUT)
+        .wait_for(POWER_OFF_MARKER, BOOT_TIMEOUT)
         .map_err(|e| anyhow::anyhow!("{e}"))?;
-    guest.kill();
+    if guest.wait_exit(Duration::from_secs(60)).is_err() {
+        bail!("the OS did not power off:\n{}", guest.console().contents());
+    }
     Ok((elapsed, guest.console().contents()))
 }
 
@@ -141,6 +222,11 @@ fn floor_initramfs(kernel: &Path, busybox: &Path, dest: &Path) -> Result<()> {
     Ok(())
 }
 
+fn value_name(v: impl ValueEnum) -> String {
+    v.to_possible_value()
+        .map_or("?".into(), |v| v.get_name().to_string())
+}
+
 fn median(mut v: Vec<Duration>) -> Duration {
     v.sort();
     v[v.len() / 2]
@@ -151,16 +237,17 @@ fn main() -> Result<()> {
     if args.runs == 0 {
         bail!("--runs must be at least 1");
     }
-    let kernel = inputs::kernel().context("no kernel (kernel-config/fetch-debian-kernel)")?;
+    let (kernel, initrd) = args.kernel.inputs()?;
     let busybox = inputs::static_busybox().context("no static busybox")?;
     let work = tempfile::Builder::new().prefix("bench-boot-").tempdir()?;
     if let Some(tarball) = &args.debian_os {
-        return debian::bench(&args, tarball, &kernel, &busybox, work.path());
+        return debian::bench(&args, tarball, &kernel, &initrd, &busybox, work.path());
     }
 
     // Floor: the same OS tree on a local ext4 disk.
     let tree = work.path().join("os");
     build_busybox_os(&tree, &busybox, "floor")?;
+    add_power_off_hook(&tree)?;
     let floor_disk = work.path().join("floor.img");
     let st = Command::new("mke2fs")
         .args(["-q", "-F", "-t", "ext4", "-d"])
@@ -175,12 +262,16 @@ fn main() -> Result<()> {
     floor_initramfs(&kernel, &busybox, &floor_initrd)?;
 
     // µCernVM: the same OS published and served through a counting relay.
-    let repo = OsRepository::create_customized(FQRN, "r1", Some("r1"), add_timeline_hook)?;
-    let image = BootImage::with_repository_key(&repo)?;
+    let repo = OsRepository::create_customized(FQRN, "r1", Some("r1"), |tree| {
+        add_timeline_hook(tree)?;
+        add_power_off_hook(tree)
+    })?;
+    let image = BootImage::for_kernel(&repo, kernel.clone(), &initrd)?;
     let relay = CountingRelay::start(repo.port())?;
     let cmdline = format!(
-        "cvmfs_url=http://10.0.2.2:{}/cvmfs/{FQRN} cvmfs_repos={FQRN} cvmfs_proxy=DIRECT",
-        relay.port()
+        "cvmfs_url=http://10.0.2.2:{}/cvmfs/{FQRN} cvmfs_repos={FQRN} cvmfs_proxy=DIRECT{}",
+        relay.port(),
+        args.kernel_log.params()
     );
 
     let (mut floor, mut first, mut warm) = (Vec::new(), Vec::new(), Vec::new());
@@ -194,7 +285,10 @@ fn main() -> Result<()> {
             .kernel(
                 &kernel,
                 Some(floor_initrd.clone()),
-                Some("console=ttyS0 panic=-1".into()),
+                Some(format!(
+                    "console=ttyS0 panic=-1{}",
+                    args.kernel_log.params()
+                )),
             )
             .disk_with_format(&floor_disk, DiskFormat::Raw)
             .no_reboot(true);
@@ -224,8 +318,12 @@ fn main() -> Result<()> {
         ("µCernVM second boot (same disk, cache warm)", warm),
     ];
     println!(
-        "# bench-boot: QEMU (TCG) start → OS init's first line, median of {} runs",
-        args.runs
+        "# bench-boot --kernel {} --kernel-log {}: QEMU (TCG) start → OS init's first line, \
+         median of {} runs; floor and µCernVM boot {}",
+        value_name(args.kernel),
+        value_name(args.kernel_log),
+        args.runs,
+        args.kernel.name()
     );
     if args.markdown {
         println!("| boot | seconds | × floor |\n|---|---|---|");
@@ -300,6 +398,7 @@ mod debian {
         args: &Args,
         tarball: &Path,
         kernel: &Path,
+        initrd: &Path,
         busybox: &Path,
         work: &Path,
     ) -> Result<()> {
@@ -355,7 +454,7 @@ mod debian {
             Some("r1"),
             |_| Ok(()),
         )?;
-        let image = BootImage::with_repository_key(&repo)?;
+        let image = BootImage::for_kernel(&repo, kernel.to_path_buf(), initrd)?;
         let relay = CountingRelay::start(repo.port())?;
         let iso = work.join("config-2.iso");
         let user_data = format!(
@@ -369,8 +468,9 @@ mod debian {
             &[("openstack/latest/user_data", user_data.as_bytes())],
         )?;
         let cmdline = format!(
-            "cvmfs_url=http://10.0.2.2:{}/cvmfs/{FQRN} cvmfs_repos={FQRN} cvmfs_proxy=DIRECT",
-            relay.port()
+            "cvmfs_url=http://10.0.2.2:{}/cvmfs/{FQRN} cvmfs_repos={FQRN} cvmfs_proxy=DIRECT{}",
+            relay.port(),
+            args.kernel_log.params()
         );
 
         let (mut floor, mut first, mut warm) = (Vec::new(), Vec::new(), Vec::new());
@@ -383,7 +483,10 @@ mod debian {
                 .kernel(
                     kernel,
                     Some(floor_initrd.clone()),
-                    Some("console=ttyS0 panic=-1".into()),
+                    Some(format!(
+                        "console=ttyS0 panic=-1{}",
+                        args.kernel_log.params()
+                    )),
                 )
                 .disk_with_format(&floor_disk, DiskFormat::Raw)
                 .user_net(net())
