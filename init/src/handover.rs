@@ -222,9 +222,10 @@ pub fn no_ssh_server_message(reason: Option<&str>) -> String {
     )
 }
 
-/// `passwd` with the `root:` line's password removed (spec §13: dropbear -B lets root in
-/// without one) and its home set to `home`; `None` without a `root:` line.
-pub fn cvmssh_passwd(passwd: &str, home: &str) -> Option<String> {
+/// `passwd` with the `root:` line's home set to `home` and its password removed (`blank`,
+/// spec §13: dropbear -B lets root in without one) or made one nothing matches (`*`: keys
+/// only; not `!`, which dropbear takes for a locked account); `None` without a `root:` line.
+pub fn cvmssh_passwd(passwd: &str, home: &str, blank: bool) -> Option<String> {
     let mut found = false;
     let mut out = String::with_capacity(passwd.len() + home.len());
     for line in passwd.split_inclusive('\n') {
@@ -235,7 +236,7 @@ pub fn cvmssh_passwd(passwd: &str, home: &str) -> Option<String> {
             };
             let mut fields: Vec<&str> = body.split(':').collect();
             if fields.len() == 7 {
-                for (i, value) in [(1, ""), (5, home)] {
+                for (i, value) in [(1, if blank { "" } else { "*" }), (5, home)] {
                     if let Some(f) = fields.get_mut(i) {
                         *f = value;
                     }
@@ -252,9 +253,10 @@ pub fn cvmssh_passwd(passwd: &str, home: &str) -> Option<String> {
 }
 
 /// Prepares the initramfs under `root` for dropbear (spec §13): `/etc/dropbear` for the host
-/// keys dropbear makes on demand, `/etc/shells`, root without a password and with its home
-/// in the initramfs, and there `.ssh/authorized_keys` with `keys` (0600 in a 0700 directory,
-/// as dropbear insists). Returns the home directory.
+/// keys dropbear makes on demand, `/etc/shells`, root's home in the initramfs, and there
+/// `.ssh/authorized_keys` with `keys` (0600 in a 0700 directory, as dropbear insists). Root
+/// has no password, as in the original, unless there are keys: then only they let root in
+/// (a blank password would let anyone in, whatever the keys). Returns the home directory.
 pub fn prepare_cvmssh(root: &Path, keys: &[String]) -> Result<PathBuf, HandoverError> {
     let keys_dir = root.join("etc/dropbear");
     std::fs::create_dir_all(&keys_dir).map_err(io_err("cannot create", &keys_dir))?;
@@ -264,7 +266,7 @@ pub fn prepare_cvmssh(root: &Path, keys: &[String]) -> Result<PathBuf, HandoverE
     std::fs::write(&shells, "/bin/sh\n/bin/bash\n").map_err(io_err("cannot write", &shells))?;
     let passwd = root.join("etc/passwd");
     let text = std::fs::read_to_string(&passwd).map_err(io_err("cannot read", &passwd))?;
-    let open = cvmssh_passwd(&text, &format!("/{CVMSSH_HOME}"))
+    let open = cvmssh_passwd(&text, &format!("/{CVMSSH_HOME}"), keys.is_empty())
         .ok_or_else(|| HandoverError::NoRootEntry(passwd.clone()))?;
     std::fs::write(&passwd, open).map_err(io_err("cannot write", &passwd))?;
     let home = root.join(CVMSSH_HOME);
@@ -328,7 +330,7 @@ fn interface_list() -> String {
 }
 
 /// `cvmssh`: dropbear in the foreground on the initramfs, blocking until it ends (§13), with
-/// root's blank password and the user data's `keys`. Without dropbear: the image's reason
+/// root's blank password, or only the user data's `keys` if it has any. Without dropbear: the image's reason
 /// and, unless `cvmdebug` just offered one, the rescue shell on the console, so the boot still
 /// stops for debugging as the user asked.
 fn cvmssh(shell_offered: bool, keys: &[String]) {
@@ -349,11 +351,11 @@ fn cvmssh(shell_offered: bool, keys: &[String]) {
     };
     match prepare_cvmssh(root, keys) {
         Ok(home) => console::info(&format!(
-            "cvmssh: root logs in without a password{}; home {}",
+            "cvmssh: root logs in {}; home {}",
             match keys.len() {
-                0 => String::new(),
-                1 => " or with the ssh key of the user data".to_string(),
-                n => format!(" or with the {n} ssh keys of the user data"),
+                0 => "without a password".to_string(),
+                1 => "with the ssh key of the user data only".to_string(),
+                n => format!("with the {n} ssh keys of the user data only"),
             },
             home.display()
         )),
@@ -361,8 +363,10 @@ fn cvmssh(shell_offered: bool, keys: &[String]) {
     }
     console::info(&format!("network interfaces: {}", interface_list()));
     console::info("Starting SSH server (dropbear) on the initramfs; kill it to continue booting");
+    // -B: blank passwords allowed; -s: no password logins (keys only).
+    let password = if keys.is_empty() { "-B" } else { "-s" };
     match std::process::Command::new(&dropbear)
-        .args(["-F", "-E", "-B", "-R"])
+        .args(["-F", "-E", "-R", password])
         .status()
     {
         Ok(s) => console::info(&format!("cvmssh: dropbear exited ({s}); booting on")),
@@ -627,11 +631,18 @@ daemon:*:20785:0:99999:7:::
     fn cvmssh_opens_roots_password_and_moves_its_home_only() {
         let passwd = "bin:x:1:1:bin:/bin:/bin/false\nroot:x:0:0:root:/root:/bin/sh\nroot2:x:0:0::/r:/bin/sh\n";
         assert_eq!(
-            cvmssh_passwd(passwd, "/home/root").unwrap(),
+            cvmssh_passwd(passwd, "/home/root", true).unwrap(),
             "bin:x:1:1:bin:/bin:/bin/false\nroot::0:0:root:/home/root:/bin/sh\nroot2:x:0:0::/r:/bin/sh\n"
         );
-        assert_eq!(cvmssh_passwd("bin:x:1:1::/:/bin/sh\n", "/h"), None);
-        assert_eq!(cvmssh_passwd("root:x:0:0", "/h"), None, "not a passwd line");
+        assert!(cvmssh_passwd(passwd, "/h", false)
+            .unwrap()
+            .contains("\nroot:*:0:0:root:/h:/bin/sh\n"));
+        assert_eq!(cvmssh_passwd("bin:x:1:1::/:/bin/sh\n", "/h", true), None);
+        assert_eq!(
+            cvmssh_passwd("root:x:0:0", "/h", true),
+            None,
+            "not a passwd line"
+        );
     }
 
     /// The initramfs as the skeleton makes it; dropbear's files and the keys land in the
@@ -662,7 +673,7 @@ daemon:*:20785:0:99999:7:::
         );
         let passwd = std::fs::read_to_string(root.join("etc/passwd")).unwrap();
         assert!(
-            passwd.starts_with("root::0:0:root:/home/root:/bin/sh\n"),
+            passwd.starts_with("root:*:0:0:root:/home/root:/bin/sh\n"),
             "{passwd}"
         );
         assert!(std::fs::read_to_string(root.join("etc/shells"))
@@ -675,6 +686,8 @@ daemon:*:20785:0:99999:7:::
             std::fs::read_to_string(root.join("home/root/.ssh/authorized_keys")).unwrap(),
             ""
         );
+        let passwd = std::fs::read_to_string(root.join("etc/passwd")).unwrap();
+        assert!(passwd.starts_with("root::0:0:"), "{passwd}");
     }
 
     #[test]
