@@ -190,8 +190,18 @@ pub fn run_with(
             epilog::resolve(&layout, cmdline, context.as_ref())
         })
         .unwrap_or_else(|| {
-            let user = context.map(|c| c.settings).unwrap_or_default();
-            BootConfig::resolve(cmdline, user, crate::config::cvmfs::coin_flip())
+            let mut config = BootConfig::resolve(
+                cmdline,
+                context
+                    .as_ref()
+                    .map(|c| c.settings.clone())
+                    .unwrap_or_default(),
+                crate::config::cvmfs::coin_flip(),
+            );
+            if let Some(c) = context.as_ref().filter(|_| config.ssh) {
+                config.ssh_keys = epilog::cvmssh_keys(&c.found.user_data);
+            }
+            config
         });
 
     let mut cvmfs = s.phase("cvmfs", OnError::Rescue, || {

@@ -93,6 +93,33 @@ pub fn load(context_dir: &Path, settings: &mut ContextSettings) -> Result<(), Ep
     Ok(())
 }
 
+/// The user data saved by the boot that contextualized (`context/user-data`); empty when
+/// there is none (a warning if it cannot be read).
+fn read_saved_user_data(context_dir: &Path) -> Vec<u8> {
+    let path = context_dir.join("user-data");
+    match std::fs::read(&path) {
+        Ok(data) => data,
+        Err(e) if e.kind() == io::ErrorKind::NotFound => Vec::new(),
+        Err(e) => {
+            crate::console::warn(&format!(
+                "cvmssh: cannot read {}: {e}; no ssh keys",
+                path.display()
+            ));
+            Vec::new()
+        }
+    }
+}
+
+/// `cvmssh`'s keys for the initramfs root: the ssh public keys of the user data's
+/// `#cloud-config`, with a console warning for every entry that is not a usable key.
+pub fn cvmssh_keys(user_data: &[u8]) -> Vec<String> {
+    let found = crate::context::ssh_keys::from_user_data(user_data);
+    for problem in &found.problems {
+        crate::console::warn(&format!("cvmssh: {problem} (left out)"));
+    }
+    found.keys
+}
+
 /// Saves this boot's context and resolves the boot configuration. `context` is what
 /// contextualization found when it ran (first boot): its settings are used as they are, since
 /// the saved files hold the same entries; otherwise the saved settings are loaded.
@@ -119,7 +146,18 @@ pub fn resolve(
             saved
         }
     };
-    let config = BootConfig::resolve(cmdline, user, coin_flip());
+    let mut config = BootConfig::resolve(cmdline, user, coin_flip());
+    if config.ssh {
+        let saved;
+        let user_data = match context {
+            Some(c) => &c.found.user_data,
+            None => {
+                saved = read_saved_user_data(&layout.context_dir());
+                &saved
+            }
+        };
+        config.ssh_keys = cvmssh_keys(user_data);
+    }
     if let Some(e) = &config.cvmfs.unknown_branch {
         crate::console::error(&format!(
             "{e}: booting {} from the image's settings",
@@ -190,6 +228,37 @@ mod tests {
             Some("cvm3"),
             "extra-ucontext overrides"
         );
+    }
+
+    /// `cvmssh`'s keys come from the user data once, into the boot configuration: this
+    /// boot's on the first boot, the saved copy later; none without `cvmssh`.
+    #[test]
+    fn cvmssh_keys_come_from_the_user_data_first_and_later_boots() {
+        let (_t, l) = layout();
+        let blob = {
+            let mut b = 11u32.to_be_bytes().to_vec();
+            b.extend_from_slice(b"ssh-ed25519");
+            b.extend_from_slice(&32u32.to_be_bytes());
+            b.extend_from_slice(&[1u8; 32]);
+            base64::Engine::encode(&base64::engine::general_purpose::STANDARD, b)
+        };
+        let key = format!("ssh-ed25519 {blob} me@host");
+        let user_data = format!("#cloud-config\nssh_authorized_keys:\n  - {key}\n  - junk\n");
+        std::fs::write(l.initramfs.join("user-data"), &user_data).unwrap();
+        let context = Context {
+            found: crate::context::sources::Contextualized {
+                user_data: user_data.clone().into_bytes(),
+                ..Default::default()
+            },
+            settings: ContextSettings::default(),
+        };
+        let ssh = KernelCmdline::parse("cvmssh");
+        let first = resolve(&l, &ssh, Some(&context)).unwrap();
+        assert_eq!(first.ssh_keys, std::slice::from_ref(&key));
+        let later = resolve(&l, &ssh, None).unwrap();
+        assert_eq!(later.ssh_keys, [key], "from context/user-data");
+        let plain = resolve(&l, &KernelCmdline::default(), None).unwrap();
+        assert!(plain.ssh_keys.is_empty());
     }
 
     #[test]

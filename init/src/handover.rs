@@ -200,48 +200,177 @@ fn root_is_initramfs() -> bool {
         .is_ok_and(|s| s.filesystem_type() == RAMFS_MAGIC || s.filesystem_type() == TMPFS_MAGIC)
 }
 
-/// What `cvmssh` says on an image without dropbear.
-pub const NO_SSH_SERVER: &str = "cvmssh: this image has no SSH server: dropbear with its \
-libraries (about 0.8 MB compressed) does not fit the 20 MiB image budget with the default \
-kernel. Debug access is the rescue shell on the console (cvmdebug) instead";
+/// How `cvmssh`'s message on an image without dropbear begins.
+pub const NO_SSH_SERVER: &str = "cvmssh: this image has no SSH server";
+/// Why the image has no SSH server, written by the image builder (`scripts/build-initrd`).
+pub const NO_SSH_SERVER_REASON: &str = "etc/cernvm/no-ssh-server";
+/// Where the image's dropbear may be (`initramfs/ucernvm.manifest` puts it in `usr/sbin`).
+const DROPBEAR_PATHS: [&str; 3] = ["usr/sbin/dropbear", "sbin/dropbear", "bin/dropbear"];
+/// The initramfs root's home while dropbear runs: `/root` is the OS's union, whose
+/// `/root/.ssh` must not get the initramfs's keys.
+pub const CVMSSH_HOME: &str = "home/root";
 
-/// `cvmssh`: dropbear in the foreground on the initramfs, blocking until it ends (§13).
-/// Without dropbear: the message and, unless `cvmdebug` just offered one, the rescue shell on
-/// the console, so the boot still stops for debugging as the user asked.
-fn cvmssh(shell_offered: bool) {
-    let dropbear = ["/usr/sbin/dropbear", "/sbin/dropbear", "/bin/dropbear"]
+/// `cvmssh`'s message on an image without dropbear: the image's reason, if it has one.
+pub fn no_ssh_server_message(reason: Option<&str>) -> String {
+    let reason = reason
+        .map(str::trim)
+        .filter(|r| !r.is_empty())
+        .unwrap_or("the initramfs was built without dropbear (/usr/sbin/dropbear)");
+    format!(
+        "{NO_SSH_SERVER}: {reason}. Debug access is the rescue shell on the console (cvmdebug) \
+         instead"
+    )
+}
+
+/// `passwd` with the `root:` line's home set to `home` and its password removed (`blank`,
+/// spec §13: dropbear -B lets root in without one) or made one nothing matches (`*`: keys
+/// only; not `!`, which dropbear takes for a locked account); `None` without a `root:` line.
+pub fn cvmssh_passwd(passwd: &str, home: &str, blank: bool) -> Option<String> {
+    let mut found = false;
+    let mut out = String::with_capacity(passwd.len() + home.len());
+    for line in passwd.split_inclusive('\n') {
+        if !found && line.starts_with("root:") {
+            let (body, nl) = match line.strip_suffix('\n') {
+                Some(b) => (b, "\n"),
+                None => (line, ""),
+            };
+            let mut fields: Vec<&str> = body.split(':').collect();
+            if fields.len() == 7 {
+                for (i, value) in [(1, if blank { "" } else { "*" }), (5, home)] {
+                    if let Some(f) = fields.get_mut(i) {
+                        *f = value;
+                    }
+                }
+                out.push_str(&fields.join(":"));
+                out.push_str(nl);
+                found = true;
+                continue;
+            }
+        }
+        out.push_str(line);
+    }
+    found.then_some(out)
+}
+
+/// Prepares the initramfs under `root` for dropbear (spec §13): `/etc/dropbear` for the host
+/// keys dropbear makes on demand, `/etc/shells`, root's home in the initramfs, and there
+/// `.ssh/authorized_keys` with `keys` (0600 in a 0700 directory, as dropbear insists). Root
+/// has no password, as in the original, unless there are keys: then only they let root in
+/// (a blank password would let anyone in, whatever the keys). Returns the home directory.
+pub fn prepare_cvmssh(root: &Path, keys: &[String]) -> Result<PathBuf, HandoverError> {
+    let keys_dir = root.join("etc/dropbear");
+    std::fs::create_dir_all(&keys_dir).map_err(io_err("cannot create", &keys_dir))?;
+    std::fs::set_permissions(&keys_dir, std::fs::Permissions::from_mode(0o700))
+        .map_err(io_err("cannot chmod", &keys_dir))?;
+    let shells = root.join("etc/shells");
+    std::fs::write(&shells, "/bin/sh\n/bin/bash\n").map_err(io_err("cannot write", &shells))?;
+    let passwd = root.join("etc/passwd");
+    let text = std::fs::read_to_string(&passwd).map_err(io_err("cannot read", &passwd))?;
+    let open = cvmssh_passwd(&text, &format!("/{CVMSSH_HOME}"), keys.is_empty())
+        .ok_or_else(|| HandoverError::NoRootEntry(passwd.clone()))?;
+    std::fs::write(&passwd, open).map_err(io_err("cannot write", &passwd))?;
+    let home = root.join(CVMSSH_HOME);
+    let ssh = home.join(".ssh");
+    std::fs::create_dir_all(&ssh).map_err(io_err("cannot create", &ssh))?;
+    for dir in [&home, &ssh] {
+        std::fs::set_permissions(dir, std::fs::Permissions::from_mode(0o700))
+            .map_err(io_err("cannot chmod", dir))?;
+    }
+    let file = ssh.join("authorized_keys");
+    let mut text = keys.join("\n");
+    if !text.is_empty() {
+        text.push('\n');
+    }
+    std::fs::write(&file, text).map_err(io_err("cannot write", &file))?;
+    std::fs::set_permissions(&file, std::fs::Permissions::from_mode(0o600))
+        .map_err(io_err("cannot chmod", &file))?;
+    Ok(home)
+}
+
+/// The network interfaces with their IPv4 addresses, for the console (`eth0 10.0.2.15/24`).
+fn interface_list() -> String {
+    let mut names: Vec<String> = std::fs::read_dir("/sys/class/net")
+        .map(|d| {
+            d.flatten()
+                .map(|e| e.file_name().to_string_lossy().into_owned())
+                .collect()
+        })
+        .unwrap_or_default();
+    names.sort();
+    let mut addrs: Vec<(String, String)> = Vec::new();
+    if let Ok(all) = nix::ifaddrs::getifaddrs() {
+        for a in all {
+            if let Some(v4) = a.address.as_ref().and_then(|s| s.as_sockaddr_in()) {
+                let prefix = a
+                    .netmask
+                    .as_ref()
+                    .and_then(|m| m.as_sockaddr_in())
+                    .map(|m| m.ip().to_bits().count_ones())
+                    .unwrap_or(32);
+                addrs.push((a.interface_name, format!("{}/{prefix}", v4.ip())));
+            }
+        }
+    }
+    names
+        .iter()
+        .map(|n| {
+            let mine: Vec<&str> = addrs
+                .iter()
+                .filter(|(i, _)| i == n)
+                .map(|(_, a)| a.as_str())
+                .collect();
+            if mine.is_empty() {
+                n.clone()
+            } else {
+                format!("{n} {}", mine.join(" "))
+            }
+        })
+        .collect::<Vec<_>>()
+        .join(", ")
+}
+
+/// `cvmssh`: dropbear in the foreground on the initramfs, blocking until it ends (§13), with
+/// root's blank password, or only the user data's `keys` if it has any. Without dropbear: the image's reason
+/// and, unless `cvmdebug` just offered one, the rescue shell on the console, so the boot still
+/// stops for debugging as the user asked.
+fn cvmssh(shell_offered: bool, keys: &[String]) {
+    let root = Path::new("/");
+    let Some(dropbear) = DROPBEAR_PATHS
         .into_iter()
-        .map(Path::new)
-        .find(|p| p.is_file());
-    let Some(dropbear) = dropbear else {
+        .map(|p| root.join(p))
+        .find(|p| p.is_file())
+    else {
+        let reason = std::fs::read_to_string(root.join(NO_SSH_SERVER_REASON)).ok();
+        let message = no_ssh_server_message(reason.as_deref());
         if shell_offered {
-            console::warn(NO_SSH_SERVER);
+            console::warn(&message);
         } else {
-            rescue::enter(NO_SSH_SERVER);
+            rescue::enter(&message);
         }
         return;
     };
-    let _ = std::fs::create_dir_all("/etc/dropbear");
-    let _ = std::fs::write("/etc/shells", "/bin/sh\n/bin/bash\n");
-    if let Ok(passwd) = std::fs::read_to_string("/etc/passwd") {
-        if let Some(open) = replace_root_password(&passwd, "") {
-            let _ = std::fs::write("/etc/passwd", open);
-        }
+    match prepare_cvmssh(root, keys) {
+        Ok(home) => console::info(&format!(
+            "cvmssh: root logs in {}; home {}",
+            match keys.len() {
+                0 => "without a password".to_string(),
+                1 => "with the ssh key of the user data only".to_string(),
+                n => format!("with the {n} ssh keys of the user data only"),
+            },
+            home.display()
+        )),
+        Err(e) => console::warn(&format!("cvmssh: {e}")),
     }
-    if let Ok(ifs) = std::fs::read_dir("/sys/class/net") {
-        let names: Vec<String> = ifs
-            .flatten()
-            .map(|e| e.file_name().to_string_lossy().into_owned())
-            .collect();
-        console::info(&format!("network interfaces: {}", names.join(" ")));
-    }
+    console::info(&format!("network interfaces: {}", interface_list()));
     console::info("Starting SSH server (dropbear) on the initramfs; kill it to continue booting");
-    match std::process::Command::new(dropbear)
-        .args(["-F", "-E", "-B", "-R"])
+    // -B: blank passwords allowed; -s: no password logins (keys only).
+    let password = if keys.is_empty() { "-B" } else { "-s" };
+    match std::process::Command::new(&dropbear)
+        .args(["-F", "-E", "-R", password])
         .status()
     {
-        Ok(s) => log::info!("dropbear exited ({s})"),
-        Err(e) => console::warn(&format!("cannot start dropbear: {e}")),
+        Ok(s) => console::info(&format!("cvmssh: dropbear exited ({s}); booting on")),
+        Err(e) => console::warn(&format!("cannot start {}: {e}", dropbear.display())),
     }
 }
 
@@ -253,7 +382,7 @@ pub fn run(layout: &Layout, config: &BootConfig) -> Result<(), HandoverError> {
         rescue::enter("Debug mode");
     }
     if config.ssh {
-        cvmssh(config.debug_shell);
+        cvmssh(config.debug_shell, &config.ssh_keys);
     }
     let new_root = layout.root.clone();
     // The timeline was saved by the sequencer after the post phase.
@@ -496,5 +625,81 @@ daemon:*:20785:0:99999:7:::
         let n = std::fs::metadata(t.path().join("dev/null")).unwrap();
         assert_eq!((n.rdev(), n.mode() & 0o7777), (makedev(1, 3), 0o666));
         create_device_nodes(t.path()).unwrap();
+    }
+
+    #[test]
+    fn cvmssh_opens_roots_password_and_moves_its_home_only() {
+        let passwd = "bin:x:1:1:bin:/bin:/bin/false\nroot:x:0:0:root:/root:/bin/sh\nroot2:x:0:0::/r:/bin/sh\n";
+        assert_eq!(
+            cvmssh_passwd(passwd, "/home/root", true).unwrap(),
+            "bin:x:1:1:bin:/bin:/bin/false\nroot::0:0:root:/home/root:/bin/sh\nroot2:x:0:0::/r:/bin/sh\n"
+        );
+        assert!(cvmssh_passwd(passwd, "/h", false)
+            .unwrap()
+            .contains("\nroot:*:0:0:root:/h:/bin/sh\n"));
+        assert_eq!(cvmssh_passwd("bin:x:1:1::/:/bin/sh\n", "/h", true), None);
+        assert_eq!(
+            cvmssh_passwd("root:x:0:0", "/h", true),
+            None,
+            "not a passwd line"
+        );
+    }
+
+    /// The initramfs as the skeleton makes it; dropbear's files and the keys land in the
+    /// initramfs, never in `/root` (the OS's union).
+    #[test]
+    fn cvmssh_prepares_dropbears_files_and_the_keys_with_strict_modes() {
+        let t = tempfile::tempdir().unwrap();
+        let root = t.path();
+        std::fs::create_dir_all(root.join("etc")).unwrap();
+        std::fs::create_dir_all(root.join("root")).unwrap();
+        let skeleton =
+            Path::new(env!("CARGO_MANIFEST_DIR")).join("../initramfs/skeleton/etc/passwd");
+        std::fs::copy(skeleton, root.join("etc/passwd")).unwrap();
+        let keys = vec![
+            "ssh-ed25519 AAAA a@b".to_string(),
+            "ssh-rsa BBBB c".to_string(),
+        ];
+        let home = prepare_cvmssh(root, &keys).unwrap();
+        assert_eq!(home, root.join("home/root"));
+        let mode = |p: &str| std::fs::metadata(root.join(p)).unwrap().mode() & 0o7777;
+        assert_eq!(mode("etc/dropbear"), 0o700);
+        assert_eq!(mode("home/root"), 0o700);
+        assert_eq!(mode("home/root/.ssh"), 0o700);
+        assert_eq!(mode("home/root/.ssh/authorized_keys"), 0o600);
+        assert_eq!(
+            std::fs::read_to_string(root.join("home/root/.ssh/authorized_keys")).unwrap(),
+            "ssh-ed25519 AAAA a@b\nssh-rsa BBBB c\n"
+        );
+        let passwd = std::fs::read_to_string(root.join("etc/passwd")).unwrap();
+        assert!(
+            passwd.starts_with("root:*:0:0:root:/home/root:/bin/sh\n"),
+            "{passwd}"
+        );
+        assert!(std::fs::read_to_string(root.join("etc/shells"))
+            .unwrap()
+            .contains("/bin/sh\n"));
+        assert_eq!(std::fs::read_dir(root.join("root")).unwrap().count(), 0);
+        // Again (a second cvmssh in the same initramfs is not possible, but harmless), no keys.
+        prepare_cvmssh(root, &[]).unwrap();
+        assert_eq!(
+            std::fs::read_to_string(root.join("home/root/.ssh/authorized_keys")).unwrap(),
+            ""
+        );
+        let passwd = std::fs::read_to_string(root.join("etc/passwd")).unwrap();
+        assert!(passwd.starts_with("root::0:0:"), "{passwd}");
+    }
+
+    #[test]
+    fn the_no_ssh_server_message_names_the_images_reason() {
+        let m = no_ssh_server_message(Some("left out of images with Debian's kernel\n"));
+        assert!(m.starts_with(NO_SSH_SERVER), "{m}");
+        assert!(
+            m.contains(": left out of images with Debian's kernel. Debug access"),
+            "{m}"
+        );
+        let m = no_ssh_server_message(None);
+        assert!(m.contains("built without dropbear"), "{m}");
+        assert_eq!(no_ssh_server_message(Some(" ")), m);
     }
 }

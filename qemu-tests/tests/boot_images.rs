@@ -22,6 +22,8 @@ use ucernvm_initramfs::{builder, manifest::Manifest, Compression};
 const VERSION: &str = "2026.11-1.cernvm.x86_64";
 /// Budget for an ISO with Debian's cloud kernel (issue 9: ≤ 20 MB).
 const ISO_BUDGET: u64 = 20 * 1024 * 1024;
+/// Budget for an ISO with the µCernVM kernel (`scripts/lib/boot-tree.sh`), dropbear included.
+const CUSTOM_ISO_BUDGET: u64 = 12_000_000;
 
 /// The initramfs as scripts/build-initrd builds it (same manifest and variables).
 fn build_initrd(kernel: &Path, out: &Path) -> Option<()> {
@@ -43,6 +45,8 @@ fn build_initrd(kernel: &Path, out: &Path) -> Option<()> {
             "/etc/ssl/certs/ca-certificates.crt".to_string(),
         ),
         ("manifest_dir", ws.join("initramfs").display().to_string()),
+        // cvmssh's SSH server, as scripts/build-initrd adds it for the µCernVM kernel.
+        ("dropbear", "/usr/sbin/dropbear".to_string()),
     ]
     .into_iter()
     .map(|(k, v)| (k.to_string(), v))
@@ -200,10 +204,12 @@ fn iso_and_hdd_images_signed_and_unsigned_boot_to_our_init() {
     );
 
     let size = fs::metadata(&iso).unwrap().len();
-    assert!(
-        size <= ISO_BUDGET,
-        "ISO of {size} bytes exceeds {ISO_BUDGET}"
-    );
+    let budget = if kernel.to_string_lossy().contains("/custom-kernel/") {
+        CUSTOM_ISO_BUDGET
+    } else {
+        ISO_BUDGET
+    };
+    assert!(size <= budget, "ISO of {size} bytes exceeds {budget}");
 
     // With an empty disk attached, the init partitions and formats it with the e2fsprogs of the
     // initramfs (their shared libraries must all be there), checks it with e2fsck (whose own

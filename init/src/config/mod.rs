@@ -24,6 +24,10 @@ pub struct BootConfig {
     pub debug_shell: bool,
     /// `cvmssh`: an SSH server in the initramfs before the hand-over.
     pub ssh: bool,
+    /// `cvmssh`: the `authorized_keys` lines the initramfs root accepts, from the user data's
+    /// `#cloud-config` (`crate::context::ssh_keys`); filled by the epilog, empty without
+    /// `cvmssh`.
+    pub ssh_keys: Vec<String>,
 }
 
 impl BootConfig {
@@ -34,6 +38,7 @@ impl BootConfig {
             cvmfs: CvmfsParams::resolve(cmdline, &user, cern_pac_first),
             debug_shell: cmdline.cvmdebug,
             ssh: cmdline.cvmssh,
+            ssh_keys: Vec::new(),
             user,
         }
     }

@@ -5,6 +5,7 @@ pub mod glidein;
 pub mod media;
 pub mod mime;
 pub mod sources;
+pub mod ssh_keys;
 pub mod ucernvm_block;
 pub mod user_data;
 
