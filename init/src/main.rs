@@ -4,7 +4,7 @@ use ucernvm_init::boot::{self, Layout};
 use ucernvm_init::cmdline::KernelCmdline;
 use ucernvm_init::console::{self, KernelLogger};
 use ucernvm_init::post::{drtini, pinfiles};
-use ucernvm_init::{early, handover, panics, rescue};
+use ucernvm_init::{context, early, handover, panics, rescue};
 
 fn main() {
     // Before anything else: no panic may leave PID 1 (here: `/shutdown` too) to the kernel.
@@ -26,6 +26,9 @@ fn main() {
     // One executable for the rescue shell's command too (keeps the image small).
     if called_as.as_deref() == Some(handover::RESET_ROOT_PASSWORD_NAME) {
         std::process::exit(handover::reset_root_password_main(&args));
+    }
+    if called_as.as_deref() == Some(context::PARSE_USER_DATA_NAME) {
+        std::process::exit(context::parse_user_data_main());
     }
     if called_as.as_deref() == Some(drtini::SHUTDOWN_NAME) {
         let verb = args.get(1).map(|v| v.to_string_lossy().into_owned());

@@ -105,7 +105,7 @@ fn real_manifest_builds_reproducibly_and_the_tools_run() {
     // A copy of the static executables with other modification times.
     let copy = tmp.path().join("static-copy");
     fs::create_dir(&copy).unwrap();
-    for exe in ["init", "parse_user_data", "cvmfs2"] {
+    for exe in ["init", "cvmfs2"] {
         fs::copy(static_dir.join(exe), copy.join(exe)).unwrap();
     }
     let vars_copy: Vec<String> = vars
@@ -233,6 +233,20 @@ fn real_manifest_builds_reproducibly_and_the_tools_run() {
     let out = chroot(&root, &["/bin/sh", "-c", "echo rescue shell works"]);
     check_success("chroot sh", &out);
     assert_eq!(String::from_utf8_lossy(&out.stdout), "rescue shell works\n");
+    // parse_user_data is a name of /init.
+    let out = chroot(
+        &root,
+        &[
+            "/bin/sh",
+            "-c",
+            "printf '[ucernvm-begin]\\nresize_rootfs=off\\n[ucernvm-end]\\n' | /bin/parse_user_data",
+        ],
+    );
+    check_success("parse_user_data in the archive", &out);
+    assert_eq!(
+        String::from_utf8_lossy(&out.stdout),
+        "_UCONTEXT_RESIZE_ROOTFS=0\n"
+    );
 }
 
 fn write(path: &Path, text: &str) {
