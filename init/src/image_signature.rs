@@ -152,12 +152,6 @@ fn issued_by(cert: &x509_cert::Certificate, ca: &x509_cert::Certificate) -> bool
     .is_ok()
 }
 
-impl crate::update::PackVerifier for Trust {
-    fn verify(&self, data: Vec<u8>) -> Result<Vec<u8>, String> {
-        Trust::verify(self, data)
-    }
-}
-
 #[cfg(test)]
 mod tests {
     use super::*;

@@ -175,6 +175,13 @@ pub trait PackVerifier {
     fn verify(&self, data: Vec<u8>) -> Result<Vec<u8>, String>;
 }
 
+/// An update CA configured: the pack's files must carry a signature it issued.
+impl PackVerifier for crate::image_signature::Trust {
+    fn verify(&self, data: Vec<u8>) -> Result<Vec<u8>, String> {
+        crate::image_signature::Trust::verify(self, data)
+    }
+}
+
 /// No CA configured: files are taken as they are (a signature block, if any, is stripped).
 pub struct Unsigned;
 
