@@ -60,10 +60,14 @@ pub fn crypt_sha512(password: &str) -> Result<String, HandoverError> {
         .map_err(|e| HandoverError::Hash(e.to_string()))
 }
 
-/// Replaces the password field of the `root:` line; `None` when there is no such line.
-pub fn replace_root_password(db: &str, hash: &str) -> Option<String> {
+/// `db` (passwd or shadow) with the first `root:` line whose fields `edit` accepts rewritten by
+/// it; `None` when no such line is there.
+fn edit_root_line<'a>(
+    db: &'a str,
+    mut edit: impl FnMut(&mut Vec<&'a str>) -> bool,
+) -> Option<String> {
     let mut found = false;
-    let mut out = String::with_capacity(db.len() + hash.len());
+    let mut out = String::with_capacity(db.len() + 64);
     for line in db.split_inclusive('\n') {
         if !found && line.starts_with("root:") {
             let (body, nl) = match line.strip_suffix('\n') {
@@ -71,8 +75,7 @@ pub fn replace_root_password(db: &str, hash: &str) -> Option<String> {
                 None => (line, ""),
             };
             let mut fields: Vec<&str> = body.split(':').collect();
-            if let Some(password) = fields.get_mut(1) {
-                *password = hash;
+            if edit(&mut fields) {
                 out.push_str(&fields.join(":"));
                 out.push_str(nl);
                 found = true;
@@ -82,6 +85,17 @@ pub fn replace_root_password(db: &str, hash: &str) -> Option<String> {
         out.push_str(line);
     }
     found.then_some(out)
+}
+
+/// Replaces the password field of the `root:` line; `None` when there is no such line.
+pub fn replace_root_password(db: &str, hash: &str) -> Option<String> {
+    edit_root_line(db, |fields| match fields.get_mut(1) {
+        Some(password) => {
+            *password = hash;
+            true
+        }
+        None => false,
+    })
 }
 
 /// The `reset_root_password` command (the init binary under that name, spec §13): the union
@@ -226,30 +240,17 @@ pub fn no_ssh_server_message(reason: Option<&str>) -> String {
 /// spec §13: dropbear -B lets root in without one) or made one nothing matches (`*`: keys
 /// only; not `!`, which dropbear takes for a locked account); `None` without a `root:` line.
 pub fn cvmssh_passwd(passwd: &str, home: &str, blank: bool) -> Option<String> {
-    let mut found = false;
-    let mut out = String::with_capacity(passwd.len() + home.len());
-    for line in passwd.split_inclusive('\n') {
-        if !found && line.starts_with("root:") {
-            let (body, nl) = match line.strip_suffix('\n') {
-                Some(b) => (b, "\n"),
-                None => (line, ""),
-            };
-            let mut fields: Vec<&str> = body.split(':').collect();
-            if fields.len() == 7 {
-                for (i, value) in [(1, if blank { "" } else { "*" }), (5, home)] {
-                    if let Some(f) = fields.get_mut(i) {
-                        *f = value;
-                    }
-                }
-                out.push_str(&fields.join(":"));
-                out.push_str(nl);
-                found = true;
-                continue;
+    edit_root_line(passwd, |fields| {
+        if fields.len() != 7 {
+            return false;
+        }
+        for (i, value) in [(1, if blank { "" } else { "*" }), (5, home)] {
+            if let Some(f) = fields.get_mut(i) {
+                *f = value;
             }
         }
-        out.push_str(line);
-    }
-    found.then_some(out)
+        true
+    })
 }
 
 /// Prepares the initramfs under `root` for dropbear (spec §13): `/etc/dropbear` for the host
