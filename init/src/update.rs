@@ -336,31 +336,92 @@ pub fn check_bzimage(data: &[u8]) -> Result<(), String> {
     Ok(())
 }
 
-/// An initramfs the kernel can unpack: a cpio archive or a compressed one. One that starts
-/// as an xz stream or a cpio archive must also end as one of them (the xz stream footer `YZ`
-/// or the cpio `TRAILER!!!` entry, before any zero padding; archives may be concatenated, as
-/// a microcode archive or added files are): a truncated copy does not.
+/// An initramfs the kernel can unpack: a cpio archive or a compressed one, possibly several
+/// concatenated (a microcode archive or added files are). zstd frames are walked block by
+/// block, so a truncated one is found; what follows them (or an archive that starts as an xz
+/// stream or a cpio archive) must end as xz or cpio do (the xz stream footer `YZ` or the cpio
+/// `TRAILER!!!` entry, before any zero padding): a truncated copy does not.
 pub fn check_initrd(data: &[u8]) -> Result<(), String> {
     const XZ: &[u8] = &[0xfd, b'7', b'z', b'X', b'Z', 0];
     const CPIO: &[&[u8]] = &[b"070701", b"070702"];
-    const OTHERS: &[&[u8]] = &[&[0x1f, 0x8b], &[0x28, 0xb5, 0x2f, 0xfd]];
+    const GZIP: &[u8] = &[0x1f, 0x8b];
     if data.is_empty() {
         return Err("empty".into());
     }
-    let xz_or_cpio = data.starts_with(XZ) || CPIO.iter().any(|m| data.starts_with(m));
-    if !xz_or_cpio && !OTHERS.iter().any(|m| data.starts_with(m)) {
-        return Err("neither a cpio archive nor gzip/xz/zstd compressed".into());
-    }
-    if xz_or_cpio {
-        let end = data.iter().rposition(|&b| b != 0).map_or(0, |i| i + 1);
-        let content = data.get(..end).unwrap_or_default();
+    let mut rest = data;
+    loop {
+        if rest.starts_with(&ZSTD_MAGIC) {
+            rest = rest.get(zstd_frame_len(rest)?..).unwrap_or_default();
+            // Concatenated archives are padded to 4 bytes with zeros.
+            let next = rest.iter().position(|&b| b != 0).unwrap_or(rest.len());
+            rest = rest.get(next..).unwrap_or_default();
+            if rest.is_empty() {
+                return Ok(());
+            }
+            continue;
+        }
+        let xz_or_cpio = rest.starts_with(XZ) || CPIO.iter().any(|m| rest.starts_with(m));
+        if !xz_or_cpio {
+            return if rest.starts_with(GZIP) {
+                Ok(())
+            } else {
+                Err("neither a cpio archive nor gzip/xz/zstd compressed".into())
+            };
+        }
+        let end = rest.iter().rposition(|&b| b != 0).map_or(0, |i| i + 1);
+        let content = rest.get(..end).unwrap_or_default();
         if !content.ends_with(b"YZ") && !content.ends_with(b"TRAILER!!!") {
             return Err(
                 "truncated (it ends neither in an xz stream footer nor in a cpio trailer)".into(),
             );
         }
+        return Ok(());
     }
-    Ok(())
+}
+
+/// The zstd frame magic number, little-endian (RFC 8878 §3.1.1).
+const ZSTD_MAGIC: [u8; 4] = [0x28, 0xb5, 0x2f, 0xfd];
+
+/// The length of the zstd frame at the start of `data`, from its header and block headers
+/// (RFC 8878 §3.1.1), without decompressing; an error if the frame runs past the end.
+fn zstd_frame_len(data: &[u8]) -> Result<usize, String> {
+    let truncated = || "truncated (a zstd frame runs past the end of the file)".to_string();
+    let descriptor = *data.get(4).ok_or_else(truncated)?;
+    let single_segment = descriptor & 0x20 != 0;
+    if descriptor & 0x08 != 0 {
+        return Err("not a zstd frame (reserved header bit set)".into());
+    }
+    let content_size_len = match descriptor >> 6 {
+        0 => usize::from(single_segment),
+        1 => 2,
+        2 => 4,
+        _ => 8,
+    };
+    let dictionary_id_len = [0, 1, 2, 4][usize::from(descriptor & 0x03)];
+    let mut pos = 5 + usize::from(!single_segment) + dictionary_id_len + content_size_len;
+    loop {
+        let [b0, b1, b2] = data
+            .get(pos..pos + 3)
+            .and_then(|h| <[u8; 3]>::try_from(h).ok())
+            .ok_or_else(truncated)?;
+        let header = u32::from_le_bytes([b0, b1, b2, 0]);
+        let size = match (header >> 1) & 0x03 {
+            0 | 2 => (header >> 3) as usize,
+            1 => 1,
+            _ => return Err("not a zstd frame (reserved block type)".into()),
+        };
+        pos += 3 + size;
+        if header & 1 != 0 {
+            break;
+        }
+    }
+    if descriptor & 0x04 != 0 {
+        pos += 4;
+    }
+    if pos > data.len() {
+        return Err(truncated());
+    }
+    Ok(pos)
 }
 
 /// Writes `aux/ucernvm-version` (spec §7.2 step 2): the running boot loader's version, read
@@ -675,6 +736,35 @@ mod tests {
         assert!(check_initrd(&d[..cut]).is_err());
         assert_eq!(check_initrd(&[0x1f, 0x8b, 8, 0]), Ok(()));
         assert!(check_initrd(b"hello").is_err());
+    }
+
+    #[test]
+    fn zstd_initramfs_frames_are_walked_to_their_end() {
+        let cpio = {
+            let mut c = b"070701".to_vec();
+            c.extend_from_slice(&[b'0'; 104]);
+            c.extend_from_slice(b"TRAILER!!!\0\0\0\0");
+            c
+        };
+        // A real frame (with content size and checksum), several blocks of compressible and
+        // incompressible data, as the builder writes.
+        let mut plain = vec![7u8; 300_000];
+        plain.extend((0..300_000u32).map(|i| (i.wrapping_mul(2_654_435_761) >> 13) as u8));
+        let frame = zstd::bulk::compress(&plain, 19).unwrap();
+        assert_eq!(check_initrd(&frame), Ok(()));
+        for cut in [frame.len() - 1, frame.len() - 4, frame.len() / 2, 6] {
+            let e = check_initrd(&frame[..cut]).unwrap_err();
+            assert!(e.contains("truncated"), "{cut}: {e}");
+        }
+        // Padded and followed by a plain cpio archive, as the QEMU tests add keys.
+        let mut both = frame.clone();
+        both.extend_from_slice(&[0, 0, 0]);
+        both.extend_from_slice(&cpio);
+        assert_eq!(check_initrd(&both), Ok(()));
+        assert!(check_initrd(&both[..both.len() - 20]).is_err());
+        let mut padded = frame;
+        padded.extend_from_slice(&[0; 8]);
+        assert_eq!(check_initrd(&padded), Ok(()));
     }
 
     struct Refuse;
