@@ -397,7 +397,12 @@ fn zstd_frame_len(data: &[u8]) -> Result<usize, String> {
         2 => 4,
         _ => 8,
     };
-    let dictionary_id_len = [0, 1, 2, 4][usize::from(descriptor & 0x03)];
+    let dictionary_id_len = match descriptor & 0x03 {
+        0 => 0,
+        1 => 1,
+        2 => 2,
+        _ => 4,
+    };
     let mut pos = 5 + usize::from(!single_segment) + dictionary_id_len + content_size_len;
     loop {
         let [b0, b1, b2] = data
