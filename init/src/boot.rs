@@ -156,7 +156,9 @@ pub fn run_with(
         use_boothd: live.is_some_and(|c| c.use_boothd),
     };
     let mut scratch = s
-        .phase("root", OnError::Rescue, || disk::prepare(&layout, plan))
+        .phase("root", OnError::Rescue, || {
+            disk::prepare(&layout, plan, devices)
+        })
         .flatten()
         .map(|(scratch, _devices)| scratch);
     s.phase("resize", OnError::Rescue, || match scratch.as_mut() {

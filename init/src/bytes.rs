@@ -24,6 +24,10 @@ pub fn u32_be(b: &[u8], at: usize) -> Option<u32> {
     array(b, at).map(u32::from_be_bytes)
 }
 
+pub fn u16_le(b: &[u8], at: usize) -> Option<u16> {
+    array(b, at).map(u16::from_le_bytes)
+}
+
 pub fn u32_le(b: &[u8], at: usize) -> Option<u32> {
     array(b, at).map(u32::from_le_bytes)
 }

@@ -94,9 +94,12 @@ fn blank_disk_gets_one_mbr_partition_over_the_whole_disk_and_is_reused_next_boot
         log.contains("$ mke2fs -F -q -t ext4 -L UROOT-INIT"),
         "{log}"
     );
-    assert!(d.dir.path().join("log/fsck.log").is_file());
+    // A file system mke2fs has just made is clean: e2fsck -p is not started for it.
+    let fsck_log = d.dir.path().join("log/fsck.log");
+    assert!(!fsck_log.exists());
 
-    // Something the user leaves on the disk survives the next boot.
+    // Something the user leaves on the disk survives the next boot (after a clean power-off
+    // the file system is clean and not checked either).
     fs::write(d.root_rw().join("persistent/keep"), b"mine").unwrap();
     d.reboot();
     let s2 = ready(&d, DEFAULTS);
@@ -107,6 +110,26 @@ fn blank_disk_gets_one_mbr_partition_over_the_whole_disk_and_is_reused_next_boot
         b"mine"
     );
     assert_finished(&d, &s2);
+    assert!(!fsck_log.exists());
+
+    // Power lost while it is mounted: the disk as it was then (the journal in use) is checked
+    // by e2fsck -p on the next boot, which replays the journal.
+    fs::write(d.root_rw().join("persistent/more"), b"later").unwrap();
+    run("sync", &[]);
+    let crashed = d.dir.path().join("crashed.img");
+    fs::copy(&d.image, &crashed).unwrap();
+    d.power_off();
+    fs::rename(&crashed, &d.image).unwrap();
+    d.attach();
+    let s3 = ready(&d, DEFAULTS);
+    assert!(!s3.created);
+    let log = fs::read_to_string(&fsck_log).unwrap();
+    assert!(log.contains("e2fsck -p"), "{log}");
+    assert_eq!(
+        fs::read(d.root_rw().join("persistent/more")).unwrap(),
+        b"later"
+    );
+    assert_finished(&d, &s3);
 }
 
 #[test]

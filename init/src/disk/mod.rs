@@ -36,13 +36,15 @@ pub struct ScratchDisk {
 }
 
 /// `10root`: the scratch file system mounted on `/root.rw`, and the block devices as they are
-/// afterwards; `None` when the preparation stopped early (a test hook only).
+/// afterwards; `None` when the preparation stopped early (a test hook only). `scanned`: the
+/// block devices of the devices phase, if it found them (else they are scanned here).
 pub fn prepare(
     layout: &Layout,
     settings: PlanSettings,
+    scanned: Option<BlockDevices>,
 ) -> Result<Option<(ScratchDisk, BlockDevices)>, RootError> {
     let env = RootEnv::system(layout);
-    match root::prepare(&env, settings, None)? {
+    match root::prepare_from(&env, settings, None, scanned)? {
         RootOutcome::Ready(scratch, devs) => {
             log::info!("scratch disk: {scratch:?}");
             Ok(Some((scratch, *devs)))
