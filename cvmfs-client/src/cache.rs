@@ -209,9 +209,19 @@ impl Cache {
                 .unwrap_or_else(|e| e.into_inner())
                 .0;
         }
+        let all_finished = *count == 0;
         drop(count);
-        if let Some(q) = &self.quota {
-            q.tear_down();
+        let db_closed = self.quota.as_ref().is_none_or(QuotaManager::tear_down);
+        // Nothing writes any more and the database is closed with every object in it: the
+        // cache is consistent, so the crash guard goes now, as the real client's tear-down
+        // removes it. Otherwise (the usual µCernVM shutdown remounts the disk read-only next)
+        // every boot after a clean shutdown would check and rebuild the database.
+        if all_finished && db_closed && !self.db_stale.load(Ordering::SeqCst) {
+            if let Some(g) = &self.running_guard {
+                if let Err(e) = fs::remove_file(g) {
+                    log::warn!("tear-down: cannot remove {}: {e}", g.display());
+                }
+            }
         }
     }
 
@@ -219,8 +229,8 @@ impl Cache {
         self.read_only.load(Ordering::SeqCst)
     }
 
-    /// A clean end of use: removes the crash guard (unless torn down to read-only, where the
-    /// file system may already be read-only and the guard is removed by the next start).
+    /// A clean end of use: removes the crash guard (a tear-down to read-only has removed it
+    /// already, or left it because the cache may be inconsistent).
     pub fn close(&self) {
         if !self.is_read_only() && !self.db_stale.load(Ordering::SeqCst) {
             match self.quota.as_ref().map(QuotaManager::close) {
@@ -625,6 +635,31 @@ mod tests {
         c.commit(t, &h).unwrap();
         tear_down.join().unwrap();
         assert!(c.lookup(&h).is_some());
+    }
+
+    #[test]
+    fn tear_down_removes_the_crash_guard_so_the_next_start_needs_no_check() {
+        let d = tempfile::tempdir().unwrap();
+        let opts = CacheOptions {
+            quota_limit: Some(1 << 30),
+            fqrn: Some("demo.cernvm.test".into()),
+            work_in_dir: false,
+        };
+        let guard = d.path().join("running.demo.cernvm.test");
+        let c = Cache::open_with(d.path(), &opts).unwrap();
+        assert!(guard.exists());
+        let h = ContentHash::of(Algorithm::Sha1, b"object");
+        let mut t = c.begin().unwrap();
+        t.write_all(b"object").unwrap();
+        c.commit(t, &h).unwrap();
+        c.tear_down_to_read_only();
+        assert!(!guard.exists(), "consistent after the tear-down");
+        c.close();
+        drop(c);
+        // The next start finds a consistent cache holding the object.
+        let c = Cache::open_with(d.path(), &opts).unwrap();
+        assert!(c.lookup(&h).is_some());
+        assert!(guard.exists());
     }
 
     #[test]

@@ -640,13 +640,16 @@ impl QuotaManager {
         Ok(())
     }
 
-    /// Stops all writes to the database and closes it (tear-down to read-only).
-    pub fn tear_down(&self) {
+    /// Stops all writes to the database and closes it (tear-down to read-only). False when
+    /// closing it failed (then the database may not hold every write).
+    pub fn tear_down(&self) -> bool {
         let mut inner = self.lock();
-        if let Some(db) = inner.db.take() {
-            if let Err((_, e)) = db.close() {
+        match inner.db.take().map(|db| db.close()) {
+            Some(Err((_, e))) => {
                 log::warn!("closing {}: {e}", self.db_path.display());
+                false
             }
+            _ => true,
         }
     }
 }

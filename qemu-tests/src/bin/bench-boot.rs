@@ -129,10 +129,13 @@ fn add_timeline_hook(tree: &Path) -> std::io::Result<()> {
 /// Printed by the benchmark OS's last rc.d hook before it shuts the machine down.
 const POWER_OFF_MARKER: &str = "UCERNVM-TEST-OS: clean power-off";
 
-/// The last rc.d hook of the benchmark OS (floor and µCernVM alike): every file system
-/// read-only (an emergency remount, which commits the ext4 journal and marks it clean), then
-/// power off; so that the next boot of the same disk replays no journal, as after a clean
-/// shutdown. The busybox OS has no shutdown of its own.
+/// The last rc.d hook of the benchmark OS (floor and µCernVM alike): a clean shutdown, so that
+/// the next boot of the same disk finds what it finds after one (no journal to replay, no
+/// crashed CernVM-FS cache). Under µCernVM the hook does what systemd-shutdown does: it pivots
+/// into the `/run/initramfs` the boot loader prepared, whose `/shutdown` (drtini) unmounts the
+/// union, tears CernVM-FS down to read-only and remounts the scratch disk read-only. The
+/// floor's OS has no such initramfs: every file system read-only (an emergency remount, which
+/// commits the ext4 journal and marks it clean), then power off.
 fn add_power_off_hook(tree: &Path) -> std::io::Result<()> {
     let hook = tree.join("etc/test-os/rc.d/90-power-off");
     fs::write(
@@ -140,6 +143,11 @@ fn add_power_off_hook(tree: &Path) -> std::io::Result<()> {
         format!(
             "#!/bin/sh
 echo \"{POWER_OFF_MARKER}\"
+if [ -x /run/initramfs/shutdown ]; then
+    mount --bind /run/initramfs /run/initramfs
+    cd /run/initramfs && mkdir -p oldroot && pivot_root . oldroot && exec /shutdown poweroff
+    echo \"cannot shut down through /run/initramfs; emergency remount\"
+fi
 sync
 echo u > /proc/sysrq-trigger
 \
