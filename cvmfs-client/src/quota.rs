@@ -644,12 +644,15 @@ impl QuotaManager {
     /// closing it failed (then the database may not hold every write).
     pub fn tear_down(&self) -> bool {
         let mut inner = self.lock();
-        match inner.db.take().map(|db| db.close()) {
-            Some(Err((_, e))) => {
+        let Some(db) = inner.db.take() else {
+            return true;
+        };
+        match db.close() {
+            Ok(()) => true,
+            Err((_, e)) => {
                 log::warn!("closing {}: {e}", self.db_path.display());
                 false
             }
-            _ => true,
         }
     }
 }
