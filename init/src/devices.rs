@@ -271,7 +271,7 @@ fn ensure_node(path: &Path, major: u32, minor: u32) {
 /// The content of a device; `None` for a drive without a medium (an empty CD drive, which the
 /// kernel gives a guessed size): a normal case, left out like a device of size 0.
 fn probe_path(path: &Path) -> Option<Content> {
-    match fs::File::open(path).and_then(|mut f| probe::probe(&mut f)) {
+    match probe::open_device(path).and_then(|mut f| probe::probe(&mut f)) {
         Ok(c) => Some(c),
         Err(e) if e.raw_os_error() == Some(libc::ENOMEDIUM) => {
             log::debug!("{}: no medium", path.display());
@@ -396,16 +396,10 @@ pub fn sync_block(env: &DeviceEnv) -> Result<BlockDevices, DevicesError> {
         entries = scan_sysfs(env)?;
     }
 
-    // Partition types from the tables we can read (the in-progress marker).
+    // Every device is opened once (an empty CD drive answers slowly under emulation): its
+    // content, and for a disk with a partition table the table's entries and which of them
+    // carry the in-progress marker.
     let mut in_progress = BTreeSet::new();
-    for e in entries.iter().filter(|e| e.partition.is_none()) {
-        if let Ok(Some(t)) = table::read_table(&env.dev_dir.join(&e.name), e.sector_size) {
-            for p in t.partitions.iter().filter(|p| p.in_progress) {
-                in_progress.insert((e.name.clone(), p.number));
-            }
-        }
-    }
-
     let mut devices = Vec::new();
     for e in &entries {
         let path = env.dev_dir.join(&e.name);
@@ -414,13 +408,18 @@ pub fn sync_block(env: &DeviceEnv) -> Result<BlockDevices, DevicesError> {
             continue;
         };
         let is_disk = e.partition.is_none();
-        let table_entries = match (&content, is_disk) {
-            (Content::PartitionTable { .. }, true) => table::read_table(&path, e.sector_size)
-                .ok()
-                .flatten()
-                .map(|t| t.partitions.len()),
+        let table = match (&content, is_disk) {
+            (Content::PartitionTable { .. }, true) => {
+                table::read_table(&path, e.sector_size).ok().flatten()
+            }
             _ => None,
         };
+        for p in table.iter().flat_map(|t| &t.partitions) {
+            if p.in_progress {
+                in_progress.insert((e.name.clone(), p.number));
+            }
+        }
+        let table_entries = table.map(|t| t.partitions.len());
         devices.push(BlockDevice {
             name: e.name.clone(),
             major: e.major,
@@ -432,13 +431,16 @@ pub fn sync_block(env: &DeviceEnv) -> Result<BlockDevices, DevicesError> {
             read_only: e.read_only,
             table_entries,
             boot_medium: false,
-            in_progress: e
-                .partition
-                .as_ref()
-                .is_some_and(|p| in_progress.contains(&(p.disk.clone(), p.number))),
+            in_progress: false,
             empty_because: None,
             content,
         });
+    }
+    for d in &mut devices {
+        d.in_progress = d
+            .partition
+            .as_ref()
+            .is_some_and(|p| in_progress.contains(&(p.disk.clone(), p.number)));
     }
 
     let mut out = BlockDevices {

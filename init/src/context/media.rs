@@ -79,7 +79,7 @@ pub fn partition_names(proc_partitions: &str) -> Vec<String> {
 /// Every mountable file system found on the device (an ISO/UDF bridge disc has two). Read
 /// errors mean "nothing recognised".
 pub fn probe(device: &Path) -> Vec<FsType> {
-    fs::File::open(device)
+    crate::devices::probe::open_device(device)
         .and_then(|mut f| {
             let mut head = Vec::with_capacity(PROBE_BYTES);
             f.seek(SeekFrom::Start(0))?;

@@ -5,7 +5,10 @@
 //! recognise but that is not all zeros is reported as such, so that the caller can stay on the
 //! safe side.
 
+use std::fs::File;
 use std::io::{Read, Seek, SeekFrom};
+use std::os::fd::AsRawFd;
+use std::path::Path;
 
 /// Bytes read from the start of a device for the probe (covers the btrfs superblock at 64 KiB).
 pub const PROBE_BYTES: usize = 68 * 1024;
@@ -201,6 +204,34 @@ pub fn classify(buf: &[u8]) -> Content {
     }
 }
 
+// CDROM_DRIVE_STATUS from <linux/cdrom.h>, an ioctl that takes the slot as its int argument.
+nix::ioctl_write_int_bad!(cdrom_drive_status, 0x5326);
+/// `CDSL_CURRENT`: the drive's current slot.
+const CDSL_CURRENT: libc::c_int = libc::c_int::MAX;
+const CDS_NO_DISC: libc::c_int = 1;
+const CDS_TRAY_OPEN: libc::c_int = 2;
+
+/// Opens a block device to read its first bytes. The device is first opened without waiting
+/// for a medium (`O_NONBLOCK`) and, if it is a CD drive, asked whether it holds a disc: an
+/// empty drive gives `ENOMEDIUM` after one command, where a plain open of it runs the
+/// kernel's whole media check (a tenth of a second per open under emulation, and every boot
+/// without a context CD has an empty drive). Anything else is opened as usual.
+pub fn open_device(path: &Path) -> std::io::Result<File> {
+    use std::os::unix::fs::OpenOptionsExt;
+    let quick = std::fs::OpenOptions::new()
+        .read(true)
+        .custom_flags(libc::O_NONBLOCK)
+        .open(path)?;
+    // SAFETY: the ioctl takes an int by value and the descriptor is open for the call.
+    match unsafe { cdrom_drive_status(quick.as_raw_fd(), CDSL_CURRENT) } {
+        Ok(CDS_NO_DISC | CDS_TRAY_OPEN) => Err(std::io::Error::from_raw_os_error(libc::ENOMEDIUM)),
+        // A CD drive with a disc (or not sure): the normal open and its checks.
+        Ok(_) => File::open(path),
+        // Not a CD drive: O_NONBLOCK means nothing to other block devices and files.
+        Err(_) => Ok(quick),
+    }
+}
+
 /// Reads the first [`PROBE_BYTES`] of `dev` (fewer if it is smaller) and classifies them.
 pub fn probe<R: Read + Seek>(dev: &mut R) -> std::io::Result<Content> {
     dev.seek(SeekFrom::Start(0))?;
@@ -212,6 +243,17 @@ pub fn probe<R: Read + Seek>(dev: &mut R) -> std::io::Result<Content> {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn open_device_reads_what_is_not_a_cd_drive() {
+        let t = tempfile::tempdir().unwrap();
+        let img = t.path().join("disk.img");
+        std::fs::write(&img, [0u8; 4096]).unwrap();
+        let mut f = open_device(&img).unwrap();
+        assert_eq!(probe(&mut f).unwrap(), Content::Blank);
+        let e = open_device(&t.path().join("missing")).unwrap_err();
+        assert_eq!(e.kind(), std::io::ErrorKind::NotFound);
+    }
 
     fn ext_sb(compat: u32, incompat: u32, label: &str) -> Vec<u8> {
         let mut b = vec![0u8; 4096];
