@@ -318,6 +318,30 @@ fn main() -> Result<()> {
         warm_timeline = timeline_of(&console);
         args.save_console(run, "warm", &console)?;
     }
+    // Every run's seconds and ratio, so that the spread behind the medians is visible.
+    let each = |v: &[Duration]| -> String {
+        v.iter()
+            .zip(&floor)
+            .map(|(t, f)| {
+                format!(
+                    "{:.2} s ({:.2}×)",
+                    t.as_secs_f64(),
+                    t.as_secs_f64() / f.as_secs_f64()
+                )
+            })
+            .collect::<Vec<_>>()
+            .join(", ")
+    };
+    let runs_text = format!(
+        "each run (against its own floor): floor {}; first {}; warm {}",
+        floor
+            .iter()
+            .map(|f| format!("{:.2} s", f.as_secs_f64()))
+            .collect::<Vec<_>>()
+            .join(", "),
+        each(&first),
+        each(&warm)
+    );
     let (floor, first, warm) = (median(floor), median(first), median(warm));
     let repo_bytes = repo.published_bytes();
     let rows = [
@@ -344,6 +368,7 @@ fn main() -> Result<()> {
             println!("{name:<52} {:>7.2} s  {ratio:>5.2}×", t.as_secs_f64());
         }
     }
+    println!("{runs_text}");
     first_bytes.sort();
     println!(
         "first boot downloaded {:.2} MB (median); the whole repository is {:.2} MB",
