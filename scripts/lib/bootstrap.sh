@@ -14,6 +14,8 @@ BOOTSTRAP_NEEDS=(
   # build
   "cc build-essential" "make build-essential" "pkg-config pkg-config" "musl-gcc musl-tools"
   "file file" "cpio cpio" "zstd zstd" "depmod kmod"
+  # the initramfs codec benchmark (scripts/bench-initrd-codec)
+  "lz4 lz4" "xz xz-utils" "gzip gzip"
   # the µCernVM kernel (kernel-config/build-custom-kernel): Debian's kernel sources and what
   # building them needs
   "/usr/src/linux-source-6.1.tar.xz linux-source-6.1" "bc bc" "bison bison" "flex flex"
