@@ -14,8 +14,6 @@ use crate::disk::tools::{arg, fsck_line_shown, ToolError, ToolLog, Tools};
 pub enum FsError {
     #[error("Unable to create ext4 filesystem in {0}: {1}")]
     Mkfs(PathBuf, ToolError),
-    #[error("Unable to tune ext4 filesystem in {0}: {1}")]
-    Tune(PathBuf, ToolError),
     #[error("cannot check {0}: {1}")]
     Fsck(PathBuf, ToolError),
     #[error("Unable to mount root device {0} on {1}: {2}")]
@@ -31,8 +29,10 @@ pub enum FsError {
 }
 
 /// ext4 with journal and lazy inode-table/journal initialisation (fast even on huge disks),
-/// labelled [`LABEL_UNFINISHED`] until the first boot has set everything up; then no
-/// mount-count or interval checks (spec §6.4).
+/// labelled [`LABEL_UNFINISHED`] until the first boot has set everything up. No mount-count or
+/// interval checks (spec §6.4): the initramfs ships no `mke2fs.conf`, and mke2fs's built-in
+/// defaults (e2fsprogs ≥ 1.42) set neither, so no `tune2fs -c 0 -i 0` is needed
+/// (`initramfs/tests/build_cli.rs` checks the shipped mke2fs).
 pub fn format(tools: &Tools, dev: &Path) -> Result<(), FsError> {
     tools
         .run_ok(
@@ -51,19 +51,6 @@ pub fn format(tools: &Tools, dev: &Path) -> Result<(), FsError> {
             ],
         )
         .map_err(|e| FsError::Mkfs(dev.to_path_buf(), e))?;
-    tools
-        .run_ok(
-            ToolLog::Partition,
-            "tune2fs",
-            &[
-                "-c".as_ref(),
-                "0".as_ref(),
-                "-i".as_ref(),
-                "0".as_ref(),
-                arg(dev),
-            ],
-        )
-        .map_err(|e| FsError::Tune(dev.to_path_buf(), e))?;
     Ok(())
 }
 

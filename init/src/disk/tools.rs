@@ -1,4 +1,4 @@
-//! The one place that runs the e2fsprogs tools (`mke2fs`, `tune2fs`, `e2fsck`, `resize2fs`),
+//! The one place that runs the e2fsprogs tools (`mke2fs`, `e2fsck`, `resize2fs`),
 //! found on `PATH` as shipped in the initramfs, with their command lines and output appended to
 //! the boot logs (`/var/log/partition.log`, `/var/log/fsck.log`, spec §6.4–6.5).
 
@@ -14,7 +14,7 @@ const DEFAULT_PATH: &str = "/bin:/sbin:/usr/bin:/usr/sbin:/usr/local/bin:/usr/lo
 /// Which log a tool's output goes to.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub enum ToolLog {
-    /// `partition.log`: mke2fs, tune2fs, resize2fs.
+    /// `partition.log`: mke2fs, resize2fs.
     Partition,
     /// `fsck.log`: e2fsck.
     Fsck,
