@@ -8,90 +8,25 @@ use std::process::Command;
 
 use cvmfs_client::publish::{publish, PublishOptions};
 use cvmfs_client::repository::{RemountOutcome, RepoError, Repository, RepositoryOptions};
-use cvmfs_client::testing::{fixture_repository_options, StaticHttpServer};
+use cvmfs_client::testing::{fixture_repository_options, pki, StaticHttpServer};
 
 const FQRN: &str = "trust.cernvm.test";
 
-fn openssl(dir: &Path, args: &[&str]) {
-    let out = Command::new("openssl")
-        .current_dir(dir)
-        .args(args)
-        .output()
-        .expect("run openssl (Debian package openssl)");
-    assert!(
-        out.status.success(),
-        "openssl {args:?}: {}",
-        String::from_utf8_lossy(&out.stderr)
-    );
+/// A CA named `name` in `dir`: `<name>.key`, `<name>.crt`.
+fn make_ca(dir: &Path, name: &str) -> pki::KeyPair {
+    pki::make_ca(dir, name, &format!("/CN={name}"), 30)
 }
 
-/// A CA (self-signed, CA:TRUE) named `name` in `dir`: `<name>.key`, `<name>.crt`.
-fn make_ca(dir: &Path, name: &str) -> PathBuf {
-    openssl(
-        dir,
-        &[
-            "req",
-            "-x509",
-            "-newkey",
-            "rsa:2048",
-            "-nodes",
-            "-sha256",
-            "-days",
-            "30",
-            "-keyout",
-            &format!("{name}.key"),
-            "-out",
-            &format!("{name}.crt"),
-            "-subj",
-            &format!("/CN={name}"),
-            "-addext",
-            "basicConstraints=critical,CA:TRUE",
-            "-addext",
-            "keyUsage=critical,keyCertSign,cRLSign",
-        ],
-    );
-    dir.join(format!("{name}.crt"))
-}
-
-/// The repository certificate and key in `keys`, issued by CA `ca` of `dir`.
-fn make_repository_cert(dir: &Path, ca: &str, keys: &Path) {
+/// The repository certificate and key in `keys`, issued by `ca`.
+fn make_repository_cert(dir: &Path, ca: &pki::KeyPair, keys: &Path) {
     std::fs::create_dir_all(keys).unwrap();
-    let key = keys.join(format!("{FQRN}.key"));
-    let crt = keys.join(format!("{FQRN}.crt"));
-    openssl(
+    pki::issue(
         dir,
-        &[
-            "req",
-            "-new",
-            "-newkey",
-            "rsa:2048",
-            "-nodes",
-            "-keyout",
-            key.to_str().unwrap(),
-            "-out",
-            "repo.csr",
-            "-subj",
-            &format!("/CN={FQRN} CernVM-FS Release Managers"),
-        ],
-    );
-    openssl(
-        dir,
-        &[
-            "x509",
-            "-req",
-            "-in",
-            "repo.csr",
-            "-CA",
-            &format!("{ca}.crt"),
-            "-CAkey",
-            &format!("{ca}.key"),
-            "-CAcreateserial",
-            "-sha256",
-            "-days",
-            "30",
-            "-out",
-            crt.to_str().unwrap(),
-        ],
+        ca,
+        &format!("/CN={FQRN} CernVM-FS Release Managers"),
+        &keys.join(format!("{FQRN}.key")),
+        &keys.join(format!("{FQRN}.crt")),
+        30,
     );
 }
 
@@ -178,9 +113,9 @@ fn sha1_fingerprint(crt: &Path) -> String {
 #[test]
 fn wcachain_whitelists_need_a_certificate_that_chains_to_a_trusted_ca() {
     let p = Published::new(|dir, keys| {
-        make_ca(dir, "site-ca");
+        let ca = make_ca(dir, "site-ca");
         make_ca(dir, "other-ca");
-        make_repository_cert(dir, "site-ca", keys);
+        make_repository_cert(dir, &ca, keys);
     });
     p.publish("chained\n", true, 30);
     let ca = p.dir.path().join("site-ca.crt");
@@ -224,8 +159,8 @@ fn a_self_signed_certificate_fails_wcachain_but_passes_without_it() {
 #[test]
 fn blacklisted_certificates_and_revisions_are_refused() {
     let p = Published::new(|dir, keys| {
-        make_ca(dir, "site-ca");
-        make_repository_cert(dir, "site-ca", keys);
+        let ca = make_ca(dir, "site-ca");
+        make_repository_cert(dir, &ca, keys);
     });
     let revision = p.publish("one\n", false, 30);
     let fingerprint = sha1_fingerprint(&p.keys.join(format!("{FQRN}.crt")));

@@ -155,63 +155,14 @@ fn issued_by(cert: &x509_cert::Certificate, ca: &x509_cert::Certificate) -> bool
 #[cfg(test)]
 mod tests {
     use super::*;
+    use cvmfs_client::testing::pki;
     use std::path::Path;
     use std::process::Command;
 
-    fn openssl(dir: &Path, args: &[&str]) {
-        let out = Command::new("openssl")
-            .args(args)
-            .current_dir(dir)
-            .output()
-            .unwrap();
-        assert!(out.status.success(), "openssl {args:?}: {out:?}");
-    }
-
     /// A CA, a signer with `subject` it issued, and a file signed by scripts/sign-image.
     fn signed_file(dir: &Path, subject: &str) -> (Vec<u8>, Vec<u8>) {
-        openssl(
-            dir,
-            &[
-                "req",
-                "-x509",
-                "-newkey",
-                "rsa:2048",
-                "-nodes",
-                "-keyout",
-                "ca.key",
-                "-out",
-                "ca.pem",
-                "-days",
-                "2",
-                "-subj",
-                "/DC=test/CN=Update CA",
-            ],
-        );
-        openssl(
-            dir,
-            &[
-                "req", "-newkey", "rsa:2048", "-nodes", "-keyout", "s.key", "-out", "s.csr",
-                "-subj", subject,
-            ],
-        );
-        openssl(
-            dir,
-            &[
-                "x509",
-                "-req",
-                "-in",
-                "s.csr",
-                "-CA",
-                "ca.pem",
-                "-CAkey",
-                "ca.key",
-                "-CAcreateserial",
-                "-out",
-                "s.pem",
-                "-days",
-                "2",
-            ],
-        );
+        let ca = pki::make_ca(dir, "ca", "/DC=test/CN=Update CA", 2);
+        pki::issue(dir, &ca, subject, &dir.join("s.key"), &dir.join("s.pem"), 2);
         let content: Vec<u8> = (0..100_000u32).map(|i| (i % 251) as u8).collect();
         std::fs::write(dir.join("file"), &content).unwrap();
         let script = Path::new(env!("CARGO_MANIFEST_DIR")).join("../scripts/sign-image");
@@ -222,7 +173,7 @@ mod tests {
             .output()
             .unwrap();
         assert!(out.status.success(), "{out:?}");
-        (content, std::fs::read(dir.join("ca.pem")).unwrap())
+        (content, std::fs::read(&ca.cert).unwrap())
     }
 
     #[test]

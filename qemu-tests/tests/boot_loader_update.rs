@@ -87,7 +87,7 @@ fn an_update_is_kexeced_once_and_a_broken_one_falls_back() {
         fs::set_permissions(&hook, fs::Permissions::from_mode(0o755))
     })
     .unwrap();
-    let ca_pem = fs::read(ca.dir.join("ca.pem")).unwrap();
+    let ca_pem = fs::read(ca.ca_cert()).unwrap();
     let image_a = BootImage::with_repository_key(&repo)
         .unwrap()
         .with_files(&[("etc/cernvm/update-ca.pem", &ca_pem)])

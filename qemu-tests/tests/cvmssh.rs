@@ -34,39 +34,40 @@ fn ssh_tools_ready() -> bool {
     true
 }
 
-#[test]
-fn cvmssh_lets_the_user_datas_key_into_the_initramfs_and_the_boot_goes_on_after_dropbear() {
-    if !scenario::full_boot_inputs_ready() || !ssh_tools_ready() {
-        return;
-    }
+/// A guest booting the test OS with `cvmssh` on a blank disk, its ssh port forwarded from
+/// `port` on 127.0.0.1, with `user_data` (if any) on an OpenStack config drive.
+struct CvmsshBoot {
+    guest: qemu_tests::Guest,
+    port: u16,
+    _repo: OsRepository,
+    _image: BootImage,
+    _dir: tempfile::TempDir,
+}
+
+fn boot_with_cvmssh(user_data: Option<&str>) -> CvmsshBoot {
     let repo = OsRepository::create("test-os.cernvm.test", "r1", Some("r1")).unwrap();
     let image = BootImage::with_repository_key(&repo).unwrap();
-    let key = SshKey::generate("cvmssh-test").unwrap();
-    let stranger = SshKey::generate("not-in-the-user-data").unwrap();
-
     let dir = tempfile::tempdir().unwrap();
     let disk = dir.path().join("scratch.qcow2");
     blank_qcow2(&disk, 2048).unwrap();
-    // The key as a user's key of the cloud-config, next to an entry that is no key.
-    let user_data = format!(
-        "#cloud-config\nusers:\n  - name: physicist\n    ssh_authorized_keys:\n      \
-         - {}\n      - ssh-rsa not-a-key physicist@laptop\n",
-        key.public
-    );
-    let iso = dir.path().join("config-2.iso");
-    context_iso(
-        &iso,
-        "config-2",
-        &[("openstack/latest/user_data", user_data.as_bytes())],
-    )
-    .unwrap();
+    let mut cdroms = Vec::new();
+    if let Some(user_data) = user_data {
+        let iso = dir.path().join("config-2.iso");
+        context_iso(
+            &iso,
+            "config-2",
+            &[("openstack/latest/user_data", user_data.as_bytes())],
+        )
+        .unwrap();
+        cdroms.push(iso);
+    }
     let port = ssh::free_port();
-    let mut guest = scenario::boot(BootSpec {
+    let guest = scenario::boot(BootSpec {
         net: Some(UserNet {
             hostfwd: vec![ssh::hostfwd(port)],
             ..Default::default()
         }),
-        cdroms: vec![iso],
+        cdroms,
         ..BootSpec::new(
             &image,
             &disk,
@@ -74,18 +75,42 @@ fn cvmssh_lets_the_user_datas_key_into_the_initramfs_and_the_boot_goes_on_after_
         )
     })
     .unwrap();
+    CvmsshBoot {
+        guest,
+        port,
+        _repo: repo,
+        _image: image,
+        _dir: dir,
+    }
+}
+
+#[test]
+fn cvmssh_lets_the_user_datas_key_into_the_initramfs_and_the_boot_goes_on_after_dropbear() {
+    if !scenario::full_boot_inputs_ready() || !ssh_tools_ready() {
+        return;
+    }
+    let key = SshKey::generate("cvmssh-test").unwrap();
+    let stranger = SshKey::generate("not-in-the-user-data").unwrap();
+    // The key as a user's key of the cloud-config, next to an entry that is no key.
+    let user_data = format!(
+        "#cloud-config\nusers:\n  - name: physicist\n    ssh_authorized_keys:\n      \
+         - {}\n      - ssh-rsa not-a-key physicist@laptop\n",
+        key.public
+    );
+    let mut boot = boot_with_cvmssh(Some(&user_data));
+    let (guest, port) = (&mut boot.guest, boot.port);
     wait(
-        &mut guest,
+        guest,
         "cvmssh: ssh_authorized_keys: \"ssh-rsa not-a-key physicist@laptop\" is not an ssh public key",
         BOOT_TIMEOUT,
     );
     wait(
-        &mut guest,
+        guest,
         "cvmssh: root logs in with the ssh key of the user data only; home /home/root",
         BOOT_TIMEOUT,
     );
-    wait(&mut guest, "network interfaces: ", BOOT_TIMEOUT);
-    wait(&mut guest, "Starting SSH server (dropbear)", BOOT_TIMEOUT);
+    wait(guest, "network interfaces: ", BOOT_TIMEOUT);
+    wait(guest, "Starting SSH server (dropbear)", BOOT_TIMEOUT);
 
     let out = ssh::run_until_ok(
         port,
@@ -139,11 +164,11 @@ fn cvmssh_lets_the_user_datas_key_into_the_initramfs_and_the_boot_goes_on_after_
         "kill $(cat /var/run/dropbear.pid)",
     )
     .unwrap();
-    wait(&mut guest, "cvmssh: dropbear exited", BOOT_TIMEOUT);
-    wait(&mut guest, OS_READY_MARKER, BOOT_TIMEOUT);
-    wait(&mut guest, "UCERNVM-TEST-OS: root is overlay", BOOT_TIMEOUT);
-    wait(&mut guest, "UCERNVM-TEST-OS: release r1", BOOT_TIMEOUT);
-    wait(&mut guest, OS_LOGIN_MARKER, BOOT_TIMEOUT);
+    wait(guest, "cvmssh: dropbear exited", BOOT_TIMEOUT);
+    wait(guest, OS_READY_MARKER, BOOT_TIMEOUT);
+    wait(guest, "UCERNVM-TEST-OS: root is overlay", BOOT_TIMEOUT);
+    wait(guest, "UCERNVM-TEST-OS: release r1", BOOT_TIMEOUT);
+    wait(guest, OS_LOGIN_MARKER, BOOT_TIMEOUT);
 }
 
 /// No keys in the user data: the original's blank root password (dropbear -B), so the client
@@ -153,31 +178,15 @@ fn cvmssh_without_keys_lets_root_in_with_the_blank_password() {
     if !scenario::full_boot_inputs_ready() || !ssh_tools_ready() {
         return;
     }
-    let repo = OsRepository::create("test-os.cernvm.test", "r1", Some("r1")).unwrap();
-    let image = BootImage::with_repository_key(&repo).unwrap();
     let any_key = SshKey::generate("any-key").unwrap();
-    let dir = tempfile::tempdir().unwrap();
-    let disk = dir.path().join("scratch.qcow2");
-    blank_qcow2(&disk, 2048).unwrap();
-    let port = ssh::free_port();
-    let mut guest = scenario::boot(BootSpec {
-        net: Some(UserNet {
-            hostfwd: vec![ssh::hostfwd(port)],
-            ..Default::default()
-        }),
-        ..BootSpec::new(
-            &image,
-            &disk,
-            format!("{} cvmssh", scenario::repository_cmdline(&repo, "10.0.2.2")),
-        )
-    })
-    .unwrap();
+    let mut boot = boot_with_cvmssh(None);
+    let (guest, port) = (&mut boot.guest, boot.port);
     wait(
-        &mut guest,
+        guest,
         "cvmssh: root logs in without a password; home /home/root",
         BOOT_TIMEOUT,
     );
-    wait(&mut guest, "Starting SSH server (dropbear)", BOOT_TIMEOUT);
+    wait(guest, "Starting SSH server (dropbear)", BOOT_TIMEOUT);
     let out = ssh::run_until_ok(
         port,
         "root",
@@ -194,11 +203,11 @@ fn cvmssh_without_keys_lets_root_in_with_the_blank_password() {
         guest.console().contents()
     );
     wait(
-        &mut guest,
+        guest,
         "Auth succeeded with blank password for 'root'",
         BOOT_TIMEOUT,
     );
-    wait(&mut guest, "cvmssh: dropbear exited", BOOT_TIMEOUT);
-    wait(&mut guest, OS_READY_MARKER, BOOT_TIMEOUT);
-    wait(&mut guest, OS_LOGIN_MARKER, BOOT_TIMEOUT);
+    wait(guest, "cvmssh: dropbear exited", BOOT_TIMEOUT);
+    wait(guest, OS_READY_MARKER, BOOT_TIMEOUT);
+    wait(guest, OS_LOGIN_MARKER, BOOT_TIMEOUT);
 }

@@ -192,7 +192,7 @@ fn signed_image_verifies_with_the_documented_openssl_commands() {
     );
 
     // scripts/verify-image agrees, with a CA directory and with a CA file.
-    for ca_arg in [ca.ca_path(), ca.dir.join("ca.pem")] {
+    for ca_arg in [ca.ca_path(), ca.ca_cert()] {
         let out = verify_image(&image, &ca_arg);
         check("verify-image", &out);
         let metadata: serde_json::Value = serde_json::from_slice(&out.stdout).unwrap();

@@ -140,3 +140,5 @@ pub use dns::DnsServer;
 
 mod fault_http;
 pub use fault_http::{Fault, FaultServer};
+
+pub mod pki;

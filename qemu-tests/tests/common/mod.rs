@@ -6,6 +6,7 @@ use std::fs;
 use std::path::{Path, PathBuf};
 use std::process::{Command, Output};
 
+use cvmfs_client::testing::pki;
 use qemu_tests::inputs::workspace_root;
 
 /// Runs `program` with `args`, returning its output.
@@ -32,17 +33,8 @@ pub fn script(name: &str) -> PathBuf {
     workspace_root().join("scripts").join(name)
 }
 
-fn openssl(dir: &Path, args: &[&str]) {
-    let out = Command::new("openssl")
-        .args(args)
-        .current_dir(dir)
-        .output()
-        .expect("cannot run openssl");
-    check(&format!("openssl {}", args.join(" ")), &out);
-}
-
 /// A certificate authority and a signing certificate it issued, made with openssl in `dir`:
-/// `ca.pem`, `ca.key`, the hashed CA directory `certificates/` (for `-CApath`), and the signer's
+/// `ca.crt`, `ca.key`, the hashed CA directory `certificates/` (for `-CApath`), and the signer's
 /// `signer.pem` / `signer.key` with the subject of CERN's image signing host.
 pub struct TestCa {
     pub dir: PathBuf,
@@ -52,64 +44,26 @@ pub const SIGNER_SUBJECT: &str = "/DC=ch/DC=cern/OU=computers/CN=cvm-sign02.cern
 
 impl TestCa {
     pub fn create(dir: &Path, name: &str) -> TestCa {
-        fs::create_dir_all(dir).unwrap();
-        openssl(
+        let ca = pki::make_ca(dir, "ca", &format!("/DC=test/CN={name}"), 2);
+        pki::issue(
             dir,
-            &[
-                "req",
-                "-x509",
-                "-newkey",
-                "rsa:2048",
-                "-nodes",
-                "-keyout",
-                "ca.key",
-                "-out",
-                "ca.pem",
-                "-days",
-                "2",
-                "-subj",
-                &format!("/DC=test/CN={name}"),
-            ],
-        );
-        openssl(
-            dir,
-            &[
-                "req",
-                "-newkey",
-                "rsa:2048",
-                "-nodes",
-                "-keyout",
-                "signer.key",
-                "-out",
-                "signer.csr",
-                "-subj",
-                SIGNER_SUBJECT,
-            ],
-        );
-        openssl(
-            dir,
-            &[
-                "x509",
-                "-req",
-                "-in",
-                "signer.csr",
-                "-CA",
-                "ca.pem",
-                "-CAkey",
-                "ca.key",
-                "-CAcreateserial",
-                "-out",
-                "signer.pem",
-                "-days",
-                "2",
-            ],
+            &ca,
+            SIGNER_SUBJECT,
+            &dir.join("signer.key"),
+            &dir.join("signer.pem"),
+            2,
         );
         fs::create_dir_all(dir.join("certificates")).unwrap();
-        fs::copy(dir.join("ca.pem"), dir.join("certificates/ca.pem")).unwrap();
-        openssl(dir, &["rehash", "certificates"]);
+        fs::copy(&ca.cert, dir.join("certificates/ca.pem")).unwrap();
+        pki::openssl(dir, &["rehash", "certificates"]);
         TestCa {
             dir: dir.to_path_buf(),
         }
+    }
+
+    /// The CA's own certificate (PEM).
+    pub fn ca_cert(&self) -> PathBuf {
+        self.dir.join("ca.crt")
     }
 
     pub fn cert(&self) -> PathBuf {
