@@ -156,12 +156,15 @@ fn two_boots_pin_inject_once_and_rebase_to_a_forced_tag() {
     );
     assert!(root.join("mnt/.rw/context/injected").exists());
     assert!(root.join("mnt/.rw/context/ucontext").exists());
+    // The daemons of this boot are running; other tests may start daemons of the same
+    // binary meanwhile, so the list now may be longer than the one written at boot.
     let pids = std::fs::read_to_string(root.join(".cvmfs_pids")).unwrap();
-    assert_eq!(
-        pids.lines()
-            .map(|l| l.parse::<u32>().unwrap())
-            .collect::<Vec<_>>(),
-        cvmfs_start::daemon_pids(&bin)
+    let written: Vec<u32> = pids.lines().map(|l| l.parse::<u32>().unwrap()).collect();
+    let running = cvmfs_start::daemon_pids(&bin);
+    assert!(!written.is_empty());
+    assert!(
+        written.iter().all(|p| running.contains(p)),
+        "{written:?} not all in {running:?}"
     );
     assert!(root.join("mnt/.rw/ulogs").is_dir());
     assert!(!root.join("new_in_v2.txt").exists());
