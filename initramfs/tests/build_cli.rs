@@ -97,7 +97,7 @@ fn chroot(root: &Path, args: &[&str]) -> Output {
 #[test]
 fn real_manifest_builds_reproducibly_and_the_tools_run() {
     let ws = workspace();
-    let static_dir = ws.join("target/x86_64-unknown-linux-musl/release");
+    let static_dir = ws.join("target/x86_64-unknown-linux-musl/initramfs");
     let Some(vars) = real_inputs(&static_dir) else {
         return;
     };

@@ -28,7 +28,7 @@ const CUSTOM_ISO_BUDGET: u64 = 12_000_000;
 /// The initramfs as scripts/build-initrd builds it (same manifest and variables).
 fn build_initrd(kernel: &Path, out: &Path) -> Option<()> {
     let ws = workspace_root();
-    let static_dir = ws.join("target/x86_64-unknown-linux-musl/release");
+    let static_dir = ws.join("target/x86_64-unknown-linux-musl/initramfs");
     if !static_dir.join("init").is_file() || !static_dir.join("cvmfs2").is_file() {
         test_prereq::skip("no static init/cvmfs2 (run scripts/build-static)");
         return None;

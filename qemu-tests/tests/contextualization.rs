@@ -40,7 +40,7 @@ struct Inputs {
 }
 
 fn inputs_or_skip() -> Option<Inputs> {
-    let init = inputs::workspace_root().join("target/x86_64-unknown-linux-musl/release/init");
+    let init = inputs::workspace_root().join("target/x86_64-unknown-linux-musl/initramfs/init");
     let found = (
         inputs::kernel(),
         inputs::static_busybox(),

@@ -19,7 +19,7 @@ const FQRN: &str = "test-os.cernvm.test";
 
 /// The static `cernvm-context` (scripts/build-static builds it).
 fn static_context_tool() -> Option<PathBuf> {
-    let p = workspace_root().join("target/x86_64-unknown-linux-musl/release/cernvm-context");
+    let p = workspace_root().join("target/x86_64-unknown-linux-musl/initramfs/cernvm-context");
     p.is_file().then_some(p)
 }
 
