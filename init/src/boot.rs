@@ -3,7 +3,7 @@
 //! the whole state of a boot; it records the timeline and decides, per phase, what a failure
 //! means: the rescue shell and then on (the original's `panic`, spec §0.5), or just on.
 //!
-//! Data flows one way: command line → network, devices → user data (first boot) → scratch
+//! Data flows one way: command line → devices → network → user data (first boot) → scratch
 //! disk → the one [`BootConfig`] (context epilog) → CernVM-FS → rebase → union → post-mount →
 //! hand-over.
 
@@ -13,6 +13,7 @@ use std::path::Path;
 
 use crate::cmdline::KernelCmdline;
 use crate::config::BootConfig;
+use crate::context::media::Media;
 use crate::context::sources::Context;
 use crate::disk::plan::PlanSettings;
 use crate::network::time::TimeSync;
@@ -128,22 +129,26 @@ pub fn run_with(
     s.phase("modules", OnError::Rescue, || {
         modules::load_predefined(&initramfs)
     });
-    let network = s.infallible("network", || network::up(&initramfs));
-    let time_sync = s.infallible("time", TimeSync::start);
+    // The device scan comes first: the network's context.sh search and the user data
+    // searches look at the media it found instead of opening every device again.
+    let devices = s.phase("devices", OnError::Rescue, || devices::discover(&initramfs));
     // Without a device list, nothing shows an existing scratch disk: treat it as the first
     // boot, as the original does.
-    let devices = s.phase("devices", OnError::Rescue, || devices::discover(&initramfs));
     let first_boot = devices
         .as_ref()
         .is_none_or(devices::BlockDevices::first_boot);
+    let media = Media::scanned(devices.as_ref(), initramfs.join("tmp"));
+    let network = s.infallible("network", || network::up(&initramfs, &media));
+    let time_sync = s.infallible("time", TimeSync::start);
 
     // User data: looked for on the first boot only; later boots read what the epilog saved.
     let mut context: Option<Context> = s.infallible("context", || {
-        first_boot.then(|| context::sources::contextualize(&initramfs, network.dhcp_server()))
+        first_boot
+            .then(|| context::sources::contextualize(&initramfs, &media, network.dhcp_server()))
     });
     s.phase("extra-context", OnError::Rescue, || {
         match context.as_mut() {
-            Some(c) => context::extra::add(&initramfs, &mut c.settings),
+            Some(c) => context::extra::add(&initramfs, &media, &mut c.settings),
             None => Ok(()),
         }
     });

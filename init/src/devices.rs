@@ -20,6 +20,7 @@ use std::path::{Path, PathBuf};
 
 use nix::mount::{mount, umount, MsFlags};
 
+use crate::context::media::{self, FsType};
 use crate::disk::table;
 use probe::{Content, ExtKind, TableKind, LABEL_ROOT, LABEL_UNFINISHED};
 
@@ -81,6 +82,8 @@ pub struct BlockDevice {
     pub removable: bool,
     pub read_only: bool,
     pub content: Content,
+    /// The file systems the context search may mount from it (an ISO/UDF bridge disc has two).
+    pub media: Vec<FsType>,
     /// For a whole disk carrying a partition table: the number of partitions in it.
     pub table_entries: Option<usize>,
     /// The boot medium's sentinel is at the root of its file system.
@@ -268,11 +271,12 @@ fn ensure_node(path: &Path, major: u32, minor: u32) {
     }
 }
 
-/// The content of a device; `None` for a drive without a medium (an empty CD drive, which the
-/// kernel gives a guessed size): a normal case, left out like a device of size 0.
-fn probe_path(path: &Path) -> Option<Content> {
-    match probe::open_device(path).and_then(|mut f| probe::probe(&mut f)) {
-        Ok(c) => Some(c),
+/// The content of a device and the file systems a context search may mount from it; `None`
+/// for a drive without a medium (an empty CD drive, which the kernel gives a guessed size): a
+/// normal case, left out like a device of size 0.
+fn probe_path(path: &Path) -> Option<(Content, Vec<FsType>)> {
+    match probe::open_device(path).and_then(|mut f| probe::read_head(&mut f)) {
+        Ok(head) => Some((probe::classify(&head), media::probe_bytes(&head))),
         Err(e) if e.raw_os_error() == Some(libc::ENOMEDIUM) => {
             log::debug!("{}: no medium", path.display());
             None
@@ -282,7 +286,7 @@ fn probe_path(path: &Path) -> Option<Content> {
                 "cannot read {}: {e}; treating it as holding data",
                 path.display()
             );
-            Some(Content::Unknown)
+            Some((Content::Unknown, Vec::new()))
         }
     }
 }
@@ -368,6 +372,7 @@ fn empty_reason(d: &BlockDevice) -> Option<&'static str> {
 /// The original's `sync_block`: discovers, classifies, maintains the label links.
 pub fn sync_block(env: &DeviceEnv) -> Result<BlockDevices, DevicesError> {
     let mut entries = scan_sysfs(env)?;
+    log::debug!("devices: {} in sysfs", entries.len());
     // Disks whose table the kernel did not turn into partitions (no parser for it, or a table
     // written by a previous boot that was cut short before the re-read): tell it now.
     let mut rescan = false;
@@ -404,9 +409,11 @@ pub fn sync_block(env: &DeviceEnv) -> Result<BlockDevices, DevicesError> {
     for e in &entries {
         let path = env.dev_dir.join(&e.name);
         ensure_node(&path, e.major, e.minor);
-        let Some(content) = probe_path(&path) else {
+        let Some((content, media)) = probe_path(&path) else {
+            log::debug!("devices: {} not readable", e.name);
             continue;
         };
+        log::debug!("devices: {} probed", e.name);
         let is_disk = e.partition.is_none();
         let table = match (&content, is_disk) {
             (Content::PartitionTable { .. }, true) => {
@@ -434,6 +441,7 @@ pub fn sync_block(env: &DeviceEnv) -> Result<BlockDevices, DevicesError> {
             in_progress: false,
             empty_because: None,
             content,
+            media,
         });
     }
     for d in &mut devices {
@@ -753,6 +761,50 @@ mod tests {
         assert_eq!(
             fs::read_link(env.by_label.join("other")).unwrap(),
             env.dev_dir.join("sda1")
+        );
+    }
+
+    #[test]
+    fn the_scan_records_media_for_the_context_searches() {
+        let f = Fixture::new();
+        let g = 2 * 1024 * 1024;
+        let mut iso = vec![0u8; 36 * 1024];
+        iso[32768] = 1;
+        iso[32769..32774].copy_from_slice(b"CD001");
+        f.disk("sr0", "11:0", g, true, true, &iso);
+        f.disk(
+            "vdb",
+            "254:16",
+            10 * g,
+            false,
+            false,
+            &mbr(&[(2048, g as u32, 0x83)]),
+        );
+        f.part("vdb", "vdb1", 1, 2048, g, &ext4("data"));
+        let found = refresh(&f.env()).unwrap();
+        let media = |name: &str| found.get(name).unwrap().media.clone();
+        assert_eq!(media("sr0"), [FsType::Iso9660]);
+        assert_eq!(media("vdb"), []);
+        assert_eq!(media("vdb1"), [FsType::Ext]);
+
+        // The searches take these types as they are: a device is not opened again.
+        fs::remove_file(f.dev().join("sr0")).unwrap();
+        let media::Media::Devices { devices, .. } =
+            media::Media::scanned(Some(&found), f.dev().join("tmp"))
+        else {
+            panic!("device media expected");
+        };
+        let listed: Vec<(&str, Option<Vec<FsType>>)> = devices
+            .iter()
+            .map(|d| (d.name.as_str(), d.fs_types.clone()))
+            .collect();
+        assert_eq!(
+            listed,
+            [
+                ("sr0", Some(vec![FsType::Iso9660])),
+                ("vdb", Some(vec![])),
+                ("vdb1", Some(vec![FsType::Ext]))
+            ]
         );
     }
 

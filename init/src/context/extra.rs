@@ -111,11 +111,11 @@ impl From<io::Error> for ExtraError {
     }
 }
 
-/// Spec §5.8 (first boot only): finds the extra context, stores it in the initramfs `root`
-/// and applies its entries on top of `settings`.
-pub fn add(root: &Path, settings: &mut ContextSettings) -> Result<(), ExtraError> {
+/// Spec §5.8 (first boot only): finds the extra context on `media`, stores it in the
+/// initramfs `root` and applies its entries on top of `settings`.
+pub fn add(root: &Path, media: &Media, settings: &mut ContextSettings) -> Result<(), ExtraError> {
     console::begin("Looking for extra context...");
-    let extra = find(&Media::system(root.join("tmp")));
+    let extra = find(media);
     let shown = if extra.sources.is_empty() {
         "(none)".to_string()
     } else {
@@ -265,6 +265,7 @@ mod tests {
             devices: vec![Device {
                 name: loopdev.file_name().unwrap().to_string_lossy().into_owned(),
                 node: loopdev.clone(),
+                fs_types: None,
             }],
             scratch: scratch.clone(),
         };

@@ -3,12 +3,12 @@
 //! them read-only with the kernel's driver (modules loaded on demand).
 
 use std::fs;
-use std::io::{Read, Seek, SeekFrom};
 use std::path::{Path, PathBuf};
 
 use nix::mount::{mount, umount2, MntFlags, MsFlags};
 
-use crate::devices::probe::{classify, PROBE_BYTES};
+use crate::devices::probe::{classify, read_head};
+use crate::devices::BlockDevices;
 use crate::modules;
 
 /// File systems recognised by [`probe`].
@@ -80,12 +80,8 @@ pub fn partition_names(proc_partitions: &str) -> Vec<String> {
 /// errors mean "nothing recognised".
 pub fn probe(device: &Path) -> Vec<FsType> {
     crate::devices::probe::open_device(device)
-        .and_then(|mut f| {
-            let mut head = Vec::with_capacity(PROBE_BYTES);
-            f.seek(SeekFrom::Start(0))?;
-            (&mut f).take(PROBE_BYTES as u64).read_to_end(&mut head)?;
-            Ok(probe_bytes(&head))
-        })
+        .and_then(|mut f| read_head(&mut f))
+        .map(|head| probe_bytes(&head))
         .unwrap_or_default()
 }
 
@@ -161,11 +157,13 @@ pub fn mount_ro(device: &Path, fstype: FsType, scratch: &Path) -> Result<Mounted
     Ok(Mounted { dir })
 }
 
-/// One candidate medium: its name (as in `/proc/partitions`) and its device node.
+/// One candidate medium: its name (as in `/proc/partitions`), its device node, and the file
+/// systems on it if a device scan already looked (`None`: probed when the media are scanned).
 #[derive(Debug, Clone)]
 pub struct Device {
     pub name: String,
     pub node: PathBuf,
+    pub fs_types: Option<Vec<FsType>>,
 }
 
 /// The block devices of the running system, in name order.
@@ -176,6 +174,7 @@ pub fn system_devices() -> Vec<Device> {
         .map(|name| Device {
             node: PathBuf::from("/dev").join(&name),
             name,
+            fs_types: None,
         })
         .collect()
 }
@@ -198,6 +197,27 @@ impl Media {
         }
     }
 
+    /// The media of the devices phase's scan, without opening any device again: every open of
+    /// an empty CD drive costs a media check of the drive (tenths of a second under
+    /// emulation), and the network, context and extra-context searches would each pay it.
+    /// Without a scan (the devices phase failed), the media of [`Media::system`].
+    pub fn scanned(found: Option<&BlockDevices>, scratch: PathBuf) -> Self {
+        let Some(found) = found else {
+            return Media::system(scratch);
+        };
+        let mut devices: Vec<Device> = found
+            .devices
+            .iter()
+            .map(|d| Device {
+                name: d.name.clone(),
+                node: found.path(&d.name),
+                fs_types: Some(d.media.clone()),
+            })
+            .collect();
+        devices.sort_by(|a, b| a.name.cmp(&b.name));
+        Media::Devices { devices, scratch }
+    }
+
     /// Visits every medium of an allowed type (`None`: any recognised type), mounted, in name
     /// order; `visit` returns `true` to stop the scan. Returns the name of the medium that
     /// stopped it.
@@ -218,7 +238,12 @@ impl Media {
             }
             Media::Devices { devices, scratch } => {
                 for d in devices {
-                    let Some(t) = probe(&d.node).into_iter().find(|t| ok(t)) else {
+                    let found = match &d.fs_types {
+                        Some(types) => types.clone(),
+                        None => probe(&d.node),
+                    };
+                    log::debug!("media: {} holds {found:?}", d.name);
+                    let Some(t) = found.into_iter().find(|t| ok(t)) else {
                         continue;
                     };
                     let m = match mount_ro(&d.node, t, scratch) {

@@ -527,15 +527,14 @@ pub struct Context {
     pub settings: ContextSettings,
 }
 
-/// Spec §5.1 (first boot only): looks for user data on local media and metadata services
+/// Spec §5.1 (first boot only): looks for user data on local `media` and metadata services
 /// (CloudStack's at `dhcp_server`, the DHCP server of the network phase's lease), and leaves
 /// what it found in the initramfs `root`.
-pub fn contextualize(root: &Path, dhcp_server: Option<Ipv4Addr>) -> Context {
+pub fn contextualize(root: &Path, media: &Media, dhcp_server: Option<Ipv4Addr>) -> Context {
     console::begin("Contextualizing VM...");
     let mut trace = Trace::default();
-    let media = Media::system(root.join("tmp"));
     let endpoints = MetadataEndpoints::cloud(remembered_dhcp_server(root, dhcp_server));
-    let found = find(&media, &endpoints, &mut trace);
+    let found = find(media, &endpoints, &mut trace);
     let (found, settings) = process(found, root, &mut trace);
     let log_dir = root.join("var/log");
     let _ = fs::create_dir_all(&log_dir);

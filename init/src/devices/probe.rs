@@ -232,12 +232,17 @@ pub fn open_device(path: &Path) -> std::io::Result<File> {
     }
 }
 
-/// Reads the first [`PROBE_BYTES`] of `dev` (fewer if it is smaller) and classifies them.
-pub fn probe<R: Read + Seek>(dev: &mut R) -> std::io::Result<Content> {
+/// The first [`PROBE_BYTES`] of `dev` (fewer if it is smaller).
+pub fn read_head<R: Read + Seek>(dev: &mut R) -> std::io::Result<Vec<u8>> {
     dev.seek(SeekFrom::Start(0))?;
     let mut buf = Vec::with_capacity(PROBE_BYTES);
     dev.take(PROBE_BYTES as u64).read_to_end(&mut buf)?;
-    Ok(classify(&buf))
+    Ok(buf)
+}
+
+/// Reads the first [`PROBE_BYTES`] of `dev` (fewer if it is smaller) and classifies them.
+pub fn probe<R: Read + Seek>(dev: &mut R) -> std::io::Result<Content> {
+    Ok(classify(&read_head(dev)?))
 }
 
 #[cfg(test)]

@@ -246,6 +246,7 @@ mod tests {
             read_only: false,
             empty_because: (content == Content::Blank).then_some("no signature"),
             content,
+            media: Vec::new(),
             table_entries: None,
             boot_medium: false,
             in_progress: false,

@@ -174,7 +174,10 @@ pub fn configure(
             log::warn!("cannot bring {} up: {e}", l.name);
         }
     }
-    if let Some((device, text)) = find_context_sh(media) {
+    log::debug!("network: {} links up", links.len());
+    let context_sh = find_context_sh(media);
+    log::debug!("network: context.sh searched");
+    if let Some((device, text)) = context_sh {
         log::info!("OpenNebula context.sh on {device}");
         match apply_static(&mut nl, &text, root) {
             Ok(c) => {
@@ -194,6 +197,7 @@ pub fn configure(
     };
     let result =
         dhcp::obtain_lease(&link.name, &link.mac, dhcp_config, &mut log_lines).and_then(|lease| {
+            log::debug!("network: DHCP lease obtained");
             dhcp::apply_lease(&mut nl, link.index, &lease, root, &mut log_lines)?;
             Ok(lease)
         });
@@ -270,12 +274,12 @@ pub fn network_report(root: &Path) -> String {
     s
 }
 
-/// Spec §3: configures the network of the initramfs `root`. A failure is reported and leaves
-/// the network unconfigured (the boot goes on: local repositories and media need none).
-pub fn up(root: &Path) -> NetworkState {
+/// Spec §3: configures the network of the initramfs `root`, with the OpenNebula `context.sh`
+/// looked for on `media`. A failure is reported and leaves the network unconfigured (the boot
+/// goes on: local repositories and media need none).
+pub fn up(root: &Path, media: &Media) -> NetworkState {
     console::begin("Starting networking...");
-    let media = Media::system(root.join("tmp"));
-    let state = match configure(root, &media, &DhcpConfig::default()) {
+    let state = match configure(root, media, &DhcpConfig::default()) {
         Ok(s) => s,
         Err(e) => {
             log::warn!("network: {e}");
