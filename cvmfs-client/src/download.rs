@@ -9,7 +9,7 @@
 use std::io::Read;
 use std::net::{IpAddr, SocketAddr};
 use std::sync::atomic::{AtomicU64, Ordering};
-use std::sync::{Arc, Mutex, MutexGuard};
+use std::sync::{Arc, Mutex, MutexGuard, OnceLock};
 use std::time::{Duration, Instant};
 
 pub use crate::dns::IpFamily;
@@ -158,7 +158,48 @@ struct Member {
     configured: Option<String>,
     /// The proxy URL requests use: the configured one with the host replaced by one address.
     url: Option<String>,
-    client: Client,
+    /// What the HTTP client of this member is built from.
+    timeout: Duration,
+    nameserver: Nameserver,
+    /// Built on first use: a mount that finds everything it needs in its cache (µCernVM's
+    /// pinned warm boot) never pays for the client's runtime thread and TLS set-up.
+    client: OnceLock<Client>,
+}
+
+impl Member {
+    fn client(&self) -> Result<Client, DownloadError> {
+        if let Some(c) = self.client.get() {
+            return Ok(c.clone());
+        }
+        let built = build_client(self.url.as_deref(), self.timeout, &self.nameserver)?;
+        Ok(self.client.get_or_init(|| built).clone())
+    }
+}
+
+/// The HTTP client of one route: through `proxy`, or DIRECT.
+fn build_client(
+    proxy: Option<&str>,
+    timeout: Duration,
+    nameserver: &Nameserver,
+) -> Result<Client, DownloadError> {
+    let b = Client::builder()
+        .user_agent(USER_AGENT)
+        .connect_timeout(timeout)
+        .timeout(timeout)
+        .tcp_nodelay(true)
+        .pool_max_idle_per_host(16)
+        .redirect(reqwest::redirect::Policy::none())
+        .dns_resolver(Arc::new(nameserver.clone()));
+    let b = match proxy {
+        None => b.no_proxy(),
+        Some(p) => {
+            b.proxy(reqwest::Proxy::all(p).map_err(|_| DownloadError::BadProxy(p.to_string()))?)
+        }
+    };
+    b.build().map_err(|e| DownloadError::Failed {
+        url: proxy.unwrap_or("DIRECT").to_string(),
+        reason: format!("cannot set up HTTP client: {e}"),
+    })
 }
 
 impl Member {
@@ -407,42 +448,26 @@ impl DownloadManager {
         }
     }
 
-    fn client_for(&self, proxy: Option<&str>) -> Result<Client, DownloadError> {
-        let t = match proxy {
-            Some(_) => self.settings.timeout,
-            None => self.settings.timeout_direct,
-        };
-        let b = Client::builder()
-            .user_agent(USER_AGENT)
-            .connect_timeout(t)
-            .timeout(t)
-            .tcp_nodelay(true)
-            .pool_max_idle_per_host(16)
-            .redirect(reqwest::redirect::Policy::none())
-            .dns_resolver(Arc::new(self.nameserver.clone()));
-        let b = match proxy {
-            None => b.no_proxy(),
-            Some(p) => {
-                b.proxy(reqwest::Proxy::all(p).map_err(|_| DownloadError::BadProxy(p.to_string()))?)
-            }
-        };
-        b.build().map_err(|e| DownloadError::Failed {
-            url: proxy.unwrap_or("DIRECT").to_string(),
-            reason: format!("cannot set up HTTP client: {e}"),
-        })
-    }
-
     fn member(
         &self,
         configured: Option<&str>,
         url: Option<String>,
     ) -> Result<Arc<Member>, DownloadError> {
-        let client = self.client_for(url.as_deref())?;
+        // A malformed proxy is refused now; the client itself is built when first used.
+        if let Some(p) = &url {
+            reqwest::Proxy::all(p.as_str()).map_err(|_| DownloadError::BadProxy(p.clone()))?;
+        }
+        let timeout = match url {
+            Some(_) => self.settings.timeout,
+            None => self.settings.timeout_direct,
+        };
         Ok(Arc::new(Member {
             id: self.next_member_id.fetch_add(1, Ordering::Relaxed),
             configured: configured.map(str::to_string),
             url,
-            client,
+            timeout,
+            nameserver: self.nameserver.clone(),
+            client: OnceLock::new(),
         }))
     }
 
@@ -622,7 +647,10 @@ impl DownloadManager {
             (Some(name), false) => url_host(name).to_string(),
             _ => uuid.to_string(),
         };
-        let client = member.client.clone();
+        let client = member.client().map_err(|e| GeoError::Request {
+            url: hosts.first().cloned().unwrap_or_default(),
+            reason: e.to_string(),
+        })?;
         let mut order: Vec<usize> = (0..hosts.len()).collect();
         fastrand::shuffle(&mut order);
         let mut last = None;
@@ -841,13 +869,14 @@ impl DownloadManager {
         for host in &hosts {
             let url = format!("{host}/.cvmfspublished");
             let started = Instant::now();
-            let ok = member
-                .client
-                .get(&url)
-                .header("Pragma", "no-cache")
-                .header("Cache-Control", "no-cache")
-                .send()
-                .is_ok_and(|r| r.status().is_success());
+            let ok = member.client().is_ok_and(|client| {
+                client
+                    .get(&url)
+                    .header("Pragma", "no-cache")
+                    .header("Cache-Control", "no-cache")
+                    .send()
+                    .is_ok_and(|r| r.status().is_success())
+            });
             results.push(Some(ok.then(|| started.elapsed().as_millis() as u64)));
         }
         let mut c = self.chains();
@@ -1067,7 +1096,8 @@ impl DownloadManager {
                 }
             }
         };
-        let mut req = member.client.get(url).header("Connection", "Keep-Alive");
+        let client = member.client().map_err(|e| transport(e.to_string()))?;
+        let mut req = client.get(url).header("Connection", "Keep-Alive");
         if no_cache {
             req = req
                 .header("Pragma", "no-cache")

@@ -673,21 +673,28 @@ fn open_db(path: &Path, check: bool) -> Result<Connection, rusqlite::Error> {
             Some(format!("integrity check: {check}")),
         ));
     }
-    db.execute_batch(
-        "CREATE TABLE IF NOT EXISTS cache_catalog (sha1 TEXT, size INTEGER, acseq INTEGER, \
-           path TEXT, type INTEGER, pinned INTEGER, \
-           CONSTRAINT pk_cache_catalog PRIMARY KEY (sha1)); \
-         CREATE UNIQUE INDEX IF NOT EXISTS idx_cache_catalog_acseq ON cache_catalog (acseq); \
-         CREATE TABLE IF NOT EXISTS properties (key TEXT, value TEXT, \
-           CONSTRAINT pk_properties PRIMARY KEY(key)); \
-         CREATE TABLE IF NOT EXISTS content_digest (sha1 TEXT, digest TEXT, \
-           CONSTRAINT pk_content_digest PRIMARY KEY (sha1));",
+    // Only a new (or half-made, or the reference client's) database needs table definitions;
+    // a complete one is recognised by one query of the schema SQLite loads anyway, instead of
+    // four definitions parsed (and, under emulation, the parser translated) at every mount.
+    let complete: bool = db.query_row(
+        "SELECT count(*) = 4 FROM sqlite_master WHERE name IN \
+           ('cache_catalog', 'idx_cache_catalog_acseq', 'properties', 'content_digest')",
+        [],
+        |r| r.get(0),
     )?;
-    let schema: Option<String> = db
-        .query_row("SELECT value FROM properties WHERE key='schema'", [], |r| {
-            r.get(0)
-        })
-        .optional()?;
+    if !complete {
+        db.execute_batch(
+            "CREATE TABLE IF NOT EXISTS cache_catalog (sha1 TEXT, size INTEGER, acseq INTEGER, \
+               path TEXT, type INTEGER, pinned INTEGER, \
+               CONSTRAINT pk_cache_catalog PRIMARY KEY (sha1)); \
+             CREATE UNIQUE INDEX IF NOT EXISTS idx_cache_catalog_acseq ON cache_catalog (acseq); \
+             CREATE TABLE IF NOT EXISTS properties (key TEXT, value TEXT, \
+               CONSTRAINT pk_properties PRIMARY KEY(key)); \
+             CREATE TABLE IF NOT EXISTS content_digest (sha1 TEXT, digest TEXT, \
+               CONSTRAINT pk_content_digest PRIMARY KEY (sha1));",
+        )?;
+    }
+    let schema = read_schema(&db)?;
     match schema.as_deref() {
         Some(SCHEMA) => {}
         None => {
@@ -704,6 +711,14 @@ fn open_db(path: &Path, check: bool) -> Result<Connection, rusqlite::Error> {
         }
     }
     Ok(db)
+}
+
+/// The schema version in the `properties` table.
+fn read_schema(db: &Connection) -> Result<Option<String>, rusqlite::Error> {
+    db.query_row("SELECT value FROM properties WHERE key='schema'", [], |r| {
+        r.get(0)
+    })
+    .optional()
 }
 
 fn remove_db(path: &Path) {
@@ -834,6 +849,36 @@ mod tests {
         drop(q);
         let q = QuotaManager::open(d.path(), 1000, false).unwrap();
         assert_eq!(q.usage().used, 12);
+    }
+
+    #[test]
+    fn a_database_without_our_table_gets_it() {
+        // The reference client's tables only (schema 1.0, no `content_digest`).
+        let d = tempfile::tempdir().unwrap();
+        let a = object(d.path(), b"abc");
+        {
+            let db = Connection::open(d.path().join("cachedb")).unwrap();
+            db.execute_batch(
+                "CREATE TABLE cache_catalog (sha1 TEXT, size INTEGER, acseq INTEGER, \
+                   path TEXT, type INTEGER, pinned INTEGER, \
+                   CONSTRAINT pk_cache_catalog PRIMARY KEY (sha1)); \
+                 CREATE UNIQUE INDEX idx_cache_catalog_acseq ON cache_catalog (acseq); \
+                 CREATE TABLE properties (key TEXT, value TEXT, \
+                   CONSTRAINT pk_properties PRIMARY KEY(key)); \
+                 INSERT INTO properties VALUES ('schema', '1.0');",
+            )
+            .unwrap();
+            db.execute(
+                "INSERT INTO cache_catalog VALUES (?1, 3, 1, '/a', 1, 0)",
+                [key(&a)],
+            )
+            .unwrap();
+        }
+        let q = QuotaManager::open(d.path(), 1000, false).unwrap();
+        assert_eq!(q.usage().used, 3);
+        let digest = ContentHash::of(Algorithm::Sha1, b"plain abc");
+        q.record_digest(&a, &digest).unwrap();
+        assert_eq!(q.digest(&a), Some(digest));
     }
 
     #[test]
