@@ -20,9 +20,8 @@ use std::path::{Path, PathBuf};
 
 use nix::mount::{mount, umount, MsFlags};
 
-use crate::context::media::{self, FsType};
 use crate::disk::table;
-use probe::{Content, ExtKind, TableKind, LABEL_ROOT, LABEL_UNFINISHED};
+use probe::{Content, ExtKind, FsType, TableKind, LABEL_ROOT, LABEL_UNFINISHED};
 
 /// The boot medium's sentinel file (spec §14.4).
 pub const SENTINEL: &str = ".ucernvm_boot_loader";
@@ -276,7 +275,7 @@ fn ensure_node(path: &Path, major: u32, minor: u32) {
 /// normal case, left out like a device of size 0.
 fn probe_path(path: &Path) -> Option<(Content, Vec<FsType>)> {
     match probe::open_device(path).and_then(|mut f| probe::read_head(&mut f)) {
-        Ok(head) => Some((probe::classify(&head), media::probe_bytes(&head))),
+        Ok(head) => Some((probe::classify(&head), probe::probe_bytes(&head))),
         Err(e) if e.raw_os_error() == Some(libc::ENOMEDIUM) => {
             log::debug!("{}: no medium", path.display());
             None
@@ -789,8 +788,8 @@ mod tests {
 
         // The searches take these types as they are: a device is not opened again.
         fs::remove_file(f.dev().join("sr0")).unwrap();
-        let media::Media::Devices { devices, .. } =
-            media::Media::scanned(Some(&found), f.dev().join("tmp"))
+        let crate::context::media::Media::Devices { devices, .. } =
+            crate::context::media::Media::scanned(Some(&found), f.dev().join("tmp"))
         else {
             panic!("device media expected");
         };

@@ -7,45 +7,25 @@ use std::path::{Path, PathBuf};
 
 use nix::mount::{mount, umount2, MntFlags, MsFlags};
 
-use crate::devices::probe::{classify, read_head};
+use crate::devices::probe::read_head;
+pub use crate::devices::probe::{probe_bytes, FsType};
 use crate::devices::BlockDevices;
 use crate::modules;
 
-/// File systems recognised by [`probe`].
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
-pub enum FsType {
-    Iso9660,
-    Udf,
-    Vfat,
-    Ext,
-}
-
-impl FsType {
-    /// The name `mount(2)` knows.
-    pub fn mount_name(self) -> &'static str {
-        match self {
-            FsType::Iso9660 => "iso9660",
-            FsType::Udf => "udf",
-            FsType::Vfat => "vfat",
-            FsType::Ext => "ext4",
-        }
-    }
-
-    /// Kernel modules the mount needs. vfat's default code page and character sets are
-    /// requested by the kernel through modprobe, which the initramfs does not have.
-    fn modules(self) -> &'static [&'static str] {
-        match self {
-            FsType::Iso9660 => &["isofs"],
-            FsType::Udf => &["udf"],
-            FsType::Vfat => &[
-                "vfat",
-                "nls_cp437",
-                "nls_ascii",
-                "nls_iso8859_1",
-                "nls_utf8",
-            ],
-            FsType::Ext => &["ext4"],
-        }
+/// Kernel modules a mount of `fstype` needs. vfat's default code page and character sets are
+/// requested by the kernel through modprobe, which the initramfs does not have.
+fn mount_modules(fstype: FsType) -> &'static [&'static str] {
+    match fstype {
+        FsType::Iso9660 => &["isofs"],
+        FsType::Udf => &["udf"],
+        FsType::Vfat => &[
+            "vfat",
+            "nls_cp437",
+            "nls_ascii",
+            "nls_iso8859_1",
+            "nls_utf8",
+        ],
+        FsType::Ext => &["ext4"],
     }
 }
 
@@ -85,24 +65,6 @@ pub fn probe(device: &Path) -> Vec<FsType> {
         .unwrap_or_default()
 }
 
-/// [`probe`] on the first bytes of a device: the signature classification of device discovery,
-/// plus the UDF volume recognition sequence (NSR02/NSR03 in the sectors after 32 KiB), which
-/// discovery does not need.
-pub fn probe_bytes(b: &[u8]) -> Vec<FsType> {
-    let mut found = Vec::new();
-    match classify(b).mount_type() {
-        Some("iso9660") => found.push(FsType::Iso9660),
-        Some("vfat") => found.push(FsType::Vfat),
-        Some("ext2" | "ext3" | "ext4") => found.push(FsType::Ext),
-        _ => {}
-    }
-    let at = |off: usize, sig: &[u8]| b.get(off..off + sig.len()) == Some(sig);
-    if (0..16).any(|k| at(32768 + 2048 * k + 1, b"NSR02") || at(32768 + 2048 * k + 1, b"NSR03")) {
-        found.push(FsType::Udf);
-    }
-    found
-}
-
 /// A read-only mount that is undone when dropped.
 pub struct Mounted {
     dir: PathBuf,
@@ -125,7 +87,7 @@ impl Drop for Mounted {
 
 /// Mounts `device` read-only as `fstype` on a fresh directory below `scratch`.
 pub fn mount_ro(device: &Path, fstype: FsType, scratch: &Path) -> Result<Mounted, MediaError> {
-    for m in fstype.modules() {
+    for m in mount_modules(fstype) {
         if let Err(e) = modules::load(m) {
             log::debug!("module {m} for {}: {e}", fstype.mount_name());
         }

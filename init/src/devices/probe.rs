@@ -232,6 +232,46 @@ pub fn open_device(path: &Path) -> std::io::Result<File> {
     }
 }
 
+/// File systems a context search may mount, as [`probe_bytes`] recognises them.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum FsType {
+    Iso9660,
+    Udf,
+    Vfat,
+    Ext,
+}
+
+impl FsType {
+    /// The name `mount(2)` knows.
+    pub fn mount_name(self) -> &'static str {
+        match self {
+            FsType::Iso9660 => "iso9660",
+            FsType::Udf => "udf",
+            FsType::Vfat => "vfat",
+            FsType::Ext => "ext4",
+        }
+    }
+}
+
+/// The mountable file systems in the first bytes of a device (an ISO/UDF bridge disc has two):
+/// the signature classification of [`classify`],
+/// plus the UDF volume recognition sequence (NSR02/NSR03 in the sectors after 32 KiB), which
+/// discovery does not need.
+pub fn probe_bytes(b: &[u8]) -> Vec<FsType> {
+    let mut found = Vec::new();
+    match classify(b).mount_type() {
+        Some("iso9660") => found.push(FsType::Iso9660),
+        Some("vfat") => found.push(FsType::Vfat),
+        Some("ext2" | "ext3" | "ext4") => found.push(FsType::Ext),
+        _ => {}
+    }
+    let at = |off: usize, sig: &[u8]| b.get(off..off + sig.len()) == Some(sig);
+    if (0..16).any(|k| at(32768 + 2048 * k + 1, b"NSR02") || at(32768 + 2048 * k + 1, b"NSR03")) {
+        found.push(FsType::Udf);
+    }
+    found
+}
+
 /// The first [`PROBE_BYTES`] of `dev` (fewer if it is smaller).
 pub fn read_head<R: Read + Seek>(dev: &mut R) -> std::io::Result<Vec<u8>> {
     dev.seek(SeekFrom::Start(0))?;
