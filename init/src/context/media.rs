@@ -167,7 +167,8 @@ impl Media {
         let Some(found) = found else {
             return Media::system(scratch);
         };
-        let mut devices: Vec<Device> = found
+        // In name order already, as the scan keeps them.
+        let devices: Vec<Device> = found
             .devices
             .iter()
             .map(|d| Device {
@@ -176,7 +177,6 @@ impl Media {
                 fs_types: Some(d.media.clone()),
             })
             .collect();
-        devices.sort_by(|a, b| a.name.cmp(&b.name));
         Media::Devices { devices, scratch }
     }
 

@@ -280,11 +280,6 @@ pub fn read_head<R: Read + Seek>(dev: &mut R) -> std::io::Result<Vec<u8>> {
     Ok(buf)
 }
 
-/// Reads the first [`PROBE_BYTES`] of `dev` (fewer if it is smaller) and classifies them.
-pub fn probe<R: Read + Seek>(dev: &mut R) -> std::io::Result<Content> {
-    Ok(classify(&read_head(dev)?))
-}
-
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -295,7 +290,7 @@ mod tests {
         let img = t.path().join("disk.img");
         std::fs::write(&img, [0u8; 4096]).unwrap();
         let mut f = open_device(&img).unwrap();
-        assert_eq!(probe(&mut f).unwrap(), Content::Blank);
+        assert_eq!(classify(&read_head(&mut f).unwrap()), Content::Blank);
         let e = open_device(&t.path().join("missing")).unwrap_err();
         assert_eq!(e.kind(), std::io::ErrorKind::NotFound);
     }
