@@ -1,12 +1,15 @@
 //! `ucernvm-initramfs build` with the real manifest and real inputs (our static executables,
-//! busybox-static, e2fsprogs, the Debian cloud kernel's modules), unpacked with the real `xz` and
-//! GNU `cpio`; the shipped e2fsprogs tools run in a chroot of the unpacked archive.
+//! busybox-static, the static e2fsprogs and dropbear, the Debian cloud kernel's modules),
+//! unpacked with the real `xz` and GNU `cpio`; the shipped e2fsprogs tools and dropbear run in a
+//! chroot of the unpacked archive, and no file in it needs a dynamic loader.
 //! Skipped, with a message, when the static executables or the kernel are not built yet
-//! (`scripts/build-static`, `kernel-config/fetch-debian-kernel`).
+//! (`scripts/build-static`, `scripts/build-static-tools`, `kernel-config/fetch-debian-kernel`).
 
 use std::fs;
 use std::path::{Path, PathBuf};
 use std::process::{Command, Output, Stdio};
+
+use ucernvm_initramfs::elf::{linking, Linking};
 
 const MTIME: &str = "1700000000";
 const VERSION: &str = "2026.11-1.cernvm.x86_64";
@@ -16,6 +19,11 @@ fn workspace() -> PathBuf {
         .parent()
         .unwrap()
         .to_path_buf()
+}
+
+/// The static e2fsprogs and dropbear of `scripts/build-static-tools`.
+fn static_tools() -> PathBuf {
+    workspace().join("build/static-tools/current")
 }
 
 /// The variables scripts/build-initrd sets, or `None` (with a message) if an input is missing.
@@ -32,14 +40,23 @@ fn real_inputs(static_dir: &Path) -> Option<Vec<String>> {
         return missing("no kernel (run kernel-config/fetch-debian-kernel)");
     };
     let kmods = ws.join("build/kernel/root/lib/modules").join(kver.trim());
-    if !Path::new("/bin/busybox").is_file() || !Path::new("/sbin/mke2fs").is_file() {
+    if !Path::new("/bin/busybox").is_file() || !Path::new("/sbin/tune2fs").is_file() {
         return missing("busybox-static or e2fsprogs not installed (scripts/bootstrap)");
+    }
+    let tools = static_tools();
+    if !["mke2fs", "e2fsck", "resize2fs", "dropbear"]
+        .iter()
+        .all(|t| tools.join(t).is_file())
+    {
+        return missing("no static e2fsprogs/dropbear (run scripts/build-static-tools)");
     }
     let demo_key = ws.join("../shared/fixtures/cvmfs/demo.cernvm.test/keys/demo.cernvm.test.pub");
     Some(vec![
         format!("version={VERSION}"),
         format!("static={}", static_dir.display()),
         "busybox=/bin/busybox".into(),
+        format!("e2fsprogs_dir={}", tools.display()),
+        format!("dropbear={}", tools.join("dropbear").display()),
         format!("kmods={}", kmods.display()),
         "ca_bundle=/etc/ssl/certs/ca-certificates.crt".into(),
         format!("demo_key={}", demo_key.display()),
@@ -84,6 +101,35 @@ fn unpack(archive: &Path, into: &Path) {
     check_success("xz -dc | cpio -idm", &out);
 }
 
+/// The files under `root` that need a dynamic loader: ELF files with a program interpreter,
+/// and shared libraries (`*.so`, `*.so.N`), sorted.
+fn dynamic_files(root: &Path) -> Vec<String> {
+    let mut found = Vec::new();
+    let mut dirs = vec![root.to_path_buf()];
+    while let Some(dir) = dirs.pop() {
+        for entry in fs::read_dir(&dir).unwrap() {
+            let entry = entry.unwrap();
+            let kind = entry.file_type().unwrap();
+            if kind.is_dir() {
+                dirs.push(entry.path());
+                continue;
+            }
+            if !kind.is_file() {
+                continue;
+            }
+            let name = entry.file_name().to_string_lossy().into_owned();
+            let library = name.ends_with(".so") || name.contains(".so.");
+            let data = fs::read(entry.path()).unwrap();
+            if library || matches!(linking(&data), Some(Linking::Dynamic { .. })) {
+                let path = entry.path();
+                found.push(path.strip_prefix(root).unwrap().display().to_string());
+            }
+        }
+    }
+    found.sort();
+    found
+}
+
 fn chroot(root: &Path, args: &[&str]) -> Output {
     Command::new("chroot")
         .arg(root)
@@ -93,7 +139,8 @@ fn chroot(root: &Path, args: &[&str]) -> Output {
 }
 
 /// Same inputs twice — the second time from copies with other file times — give the same bytes;
-/// the archive has every component and its tools run on the libraries it ships.
+/// the archive has every component, its tools run in it, and none of its files needs a dynamic
+/// loader (the kernel unpacks every byte at every boot; glibc's would be megabytes).
 #[test]
 fn real_manifest_builds_reproducibly_and_the_tools_run() {
     let ws = workspace();
@@ -140,6 +187,7 @@ fn real_manifest_builds_reproducibly_and_the_tools_run() {
         "cvmfs2",
         "busybox",
         "e2fsprogs",
+        "dropbear",
         "kernel-modules",
         "certificates",
         "cvmfs-keys",
@@ -183,6 +231,16 @@ fn real_manifest_builds_reproducibly_and_the_tools_run() {
     assert!(fs::symlink_metadata(root.join("sbin/mke2fs"))
         .unwrap()
         .is_file());
+    assert_eq!(
+        fs::read(root.join("usr/sbin/dropbear")).unwrap(),
+        fs::read(static_tools().join("dropbear")).unwrap()
+    );
+    let dynamic = dynamic_files(&root);
+    assert!(
+        dynamic.is_empty(),
+        "the initramfs must hold only static executables and no shared library: {dynamic:?}"
+    );
+    assert!(!root.join("lib64/ld-linux-x86-64.so.2").exists());
 
     // Every module in the shipped modules.dep, and everything it depends on, is shipped.
     let kver = fs::read_to_string(ws.join("build/kernel/kernel-version")).unwrap();
@@ -210,7 +268,7 @@ fn real_manifest_builds_reproducibly_and_the_tools_run() {
         );
     }
 
-    // The shipped e2fsprogs run inside the archive's own tree: their libraries are complete.
+    // The shipped e2fsprogs run inside the archive's own tree, which has no libraries.
     // They read /etc/mtab (-> /proc/mounts), so /proc is mounted as the init does at boot.
     let script = "mount -t proc proc /proc || exit 99
         trap 'umount /proc' EXIT
@@ -251,6 +309,23 @@ fn real_manifest_builds_reproducibly_and_the_tools_run() {
         listing.contains("Block count:              24576"),
         "{listing}"
     );
+    // dropbear starts in the archive and knows the options cvmssh gives it
+    // (init/src/handover.rs: -F -E -R and -B or -s; -B and -s exist only with password logins,
+    // which the static build keeps).
+    let out = chroot(&root, &["/usr/sbin/dropbear", "-V"]);
+    check_success("dropbear -V in a chroot of the archive", &out);
+    assert!(
+        String::from_utf8_lossy(&out.stderr).contains("Dropbear v2022.83"),
+        "{out:?}"
+    );
+    let out = chroot(&root, &["/usr/sbin/dropbear", "-h"]);
+    let help = String::from_utf8_lossy(&out.stderr);
+    for option in ["-F\t", "-E\t", "-R\t", "-B\t", "-s\t"] {
+        assert!(
+            help.lines().any(|l| l.starts_with(option)),
+            "dropbear lacks {option:?}:\n{help}"
+        );
+    }
     let out = chroot(&root, &["/bin/sh", "-c", "echo rescue shell works"]);
     check_success("chroot sh", &out);
     assert_eq!(String::from_utf8_lossy(&out.stdout), "rescue shell works\n");
@@ -267,6 +342,35 @@ fn real_manifest_builds_reproducibly_and_the_tools_run() {
     assert_eq!(
         String::from_utf8_lossy(&out.stdout),
         "_UCONTEXT_RESIZE_ROOTFS=0\n"
+    );
+}
+
+/// The check above finds what the initramfs used to ship: Debian's dynamically linked mke2fs,
+/// with the loader and the glibc libraries the builder adds for it.
+#[test]
+fn a_dynamically_linked_executable_and_its_libraries_are_found() {
+    if !Path::new("/sbin/mke2fs").is_file() {
+        test_prereq::skip("e2fsprogs not installed (scripts/bootstrap)");
+        return;
+    }
+    let tmp = tempfile::tempdir().unwrap();
+    let out = small_build(
+        tmp.path(),
+        "component e2fsprogs\nexec /sbin/mke2fs sbin/mke2fs\n",
+        &[],
+    );
+    check_success("build", &out);
+    let root = tmp.path().join("root");
+    unpack(&tmp.path().join("out.img"), &root);
+    let dynamic = dynamic_files(&root);
+    assert!(dynamic.contains(&"sbin/mke2fs".to_string()), "{dynamic:?}");
+    assert!(
+        dynamic.iter().any(|f| f.ends_with("/libc.so.6")),
+        "{dynamic:?}"
+    );
+    assert!(
+        dynamic.iter().any(|f| f.ends_with("ld-linux-x86-64.so.2")),
+        "{dynamic:?}"
     );
 }
 

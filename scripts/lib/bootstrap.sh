@@ -14,6 +14,10 @@ BOOTSTRAP_NEEDS=(
   # build
   "cc build-essential" "make build-essential" "pkg-config pkg-config" "musl-gcc musl-tools"
   "file file" "cpio cpio" "zstd zstd" "depmod kmod"
+  # the static e2fsprogs and dropbear of the initramfs (scripts/build-static-tools): musl-gcc
+  # above, the kernel's headers, and what unpacks and patches Debian's source tarballs
+  "/usr/include/linux/fs.h linux-libc-dev" "patch patch" "bzip2 bzip2" "ar binutils"
+  "readelf binutils" "strip binutils"
   # the initramfs codec benchmark (scripts/bench-initrd-codec)
   "lz4 lz4" "xz xz-utils" "gzip gzip"
   # the µCernVM kernel (kernel-config/build-custom-kernel): Debian's kernel sources and what
@@ -27,7 +31,8 @@ BOOTSTRAP_NEEDS=(
   "genisoimage genisoimage" "mkfs.vfat dosfstools" "mcopy mtools"
   # boot and disks
   "qemu-system-x86_64 qemu-system-x86" "qemu-img qemu-utils" "/bin/busybox busybox-static"
-  "mke2fs e2fsprogs" "e2fsck e2fsprogs" "sfdisk fdisk" "losetup util-linux"
+  # (the host's e2fsprogs make and inspect test disks; the initramfs has its own, static)
+  "mke2fs e2fsprogs" "e2fsck e2fsprogs" "tune2fs e2fsprogs" "sfdisk fdisk" "losetup util-linux"
   # CernVM-FS client tests
   "fusermount3 fuse3" "getfattr attr" "openssl openssl" "python3 python3" "squid squid"
   "socat socat" "curl curl" "ip iproute2" "/etc/ssl/certs/ca-certificates.crt ca-certificates"
@@ -39,7 +44,8 @@ BOOTSTRAP_NEEDS=(
   "dnsmasq dnsmasq-base"
   # CernVM-FS client benchmark: a real keep-alive HTTP server
   "nginx nginx-light"
-  # cernvm-launch: ssh into the machines; the test OS's sshd; the libvirt backend and its test
+  # cernvm-launch: ssh into the machines; the test OS's sshd (Debian's dropbear, with its
+  # libraries: the initramfs has its own, static); the libvirt backend and its test
   # (a libvirtd session daemon of an unprivileged user, started by the test through setpriv)
   "ssh openssh-client" "ssh-keygen openssh-client" "/usr/sbin/dropbear dropbear-bin"
   "libvirtd libvirt-daemon-system" "virsh libvirt-clients" "virt-xml-validate libvirt-clients"
