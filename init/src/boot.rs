@@ -118,6 +118,9 @@ pub fn run_with(
     cvmfs2: &Path,
     on_error: &mut dyn FnMut(&str, &str),
 ) -> Timeline {
+    // The kernel log's time stamps of this record and of the kernel's start of /init give the
+    // timeline's first row (read at the end: the boot does not wait for it).
+    log::debug!("{}", console::TIMELINE_START_MARK);
     let mut s = Sequencer {
         layout,
         timeline: Timeline::new(),
@@ -126,12 +129,16 @@ pub fn run_with(
     let initramfs = s.layout.initramfs.clone();
     let layout = s.layout.clone();
 
+    // The removable drives' probes start now and end in the devices phase (see EarlyProbes).
+    let early_probes = devices::EarlyProbes::start(&devices::DeviceEnv::system(&initramfs));
     s.phase("modules", OnError::Rescue, || {
         modules::load_predefined(&initramfs)
     });
     // The device scan comes first: the network's context.sh search and the user data
     // searches look at the media it found instead of opening every device again.
-    let devices = s.phase("devices", OnError::Rescue, || devices::discover(&initramfs));
+    let devices = s.phase("devices", OnError::Rescue, || {
+        devices::discover(&initramfs, early_probes)
+    });
     // Without a device list, nothing shows an existing scratch disk: treat it as the first
     // boot, as the original does.
     let first_boot = devices
@@ -225,8 +232,18 @@ pub fn run_with(
         post::run(&layout, &config, repository(cvmfs.as_ref())?, first_boot);
         Ok::<(), MissingInput>(())
     });
+    if let Some(early) = console::since_kernel_started_init() {
+        s.timeline.set_early(early);
+    }
+    // The hand-over does not return when it succeeds: it saves the timeline with itself as
+    // the last row just before the OS's init starts.
+    let mut before_handover = s.timeline.clone();
+    let handover_at = s.timeline.elapsed();
     s.phase("handover", OnError::Rescue, || {
-        handover::run(&layout, &config)
+        handover::run(&layout, &config, &mut || {
+            before_handover.record_running("handover", handover_at);
+            post::save_timeline(&layout, &before_handover);
+        })
     });
     s.timeline
 }

@@ -100,6 +100,58 @@ impl KernelLogger {
     }
 }
 
+/// The record the sequencer writes to the kernel log where its timeline starts
+/// ([`since_kernel_started_init`]).
+pub const TIMELINE_START_MARK: &str = "timeline starts";
+
+/// How long after the kernel started `/init` ("Run /init as init process") this process wrote
+/// [`TIMELINE_START_MARK`], by the kernel log's own time stamps; `None` when the log holds
+/// neither (the ring buffer overwrote it, or this is not PID 1 of a boot).
+pub fn since_kernel_started_init() -> Option<std::time::Duration> {
+    use std::io::Read;
+    use std::os::unix::fs::OpenOptionsExt;
+    let mut kmsg = OpenOptions::new()
+        .read(true)
+        .custom_flags(libc::O_NONBLOCK)
+        .open("/dev/kmsg")
+        .ok()?;
+    let mark = format!("ucernvm: {TIMELINE_START_MARK}");
+    let (mut init_started, mut timeline_started) = (None, None);
+    let mut record = [0u8; 8192];
+    loop {
+        // One record per read; EPIPE: the ring buffer overwrote the next record (read on);
+        // EAGAIN: no more.
+        let n = match kmsg.read(&mut record) {
+            Ok(0) => break,
+            Ok(n) => n,
+            Err(e) if e.raw_os_error() == Some(libc::EPIPE) => continue,
+            Err(_) => break,
+        };
+        let Some((usec, text)) = record.get(..n).and_then(parse_kmsg_record) else {
+            continue;
+        };
+        if text.starts_with("Run ") && text.ends_with(" as init process") {
+            init_started = Some(usec);
+        } else if text == mark {
+            // Written once, after the kernel's line: the hundreds of records after it are
+            // not read.
+            timeline_started = Some(usec);
+            break;
+        }
+    }
+    let (from, to) = (init_started?, timeline_started?);
+    to.checked_sub(from).map(std::time::Duration::from_micros)
+}
+
+/// A `/dev/kmsg` record, `<priority>,<sequence>,<microseconds>,<flags>[,…];<text>\n[ continuation lines]`:
+/// its time stamp and the first line of its text.
+fn parse_kmsg_record(record: &[u8]) -> Option<(u64, &str)> {
+    let record = std::str::from_utf8(record).ok()?;
+    let (prefix, text) = record.split_once(';')?;
+    let usec = prefix.split(',').nth(2)?.parse().ok()?;
+    Some((usec, text.lines().next().unwrap_or("")))
+}
+
 /// The kernel's switch for the rate limit on `/dev/kmsg` writes.
 const DEVKMSG_SYSCTL: &str = "/proc/sys/kernel/printk_devkmsg";
 
@@ -179,5 +231,21 @@ mod tests {
         assert_eq!(kmsg_priority(log::Level::Warn), 4);
         assert_eq!(kmsg_priority(log::Level::Info), 6);
         assert_eq!(kmsg_priority(log::Level::Trace), 7);
+    }
+
+    #[test]
+    fn kmsg_records_give_their_time_stamp_and_first_line() {
+        assert_eq!(
+            parse_kmsg_record(b"6,339,2701007,-;Run /init as init process\n"),
+            Some((2_701_007, "Run /init as init process"))
+        );
+        assert_eq!(
+            parse_kmsg_record(
+                b"7,402,2801799,-,caller=T1;ucernvm: timeline starts\n SUBSYSTEM=x\n"
+            ),
+            Some((2_801_799, "ucernvm: timeline starts"))
+        );
+        assert_eq!(parse_kmsg_record(b"garbage"), None);
+        assert_eq!(parse_kmsg_record(b"6,1,notanumber,-;text"), None);
     }
 }

@@ -290,6 +290,93 @@ fn probe_path(path: &Path) -> Option<(Content, Vec<FsType>)> {
     }
 }
 
+/// Probes the device of sysfs entry `e` in `dev_dir`, creating its node first if need be.
+fn probe_entry(dev_dir: &Path, e: &SysEntry) -> Option<(Content, Vec<FsType>)> {
+    let path = dev_dir.join(&e.name);
+    ensure_node(&path, e.major, e.minor);
+    probe_path(&path)
+}
+
+/// What probing one device found: `None` for a drive without a medium (see [`probe_path`]).
+type Probed = Option<(Content, Vec<FsType>)>;
+
+/// Probes of the removable whole disks (CD drives, USB sticks) started in the background before
+/// the devices phase. Under emulation an empty CD drive takes about a tenth of a second to say
+/// so, nearly all of it waiting for the emulated drive, and every boot without a context CD has
+/// one: started early, the wait overlaps the work before the devices phase and the probes of
+/// the other devices. The devices phase takes the results ([`discover`]); a drive that appeared
+/// after the start (the Debian kernel loads `sr_mod` in the modules phase) is probed there.
+pub struct EarlyProbes {
+    /// The probe thread: what it found, per removable whole disk, with the device number.
+    thread: Option<std::thread::JoinHandle<EarlyFound>>,
+}
+
+/// The early thread's results: name → (major, minor) and what the probe found.
+type EarlyFound = BTreeMap<String, ((u32, u32), Probed)>;
+
+impl EarlyProbes {
+    /// No early probes: the devices phase probes every device itself.
+    pub fn none() -> Self {
+        EarlyProbes { thread: None }
+    }
+
+    /// Starts a thread that probes the removable whole disks `env` shows (the scan of sysfs
+    /// happens in the thread too: the boot goes on at once).
+    pub fn start(env: &DeviceEnv) -> Self {
+        let env = env.clone();
+        let thread = std::thread::Builder::new()
+            .name("early-probes".into())
+            .spawn(move || {
+                let entries = match scan_sysfs(&env) {
+                    Ok(entries) => entries,
+                    Err(e) => {
+                        log::debug!("early probes: {e}");
+                        return EarlyFound::new();
+                    }
+                };
+                entries
+                    .iter()
+                    .filter(|e| is_early(e))
+                    .map(|e| {
+                        let found = probe_entry(&env.dev_dir, e);
+                        (e.name.clone(), ((e.major, e.minor), found))
+                    })
+                    .collect()
+            });
+        match thread {
+            Ok(t) => EarlyProbes { thread: Some(t) },
+            Err(e) => {
+                log::debug!("early probes: cannot start a thread: {e}");
+                Self::none()
+            }
+        }
+    }
+
+    /// Whether the early thread probes `e` (if it was started): the devices phase then takes
+    /// the result instead of opening the device itself.
+    fn covers(&self, e: &SysEntry) -> bool {
+        self.thread.is_some() && is_early(e)
+    }
+
+    /// Waits for the early thread and takes what it found (nothing if it failed: those devices
+    /// are then probed again).
+    fn finish(&mut self) -> EarlyFound {
+        match self.thread.take().map(|t| t.join()) {
+            Some(Ok(found)) => found,
+            Some(Err(_)) => {
+                log::warn!("the early probe of the removable drives failed; probing them again");
+                EarlyFound::new()
+            }
+            None => EarlyFound::new(),
+        }
+    }
+}
+
+/// The devices [`EarlyProbes`] probes: removable whole disks.
+fn is_early(e: &SysEntry) -> bool {
+    e.removable && e.partition.is_none()
+}
+
 /// What a read-only mount showed.
 enum MountLook {
     Sentinel,
@@ -370,6 +457,11 @@ fn empty_reason(d: &BlockDevice) -> Option<&'static str> {
 
 /// The original's `sync_block`: discovers, classifies, maintains the label links.
 pub fn sync_block(env: &DeviceEnv) -> Result<BlockDevices, DevicesError> {
+    sync_block_with(env, &mut EarlyProbes::none())
+}
+
+/// [`sync_block`], taking the probes of the devices `early` covers from it.
+fn sync_block_with(env: &DeviceEnv, early: &mut EarlyProbes) -> Result<BlockDevices, DevicesError> {
     let mut entries = scan_sysfs(env)?;
     log::debug!("devices: {} in sysfs", entries.len());
     // Disks whose table the kernel did not turn into partitions (no parser for it, or a table
@@ -403,12 +495,27 @@ pub fn sync_block(env: &DeviceEnv) -> Result<BlockDevices, DevicesError> {
     // Every device is opened once (an empty CD drive answers slowly under emulation): its
     // content, and for a disk with a partition table the table's entries and which of them
     // carry the in-progress marker.
+    // The devices the early probes cover are taken from them last, so that their wait
+    // overlaps these probes.
+    let mut probed: BTreeMap<String, Probed> = BTreeMap::new();
+    for e in entries.iter().filter(|e| !early.covers(e)) {
+        probed.insert(e.name.clone(), probe_entry(&env.dev_dir, e));
+    }
+    let covered: Vec<&SysEntry> = entries.iter().filter(|e| early.covers(e)).collect();
+    let mut early_found = early.finish();
+    for e in covered {
+        // The same device as when the thread looked (not a drive that replaced it), else again.
+        let result = match early_found.remove(&e.name) {
+            Some((dev, probed)) if dev == (e.major, e.minor) => probed,
+            _ => probe_entry(&env.dev_dir, e),
+        };
+        probed.insert(e.name.clone(), result);
+    }
     let mut in_progress = BTreeSet::new();
     let mut devices = Vec::new();
     for e in &entries {
         let path = env.dev_dir.join(&e.name);
-        ensure_node(&path, e.major, e.minor);
-        let Some((content, media)) = probe_path(&path) else {
+        let Some((content, media)) = probed.remove(&e.name).flatten() else {
             log::debug!("devices: {} not readable", e.name);
             continue;
         };
@@ -529,7 +636,12 @@ pub fn write_label_links(env: &DeviceEnv, found: &BlockDevices) -> Result<(), De
 
 /// Discovery plus label links: what every step that changes the disks runs afterwards.
 pub fn refresh(env: &DeviceEnv) -> Result<BlockDevices, DevicesError> {
-    let found = sync_block(env)?;
+    refresh_with(env, &mut EarlyProbes::none())
+}
+
+/// [`refresh`] with the results of `early`.
+fn refresh_with(env: &DeviceEnv, early: &mut EarlyProbes) -> Result<BlockDevices, DevicesError> {
+    let found = sync_block_with(env, early)?;
     write_label_links(env, &found)?;
     for d in &found.devices {
         log::info!(
@@ -554,9 +666,9 @@ pub fn is_block_device(path: &Path) -> bool {
 
 /// The `devices` phase (spec §4): discovery; a `UROOT` partition means this is not the first
 /// boot.
-pub fn discover(root: &Path) -> Result<BlockDevices, DevicesError> {
+pub fn discover(root: &Path, mut early: EarlyProbes) -> Result<BlockDevices, DevicesError> {
     let env = DeviceEnv::system(root);
-    let found = refresh(&env)?;
+    let found = refresh_with(&env, &mut early)?;
     if let Some(b) = &found.boot_disk {
         log::info!("boot disk {b}, boot partition {:?}", found.boot_partition);
     }
@@ -666,6 +778,80 @@ mod tests {
         b[510] = 0x55;
         b[511] = 0xAA;
         b
+    }
+
+    fn content_of(found: &BlockDevices, name: &str) -> Content {
+        found
+            .devices
+            .iter()
+            .find(|d| d.name == name)
+            .map(|d| d.content.clone())
+            .unwrap_or_else(|| panic!("no {name} in {:?}", found.devices))
+    }
+
+    /// Early probes whose thread returns `found`.
+    fn early_with(found: impl FnOnce() -> EarlyFound + Send + 'static) -> EarlyProbes {
+        EarlyProbes {
+            thread: Some(std::thread::spawn(found)),
+        }
+    }
+
+    #[test]
+    fn early_probes_cover_the_removable_drives_and_the_phase_takes_their_results() {
+        let f = Fixture::new();
+        let g = 2 * 1024 * 1024;
+        f.disk("sr0", "11:0", g, true, true, &ext4("CONTEXT"));
+        f.disk("vda", "254:0", 10 * g, false, false, &ext4("DATA"));
+        let env = f.env();
+        let mut early = EarlyProbes::start(&env);
+        let entries = scan_sysfs(&env).unwrap();
+        let covered: Vec<&str> = entries
+            .iter()
+            .filter(|e| early.covers(e))
+            .map(|e| e.name.as_str())
+            .collect();
+        assert_eq!(covered, ["sr0"], "only the removable drive is probed early");
+        let found = refresh_with(&env, &mut early).unwrap();
+        assert!(
+            matches!(content_of(&found, "sr0"), Content::Ext { label: Some(l), .. } if l == "CONTEXT")
+        );
+        assert!(
+            matches!(content_of(&found, "vda"), Content::Ext { label: Some(l), .. } if l == "DATA")
+        );
+        assert!(
+            early.thread.is_none(),
+            "the phase waited for the early thread"
+        );
+    }
+
+    #[test]
+    fn the_phase_uses_the_early_result_instead_of_opening_the_drive_again() {
+        let f = Fixture::new();
+        let g = 2 * 1024 * 1024;
+        f.disk("sr0", "11:0", g, true, true, &ext4("ON-DISC"));
+        // What the early thread saw (a drive that had no disc then) is what the phase reports.
+        let mut early = early_with(|| BTreeMap::from([("sr0".to_string(), ((11, 0), None))]));
+        let found = refresh_with(&f.env(), &mut early).unwrap();
+        assert!(found.devices.iter().all(|d| d.name != "sr0"), "{found:?}");
+    }
+
+    #[test]
+    fn a_failed_early_probe_or_a_replaced_drive_is_probed_again() {
+        let f = Fixture::new();
+        let g = 2 * 1024 * 1024;
+        f.disk("sr0", "11:0", g, true, true, &ext4("DISC0"));
+        f.disk("sr1", "11:1", g, true, true, &ext4("DISC1"));
+        let mut early = early_with(|| panic!("probe thread failed"));
+        let found = refresh_with(&f.env(), &mut early).unwrap();
+        assert!(
+            matches!(content_of(&found, "sr0"), Content::Ext { label: Some(l), .. } if l == "DISC0")
+        );
+        // sr1 now has another device number than when the early probes started.
+        let mut early = early_with(|| BTreeMap::from([("sr1".to_string(), ((11, 7), None))]));
+        let found = refresh_with(&f.env(), &mut early).unwrap();
+        assert!(
+            matches!(content_of(&found, "sr1"), Content::Ext { label: Some(l), .. } if l == "DISC1")
+        );
     }
 
     #[test]

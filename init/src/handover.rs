@@ -376,8 +376,13 @@ fn cvmssh(shell_offered: bool, keys: &[String]) {
 }
 
 /// The hand-over: `cvmdebug` and `cvmssh` as `config` asks, then `switch_root` into
-/// `layout.root`. Returns only on failure.
-pub fn run(layout: &Layout, config: &BootConfig) -> Result<(), HandoverError> {
+/// `layout.root`; `before_exec` runs once the initramfs is emptied, right before the OS's
+/// init starts. Returns only on failure.
+pub fn run(
+    layout: &Layout,
+    config: &BootConfig,
+    before_exec: &mut dyn FnMut(),
+) -> Result<(), HandoverError> {
     if config.debug_shell {
         console::info("Debug mode: the union is at /root, the scratch disk at /root/mnt/.rw; 'reset_root_password' sets root's password to 'password'; exit the shell to boot");
         rescue::enter("Debug mode");
@@ -386,7 +391,6 @@ pub fn run(layout: &Layout, config: &BootConfig) -> Result<(), HandoverError> {
         cvmssh(config.debug_shell, &config.ssh_keys);
     }
     let new_root = layout.root.clone();
-    // The timeline was saved by the sequencer after the post phase.
     console::restore_kmsg_ratelimit();
     for m in ["/sys", "/proc", "/dev/pts"] {
         if let Err(e) = umount2(m, MntFlags::MNT_DETACH) {
@@ -397,12 +401,16 @@ pub fn run(layout: &Layout, config: &BootConfig) -> Result<(), HandoverError> {
     create_device_nodes(&new_root)?;
     eprintln!();
     let args: Vec<OsString> = std::env::args_os().skip(1).collect();
-    switch_root(&new_root, &args)
+    switch_root(&new_root, &args, before_exec)
 }
 
 /// `switch_root`: empties the initramfs, moves `new_root` onto `/`, chroots, makes the console
 /// stdio and executes `/sbin/init` with `args`. Returns only on failure.
-pub fn switch_root(new_root: &Path, args: &[OsString]) -> Result<(), HandoverError> {
+pub fn switch_root(
+    new_root: &Path,
+    args: &[OsString],
+    before_exec: &mut dyn FnMut(),
+) -> Result<(), HandoverError> {
     if !root_is_initramfs() {
         return Err(HandoverError::NotInitramfs);
     }
@@ -411,6 +419,7 @@ pub fn switch_root(new_root: &Path, args: &[OsString]) -> Result<(), HandoverErr
         Ok(n) => log::info!("deleted {n} initramfs entries"),
         Err(e) => log::warn!("cannot delete the initramfs contents: {e}"),
     }
+    before_exec();
     mount(
         Some(new_root),
         "/",

@@ -311,6 +311,23 @@ pub fn present_modaliases(sys_bus: &Path) -> std::collections::BTreeSet<String> 
 /// devices (a bus driver such as virtio_pci or an ATA controller brings up devices of its
 /// own); returns the names of the modules it loaded or found loaded.
 pub fn load_for_present_devices(index: &ModuleIndex, sys_bus: &Path) -> Vec<String> {
+    load_for_devices_with(
+        sys_bus,
+        |alias| index.modules_for_modalias(alias),
+        |name| load_with(index, name),
+    )
+}
+
+/// [`load_for_present_devices`] with the alias lookup and the loader given. The modules of a
+/// round load at the same time, one thread each (with its dependencies, as udev's workers do):
+/// a driver's initialisation waits for its devices (the ATA bus reset, the virtio devices'
+/// set-up) and those waits overlap. Two threads needing the same dependency are fine: the
+/// kernel lets the second wait for the first and answers "already loaded".
+fn load_for_devices_with(
+    sys_bus: &Path,
+    modules_for: impl Fn(&str) -> Vec<String>,
+    load: impl Fn(&str) -> Result<(), ModuleError> + Sync,
+) -> Vec<String> {
     let mut seen = std::collections::BTreeSet::new();
     let mut modules: Vec<String> = Vec::new();
     // Each round can only add devices behind a newly loaded driver: a few rounds suffice.
@@ -322,18 +339,29 @@ pub fn load_for_present_devices(index: &ModuleIndex, sys_bus: &Path) -> Vec<Stri
         if new.is_empty() {
             break;
         }
+        let mut round: Vec<(String, String)> = Vec::new();
         for alias in new {
-            for name in index.modules_for_modalias(&alias) {
-                if modules.contains(&name) {
-                    continue;
+            for name in modules_for(&alias) {
+                if !modules.contains(&name) {
+                    modules.push(name.clone());
+                    round.push((alias.clone(), name));
                 }
-                match load_with(index, &name) {
-                    Ok(()) => log::debug!("{alias}: module {name}"),
-                    Err(e) => log::warn!("module {name} for device {alias}: {e}"),
-                }
-                modules.push(name);
             }
         }
+        let load = &load;
+        std::thread::scope(|scope| {
+            let loads: Vec<_> = round
+                .iter()
+                .map(|(alias, name)| (alias, name, scope.spawn(move || load(name))))
+                .collect();
+            for (alias, name, thread) in loads {
+                match thread.join() {
+                    Ok(Ok(())) => log::debug!("{alias}: module {name}"),
+                    Ok(Err(e)) => log::warn!("module {name} for device {alias}: {e}"),
+                    Err(_) => log::warn!("module {name} for device {alias}: its loader failed"),
+                }
+            }
+        });
     }
     modules
 }
@@ -520,21 +548,34 @@ pub fn load_predefined(root: &Path) -> Result<(), ModuleError> {
     // With an alias index, only the drivers of the devices present (what udev would load),
     // instead of every driver of the list.
     let by_device = !index.aliases.is_empty();
-    if by_device {
-        let loaded = load_for_present_devices(&index, &root.join("sys/bus"));
-        log::info!("modules for the devices present: {}", loaded.join(" "));
-    }
     let named: &[&str] = if by_device { BY_NAME } else { PREDEFINED };
-    let wanted = named
+    let wanted: Vec<String> = named
         .iter()
         .map(|s| s.to_string())
-        .chain(etc_modules(&extra));
-    for name in wanted {
-        match load_with(&index, &name) {
-            Ok(()) => {}
-            Err(ModuleError::Unknown(_)) => log::debug!("module {name} not available"),
-            Err(e) => log::warn!("module {name}: {e}"),
+        .chain(etc_modules(&extra))
+        .collect();
+    let load_named = || {
+        for name in &wanted {
+            match load_with(&index, name) {
+                Ok(()) => {}
+                Err(ModuleError::Unknown(_)) => log::debug!("module {name} not available"),
+                Err(e) => log::warn!("module {name}: {e}"),
+            }
         }
+    };
+    if by_device {
+        // The file systems the later phases need are no device's driver: they load beside the
+        // drivers of the devices present (what udev would load), in a thread of their own.
+        std::thread::scope(|scope| {
+            let named_loads = scope.spawn(load_named);
+            let loaded = load_for_present_devices(&index, &root.join("sys/bus"));
+            log::info!("modules for the devices present: {}", loaded.join(" "));
+            if named_loads.join().is_err() {
+                log::warn!("the loader of {} failed", wanted.join(" "));
+            }
+        });
+    } else {
+        load_named();
     }
     // No rescan of the SCSI hosts afterwards: the kernel finishes the asynchronous ATA/SCSI
     // scans a driver starts before finit_module returns (async_synchronize_full in
@@ -667,6 +708,63 @@ alias dmi:bvn*:pn[!X]* onlynotx\n",
             found,
             ["pci:v00001AF4d00001000", "virtio:d00000001v00001AF4"]
         );
+    }
+
+    /// A device `dev` on `bus` with `alias` in a sysfs-like tree.
+    fn device(sys_bus: &Path, bus: &str, dev: &str, alias: &str) {
+        let d = sys_bus.join(bus).join("devices").join(dev);
+        fs::create_dir_all(&d).unwrap();
+        fs::write(d.join("modalias"), format!("{alias}\n")).unwrap();
+    }
+
+    #[test]
+    fn the_drivers_of_one_round_load_at_the_same_time_and_new_devices_get_a_round() {
+        use std::sync::{Condvar, Mutex};
+        let dir = tempfile::tempdir().unwrap();
+        let sys_bus = dir.path().to_path_buf();
+        device(&sys_bus, "pci", "0000:00:01.1", "pci:ata");
+        device(&sys_bus, "pci", "0000:00:03.0", "pci:virtio");
+        let modules_for = |alias: &str| match alias {
+            "pci:ata" => vec!["ata_piix".to_string()],
+            "pci:virtio" => vec!["virtio_pci".to_string()],
+            "virtio:net" => vec!["virtio_net".to_string()],
+            _ => Vec::new(),
+        };
+        // The two drivers of the first round each wait until the other has started: loaded one
+        // after the other, the first would give up after 30 s and the test would fail.
+        let started = (Mutex::new(Vec::<String>::new()), Condvar::new());
+        let alone = std::sync::atomic::AtomicBool::new(false);
+        let load = |name: &str| -> Result<(), ModuleError> {
+            let (list, changed) = &started;
+            let mut list = list.lock().unwrap();
+            list.push(name.to_string());
+            changed.notify_all();
+            if name == "virtio_net" {
+                return Ok(());
+            }
+            let (list, timeout) = changed
+                .wait_timeout_while(list, std::time::Duration::from_secs(30), |l| l.len() < 2)
+                .unwrap();
+            if timeout.timed_out() {
+                alone.store(true, std::sync::atomic::Ordering::SeqCst);
+                return Err(ModuleError::Unknown(format!("{name} loaded alone")));
+            }
+            drop(list);
+            if name == "virtio_pci" {
+                // A bus driver brings up devices of its own.
+                device(&sys_bus, "virtio", "virtio0", "virtio:net");
+            }
+            Ok(())
+        };
+        let loaded = load_for_devices_with(&sys_bus, modules_for, load);
+        assert!(
+            !alone.into_inner(),
+            "a driver of the first round loaded alone"
+        );
+        assert_eq!(loaded, ["ata_piix", "virtio_pci", "virtio_net"]);
+        let order = started.0.lock().unwrap().clone();
+        assert_eq!(order.len(), 3);
+        assert_eq!(order[2], "virtio_net", "the second round follows the first");
     }
 
     #[test]
