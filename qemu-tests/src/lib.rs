@@ -407,6 +407,16 @@ pub mod inputs {
         path.is_file().then_some(path)
     }
 
+    /// The static mke2fs, e2fsck, resize2fs and dropbear of `scripts/build-static-tools`
+    /// (`build/static-tools/current`), if built.
+    pub fn static_tools() -> Option<PathBuf> {
+        let dir = workspace_root().join("build/static-tools/current");
+        ["mke2fs", "e2fsck", "resize2fs", "dropbear"]
+            .iter()
+            .all(|t| dir.join(t).is_file())
+            .then_some(dir)
+    }
+
     /// True if `path` is an ELF executable without a program interpreter (statically linked).
     pub fn is_static_elf(path: &Path) -> bool {
         use ucernvm_initramfs::elf::{linking, Linking};

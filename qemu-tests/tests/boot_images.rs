@@ -33,12 +33,17 @@ fn build_initrd(kernel: &Path, out: &Path) -> Option<()> {
         test_prereq::skip("no static init/cvmfs2 (run scripts/build-static)");
         return None;
     }
+    let Some(tools) = inputs::static_tools() else {
+        test_prereq::skip("no static e2fsprogs/dropbear (run scripts/build-static-tools)");
+        return None;
+    };
     let kmods = qemu_tests::kernel_modules::modules_dir(kernel).ok()?;
     let manifest_path = ws.join("initramfs/ucernvm.manifest");
     let vars: BTreeMap<String, String> = [
         ("version", VERSION.to_string()),
         ("static", static_dir.display().to_string()),
         ("busybox", "/bin/busybox".to_string()),
+        ("e2fsprogs_dir", tools.display().to_string()),
         ("kmods", kmods.display().to_string()),
         (
             "ca_bundle",
@@ -46,7 +51,7 @@ fn build_initrd(kernel: &Path, out: &Path) -> Option<()> {
         ),
         ("manifest_dir", ws.join("initramfs").display().to_string()),
         // cvmssh's SSH server, as scripts/build-initrd adds it for the µCernVM kernel.
-        ("dropbear", "/usr/sbin/dropbear".to_string()),
+        ("dropbear", tools.join("dropbear").display().to_string()),
     ]
     .into_iter()
     .map(|(k, v)| (k.to_string(), v))
@@ -212,7 +217,7 @@ fn iso_and_hdd_images_signed_and_unsigned_boot_to_our_init() {
     assert!(size <= budget, "ISO of {size} bytes exceeds {budget}");
 
     // With an empty disk attached, the init partitions and formats it with the mke2fs of the
-    // initramfs (its shared libraries must all be there) and mounts it; the CernVM-FS phase
+    // initramfs (a static build: scripts/build-static-tools) and mounts it; the CernVM-FS phase
     // comes only after a mounted root. (A file system mke2fs has just made is clean, so
     // e2fsck does not run; initramfs/tests/build_cli.rs runs every shipped e2fsprogs tool in
     // a chroot of the archive. "check"/"failed" after each step are coloured, so they are not

@@ -1,5 +1,5 @@
 //! `cvmssh` (spec §13, issue 20): debug access over ssh to the initramfs. The default image
-//! (the µCernVM kernel and its initramfs, which carries Debian's dropbear) boots with `cvmssh`
+//! (the µCernVM kernel and its initramfs, which carries a static dropbear) boots with `cvmssh`
 //! on the command line; the hand-over stops in dropbear, which generates its host keys on
 //! demand. The OpenSSH client logs in as root through a port forwarded on 127.0.0.1, runs
 //! commands in the initramfs, then kills dropbear over ssh, and the boot goes on to the OS.

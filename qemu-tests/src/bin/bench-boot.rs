@@ -171,6 +171,15 @@ fn timeline_of(console: &str) -> String {
         .collect()
 }
 
+/// The init's own time, the `# total` of a timeline from [`timeline_of`].
+fn init_seconds(timeline: &str) -> Option<f64> {
+    timeline
+        .lines()
+        .find_map(|l| l.trim().strip_prefix("# total "))
+        .and_then(|rest| rest.split('s').next())
+        .and_then(|t| t.parse().ok())
+}
+
 /// Boots until the OS init's first line, then lets the OS power the machine off cleanly
 /// ([`add_power_off_hook`]); the time and the guest's console log.
 fn timed_boot(mut guest: Guest) -> Result<(Duration, String)> {
@@ -285,6 +294,7 @@ fn main() -> Result<()> {
     let (mut floor, mut first, mut warm) = (Vec::new(), Vec::new(), Vec::new());
     let mut first_bytes = Vec::new();
     let (mut first_timeline, mut warm_timeline) = (String::new(), String::new());
+    let (mut first_init, mut warm_init) = (Vec::new(), Vec::new());
     for run in 0..args.runs {
         eprintln!("run {}/{}", run + 1, args.runs);
         let cmd = QemuCommand::new()
@@ -311,11 +321,13 @@ fn main() -> Result<()> {
         let (t, console) = timed_boot(scenario::boot(spec())?)?;
         first.push(t);
         first_timeline = timeline_of(&console);
+        first_init.extend(init_seconds(&first_timeline));
         args.save_console(run, "first", &console)?;
         first_bytes.push(relay.bytes_to_client() - before);
         let (t, console) = timed_boot(scenario::boot(spec())?)?;
         warm.push(t);
         warm_timeline = timeline_of(&console);
+        warm_init.extend(init_seconds(&warm_timeline));
         args.save_console(run, "warm", &console)?;
     }
     // Every run's seconds and ratio, so that the spread behind the medians is visible.
@@ -374,6 +386,25 @@ fn main() -> Result<()> {
         "first boot downloaded {:.2} MB (median); the whole repository is {:.2} MB",
         first_bytes[first_bytes.len() / 2] as f64 / 1e6,
         repo_bytes as f64 / 1e6
+    );
+    let seconds = |v: &[f64]| {
+        v.iter()
+            .map(|t| format!("{t:.2}"))
+            .collect::<Vec<_>>()
+            .join(", ")
+    };
+    let median_of = |v: &mut Vec<f64>| {
+        v.sort_by(f64::total_cmp);
+        v.get(v.len() / 2)
+            .map_or("–".to_string(), |m| format!("{m:.2} s"))
+    };
+    println!(
+        "init (saved timeline's total, the kernel's start of /init → the OS's init): \
+         first boot {} (median; runs {}), warm {} (median; runs {})",
+        median_of(&mut first_init.clone()),
+        seconds(&first_init),
+        median_of(&mut warm_init.clone()),
+        seconds(&warm_init)
     );
     println!("\nboot timeline of the last first boot (saved by the init):\n{first_timeline}");
     println!("boot timeline of the last warm boot:\n{warm_timeline}");
