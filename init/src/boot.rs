@@ -5,7 +5,8 @@
 //!
 //! Data flows one way: command line → devices → network → user data (first boot) → scratch
 //! disk → the one [`BootConfig`] (context epilog) → CernVM-FS → rebase → union → post-mount →
-//! hand-over.
+//! hand-over. On a later boot the scratch disk needs nothing from the network or user data, so
+//! it comes right after the devices, while the removable drives are still being probed.
 
 use std::convert::Infallible;
 use std::fmt::Display;
@@ -16,6 +17,7 @@ use crate::config::BootConfig;
 use crate::context::media::Media;
 use crate::context::sources::Context;
 use crate::disk::plan::PlanSettings;
+use crate::disk::ScratchDisk;
 use crate::network::time::TimeSync;
 use crate::timeline::Timeline;
 use crate::{console, context, cvmfs_start, devices, disk, epilog, handover, modules, network};
@@ -129,21 +131,29 @@ pub fn run_with(
     let initramfs = s.layout.initramfs.clone();
     let layout = s.layout.clone();
 
-    // The removable drives' probes start now and end in the devices phase (see EarlyProbes).
+    // The removable drives' probes start now; the devices phase does not wait for them (see
+    // devices::Scan).
     let early_probes = devices::EarlyProbes::start(&devices::DeviceEnv::system(&initramfs));
     s.phase("modules", OnError::Rescue, || {
         modules::load_predefined(&initramfs)
     });
-    // The device scan comes first: the network's context.sh search and the user data
-    // searches look at the media it found instead of opening every device again.
-    let devices = s.phase("devices", OnError::Rescue, || {
+    let scan = s.phase("devices", OnError::Rescue, || {
         devices::discover(&initramfs, early_probes)
     });
     // Without a device list, nothing shows an existing scratch disk: treat it as the first
     // boot, as the original does.
-    let first_boot = devices
-        .as_ref()
-        .is_none_or(devices::BlockDevices::first_boot);
+    let first_boot = scan.as_ref().is_none_or(|scan| scan.devices.first_boot());
+
+    // On a later boot the scratch disk needs neither the removable drives nor the network nor
+    // user data (its settings are the saved ones): it is mounted while the drives still answer.
+    let mut scratch = None;
+    if !first_boot {
+        let devices = scan.as_ref().map(|scan| scan.devices.clone());
+        scratch = scratch_disk(&mut s, &layout, PlanSettings::later_boot(), devices);
+    }
+    // The device scan comes before the network: its context.sh search and the user data
+    // searches look at the media it found instead of opening every device again.
+    let devices = s.infallible("removable", || scan.map(devices::Scan::complete));
     let media = Media::scanned(devices.as_ref(), initramfs.join("tmp"));
     let network = s.infallible("network", || network::up(&initramfs, &media));
     let time_sync = s.infallible("time", TimeSync::start);
@@ -160,42 +170,15 @@ pub fn run_with(
         }
     });
 
-    // The scratch disk follows the settings of this boot's user data (defaults on later
-    // boots: the saved ones are read after the disk is mounted).
-    let live = context.as_ref().map(|c| &c.settings);
-    let plan = PlanSettings {
-        resize_rootfs: live.is_none_or(|c| c.resize_rootfs),
-        use_boothd: live.is_some_and(|c| c.use_boothd),
-    };
-    let mut scratch = s
-        .phase("root", OnError::Rescue, || {
-            disk::prepare(&layout, plan, devices)
-        })
-        .flatten()
-        .map(|(scratch, _devices)| scratch);
-    s.phase("resize", OnError::Rescue, || match scratch.as_mut() {
-        Some(scratch) => disk::grow(&layout, scratch),
-        None => {
-            log::warn!("resize: no scratch disk mounted");
-            Ok(())
-        }
-    });
-    s.infallible("swap", || {
-        if let Some(scratch) = scratch.as_mut() {
-            scratch.swap = disk::enable_swap(&layout);
-        }
-    });
-    // A boot loader update on the scratch disk starts here (and this boot ends); otherwise
-    // the running version is recorded for the OS (spec §7.2).
-    s.infallible("kexec", || {
-        if scratch.is_some() {
-            update::run(
-                &layout,
-                &update::Running::of(&initramfs),
-                &*update::verifier(&initramfs),
-            );
-        }
-    });
+    // The first boot makes the scratch disk as this boot's user data says.
+    if first_boot {
+        let live = context.as_ref().map(|c| &c.settings);
+        let plan = PlanSettings {
+            resize_rootfs: live.is_none_or(|c| c.resize_rootfs),
+            use_boothd: live.is_some_and(|c| c.use_boothd),
+        };
+        scratch = scratch_disk(&mut s, &layout, plan, devices);
+    }
 
     // The one boot configuration. If the context cannot be saved, this boot still runs with
     // what it has: the command line and the user data it found.
@@ -219,8 +202,16 @@ pub fn run_with(
         });
 
     let mut cvmfs = s.phase("cvmfs", OnError::Rescue, || {
-        time_sync.finish();
-        cvmfs_start::mount(&config, &layout, scratch.as_ref(), cvmfs2)
+        // The time server's answer is awaited before a mount that depends on the clock, after
+        // one that does not (the wait for a slow or unreachable server then overlaps it).
+        if cvmfs_start::needs_clock(&config, &layout) {
+            time_sync.finish();
+            cvmfs_start::mount(&config, &layout, scratch.as_ref(), cvmfs2)
+        } else {
+            let mounted = cvmfs_start::mount(&config, &layout, scratch.as_ref(), cvmfs2);
+            time_sync.finish();
+            mounted
+        }
     });
     s.phase("rebase", OnError::Rescue, || {
         rebase::run(&layout, repository(cvmfs.as_mut())?).map_err(Needs::Failed)
@@ -246,6 +237,45 @@ pub fn run_with(
         })
     });
     s.timeline
+}
+
+/// The scratch-disk phases (spec §6, §7.2): prepare and mount it, grow it, enable swap, and
+/// start a boot loader update found on it (which ends this boot) or record the running
+/// version for the OS.
+fn scratch_disk(
+    s: &mut Sequencer,
+    layout: &Layout,
+    plan: PlanSettings,
+    devices: Option<devices::BlockDevices>,
+) -> Option<ScratchDisk> {
+    let mut scratch = s
+        .phase("root", OnError::Rescue, || {
+            disk::prepare(layout, plan, devices)
+        })
+        .flatten()
+        .map(|(scratch, _devices)| scratch);
+    s.phase("resize", OnError::Rescue, || match scratch.as_mut() {
+        Some(scratch) => disk::grow(layout, scratch),
+        None => {
+            log::warn!("resize: no scratch disk mounted");
+            Ok(())
+        }
+    });
+    s.infallible("swap", || {
+        if let Some(scratch) = scratch.as_mut() {
+            scratch.swap = disk::enable_swap(layout);
+        }
+    });
+    s.infallible("kexec", || {
+        if scratch.is_some() {
+            update::run(
+                layout,
+                &update::Running::of(&layout.initramfs),
+                &*update::verifier(&layout.initramfs),
+            );
+        }
+    });
+    scratch
 }
 
 #[cfg(test)]

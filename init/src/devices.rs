@@ -304,8 +304,9 @@ type Probed = Option<(Content, Vec<FsType>)>;
 /// the devices phase. Under emulation an empty CD drive takes about a tenth of a second to say
 /// so, nearly all of it waiting for the emulated drive, and every boot without a context CD has
 /// one: started early, the wait overlaps the work before the devices phase and the probes of
-/// the other devices. The devices phase takes the results ([`discover`]); a drive that appeared
-/// after the start (the Debian kernel loads `sr_mod` in the modules phase) is probed there.
+/// the other devices and, on a later boot, the mount of the scratch disk. [`Scan::complete`]
+/// takes the results; a drive that appeared after the start (the Debian kernel loads `sr_mod` in
+/// the modules phase) is probed there.
 pub struct EarlyProbes {
     /// The probe thread: what it found, per removable whole disk, with the device number.
     thread: Option<std::thread::JoinHandle<EarlyFound>>,
@@ -457,11 +458,17 @@ fn empty_reason(d: &BlockDevice) -> Option<&'static str> {
 
 /// The original's `sync_block`: discovers, classifies, maintains the label links.
 pub fn sync_block(env: &DeviceEnv) -> Result<BlockDevices, DevicesError> {
-    sync_block_with(env, &mut EarlyProbes::none())
+    sync_block_with(env, &mut EarlyProbes::none(), false).map(|(found, _)| found)
 }
 
-/// [`sync_block`], taking the probes of the devices `early` covers from it.
-fn sync_block_with(env: &DeviceEnv, early: &mut EarlyProbes) -> Result<BlockDevices, DevicesError> {
+/// [`sync_block`], taking the probes of the devices `early` covers from it. With `defer`, the
+/// removable drives without partitions that `early` is still probing are not waited for: they
+/// are returned, left out of the devices, for [`Scan::complete`].
+fn sync_block_with(
+    env: &DeviceEnv,
+    early: &mut EarlyProbes,
+    defer: bool,
+) -> Result<(BlockDevices, Vec<SysEntry>), DevicesError> {
     let mut entries = scan_sysfs(env)?;
     log::debug!("devices: {} in sysfs", entries.len());
     // Disks whose table the kernel did not turn into partitions (no parser for it, or a table
@@ -502,53 +509,31 @@ fn sync_block_with(env: &DeviceEnv, early: &mut EarlyProbes) -> Result<BlockDevi
         probed.insert(e.name.clone(), probe_entry(&env.dev_dir, e));
     }
     let covered: Vec<&SysEntry> = entries.iter().filter(|e| early.covers(e)).collect();
-    let mut early_found = early.finish();
-    for e in covered {
-        // The same device as when the thread looked (not a drive that replaced it), else again.
-        let result = match early_found.remove(&e.name) {
-            Some((dev, probed)) if dev == (e.major, e.minor) => probed,
-            _ => probe_entry(&env.dev_dir, e),
-        };
-        probed.insert(e.name.clone(), result);
-    }
+    // A drive with partitions is needed now: its table marks which of them are unfinished.
+    let defer = defer && covered.iter().all(|e| !has_partitions(&entries, &e.name));
+    let deferred: Vec<SysEntry> = if defer {
+        covered.into_iter().cloned().collect()
+    } else {
+        let mut early_found = early.finish();
+        for e in covered {
+            probed.insert(
+                e.name.clone(),
+                take_early(&mut early_found, &env.dev_dir, e),
+            );
+        }
+        Vec::new()
+    };
     let mut in_progress = BTreeSet::new();
     let mut devices = Vec::new();
     for e in &entries {
-        let path = env.dev_dir.join(&e.name);
-        let Some((content, media)) = probed.remove(&e.name).flatten() else {
-            log::debug!("devices: {} not readable", e.name);
+        if deferred.iter().any(|d| d.name == e.name) {
+            continue;
+        }
+        let Some((device, unfinished)) = new_device(&env.dev_dir, e, probed.remove(&e.name)) else {
             continue;
         };
-        log::debug!("devices: {} probed", e.name);
-        let is_disk = e.partition.is_none();
-        let table = match (&content, is_disk) {
-            (Content::PartitionTable { .. }, true) => {
-                table::read_table(&path, e.sector_size).ok().flatten()
-            }
-            _ => None,
-        };
-        for p in table.iter().flat_map(|t| &t.partitions) {
-            if p.in_progress {
-                in_progress.insert((e.name.clone(), p.number));
-            }
-        }
-        let table_entries = table.map(|t| t.partitions.len());
-        devices.push(BlockDevice {
-            name: e.name.clone(),
-            major: e.major,
-            minor: e.minor,
-            size: e.size,
-            sector_size: e.sector_size,
-            partition: e.partition.clone(),
-            removable: e.removable,
-            read_only: e.read_only,
-            table_entries,
-            boot_medium: false,
-            in_progress: false,
-            empty_because: None,
-            content,
-            media,
-        });
+        in_progress.extend(unfinished.into_iter().map(|n| (e.name.clone(), n)));
+        devices.push(device);
     }
     for d in &mut devices {
         d.in_progress = d
@@ -611,7 +596,114 @@ fn sync_block_with(env: &DeviceEnv, early: &mut EarlyProbes) -> Result<BlockDevi
     }
     out.root_dev = out.labels.get(LABEL_ROOT).cloned();
     out.devices = devices;
-    Ok(out)
+    Ok((out, deferred))
+}
+
+/// Whether sysfs shows partitions of disk `name`.
+fn has_partitions(entries: &[SysEntry], name: &str) -> bool {
+    entries
+        .iter()
+        .any(|p| p.partition.as_ref().is_some_and(|p| p.disk == name))
+}
+
+/// What the early thread found for `e` if it looked at the same device (not a drive that
+/// replaced it), else a probe now.
+fn take_early(found: &mut EarlyFound, dev_dir: &Path, e: &SysEntry) -> Probed {
+    match found.remove(&e.name) {
+        Some((dev, probed)) if dev == (e.major, e.minor) => probed,
+        _ => probe_entry(dev_dir, e),
+    }
+}
+
+/// The device of sysfs entry `e` from what probing it found (`None` for a drive without a
+/// medium, or one not probed), with the numbers of the partitions its table marks unfinished.
+fn new_device(
+    dev_dir: &Path,
+    e: &SysEntry,
+    probed: Option<Probed>,
+) -> Option<(BlockDevice, Vec<u32>)> {
+    let Some((content, media)) = probed.flatten() else {
+        log::debug!("devices: {} not readable", e.name);
+        return None;
+    };
+    log::debug!("devices: {} probed", e.name);
+    let table = match (&content, e.partition.is_none()) {
+        (Content::PartitionTable { .. }, true) => {
+            table::read_table(&dev_dir.join(&e.name), e.sector_size)
+                .ok()
+                .flatten()
+        }
+        _ => None,
+    };
+    let unfinished = table
+        .iter()
+        .flat_map(|t| &t.partitions)
+        .filter(|p| p.in_progress)
+        .map(|p| p.number)
+        .collect();
+    let device = BlockDevice {
+        name: e.name.clone(),
+        major: e.major,
+        minor: e.minor,
+        size: e.size,
+        sector_size: e.sector_size,
+        partition: e.partition.clone(),
+        removable: e.removable,
+        read_only: e.read_only,
+        table_entries: table.map(|t| t.partitions.len()),
+        boot_medium: false,
+        in_progress: false,
+        empty_because: None,
+        content,
+        media,
+    };
+    Some((device, unfinished))
+}
+
+/// What the devices phase found: every device except the removable drives (CD drives, USB
+/// sticks without partitions) whose early probe had not been taken yet. Nothing that decides
+/// the scratch disk of a later boot depends on those drives (they are never the boot medium
+/// nor the scratch disk and give no labels), so it can be mounted while an empty emulated drive
+/// is still answering; the searches for context take [`Scan::complete`].
+pub struct Scan {
+    /// The devices found so far.
+    pub devices: BlockDevices,
+    deferred: Vec<SysEntry>,
+    early: EarlyProbes,
+    dev_dir: PathBuf,
+}
+
+impl Scan {
+    /// Every device: waits for the early probes of the drives left out and adds them.
+    pub fn complete(mut self) -> BlockDevices {
+        if self.deferred.is_empty() {
+            return self.devices;
+        }
+        let mut found = self.early.finish();
+        for e in &self.deferred {
+            let probed = take_early(&mut found, &self.dev_dir, e);
+            if let Some((device, _)) = new_device(&self.dev_dir, e, Some(probed)) {
+                log_device(&device);
+                self.devices.devices.push(device);
+            }
+        }
+        self.devices.devices.sort_by(|a, b| a.name.cmp(&b.name));
+        self.devices
+    }
+}
+
+fn log_device(d: &BlockDevice) {
+    log::info!(
+        "block device {}: {} bytes, {:?}{}{}{}",
+        d.name,
+        d.size,
+        d.content,
+        if d.removable { ", removable" } else { "" },
+        if d.read_only { ", read-only" } else { "" },
+        d.empty_because
+            .map(|r| format!(", empty ({r})"))
+            .unwrap_or_default()
+    );
 }
 
 /// Keeps `/dev/disk/by-label/<label>` → `/dev/<name>` for every label of `found`. A link that
@@ -636,27 +728,27 @@ pub fn write_label_links(env: &DeviceEnv, found: &BlockDevices) -> Result<(), De
 
 /// Discovery plus label links: what every step that changes the disks runs afterwards.
 pub fn refresh(env: &DeviceEnv) -> Result<BlockDevices, DevicesError> {
-    refresh_with(env, &mut EarlyProbes::none())
+    Ok(scan_with(env, EarlyProbes::none())?.complete())
 }
 
 /// [`refresh`] with the results of `early`.
+#[cfg(test)]
 fn refresh_with(env: &DeviceEnv, early: &mut EarlyProbes) -> Result<BlockDevices, DevicesError> {
-    let found = sync_block_with(env, early)?;
+    let early = std::mem::replace(early, EarlyProbes::none());
+    Ok(scan_with(env, early)?.complete())
+}
+
+/// [`refresh`] that leaves out the removable drives `early` is still probing (see [`Scan`]).
+fn scan_with(env: &DeviceEnv, mut early: EarlyProbes) -> Result<Scan, DevicesError> {
+    let (found, deferred) = sync_block_with(env, &mut early, true)?;
     write_label_links(env, &found)?;
-    for d in &found.devices {
-        log::info!(
-            "block device {}: {} bytes, {:?}{}{}{}",
-            d.name,
-            d.size,
-            d.content,
-            if d.removable { ", removable" } else { "" },
-            if d.read_only { ", read-only" } else { "" },
-            d.empty_because
-                .map(|r| format!(", empty ({r})"))
-                .unwrap_or_default()
-        );
-    }
-    Ok(found)
+    found.devices.iter().for_each(log_device);
+    Ok(Scan {
+        devices: found,
+        deferred,
+        early,
+        dev_dir: env.dev_dir.clone(),
+    })
 }
 
 /// Whether `path` is a block device node (the original's "ROOT_DEV is a block device").
@@ -665,14 +757,17 @@ pub fn is_block_device(path: &Path) -> bool {
 }
 
 /// The `devices` phase (spec §4): discovery; a `UROOT` partition means this is not the first
-/// boot.
-pub fn discover(root: &Path, mut early: EarlyProbes) -> Result<BlockDevices, DevicesError> {
+/// boot. The removable drives `early` is still probing come with [`Scan::complete`].
+pub fn discover(root: &Path, early: EarlyProbes) -> Result<Scan, DevicesError> {
     let env = DeviceEnv::system(root);
-    let found = refresh_with(&env, &mut early)?;
-    if let Some(b) = &found.boot_disk {
-        log::info!("boot disk {b}, boot partition {:?}", found.boot_partition);
+    let scan = scan_with(&env, early)?;
+    if let Some(b) = &scan.devices.boot_disk {
+        log::info!(
+            "boot disk {b}, boot partition {:?}",
+            scan.devices.boot_partition
+        );
     }
-    Ok(found)
+    Ok(scan)
 }
 
 impl BlockDevices {
@@ -818,10 +913,6 @@ mod tests {
         assert!(
             matches!(content_of(&found, "vda"), Content::Ext { label: Some(l), .. } if l == "DATA")
         );
-        assert!(
-            early.thread.is_none(),
-            "the phase waited for the early thread"
-        );
     }
 
     #[test]
@@ -833,6 +924,71 @@ mod tests {
         let mut early = early_with(|| BTreeMap::from([("sr0".to_string(), ((11, 0), None))]));
         let found = refresh_with(&f.env(), &mut early).unwrap();
         assert!(found.devices.iter().all(|d| d.name != "sr0"), "{found:?}");
+    }
+
+    #[test]
+    fn the_scan_does_not_wait_for_a_removable_drive_and_completing_adds_it() {
+        let f = Fixture::new();
+        let g = 2 * 1024 * 1024;
+        f.disk("sr0", "11:0", g, true, true, &ext4("CONTEXT"));
+        f.disk("vda", "254:0", 10 * g, false, false, &ext4("DATA"));
+        let env = f.env();
+        let (answer, answered) = std::sync::mpsc::channel::<()>();
+        let probe_env = env.clone();
+        // An emulated drive that answers only when the test says so.
+        let early = early_with(move || {
+            answered
+                .recv_timeout(std::time::Duration::from_secs(60))
+                .expect("the test lets the drive answer");
+            let sr0 = scan_sysfs(&probe_env)
+                .unwrap()
+                .into_iter()
+                .find(|e| e.name == "sr0")
+                .unwrap();
+            let found = probe_entry(&probe_env.dev_dir, &sr0);
+            BTreeMap::from([("sr0".to_string(), ((11, 0), found))])
+        });
+        let scan = scan_with(&env, early).unwrap();
+        let names: Vec<&str> = scan
+            .devices
+            .devices
+            .iter()
+            .map(|d| d.name.as_str())
+            .collect();
+        assert_eq!(names, ["vda"], "the drive is still answering");
+        answer.send(()).unwrap();
+        let found = scan.complete();
+        let names: Vec<&str> = found.devices.iter().map(|d| d.name.as_str()).collect();
+        assert_eq!(names, ["sr0", "vda"]);
+        assert!(
+            matches!(content_of(&found, "sr0"), Content::Ext { label: Some(l), .. } if l == "CONTEXT")
+        );
+    }
+
+    #[test]
+    fn a_removable_drive_with_partitions_is_waited_for() {
+        let f = Fixture::new();
+        let g = 2 * 1024 * 1024;
+        f.disk(
+            "sdb",
+            "8:16",
+            4 * g,
+            true,
+            false,
+            &mbr(&[(2048, 2 * g as u32, 0x83)]),
+        );
+        f.part("sdb", "sdb1", 1, 2048, 2 * g, &ext4("STICK"));
+        let env = f.env();
+        let early = EarlyProbes::start(&env);
+        let scan = scan_with(&env, early).unwrap();
+        assert!(scan.deferred.is_empty());
+        let names: Vec<&str> = scan
+            .devices
+            .devices
+            .iter()
+            .map(|d| d.name.as_str())
+            .collect();
+        assert_eq!(names, ["sdb", "sdb1"]);
     }
 
     #[test]

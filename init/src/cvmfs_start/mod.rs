@@ -154,6 +154,24 @@ impl CvmfsMount {
     }
 }
 
+/// Whether this boot's mount depends on the clock (spec §3.5): a fresh snapshot means a signed
+/// manifest whose whitelist expires, and TLS (an `https://` server, proxy or PAC URL) checks the
+/// certificates' validity. A snapshot recorded by an earlier boot is mounted by its hash,
+/// without either, so the time server's answer need not be waited for before it.
+pub fn needs_clock(config: &BootConfig, layout: &Layout) -> bool {
+    let params = &config.cvmfs;
+    let fresh = snapshot::select(&layout.aux(), params.tag.as_deref())
+        .map_or(true, |selection| selection.is_fresh());
+    let tls = [
+        params.server_url_value(),
+        params.proxy.clone(),
+        params.pac_urls.clone(),
+    ]
+    .iter()
+    .any(|v| v.to_ascii_lowercase().contains("https://"));
+    fresh || tls
+}
+
 /// Spec §9: configures and mounts the OS repository of `config` on `layout.root_ro` with the
 /// `cvmfs2` executable `binary` ([`CVMFS2_BINARY`] in the initramfs). `scratch` gives the cache
 /// quota; without it the size of `layout.root_rw` is measured.
@@ -332,6 +350,10 @@ pub fn run_cvmfs2(
         .output()
         .map_err(|e| format!("cannot run {}: {e}", binary.display()))?;
     if out.status.success() {
+        // What the client said while it mounted (warnings included) goes to the boot log.
+        for line in String::from_utf8_lossy(&out.stderr).lines() {
+            log::debug!("{line}");
+        }
         return Ok(());
     }
     let stderr = String::from_utf8_lossy(&out.stderr);
@@ -487,6 +509,35 @@ mod tests {
         );
         assert_eq!(first_nameserver("search x\n"), None);
         assert_eq!(first_nameserver("nameserver\n"), None);
+    }
+
+    #[test]
+    fn only_a_recorded_snapshot_without_tls_is_mounted_before_the_clock_is_set() {
+        let t = tempfile::tempdir().unwrap();
+        let layout = Layout::under(t.path().to_path_buf());
+        let config = |cmdline: &str| {
+            BootConfig::resolve(
+                &crate::cmdline::KernelCmdline::parse(cmdline),
+                crate::settings::ContextSettings::default(),
+                true,
+            )
+        };
+        let plain = config("cvmfs_server=s1.example.org");
+        assert!(needs_clock(&plain, &layout), "first boot: a fresh snapshot");
+        std::fs::create_dir_all(layout.aux()).unwrap();
+        let recorded = Snapshot {
+            root_hash: "0123456789abcdef0123456789abcdef01234567".into(),
+            tag: String::new(),
+        };
+        snapshot::record(&layout.aux(), &recorded).unwrap();
+        assert!(
+            !needs_clock(&plain, &layout),
+            "the recorded snapshot, by hash"
+        );
+        let tls = config("cvmfs_url=https://s1.example.org/cvmfs/r.example.org");
+        assert!(needs_clock(&tls, &layout), "TLS checks certificate dates");
+        let tls_proxy = config("cvmfs_server=s1.example.org cvmfs_proxy=https://p.example:3129");
+        assert!(needs_clock(&tls_proxy, &layout));
     }
 
     /// A repository without a key fails before the client runs, naming what the image has.

@@ -27,6 +27,17 @@ pub struct PlanSettings {
     pub use_boothd: bool,
 }
 
+impl PlanSettings {
+    /// A later boot reads no user data: these are the defaults. They do not matter then, as
+    /// the scratch partition exists and is only mounted.
+    pub fn later_boot() -> Self {
+        PlanSettings {
+            resize_rootfs: true,
+            use_boothd: false,
+        }
+    }
+}
+
 /// What the root phase does on this boot.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub enum RootPlan {

@@ -164,9 +164,10 @@ pub fn synchronise(server: &str) -> Result<SystemTime, SntpError> {
 }
 
 /// The SNTP query running in the background. The clock matters first to CernVM-FS (whitelist
-/// expiry, certificate validity), so the boot goes on meanwhile and [`finish`] waits for the
-/// answer (at most [`TIME_LIMIT`] in all) right before CernVM-FS starts: an unreachable time
-/// server then costs nothing in the phases between (devices, context, disk).
+/// expiry, certificate validity), so the boot goes on meanwhile and [`TimeSync::finish`] waits for the
+/// answer (at most [`TIME_LIMIT`] in all) right before CernVM-FS starts, or right after it
+/// when the mount does not depend on the clock (`cvmfs_start::needs_clock`): an unreachable
+/// time server then costs nothing in the phases between.
 #[derive(Debug)]
 pub struct TimeSync(std::io::Result<std::thread::JoinHandle<Result<SystemTime, SntpError>>>);
 
