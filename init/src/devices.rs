@@ -306,7 +306,7 @@ type Probed = Option<(Content, Vec<FsType>)>;
 /// one: started early, the wait overlaps the work before the devices phase and the probes of
 /// the other devices and, on a later boot, the mount of the scratch disk. [`Scan::complete`]
 /// takes the results; a drive that appeared after the start (the Debian kernel loads `sr_mod` in
-/// the modules phase) is probed there.
+/// the modules phase) is probed in the background after the devices phase.
 pub struct EarlyProbes {
     /// The probe thread: what it found, per removable whole disk, with the device number.
     thread: Option<std::thread::JoinHandle<EarlyFound>>,
@@ -669,19 +669,61 @@ pub struct Scan {
     /// The devices found so far.
     pub devices: BlockDevices,
     deferred: Vec<SysEntry>,
-    early: EarlyProbes,
+    /// Takes the early probes' results and probes the drives they missed (the Debian kernel's
+    /// `sr_mod` makes its drive only in the modules phase), in the background too.
+    late: Option<std::thread::JoinHandle<Vec<Probed>>>,
     dev_dir: PathBuf,
 }
 
 impl Scan {
-    /// Every device: waits for the early probes of the drives left out and adds them.
+    fn new(
+        devices: BlockDevices,
+        deferred: Vec<SysEntry>,
+        mut early: EarlyProbes,
+        dev_dir: &Path,
+    ) -> Self {
+        let late = (!deferred.is_empty())
+            .then(|| {
+                let (entries, dir) = (deferred.clone(), dev_dir.to_path_buf());
+                std::thread::Builder::new()
+                    .name("late-probes".into())
+                    .spawn(move || {
+                        let mut found = early.finish();
+                        entries
+                            .iter()
+                            .map(|e| take_early(&mut found, &dir, e))
+                            .collect()
+                    })
+                    .map_err(|e| log::debug!("late probes: cannot start a thread: {e}"))
+                    .ok()
+            })
+            .flatten();
+        Scan {
+            devices,
+            deferred,
+            late,
+            dev_dir: dev_dir.to_path_buf(),
+        }
+    }
+
+    /// Every device: waits for the probes of the drives left out and adds them.
     pub fn complete(mut self) -> BlockDevices {
         if self.deferred.is_empty() {
             return self.devices;
         }
-        let mut found = self.early.finish();
-        for e in &self.deferred {
-            let probed = take_early(&mut found, &self.dev_dir, e);
+        let probed = match self.late.take().map(|t| t.join()) {
+            Some(Ok(probed)) => probed,
+            _ => {
+                log::warn!(
+                    "the background probe of the removable drives failed; probing them again"
+                );
+                self.deferred
+                    .iter()
+                    .map(|e| probe_entry(&self.dev_dir, e))
+                    .collect()
+            }
+        };
+        for (e, probed) in self.deferred.iter().zip(probed) {
             if let Some((device, _)) = new_device(&self.dev_dir, e, Some(probed)) {
                 log_device(&device);
                 self.devices.devices.push(device);
@@ -743,12 +785,7 @@ fn scan_with(env: &DeviceEnv, mut early: EarlyProbes) -> Result<Scan, DevicesErr
     let (found, deferred) = sync_block_with(env, &mut early, true)?;
     write_label_links(env, &found)?;
     found.devices.iter().for_each(log_device);
-    Ok(Scan {
-        devices: found,
-        deferred,
-        early,
-        dev_dir: env.dev_dir.clone(),
-    })
+    Ok(Scan::new(found, deferred, early, &env.dev_dir))
 }
 
 /// Whether `path` is a block device node (the original's "ROOT_DEV is a block device").
