@@ -921,6 +921,11 @@ mod tests {
             .unwrap_or_else(|| panic!("no {name} in {:?}", found.devices))
     }
 
+    /// The names of the devices found, in their order.
+    fn names(found: &BlockDevices) -> Vec<&str> {
+        found.devices.iter().map(|d| d.name.as_str()).collect()
+    }
+
     /// Early probes whose thread returns `found`.
     fn early_with(found: impl FnOnce() -> EarlyFound + Send + 'static) -> EarlyProbes {
         EarlyProbes {
@@ -986,17 +991,14 @@ mod tests {
             BTreeMap::from([("sr0".to_string(), ((11, 0), found))])
         });
         let scan = scan_with(&env, early).unwrap();
-        let names: Vec<&str> = scan
-            .devices
-            .devices
-            .iter()
-            .map(|d| d.name.as_str())
-            .collect();
-        assert_eq!(names, ["vda"], "the drive is still answering");
+        assert_eq!(
+            names(&scan.devices),
+            ["vda"],
+            "the drive is still answering"
+        );
         answer.send(()).unwrap();
         let found = scan.complete();
-        let names: Vec<&str> = found.devices.iter().map(|d| d.name.as_str()).collect();
-        assert_eq!(names, ["sr0", "vda"]);
+        assert_eq!(names(&found), ["sr0", "vda"]);
         assert!(
             matches!(content_of(&found, "sr0"), Content::Ext { label: Some(l), .. } if l == "CONTEXT")
         );
@@ -1019,13 +1021,7 @@ mod tests {
         let early = EarlyProbes::start(&env);
         let scan = scan_with(&env, early).unwrap();
         assert!(scan.deferred.is_empty());
-        let names: Vec<&str> = scan
-            .devices
-            .devices
-            .iter()
-            .map(|d| d.name.as_str())
-            .collect();
-        assert_eq!(names, ["sdb", "sdb1"]);
+        assert_eq!(names(&scan.devices), ["sdb", "sdb1"]);
     }
 
     #[test]
