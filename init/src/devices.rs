@@ -458,16 +458,15 @@ fn empty_reason(d: &BlockDevice) -> Option<&'static str> {
 
 /// The original's `sync_block`: discovers, classifies, maintains the label links.
 pub fn sync_block(env: &DeviceEnv) -> Result<BlockDevices, DevicesError> {
-    sync_block_with(env, &mut EarlyProbes::none(), false).map(|(found, _)| found)
+    sync_block_with(env, &mut EarlyProbes::none()).map(|(found, _)| found)
 }
 
-/// [`sync_block`], taking the probes of the devices `early` covers from it. With `defer`, the
-/// removable drives without partitions that `early` is still probing are not waited for: they
-/// are returned, left out of the devices, for [`Scan::complete`].
+/// [`sync_block`], taking the probes of the devices `early` covers from it. The removable
+/// drives without partitions that `early` is still probing are not waited for: they are
+/// returned, left out of the devices, for [`Scan::complete`].
 fn sync_block_with(
     env: &DeviceEnv,
     early: &mut EarlyProbes,
-    defer: bool,
 ) -> Result<(BlockDevices, Vec<SysEntry>), DevicesError> {
     let mut entries = scan_sysfs(env)?;
     log::debug!("devices: {} in sysfs", entries.len());
@@ -478,10 +477,7 @@ fn sync_block_with(
         .iter()
         .filter(|e| e.partition.is_none() && !e.read_only)
     {
-        let has_parts = entries
-            .iter()
-            .any(|p| p.partition.as_ref().is_some_and(|p| p.disk == e.name));
-        if has_parts {
+        if has_partitions(&entries, &e.name) {
             continue;
         }
         let path = env.dev_dir.join(&e.name);
@@ -510,7 +506,7 @@ fn sync_block_with(
     }
     let covered: Vec<&SysEntry> = entries.iter().filter(|e| early.covers(e)).collect();
     // A drive with partitions is needed now: its table marks which of them are unfinished.
-    let defer = defer && covered.iter().all(|e| !has_partitions(&entries, &e.name));
+    let defer = covered.iter().all(|e| !has_partitions(&entries, &e.name));
     let deferred: Vec<SysEntry> = if defer {
         covered.into_iter().cloned().collect()
     } else {
@@ -715,7 +711,7 @@ impl Scan {
             Some(Ok(probed)) => probed,
             _ => {
                 log::warn!(
-                    "the background probe of the removable drives failed; probing them again"
+                    "the background probe of the removable drives did not finish; probing them here"
                 );
                 self.deferred
                     .iter()
@@ -773,16 +769,9 @@ pub fn refresh(env: &DeviceEnv) -> Result<BlockDevices, DevicesError> {
     Ok(scan_with(env, EarlyProbes::none())?.complete())
 }
 
-/// [`refresh`] with the results of `early`.
-#[cfg(test)]
-fn refresh_with(env: &DeviceEnv, early: &mut EarlyProbes) -> Result<BlockDevices, DevicesError> {
-    let early = std::mem::replace(early, EarlyProbes::none());
-    Ok(scan_with(env, early)?.complete())
-}
-
 /// [`refresh`] that leaves out the removable drives `early` is still probing (see [`Scan`]).
 fn scan_with(env: &DeviceEnv, mut early: EarlyProbes) -> Result<Scan, DevicesError> {
-    let (found, deferred) = sync_block_with(env, &mut early, true)?;
+    let (found, deferred) = sync_block_with(env, &mut early)?;
     write_label_links(env, &found)?;
     found.devices.iter().for_each(log_device);
     Ok(Scan::new(found, deferred, early, &env.dev_dir))
@@ -921,6 +910,11 @@ mod tests {
             .unwrap_or_else(|| panic!("no {name} in {:?}", found.devices))
     }
 
+    /// [`refresh`] with the results of `early`.
+    fn refresh_with(env: &DeviceEnv, early: EarlyProbes) -> Result<BlockDevices, DevicesError> {
+        Ok(scan_with(env, early)?.complete())
+    }
+
     /// The names of the devices found, in their order.
     fn names(found: &BlockDevices) -> Vec<&str> {
         found.devices.iter().map(|d| d.name.as_str()).collect()
@@ -940,7 +934,7 @@ mod tests {
         f.disk("sr0", "11:0", g, true, true, &ext4("CONTEXT"));
         f.disk("vda", "254:0", 10 * g, false, false, &ext4("DATA"));
         let env = f.env();
-        let mut early = EarlyProbes::start(&env);
+        let early = EarlyProbes::start(&env);
         let entries = scan_sysfs(&env).unwrap();
         let covered: Vec<&str> = entries
             .iter()
@@ -948,7 +942,7 @@ mod tests {
             .map(|e| e.name.as_str())
             .collect();
         assert_eq!(covered, ["sr0"], "only the removable drive is probed early");
-        let found = refresh_with(&env, &mut early).unwrap();
+        let found = refresh_with(&env, early).unwrap();
         assert!(
             matches!(content_of(&found, "sr0"), Content::Ext { label: Some(l), .. } if l == "CONTEXT")
         );
@@ -963,8 +957,8 @@ mod tests {
         let g = 2 * 1024 * 1024;
         f.disk("sr0", "11:0", g, true, true, &ext4("ON-DISC"));
         // What the early thread saw (a drive that had no disc then) is what the phase reports.
-        let mut early = early_with(|| BTreeMap::from([("sr0".to_string(), ((11, 0), None))]));
-        let found = refresh_with(&f.env(), &mut early).unwrap();
+        let early = early_with(|| BTreeMap::from([("sr0".to_string(), ((11, 0), None))]));
+        let found = refresh_with(&f.env(), early).unwrap();
         assert!(found.devices.iter().all(|d| d.name != "sr0"), "{found:?}");
     }
 
@@ -1030,14 +1024,14 @@ mod tests {
         let g = 2 * 1024 * 1024;
         f.disk("sr0", "11:0", g, true, true, &ext4("DISC0"));
         f.disk("sr1", "11:1", g, true, true, &ext4("DISC1"));
-        let mut early = early_with(|| panic!("probe thread failed"));
-        let found = refresh_with(&f.env(), &mut early).unwrap();
+        let early = early_with(|| panic!("probe thread failed"));
+        let found = refresh_with(&f.env(), early).unwrap();
         assert!(
             matches!(content_of(&found, "sr0"), Content::Ext { label: Some(l), .. } if l == "DISC0")
         );
         // sr1 now has another device number than when the early probes started.
-        let mut early = early_with(|| BTreeMap::from([("sr1".to_string(), ((11, 7), None))]));
-        let found = refresh_with(&f.env(), &mut early).unwrap();
+        let early = early_with(|| BTreeMap::from([("sr1".to_string(), ((11, 7), None))]));
+        let found = refresh_with(&f.env(), early).unwrap();
         assert!(
             matches!(content_of(&found, "sr1"), Content::Ext { label: Some(l), .. } if l == "DISC1")
         );
